@@ -1,0 +1,36 @@
+# The few commands people type. `make test` works on a fresh machine: it builds the venv, installs the
+# project with pinned versions, starts the local services when the environment names none, and runs pytest.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo services-up services-down clean
+
+$(BIN)/ibkr-workers: pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "Python 3.11-3.13 required (ib_insync fails on 3.14)"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dev]"
+	touch $(BIN)/ibkr-workers
+
+install: $(BIN)/ibkr-workers
+
+test: install
+	scripts/test $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check workers tests bench
+	$(BIN)/mypy --strict workers
+
+demo: install
+	scripts/demo
+
+services-up:
+	scripts/dev-services up
+
+services-down:
+	scripts/dev-services down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

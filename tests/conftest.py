@@ -1,0 +1,122 @@
+"""Service fixtures shared by every test.
+
+Where the services come from, in order:
+1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` from the environment (``make test`` sets them from
+   ``scripts/dev-services up``);
+2. testcontainers, when a Docker engine answers;
+3. otherwise the test fails with a message saying how to start the services. Integration tests are never
+   silently skipped.
+
+Isolation: every test that asks for ``kafka_topics`` gets its own uniquely named topics, and every test that
+asks for ``database_url`` gets its own PostgreSQL schema (``search_path`` set in the URL), so tests never see
+each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from workers.settings import TopicNames
+
+HOW_TO_START = (
+    "no {what} available: set {var}, or run `scripts/dev-services up` and export the lines it prints, "
+    "or start a Docker engine so testcontainers can run one"
+)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker."""
+    from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if from_env:
+        yield from_env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:3.9.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    pytest.fail(HOW_TO_START.format(what="Kafka broker", var="KAFKA_BOOTSTRAP_SERVERS"), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a real PostgreSQL database (shared; tests get their own schema from ``database_url``)."""
+    from_env = os.environ.get("DATABASE_URL")
+    if from_env:
+        yield from_env
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    pytest.fail(HOW_TO_START.format(what="PostgreSQL server", var="DATABASE_URL"), pytrace=False)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """Return ``url`` with libpq ``options`` setting ``search_path`` to ``schema``."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A libpq URL whose ``search_path`` is a fresh schema of this test's own, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(postgres_server_url, schema)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def kafka_topics() -> TopicNames:
+    """Topic names unique to this test (the contract's names with a random suffix)."""
+    suffix = uuid.uuid4().hex[:10]
+    defaults = TopicNames()
+    return TopicNames(**{field: f"{getattr(defaults, field)}.{suffix}" for field in defaults.__dataclass_fields__})
+
+
+@pytest.fixture
+def topic_env(kafka_topics: TopicNames) -> dict[str, str]:
+    """``TOPIC_*`` environment overrides matching ``kafka_topics``, for subprocess tests."""
+    return {f"TOPIC_{field.upper()}": getattr(kafka_topics, field) for field in kafka_topics.__dataclass_fields__}
+
+
+@pytest.fixture
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[Any]:
+    """A started aiokafka admin client on the test broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()

@@ -1,0 +1,112 @@
+"""Settings: the contract's environment variables, typed, with safe defaults and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workers.settings import DEFAULT_IBKR_PORTS, Settings, SettingsError, load_settings
+
+CONTRACT_VARIABLES = [
+    "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD", "KAFKA_CONSUMER_GROUP", "SCHEMA_REGISTRY_URL", "DATABASE_URL", "IBKR_HOST",
+    "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_TRADING_MODE", "IBKR_LIVE_CONFIRM", "IBKR_ACCOUNTS",
+    "IBKR_READONLY", "HEALTH_PORT", "LOG_LEVEL",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [*CONTRACT_VARIABLES, "IBKR_API"]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_paper_gateway_and_hold_no_account() -> None:
+    settings = load_settings()
+    assert settings.ibkr_trading_mode == "paper"
+    assert settings.ibkr_effective_port == 4002
+    assert settings.ibkr_host == "127.0.0.1"
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.allowed_accounts == frozenset()
+    assert settings.kafka_sasl_username is None and settings.kafka_sasl_password is None
+    assert "@" not in settings.database_dsn  # no user name or password in the default URL
+
+
+def test_every_contract_variable_is_a_setting() -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(CONTRACT_VARIABLES) <= fields
+
+
+def test_live_mode_without_confirmation_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IBKR_TRADING_MODE", "live")
+    with pytest.raises(SettingsError, match="IBKR_LIVE_CONFIRM=yes"):
+        load_settings()
+    monkeypatch.setenv("IBKR_LIVE_CONFIRM", "no")
+    with pytest.raises(SettingsError):
+        load_settings()
+
+
+def test_live_mode_with_confirmation_uses_the_live_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IBKR_TRADING_MODE", "live")
+    monkeypatch.setenv("IBKR_LIVE_CONFIRM", "yes")
+    assert load_settings().ibkr_effective_port == 4001
+
+
+@pytest.mark.parametrize("bad_port", ["0", "65536", "-1", "port"])
+def test_bad_port_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, bad_port: str) -> None:
+    monkeypatch.setenv("IBKR_PORT", bad_port)
+    with pytest.raises(SettingsError, match="IBKR_PORT") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_secrets_absent_from_repr_and_str(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "svc-user")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cr3t-kafka")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:s3cr3t-db@db:5432/x")
+    settings = load_settings()
+    for text in (repr(settings), str(settings), str(settings.model_dump())):
+        assert "s3cr3t-kafka" not in text
+        assert "s3cr3t-db" not in text
+    assert settings.kafka_sasl_password is not None
+    assert settings.kafka_sasl_password.get_secret_value() == "s3cr3t-kafka"
+    assert settings.database_dsn.endswith("@db:5432/x")
+
+
+def test_accounts_allowlist_is_split_and_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IBKR_ACCOUNTS", " DU111 ,DU222,, ")
+    assert load_settings().allowed_accounts == frozenset({"DU111", "DU222"})
+
+
+@pytest.mark.parametrize(("api", "mode", "port"), [(a, m, p) for (a, m), p in DEFAULT_IBKR_PORTS.items()])
+def test_port_follows_api_and_mode_when_unset(monkeypatch: pytest.MonkeyPatch, api: str, mode: str,
+                                              port: int) -> None:
+    monkeypatch.setenv("IBKR_API", api)
+    monkeypatch.setenv("IBKR_TRADING_MODE", mode)
+    monkeypatch.setenv("IBKR_LIVE_CONFIRM", "yes")
+    assert load_settings().ibkr_effective_port == port
+    monkeypatch.setenv("IBKR_PORT", "4100")
+    assert load_settings().ibkr_effective_port == 4100
+
+
+def test_topic_names_default_to_the_contract_and_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    topics = load_settings().topics
+    assert topics.orders_requested == "orders.requested"
+    assert topics.fills_executed == "fills.executed"
+    assert topics.orders_requested_dlq == "orders.requested.dlq"
+    monkeypatch.setenv("TOPIC_FILLS_EXECUTED", "custom.fills")
+    assert load_settings().topics.fills_executed == "custom.fills"
+
+
+def test_cli_exits_non_zero_with_one_line_on_bad_configuration() -> None:
+    env = {"PATH": "/usr/bin:/bin", "IBKR_TRADING_MODE": "live"}
+    done = subprocess.run([sys.executable, "-m", "workers", "migrate"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "IBKR_TRADING_MODE" in lines[0] or "IBKR_LIVE_CONFIRM" in lines[0]

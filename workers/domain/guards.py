@@ -1,0 +1,151 @@
+"""Validation and pre-trade guards: everything checked before an order may reach IBKR.
+
+Each refusal is an :class:`OrderRejected` carrying a machine-readable reason and a sentence a person can
+act on. Pure logic: the caller supplies the instrument (or ``None``) and the limits.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from workers.domain.instruments import Instrument
+from workers.domain.orders import OrderRequested
+
+
+class RejectReason(enum.StrEnum):
+    INVALID_ORDER_ID = "INVALID_ORDER_ID"
+    INVALID_QUANTITY = "INVALID_QUANTITY"
+    MISSING_LIMIT_PRICE = "MISSING_LIMIT_PRICE"
+    UNEXPECTED_LIMIT_PRICE = "UNEXPECTED_LIMIT_PRICE"
+    MISSING_STOP_PRICE = "MISSING_STOP_PRICE"
+    UNEXPECTED_STOP_PRICE = "UNEXPECTED_STOP_PRICE"
+    INVALID_PRICE = "INVALID_PRICE"
+    PRICE_OFF_TICK = "PRICE_OFF_TICK"
+    ACCOUNT_NOT_ALLOWED = "ACCOUNT_NOT_ALLOWED"
+    UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
+    INACTIVE_INSTRUMENT = "INACTIVE_INSTRUMENT"
+    MAX_QUANTITY_EXCEEDED = "MAX_QUANTITY_EXCEEDED"
+    MAX_NOTIONAL_EXCEEDED = "MAX_NOTIONAL_EXCEEDED"
+    KILL_SWITCH = "KILL_SWITCH"
+    IBKR_REJECTED = "IBKR_REJECTED"
+    CANCELLED_BEFORE_PLACED = "CANCELLED_BEFORE_PLACED"
+
+
+class OrderRejected(Exception):
+    """An order refused before (or by) IBKR: ``reason`` for machines, ``detail`` for people."""
+
+    def __init__(self, reason: RejectReason, detail: str, ib_code: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.ib_code = ib_code
+
+    @property
+    def text(self) -> str:
+        """The ``reason`` field of the published status."""
+        code = f" (IBKR error {self.ib_code})" if self.ib_code is not None else ""
+        return f"{self.reason}: {self.detail}{code}"
+
+
+@dataclass(frozen=True)
+class OrderLimits:
+    """Maximum quantity and notional of one order; ``None`` means no limit."""
+
+    max_quantity: Decimal | None = None
+    max_notional: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """The pre-trade guards in force: allowlisted accounts, limits, and the kill switch."""
+
+    allowed_accounts: frozenset[str]
+    global_limits: OrderLimits = OrderLimits()
+    instrument_limits: dict[str, OrderLimits] = field(default_factory=dict)
+    kill_switch: bool = False
+
+
+def check_order(order: OrderRequested, instrument: Instrument | None, policy: GuardPolicy) -> None:
+    """Raise :class:`OrderRejected` for the first rule ``order`` breaks; return when it may be placed."""
+    _check_shape(order)
+    if policy.kill_switch:
+        raise OrderRejected(RejectReason.KILL_SWITCH, "the kill switch is on: no new orders are accepted")
+    if order.account not in policy.allowed_accounts:
+        raise OrderRejected(
+            RejectReason.ACCOUNT_NOT_ALLOWED,
+            f"account {order.account!r} is not in IBKR_ACCOUNTS",
+        )
+    if instrument is None:
+        raise OrderRejected(
+            RejectReason.UNKNOWN_INSTRUMENT,
+            f"instrument {order.instrument_id!r} is not in the instrument mapper",
+        )
+    if not instrument.active:
+        raise OrderRejected(
+            RejectReason.INACTIVE_INSTRUMENT,
+            f"instrument {order.instrument_id!r} (conId {instrument.con_id}) is inactive",
+        )
+    _check_ticks(order, instrument)
+    _check_limits(order, instrument, policy.global_limits, "global")
+    per_instrument = policy.instrument_limits.get(order.instrument_id)
+    if per_instrument is not None:
+        _check_limits(order, instrument, per_instrument, f"instrument {order.instrument_id}")
+
+
+def _check_shape(order: OrderRequested) -> None:
+    try:
+        uuid.UUID(order.order_id)
+    except ValueError:
+        raise OrderRejected(
+            RejectReason.INVALID_ORDER_ID, f"order_id {order.order_id!r} is not a UUID"
+        ) from None
+    if not order.quantity.is_finite() or order.quantity <= 0:
+        raise OrderRejected(RejectReason.INVALID_QUANTITY, f"quantity must be > 0, got {order.quantity}")
+    kind = order.order_type
+    if kind.needs_limit_price and order.limit_price is None:
+        raise OrderRejected(RejectReason.MISSING_LIMIT_PRICE, f"a {kind} order needs limit_price")
+    if not kind.needs_limit_price and order.limit_price is not None:
+        raise OrderRejected(RejectReason.UNEXPECTED_LIMIT_PRICE, f"a {kind} order takes no limit_price")
+    if kind.needs_stop_price and order.stop_price is None:
+        raise OrderRejected(RejectReason.MISSING_STOP_PRICE, f"a {kind} order needs stop_price")
+    if not kind.needs_stop_price and order.stop_price is not None:
+        raise OrderRejected(RejectReason.UNEXPECTED_STOP_PRICE, f"a {kind} order takes no stop_price")
+    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price)):
+        if price is not None and (not price.is_finite() or price <= 0):
+            raise OrderRejected(RejectReason.INVALID_PRICE, f"{name} must be > 0, got {price}")
+
+
+def _check_ticks(order: OrderRequested, instrument: Instrument) -> None:
+    tick = instrument.min_tick
+    if not tick:
+        return
+    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price)):
+        if price is not None and price % tick != 0:
+            raise OrderRejected(
+                RejectReason.PRICE_OFF_TICK,
+                f"{name} {price} is not a multiple of the instrument's minimum tick {tick}",
+            )
+
+
+def _reference_price(order: OrderRequested) -> Decimal | None:
+    # The worst price the order accepts: the limit where there is one, else the stop trigger.
+    return order.limit_price if order.limit_price is not None else order.stop_price
+
+
+def _check_limits(order: OrderRequested, instrument: Instrument, limits: OrderLimits, scope: str) -> None:
+    if limits.max_quantity is not None and order.quantity > limits.max_quantity:
+        raise OrderRejected(
+            RejectReason.MAX_QUANTITY_EXCEEDED,
+            f"quantity {order.quantity} exceeds the {scope} maximum of {limits.max_quantity}",
+        )
+    price = _reference_price(order)
+    if limits.max_notional is not None and price is not None:
+        notional = order.quantity * price * instrument.price_multiplier
+        if notional > limits.max_notional:
+            raise OrderRejected(
+                RejectReason.MAX_NOTIONAL_EXCEEDED,
+                f"notional {notional} exceeds the {scope} maximum of {limits.max_notional}",
+            )

@@ -1,0 +1,39 @@
+"""One-shot administrative commands: ``migrate`` and ``topics``."""
+
+from __future__ import annotations
+
+import argparse
+
+from workers.logs import configure_logging, get_logger
+from workers.settings import load_settings
+
+log = get_logger(__name__)
+
+
+async def run_migrate(args: argparse.Namespace) -> int:
+    """Apply the pending PostgreSQL migrations."""
+    settings = load_settings()
+    from workers.adapters.postgres.migrate import migrate
+
+    configure_logging(settings.log_level, worker="migrate")
+    applied = await migrate(settings.database_dsn)
+    log.info("migrations applied", versions=applied, count=len(applied))
+    return 0
+
+
+async def run_topics(args: argparse.Namespace) -> int:
+    """Create the contract's Kafka topics (idempotent)."""
+    settings = load_settings()
+    from workers.adapters.kafka.connection import kafka_client_kwargs
+    from workers.adapters.kafka.topics import ensure_topics
+
+    configure_logging(settings.log_level, worker="topics")
+    created = await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        settings.topics,
+        partitions=args.partitions,
+        replication_factor=args.replication_factor,
+        **kafka_client_kwargs(settings),
+    )
+    log.info("topics ensured", created=created, count=len(created))
+    return 0
