@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from workers import __version__
@@ -74,7 +74,7 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-def _resolve(command: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
+def _resolve(command: str) -> Callable[[argparse.Namespace], Coroutine[Any, Any, int]]:
     module_name, _, function_name = COMMANDS[command].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -82,7 +82,7 @@ def _resolve(command: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
         if exc.name and module_name.startswith(exc.name):
             raise CommandUnavailable(f"'{command}' is not yet available in this version") from None
         raise
-    function: Callable[[argparse.Namespace], Awaitable[int]] = getattr(module, function_name)
+    function: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = getattr(module, function_name)
     return function
 
 

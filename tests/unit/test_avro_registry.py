@@ -1,0 +1,202 @@
+"""The Confluent framing against a small in-memory schema registry served over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from test_avro_codec import SAMPLES
+
+from workers.adapters.avro import (
+    AvroCodec,
+    DecodeError,
+    DecodeFailure,
+    RegistryCodec,
+    RegistryError,
+    SchemaCatalog,
+    SchemaRegistryClient,
+)
+
+CATALOG = SchemaCatalog()
+TOPIC = "orders.status"
+
+
+@dataclass
+class FakeRegistry:
+    """The two REST endpoints the codec uses, kept in memory; counts every request it serves."""
+
+    schemas: dict[int, str] = field(default_factory=dict)
+    subjects: dict[str, list[int]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        self.requests.append((method, path))
+        if method == "POST" and (match := re.fullmatch(r"/subjects/([^/]+)/versions", path)):
+            text = json.loads(body)["schema"]
+            json.loads(text)  # a real registry refuses text that is not JSON
+            schema_id = next((i for i, known in self.schemas.items() if known == text), len(self.schemas) + 1)
+            self.schemas[schema_id] = text
+            versions = self.subjects.setdefault(match.group(1), [])
+            if schema_id not in versions:
+                versions.append(schema_id)
+            return 200, {"id": schema_id}
+        if method == "GET" and (match := re.fullmatch(r"/schemas/ids/(\d+)", path)):
+            text = self.schemas.get(int(match.group(1)))
+            if text is None:
+                return 404, {"error_code": 40403, "message": "Schema not found"}
+            return 200, {"schema": text}
+        return 404, {"error_code": 404, "message": "HTTP 404 Not Found"}
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # HTTP/1.1 with keep-alive, just enough for httpx: one request after another on the connection.
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *header_lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = request_line.split(" ", 2)
+                headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+                length = int({k.lower(): v for k, v in headers.items()}.get("content-length", "0"))
+                body = await reader.readexactly(length)
+                status, answer = self.handle(method, path, body)
+                payload = json.dumps(answer).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[tuple[FakeRegistry, str]]:
+    fake = FakeRegistry()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield fake, f"http://127.0.0.1:{port}"
+        server.close()
+
+
+@pytest.fixture
+async def codec(registry: tuple[FakeRegistry, str]) -> AsyncIterator[RegistryCodec]:
+    codec = RegistryCodec(SchemaRegistryClient(registry[1]), CATALOG)
+    yield codec
+    await codec.aclose()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+async def test_every_record_round_trips_through_the_confluent_framing(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str], name: str
+) -> None:
+    fake, _ = registry
+    data = await codec.encode(name, SAMPLES[name], topic=TOPIC)
+    assert data[0] == 0
+    schema_id = int.from_bytes(data[1:5], "big")
+    assert fake.subjects == {f"{TOPIC}-value": [schema_id]}
+    assert json.loads(fake.schemas[schema_id]) == CATALOG.current(name).schema
+    assert await codec.decode(data, name) == SAMPLES[name]
+
+
+async def test_a_schema_is_registered_once_and_then_served_from_the_cache(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    fake, _ = registry
+    first = await codec.encode("OrderRequested", SAMPLES["OrderRequested"], topic=TOPIC)
+    assert len(fake.requests) == 1
+    second = await codec.encode("OrderRequested", SAMPLES["OrderRequested"], topic=TOPIC)
+    await codec.decode(first, "OrderRequested")
+    assert second == first
+    assert fake.requests == [("POST", f"/subjects/{TOPIC}-value/versions")]
+
+
+async def test_each_topic_registers_under_its_own_subject(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    fake, _ = registry
+    await codec.encode("WorkerHealth", SAMPLES["WorkerHealth"], topic="workers.health")
+    await codec.encode("WorkerHealth", SAMPLES["WorkerHealth"], topic="workers.health.copy")
+    assert sorted(fake.subjects) == ["workers.health-value", "workers.health.copy-value"]
+
+
+async def test_a_fresh_reader_fetches_an_id_once(
+    registry: tuple[FakeRegistry, str], codec: RegistryCodec
+) -> None:
+    fake, url = registry
+    data = await codec.encode("FillExecuted", SAMPLES["FillExecuted"], topic="fills.executed")
+    async with SchemaRegistryClient(url) as client:
+        reader = RegistryCodec(client, CATALOG)
+        assert await reader.decode(data, "FillExecuted") == SAMPLES["FillExecuted"]
+        assert await reader.decode(data, "FillExecuted") == SAMPLES["FillExecuted"]
+    assert [method for method, _ in fake.requests] == ["POST", "GET"]
+
+
+async def test_an_unknown_schema_id_is_a_decode_error(codec: RegistryCodec) -> None:
+    with pytest.raises(DecodeError) as caught:
+        await codec.decode(b"\x00\x00\x00\x03\xe7" + b"\x02a", "OrderRequested")
+    assert caught.value.kind is DecodeFailure.UNKNOWN_SCHEMA
+
+
+async def test_a_record_of_another_type_is_a_decode_error(codec: RegistryCodec) -> None:
+    data = await codec.encode("OrderCancelRequested", SAMPLES["OrderCancelRequested"], topic=TOPIC)
+    with pytest.raises(DecodeError) as caught:
+        await codec.decode(data, "OrderRequested")
+    assert caught.value.kind is DecodeFailure.WRONG_RECORD
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"", DecodeFailure.TRUNCATED),
+        (b"\x00\x00\x01", DecodeFailure.TRUNCATED),
+        (b"\x07abcdef", DecodeFailure.GARBAGE),
+    ],
+)
+async def test_bad_framing_is_a_decode_error(codec: RegistryCodec, data: bytes, kind: DecodeFailure) -> None:
+    with pytest.raises(DecodeError) as caught:
+        await codec.decode(data, "OrderRequested")
+    assert caught.value.kind is kind
+
+
+async def test_a_truncated_body_is_a_decode_error(codec: RegistryCodec) -> None:
+    data = await codec.encode("PositionUpdated", SAMPLES["PositionUpdated"], topic="positions.updated")
+    with pytest.raises(DecodeError) as caught:
+        await codec.decode(data[:-3], "PositionUpdated")
+    assert caught.value.kind is DecodeFailure.TRUNCATED
+
+
+async def test_single_object_input_is_still_read(codec: RegistryCodec) -> None:
+    data = AvroCodec(CATALOG).encode("InstrumentUpdated", SAMPLES["InstrumentUpdated"])
+    assert await codec.decode(data, "InstrumentUpdated") == SAMPLES["InstrumentUpdated"]
+
+
+async def test_an_unreachable_registry_is_a_registry_error_not_a_decode_error() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    async with SchemaRegistryClient(f"http://127.0.0.1:{port}", timeout=2) as client:
+        codec = RegistryCodec(client, CATALOG)
+        with pytest.raises(RegistryError):
+            await codec.encode("OrderRequested", SAMPLES["OrderRequested"], topic=TOPIC)
+        with pytest.raises(RegistryError) as caught:
+            await codec.decode(b"\x00\x00\x00\x00\x01\x02a", "OrderRequested")
+        assert not isinstance(caught.value, DecodeError)
+
+
+async def test_the_event_codec_shape_is_shared_by_both_framings(codec: RegistryCodec) -> None:
+    single = AvroCodec(CATALOG)
+    for event_codec in (codec, single):
+        data = await event_codec.serialize("orders.requested", "OrderRequested", SAMPLES["OrderRequested"])
+        assert (
+            await event_codec.deserialize("orders.requested", data, "OrderRequested")
+            == SAMPLES["OrderRequested"]
+        )

@@ -1,0 +1,68 @@
+"""Our orders and instruments as ib_insync objects; IB statuses as our states."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from workers.adapters.ibkr.builders import contract_for, order_for, state_for_ib_status
+from workers.domain.instruments import Instrument
+from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
+
+
+def request(order_type: OrderType, limit: str | None, stop: str | None) -> OrderRequested:
+    return OrderRequested(
+        order_id=str(uuid.uuid4()), account="DU0000001", instrument_id="x", side=Side.SELL,
+        quantity=Decimal("3"), order_type=order_type,
+        limit_price=Decimal(limit) if limit else None, stop_price=Decimal(stop) if stop else None,
+        time_in_force=TimeInForce.GTC, outside_rth=True, created_at=datetime.now(UTC),
+    )
+
+
+@pytest.mark.parametrize(("order_type", "limit", "stop", "ib_type"), [
+    (OrderType.MARKET, None, None, "MKT"),
+    (OrderType.LIMIT, "10.5", None, "LMT"),
+    (OrderType.STOP, None, "9.5", "STP"),
+    (OrderType.STOP_LIMIT, "9.25", "9.5", "STP LMT"),
+])
+def test_order_carries_type_prices_tif_account_and_order_ref(order_type: OrderType, limit: str | None,
+                                                             stop: str | None, ib_type: str) -> None:
+    req = request(order_type, limit, stop)
+    order = order_for(req, ib_order_id=42)
+    assert (order.orderId, order.orderType, order.action) == (42, ib_type, "SELL")
+    assert order.orderRef == req.order_id
+    assert order.account == "DU0000001" and order.tif == "GTC" and order.outsideRth
+    assert order.totalQuantity == 3.0
+    if limit:
+        assert order.lmtPrice == float(limit)
+    if stop:
+        assert order.auxPrice == float(stop)
+
+
+def test_contracts_are_identified_by_con_id_for_each_sec_type() -> None:
+    opt = Instrument(instrument_id="o", con_id=7, symbol="SPY", sec_type="OPT", exchange="SMART",
+                     currency="USD", multiplier=Decimal(100), last_trade_date="20261218",
+                     strike=Decimal("600"), right="C")
+    contract = contract_for(opt)
+    assert (contract.conId, contract.secType, contract.multiplier) == (7, "OPT", "100")
+    assert (contract.strike, contract.right, contract.lastTradeDateOrContractMonth) == (600.0, "C", "20261218")
+    fx = contract_for(Instrument(instrument_id="f", con_id=12087792, symbol="EUR", sec_type="CASH",
+                                 exchange="IDEALPRO", currency="USD"))
+    assert (fx.conId, fx.exchange, fx.multiplier) == (12087792, "IDEALPRO", "")
+
+
+@pytest.mark.parametrize(("ib_status", "filled", "remaining", "state"), [
+    ("PendingSubmit", 0, 10, None),
+    ("PreSubmitted", 0, 10, OrderState.SUBMITTED),
+    ("Submitted", 4, 6, OrderState.PARTIALLY_FILLED),
+    ("PendingCancel", 0, 10, OrderState.CANCEL_PENDING),
+    ("Cancelled", 4, 6, OrderState.CANCELLED),
+    ("Filled", 10, 0, OrderState.FILLED),
+    ("Inactive", 0, 10, OrderState.REJECTED),
+])
+def test_ib_statuses_map_to_our_states(ib_status: str, filled: float, remaining: float,
+                                       state: OrderState | None) -> None:
+    assert state_for_ib_status(ib_status, filled, remaining) is state

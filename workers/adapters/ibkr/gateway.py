@@ -1,0 +1,337 @@
+"""The single façade over one TWS API connection (ib_insync), for both workers.
+
+It owns the ``ib_insync.IB`` object, reconnects with back-off, sends every request through the pacing
+limiter, and turns ib_insync's callbacks into our own typed reports, delivered in arrival order to one
+async listener. Nothing outside this package imports ib_insync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from ib_insync import IB, Contract, ContractDetails, Order, Trade
+from ib_insync.objects import CommissionReport, Fill, Position
+
+from workers.adapters.ibkr.pacing import PacingLimiter, Priority
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+# IB error codes that are notices, not failures of a request: connectivity, farms, and the like.
+INFORMATIONAL_CODES = frozenset({1100, 1101, 1102, 2100, 2103, 2104, 2105, 2106, 2107, 2108, 2119,
+                                 2137, 2157, 2158, 10349, 399, 404})
+
+
+def to_decimal(value: float) -> Decimal:
+    """A float from ib_insync as the shortest exact decimal that prints the same."""
+    return Decimal(repr(float(value)))
+
+
+@dataclass(frozen=True)
+class IbOrderStatus:
+    """IB's view of one of our orders (from openOrder / orderStatus / completed orders)."""
+
+    order_ref: str
+    ib_order_id: int
+    perm_id: int
+    ib_status: str
+    filled: Decimal
+    remaining: Decimal
+    avg_fill_price: Decimal | None
+    # Set when ib_insync inferred the status from an error message rather than from an orderStatus.
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class IbExecution:
+    """One IBKR execution; ``exec_id`` is its identity, stable across replays."""
+
+    exec_id: str
+    order_ref: str
+    ib_order_id: int
+    perm_id: int
+    con_id: int
+    side: str
+    quantity: Decimal
+    price: Decimal
+    cumulative_quantity: Decimal
+    avg_price: Decimal
+    account: str
+    exchange: str
+    currency: str
+    executed_at: datetime
+    commission: Decimal | None = None
+    commission_currency: str | None = None
+
+
+@dataclass(frozen=True)
+class IbCommission:
+    exec_id: str
+    commission: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class IbError:
+    """An error or notice from IB; ``req_id`` is an order id when it concerns an order."""
+
+    req_id: int
+    code: int
+    message: str
+
+    @property
+    def informational(self) -> bool:
+        return self.code in INFORMATIONAL_CODES or 2100 <= self.code <= 2199
+
+
+@dataclass(frozen=True)
+class IbPosition:
+    account: str
+    con_id: int
+    quantity: Decimal
+    avg_cost: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class ConnectionChanged:
+    connected: bool
+
+
+IbReport = IbOrderStatus | IbExecution | IbCommission | IbError | IbPosition | ConnectionChanged
+
+
+class IbkrListener(Protocol):
+    async def __call__(self, report: IbReport) -> None: ...
+
+
+def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
+    execution = fill.execution
+    report: CommissionReport = fill.commissionReport
+    has_commission = bool(report.execId)
+    executed_at = execution.time if isinstance(execution.time, datetime) else datetime.now(UTC)
+    return IbExecution(
+        exec_id=execution.execId,
+        order_ref=order_ref or execution.orderRef,
+        ib_order_id=execution.orderId,
+        perm_id=execution.permId,
+        con_id=fill.contract.conId,
+        side="BUY" if execution.side == "BOT" else "SELL",
+        quantity=to_decimal(execution.shares),
+        price=to_decimal(execution.price),
+        cumulative_quantity=to_decimal(execution.cumQty),
+        avg_price=to_decimal(execution.avgPrice),
+        account=execution.acctNumber,
+        exchange=execution.exchange,
+        currency=fill.contract.currency,
+        executed_at=executed_at.astimezone(UTC),
+        commission=to_decimal(report.commission) if has_commission else None,
+        commission_currency=report.currency if has_commission else None,
+    )
+
+
+def _status_report(trade: Trade) -> IbOrderStatus:
+    status = trade.orderStatus
+    avg = status.avgFillPrice
+    last = trade.log[-1] if trade.log else None
+    inferred = last is not None and last.errorCode and last.status == status.status
+    return IbOrderStatus(
+        order_ref=trade.order.orderRef,
+        ib_order_id=trade.order.orderId,
+        perm_id=trade.order.permId or status.permId,
+        ib_status=status.status,
+        filled=to_decimal(status.filled),
+        remaining=to_decimal(status.remaining),
+        avg_fill_price=to_decimal(avg) if avg else None,
+        error_code=last.errorCode if inferred and last is not None else None,
+        error_message=last.message if inferred and last is not None else None,
+    )
+
+
+class IbkrGateway:
+    """One connection to IB Gateway / TWS (or the sim) with a pacing limiter and typed reports."""
+
+    def __init__(self, host: str, port: int, client_id: int, *, limiter: PacingLimiter,
+                 connect_timeout: float = 10.0, readonly: bool = False, account: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.limiter = limiter
+        self.connect_timeout = connect_timeout
+        self.readonly = readonly
+        self.account = account
+        self.ib = IB()
+        self._listener: IbkrListener | None = None
+        self._reports: asyncio.Queue[IbReport] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self.next_valid_id_at_connect = 0
+        self.reconnects = 0
+        self.errors_by_code: dict[int, int] = {}
+        self._wire_events()
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.ib.isConnected())
+
+    def listen(self, listener: IbkrListener) -> None:
+        """Deliver every report, in arrival order, to ``listener`` (one at a time)."""
+        self._listener = listener
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._deliver(), name="ibkr-reports")
+
+    async def connect(self) -> None:
+        """Connect once; raises on failure (callers decide how to retry)."""
+        await self.ib.connectAsync(self.host, self.port, clientId=self.client_id,
+                                   timeout=self.connect_timeout, readonly=self.readonly,
+                                   account=self.account)
+        self.next_valid_id_at_connect = int(self.ib.client._reqIdSeq)
+        log.info("ibkr connected", host=self.host, port=self.port, client_id=self.client_id,
+                 next_valid_id=self.next_valid_id_at_connect,
+                 accounts=self.ib.wrapper.accounts)
+        self._reports.put_nowait(ConnectionChanged(connected=True))
+
+    async def connect_with_retry(self, *, stop: asyncio.Event | None = None,
+                                 max_delay: float = 10.0) -> bool:
+        """Try to connect until it works or ``stop`` is set; back off exponentially between tries."""
+        delay = 0.2
+        while stop is None or not stop.is_set():
+            try:
+                await self.connect()
+                return True
+            except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+                log.warning("ibkr connect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
+                self.ib.disconnect()
+            if stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            else:
+                await asyncio.sleep(delay)
+            delay = min(max_delay, delay * 2)
+        return False
+
+    def disconnect(self) -> None:
+        """Drop the connection (the supervisor reconnects and reconciles)."""
+        self.ib.disconnect()
+
+    async def close(self) -> None:
+        self.ib.disconnect()
+        if self._pump is not None:
+            # Let the reports already queued be handled before the pump stops.
+            await self._reports.join()
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+
+    @property
+    def managed_accounts(self) -> list[str]:
+        return list(self.ib.wrapper.accounts)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def place(self, contract: Contract, order: Order) -> None:
+        await self.limiter.acquire(Priority.PLACE)
+        self.ib.placeOrder(contract, order)
+
+    async def cancel(self, ib_order_id: int) -> None:
+        await self.limiter.acquire(Priority.CANCEL)
+        self.ib.client.cancelOrder(ib_order_id, "")
+
+    async def global_cancel(self) -> None:
+        await self.limiter.acquire(Priority.CANCEL)
+        self.ib.reqGlobalCancel()
+
+    async def contract_details(self, contract: Contract) -> list[ContractDetails]:
+        await self.limiter.acquire(Priority.QUERY)
+        details: list[ContractDetails] = await self.ib.reqContractDetailsAsync(contract)
+        return details
+
+    async def current_time(self) -> datetime:
+        await self.limiter.acquire(Priority.QUERY)
+        now: datetime = await self.ib.reqCurrentTimeAsync()
+        return now
+
+    async def order_statuses(self) -> dict[str, IbOrderStatus]:
+        """IB's open and completed orders of this client, keyed by orderRef (our order_id)."""
+        await self.limiter.acquire(Priority.QUERY)
+        completed: list[Trade] = await self.ib.reqCompletedOrdersAsync(apiOnly=True)
+        await self.limiter.acquire(Priority.QUERY)
+        open_trades: list[Trade] = await self.ib.reqOpenOrdersAsync()
+        result: dict[str, IbOrderStatus] = {}
+        for trade in [*completed, *open_trades, *self.ib.openTrades()]:
+            if trade.order.orderRef:
+                result[trade.order.orderRef] = _status_report(trade)
+        return result
+
+    async def executions(self) -> list[IbExecution]:
+        """Today's executions (IB replays them with the same execIds), with commissions where known."""
+        await self.limiter.acquire(Priority.QUERY)
+        fills: list[Fill] = await self.ib.reqExecutionsAsync()
+        return [_execution_report(fill, fill.execution.orderRef) for fill in fills]
+
+    async def positions(self) -> list[IbPosition]:
+        await self.limiter.acquire(Priority.QUERY)
+        positions: list[Position] = await self.ib.reqPositionsAsync()
+        return [self._position_report(p) for p in positions]
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _wire_events(self) -> None:
+        ib = self.ib
+        ib.orderStatusEvent += self._on_order_status
+        ib.execDetailsEvent += self._on_exec_details
+        ib.commissionReportEvent += self._on_commission
+        ib.errorEvent += self._on_error
+        ib.positionEvent += self._on_position
+        ib.disconnectedEvent += self._on_disconnected
+
+    def _on_order_status(self, trade: Trade) -> None:
+        self._reports.put_nowait(_status_report(trade))
+
+    def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
+        self._reports.put_nowait(_execution_report(fill, trade.order.orderRef))
+
+    def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        self._reports.put_nowait(
+            IbCommission(exec_id=report.execId, commission=to_decimal(report.commission),
+                         currency=report.currency)
+        )
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
+        self._reports.put_nowait(IbError(req_id=req_id, code=code, message=message))
+
+    def _position_report(self, position: Position) -> IbPosition:
+        return IbPosition(account=position.account, con_id=position.contract.conId,
+                          quantity=to_decimal(position.position), avg_cost=to_decimal(position.avgCost),
+                          currency=position.contract.currency)
+
+    def _on_position(self, position: Position) -> None:
+        self._reports.put_nowait(self._position_report(position))
+
+    def _on_disconnected(self) -> None:
+        log.warning("ibkr disconnected", host=self.host, port=self.port, client_id=self.client_id)
+        self._reports.put_nowait(ConnectionChanged(connected=False))
+
+    async def _deliver(self) -> None:
+        while True:
+            report = await self._reports.get()
+            try:
+                if self._listener is not None:
+                    await self._listener(report)
+            except Exception:
+                log.exception("ibkr report handler failed", report=repr(report))
+            finally:
+                self._reports.task_done()
+
+
+ReportHandler = Callable[[IbReport], Awaitable[None]]

@@ -1,0 +1,146 @@
+"""The consume loop: decode, hand to a typed handler, dead-letter what cannot be decoded, commit.
+
+Handlers never see bytes or offsets. Offsets are committed only after the handler returned for every
+record up to them, so a crash re-delivers rather than loses. A handler that fails (a database outage,
+say) makes the loop seek back to that record and retry it after a back-off: a record is never skipped
+unless it is undecodable, and then it is on the dead-letter topic first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.structs import ConsumerRecord
+
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """Where a record came from (for logs, the ledger and dead-letter headers)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+
+
+class Undecodable(Exception):
+    """A record that cannot become a command; it goes to the dead-letter topic verbatim."""
+
+    def __init__(self, reason: str, stage: str = "decode") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+
+Decoder = Callable[[str, bytes], Awaitable[Any]]
+Handler = Callable[[Any, RecordSource], Awaitable[None]]
+
+
+class DeadLetters:
+    """Writes undecodable records, verbatim, to the dead-letter topic with the contract's headers."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.count = 0
+
+    async def send(self, record: ConsumerRecord, reason: str, stage: str) -> None:
+        headers = [
+            ("error.reason", reason.encode()[:4000]),
+            ("error.stage", stage.encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        await self.producer.send_and_wait(self.topic, value=record.value, key=record.key, headers=headers)
+        self.count += 1
+        log.warning("record dead-lettered", source_topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason, stage=stage)
+
+
+class ConsumeLoop:
+    """Runs ``handler`` over every record of the subscribed topics until ``stop`` is set."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, decode: Decoder, handler: Handler,
+                 dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
+                 max_retry_delay: float = 10.0) -> None:
+        self.consumer = consumer
+        self.decode = decode
+        self.handler = handler
+        self.dead_letters = dead_letters
+        self.batch_size = batch_size
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.consumed = 0
+        self.paused = False
+        self.last_error: str | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+            for partition, records in batches.items():
+                if stop.is_set():
+                    break
+                done = await self._handle_partition(partition, records, stop)
+                if done < len(records):
+                    failures += 1
+                    self.paused = True
+                    delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures - 1, 6))
+                    self.consumer.seek(partition, records[done].offset)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    break
+            else:
+                if failures:
+                    log.info("consumer resumed", after_failures=failures)
+                failures = 0
+                self.paused = False
+
+    async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
+                                stop: asyncio.Event) -> int:
+        """Handle ``records`` in order; commit what was handled; return how many were handled."""
+        handled = 0
+        for record in records:
+            if stop.is_set():
+                break
+            try:
+                await self._handle_record(record)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("handler failed; will retry the record", topic=record.topic,
+                              partition=record.partition, offset=record.offset)
+                break
+            handled += 1
+        if handled:
+            try:
+                await self.consumer.commit({partition: records[handled - 1].offset + 1})
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The partition moved to another member during a rebalance: it will see these records
+                # again, and the ledger makes the redelivery harmless.
+                log.warning("offset commit failed after a rebalance", partition=partition.partition,
+                            error=str(exc))
+        return handled
+
+    async def _handle_record(self, record: ConsumerRecord) -> None:
+        self.consumed += 1
+        key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+        source = RecordSource(record.topic, record.partition, record.offset, key)
+        try:
+            if record.value is None:
+                raise Undecodable("record has no value (tombstone)")
+            command = await self.decode(record.topic, record.value)
+        except Undecodable as exc:
+            await self.dead_letters.send(record, exc.reason, exc.stage)
+            return
+        await self.handler(command, source)

@@ -1,0 +1,41 @@
+"""Encodes the order-consumer's outgoing events (Avro single-object) as outbox messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from workers.adapters.avro import AvroCodec
+from workers.adapters.ibkr.gateway import IbPosition
+from workers.adapters.kafka.records import (
+    ORDER_STATUS_CHANGED,
+    POSITION_UPDATED,
+    position_record,
+    rejection_record,
+    status_record,
+)
+from workers.adapters.postgres.rows import OrderRow, OutboxMessage
+from workers.domain.orders import OrderRequested, OrderState
+from workers.settings import TopicNames
+
+
+class AvroEventSink:
+    """The ``EventSink`` of the order service: records for ``orders.status`` and ``positions.updated``."""
+
+    def __init__(self, codec: AvroCodec, topics: TopicNames) -> None:
+        self.codec = codec
+        self.topics = topics
+
+    def status(self, row: OrderRow, previous: OrderState | None) -> OutboxMessage:
+        payload = self.codec.encode(ORDER_STATUS_CHANGED, status_record(row, datetime.now(UTC), previous))
+        return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload)
+
+    def rejection(self, order: OrderRequested, reason: str) -> OutboxMessage:
+        payload = self.codec.encode(ORDER_STATUS_CHANGED, rejection_record(order, reason, datetime.now(UTC)))
+        return OutboxMessage(topic=self.topics.orders_status, key=order.order_id, payload=payload)
+
+    def position(self, report: IbPosition, instrument_id: str | None) -> OutboxMessage:
+        record = position_record(report.account, report.con_id, instrument_id, report.quantity,
+                                 report.avg_cost, report.currency, datetime.now(UTC))
+        payload = self.codec.encode(POSITION_UPDATED, record)
+        return OutboxMessage(topic=self.topics.positions_updated, key=f"{report.account}:{report.con_id}",
+                             payload=payload)

@@ -1,0 +1,174 @@
+"""Relays from PostgreSQL to Kafka: the outbox (statuses, positions) and the fills table.
+
+Both follow the same rule: a record is written to PostgreSQL first, in the transaction of the change it
+announces; a relay produces it and marks it published once Kafka acknowledged it.
+
+* The outbox is *at least once*: a crash between the acknowledgement and the mark publishes a status
+  again, which consumers of ``orders.status`` tolerate (it is the same state).
+* Fills are *exactly once per execId*: before its first pass the fill relay reads back the tail of
+  ``fills.executed`` (from a little before the oldest unpublished fill) and marks every fill it finds
+  there as published, so a crash between acknowledgement and mark does not publish it twice. The
+  producer is idempotent, so its own retries add no duplicates either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.kafka.records import FILL_EXECUTED, fill_record
+from workers.adapters.postgres.fills import FillStore
+from workers.adapters.postgres.outbox import Outbox
+from workers.adapters.postgres.rows import FillRow
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class _Relay:
+    """A loop woken by :meth:`notify` (or every ``idle`` seconds) that publishes what is pending."""
+
+    def __init__(self, idle: float) -> None:
+        self._wake = asyncio.Event()
+        self.idle = idle
+        self.published = 0
+        self.last_error: str | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                more = await self.publish_pending()
+            except Exception as exc:  # Kafka or PostgreSQL away: keep the records, try again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("relay could not publish; will retry", relay=type(self).__name__,
+                            error=self.last_error)
+                more = False
+                await asyncio.sleep(1.0)
+            if more:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle)
+
+    async def publish_pending(self) -> bool:
+        """Publish one batch; True when there may be more right away."""
+        raise NotImplementedError
+
+
+class OutboxRelay(_Relay):
+    """Publishes the ``outbox`` table's records in id order (at least once)."""
+
+    def __init__(self, outbox: Outbox, producer: AIOKafkaProducer, *, batch: int = 500,
+                 idle: float = 0.5) -> None:
+        super().__init__(idle)
+        self.outbox = outbox
+        self.producer = producer
+        self.batch = batch
+
+    async def publish_pending(self) -> bool:
+        rows = await self.outbox.unpublished(self.batch)
+        if not rows:
+            return False
+        sends = [await self.producer.send(row.topic, value=row.payload, key=row.key.encode()) for row in rows]
+        await asyncio.gather(*sends)
+        await self.outbox.mark_many_published([row.id for row in rows])
+        self.published += len(rows)
+        return len(rows) == self.batch
+
+
+class FillRelay(_Relay):
+    """Publishes each recorded fill to ``fills.executed`` exactly once, with its commission.
+
+    A fill waits up to ``commission_wait`` seconds for its commission report, then goes without one.
+    """
+
+    def __init__(self, fills: FillStore, producer: AIOKafkaProducer, codec: AvroCodec, topic: str, *,
+                 owner_client_id: int | None = None, commission_wait: float = 2.0, batch: int = 500,
+                 idle: float = 0.25) -> None:
+        super().__init__(idle)
+        self.fills = fills
+        self.producer = producer
+        self.codec = codec
+        self.topic = topic
+        self.commission_wait = timedelta(seconds=commission_wait)
+        self.batch = batch
+        self.owner_client_id = owner_client_id
+
+    async def publish_pending(self) -> bool:
+        rows = await self.fills.unpublished(self.batch, owner_client_id=self.owner_client_id)
+        now = datetime.now(UTC)
+        ready = [r for r in rows if r.commission is not None or now - r.recorded_at >= self.commission_wait]
+        if not ready:
+            if rows:  # some wait for their commission: look again soon
+                await asyncio.sleep(min(0.1, self.commission_wait.total_seconds()))
+                return True
+            return False
+        sends = [await self._send(row) for row in ready]
+        await asyncio.gather(*sends)
+        await self.fills.mark_many_published([row.fill_id for row in ready])
+        self.published += len(ready)
+        for row in ready:
+            log.info("fill published", fill_id=row.fill_id, order_id=row.order_id,
+                     quantity=str(row.quantity), price=str(row.price))
+        return len(rows) == self.batch
+
+    async def _send(self, row: FillRow) -> Any:
+        payload = self.codec.encode(FILL_EXECUTED, fill_record(row))
+        return await self.producer.send(self.topic, value=payload, key=row.order_id.encode())
+
+    async def recover(self, consumer_kwargs: dict[str, Any], margin: timedelta = timedelta(minutes=5)) -> int:
+        """Mark as published every unpublished fill already on the topic; return how many."""
+        pending = await self.fills.unpublished(100_000, owner_client_id=self.owner_client_id)
+        if not pending:
+            return 0
+        since = min(row.recorded_at for row in pending) - margin
+        on_topic = await fill_ids_on_topic(self.topic, since, self.codec, consumer_kwargs)
+        found = [row.fill_id for row in pending if row.fill_id in on_topic]
+        if found:
+            await self.fills.mark_many_published(found)
+            log.warning("fills found on the topic but not marked published; marked now", count=len(found))
+        return len(found)
+
+
+async def fill_ids_on_topic(topic: str, since: datetime, codec: AvroCodec,
+                            consumer_kwargs: dict[str, Any]) -> set[str]:
+    """The ``fill_id`` of every record on ``topic`` written at or after ``since`` (read to the end)."""
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **consumer_kwargs)
+    await consumer.start()
+    found: set[str] = set()
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return found
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        remaining = {}
+        for tp in tps:
+            start = starts.get(tp)
+            offset = start.offset if start is not None else ends[tp]
+            consumer.seek(tp, offset)
+            if offset < ends[tp]:
+                remaining[tp] = ends[tp]
+        while remaining:
+            batch = await consumer.getmany(*remaining.keys(), timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    with contextlib.suppress(DecodeError):
+                        if record.value is not None:
+                            found.add(codec.decode(record.value, FILL_EXECUTED)["fill_id"])
+                    if record.offset + 1 >= remaining.get(tp, 0):
+                        remaining.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return found

@@ -1,0 +1,162 @@
+"""Conversions between the contract's Avro records (plain dicts) and our domain objects and rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from workers.adapters.postgres.rows import FillRow, OrderRow
+from workers.domain.orders import (
+    OrderCancelRequested,
+    OrderRequested,
+    OrderState,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+
+ORDER_REQUESTED = "prometheus.execution.OrderRequested"
+ORDER_CANCEL_REQUESTED = "prometheus.execution.OrderCancelRequested"
+ORDER_STATUS_CHANGED = "prometheus.execution.OrderStatusChanged"
+FILL_EXECUTED = "prometheus.execution.FillExecuted"
+POSITION_UPDATED = "prometheus.execution.PositionUpdated"
+INSTRUMENT_UPDATED = "prometheus.execution.InstrumentUpdated"
+WORKER_HEALTH = "prometheus.execution.WorkerHealth"
+
+_SCALE = Decimal("1e-8")
+
+
+def d8(value: Decimal) -> Decimal:
+    """``value`` at the contract's scale of 8 (averages computed by IBKR or SQL may carry more digits)."""
+    return value.quantize(_SCALE)
+
+
+def d8_or_none(value: Decimal | None) -> Decimal | None:
+    return None if value is None else d8(value)
+
+
+def order_requested_from_record(record: dict[str, Any]) -> OrderRequested:
+    return OrderRequested(
+        order_id=record["order_id"],
+        account=record["account"],
+        instrument_id=record["instrument_id"],
+        side=Side(record["side"]),
+        quantity=record["quantity"],
+        order_type=OrderType(record["order_type"]),
+        limit_price=record.get("limit_price"),
+        stop_price=record.get("stop_price"),
+        time_in_force=TimeInForce(record.get("time_in_force") or "DAY"),
+        outside_rth=bool(record.get("outside_rth", False)),
+        created_at=record["created_at"],
+        source=record.get("source"),
+    )
+
+
+def order_requested_record(order: OrderRequested) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "account": order.account,
+        "instrument_id": order.instrument_id,
+        "side": order.side.value,
+        "quantity": order.quantity,
+        "order_type": order.order_type.value,
+        "limit_price": order.limit_price,
+        "stop_price": order.stop_price,
+        "time_in_force": order.time_in_force.value,
+        "outside_rth": order.outside_rth,
+        "created_at": order.created_at,
+        "source": order.source,
+    }
+
+
+def cancel_from_record(record: dict[str, Any]) -> OrderCancelRequested:
+    return OrderCancelRequested(
+        order_id=record["order_id"],
+        account=record["account"],
+        requested_at=record["requested_at"],
+        reason=record.get("reason"),
+    )
+
+
+def cancel_record(cancel: OrderCancelRequested) -> dict[str, Any]:
+    return {
+        "order_id": cancel.order_id,
+        "account": cancel.account,
+        "requested_at": cancel.requested_at,
+        "reason": cancel.reason,
+    }
+
+
+def status_record(row: OrderRow, event_time: datetime, previous: OrderState | None = None) -> dict[str, Any]:
+    """The ``OrderStatusChanged`` record announcing ``row``'s current state."""
+    return {
+        "order_id": row.order_id,
+        "account": row.account,
+        "instrument_id": row.instrument_id,
+        "status": row.state.published_status.value,
+        "ib_order_id": row.ib_order_id,
+        "ib_perm_id": row.ib_perm_id,
+        "filled_quantity": d8(row.filled_quantity),
+        "remaining_quantity": d8(row.remaining_quantity),
+        "avg_fill_price": d8_or_none(row.avg_fill_price),
+        "reason": row.reason,
+        "event_time": event_time,
+        "ib_error_code": row.ib_error_code,
+        "previous_status": previous.published_status.value if previous is not None else None,
+    }
+
+
+def rejection_record(order: OrderRequested, reason: str, event_time: datetime) -> dict[str, Any]:
+    """A REJECTED status for an order too malformed to be kept in the ledger."""
+    quantity = order.quantity if order.quantity.is_finite() and order.quantity >= 0 else Decimal(0)
+    return {
+        "order_id": order.order_id,
+        "account": order.account,
+        "instrument_id": order.instrument_id,
+        "status": OrderState.REJECTED.value,
+        "ib_order_id": None,
+        "ib_perm_id": None,
+        "filled_quantity": Decimal(0),
+        "remaining_quantity": quantity,
+        "avg_fill_price": None,
+        "reason": reason,
+        "event_time": event_time,
+        "ib_error_code": None,
+        "previous_status": None,
+    }
+
+
+def fill_record(row: FillRow) -> dict[str, Any]:
+    return {
+        "fill_id": row.fill_id,
+        "order_id": row.order_id,
+        "account": row.account,
+        "instrument_id": row.instrument_id,
+        "con_id": row.con_id,
+        "side": row.side.value,
+        "quantity": d8(row.quantity),
+        "price": d8(row.price),
+        "currency": row.currency,
+        "exchange": row.exchange,
+        "executed_at": row.executed_at,
+        "commission": d8_or_none(row.commission),
+        "commission_currency": row.commission_currency,
+        "ib_order_id": row.ib_order_id,
+        "ib_perm_id": row.ib_perm_id,
+        "cumulative_quantity": d8(row.cumulative_quantity),
+        "avg_price": d8(row.avg_price),
+    }
+
+
+def position_record(account: str, con_id: int, instrument_id: str | None, quantity: Decimal,
+                    avg_cost: Decimal, currency: str, as_of: datetime) -> dict[str, Any]:
+    return {
+        "account": account,
+        "con_id": con_id,
+        "instrument_id": instrument_id,
+        "quantity": d8(quantity),
+        "avg_cost": d8(avg_cost),
+        "currency": currency,
+        "as_of": as_of,
+    }

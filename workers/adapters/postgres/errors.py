@@ -1,0 +1,32 @@
+"""Errors raised by the PostgreSQL adapter, as types callers can catch."""
+
+from __future__ import annotations
+
+
+class MigrationError(Exception):
+    """The schema cannot be migrated (an applied migration was edited, a file is misnamed, ...)."""
+
+
+class UnknownOrder(LookupError):
+    """No order with this ``order_id`` is in the ledger."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} is not in the ledger")
+        self.order_id = order_id
+
+
+class UnknownInstrument(LookupError):
+    """No instrument with this ``instrument_id`` is in the mapper."""
+
+    def __init__(self, instrument_id: str) -> None:
+        super().__init__(f"instrument {instrument_id} is not in the mapper")
+        self.instrument_id = instrument_id
+
+
+class ConIdConflict(Exception):
+    """An upsert would give a ``con_id`` to a second instrument (``con_id`` is unique)."""
+
+    def __init__(self, instrument_id: str, con_id: int) -> None:
+        super().__init__(f"instrument {instrument_id}: con_id {con_id} already belongs to another instrument")
+        self.instrument_id = instrument_id
+        self.con_id = con_id

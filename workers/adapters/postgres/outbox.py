@@ -1,0 +1,69 @@
+"""The outbox: encoded Kafka records written in the same transaction as the change they announce.
+
+A publisher reads :meth:`Outbox.unpublished`, produces each record, and marks it published once Kafka has
+acknowledged it; a crash in between publishes the record again (at least once, in ``id`` order).
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow
+
+from workers.adapters.postgres._query import Record, column_list, column_names, execute_count, fetch_all
+from workers.adapters.postgres.pool import Pool
+from workers.adapters.postgres.rows import OutboxMessage, OutboxRow
+
+_COLUMNS = column_list(column_names(OutboxRow))
+
+_INSERT = "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s) RETURNING id"
+_UNPUBLISHED = sql.SQL("SELECT {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT %s").format(
+    _COLUMNS
+)
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = %s AND published_at IS NULL"
+_MARK_MANY_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s) AND published_at IS NULL"
+
+
+async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage) -> int:
+    """Write ``message`` on ``conn`` (inside the caller's transaction); return its id."""
+    cursor = await conn.execute(_INSERT, (message.topic, message.key, message.payload))
+    row = await cursor.fetchone()
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return int(row[0])
+
+
+class Outbox:
+    """Pending Kafka records in table ``outbox``."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def add(self, message: OutboxMessage) -> int:
+        """Write ``message`` on its own; return its id."""
+        async with self._pool.connection() as conn, conn.transaction():
+            return await add_to_outbox(conn, message)
+
+    async def unpublished(self, limit: int = 100) -> list[OutboxRow]:
+        """Records not yet acknowledged by Kafka, oldest first."""
+        async with self._pool.connection() as conn:
+            return [_outbox_row(r) for r in await fetch_all(conn, _UNPUBLISHED, (limit,))]
+
+    async def mark_published(self, message_id: int) -> bool:
+        """Record that Kafka acknowledged message ``message_id``; False if unknown or marked already."""
+        async with self._pool.connection() as conn:
+            return await execute_count(conn, _MARK_PUBLISHED, (message_id,)) == 1
+
+    async def mark_many_published(self, message_ids: list[int]) -> int:
+        """Record that Kafka acknowledged all of ``message_ids``; return how many were newly marked."""
+        async with self._pool.connection() as conn:
+            return await execute_count(conn, _MARK_MANY_PUBLISHED, (message_ids,))
+
+
+def _outbox_row(record: Record) -> OutboxRow:
+    return OutboxRow(
+        id=record["id"],
+        topic=record["topic"],
+        key=record["key"],
+        payload=bytes(record["payload"]),
+        created_at=record["created_at"],
+        published_at=record["published_at"],
+    )

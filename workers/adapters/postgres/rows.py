@@ -1,0 +1,279 @@
+"""Typed rows the PostgreSQL stores read and write.
+
+Plain frozen dataclasses: nothing here runs SQL. Inputs that may come from elsewhere (an instrument
+record, an IBKR execution) are described by protocols, so a domain dataclass with the same attributes
+can be passed as it is; :class:`Instrument` and :class:`Fill` are ready-made implementations.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from workers.domain.orders import OrderState, OrderType, Side, TimeInForce
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    """One order in the ledger (table ``orders``)."""
+
+    order_id: str
+    account: str
+    instrument_id: str
+    side: Side
+    quantity: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: TimeInForce
+    outside_rth: bool
+    source: str | None
+    created_at: datetime
+    state: OrderState
+    ib_client_id: int | None
+    ib_order_id: int | None
+    ib_perm_id: int | None
+    con_id: int | None
+    filled_quantity: Decimal
+    remaining_quantity: Decimal
+    avg_fill_price: Decimal | None
+    reason: str | None
+    ib_error_code: int | None
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    accepted_at: datetime
+    updated_at: datetime
+    owner_client_id: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+
+@dataclass(frozen=True)
+class CancelRequestRow:
+    """A cancel request as received (table ``cancel_requests``); its order may not exist yet."""
+
+    order_id: str
+    account: str
+    requested_at: datetime
+    reason: str | None
+    received_at: datetime
+    handled_at: datetime | None
+
+
+class FillFields(Protocol):
+    """What :meth:`FillStore.insert` needs to know about one IBKR execution."""
+
+    @property
+    def fill_id(self) -> str: ...
+    @property
+    def order_id(self) -> str: ...
+    @property
+    def con_id(self) -> int: ...
+    @property
+    def side(self) -> str: ...
+    @property
+    def quantity(self) -> Decimal: ...
+    @property
+    def price(self) -> Decimal: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def executed_at(self) -> datetime: ...
+    @property
+    def commission(self) -> Decimal | None: ...
+    @property
+    def commission_currency(self) -> str | None: ...
+    @property
+    def ib_order_id(self) -> int: ...
+    @property
+    def ib_perm_id(self) -> int: ...
+    @property
+    def cumulative_quantity(self) -> Decimal: ...
+    @property
+    def avg_price(self) -> Decimal: ...
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One IBKR execution of a ledger order (``fill_id`` is IBKR's execId)."""
+
+    fill_id: str
+    order_id: str
+    con_id: int
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    currency: str
+    exchange: str
+    executed_at: datetime
+    ib_order_id: int
+    ib_perm_id: int
+    cumulative_quantity: Decimal
+    avg_price: Decimal
+    commission: Decimal | None = None
+    commission_currency: str | None = None
+
+
+@dataclass(frozen=True)
+class FillRow:
+    """A recorded fill (table ``fills``), with its order's account and instrument for publishing."""
+
+    fill_id: str
+    order_id: str
+    account: str
+    instrument_id: str
+    con_id: int
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    currency: str
+    exchange: str
+    executed_at: datetime
+    commission: Decimal | None
+    commission_currency: str | None
+    ib_order_id: int
+    ib_perm_id: int
+    cumulative_quantity: Decimal
+    avg_price: Decimal
+    recorded_at: datetime
+    published_at: datetime | None
+
+
+class InstrumentFields(Protocol):
+    """What :meth:`InstrumentMapper.upsert` needs to know about one instrument."""
+
+    @property
+    def instrument_id(self) -> str: ...
+    @property
+    def con_id(self) -> int: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def sec_type(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def primary_exchange(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def local_symbol(self) -> str: ...
+    @property
+    def trading_class(self) -> str: ...
+    @property
+    def multiplier(self) -> Decimal | None: ...
+    @property
+    def min_tick(self) -> Decimal: ...
+    @property
+    def last_trade_date(self) -> str | None: ...
+    @property
+    def long_name(self) -> str: ...
+    @property
+    def active(self) -> bool: ...
+
+
+# The attributes of InstrumentFields that upsert compares and stores, besides the key.
+INSTRUMENT_FIELDS: tuple[str, ...] = (
+    "con_id",
+    "symbol",
+    "sec_type",
+    "exchange",
+    "primary_exchange",
+    "currency",
+    "local_symbol",
+    "trading_class",
+    "multiplier",
+    "min_tick",
+    "last_trade_date",
+    "long_name",
+    "active",
+)
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """An instrument as the mapper knows it: our ``instrument_id`` and the IBKR contract it maps to."""
+
+    instrument_id: str
+    con_id: int
+    symbol: str
+    sec_type: str
+    exchange: str
+    currency: str
+    min_tick: Decimal
+    primary_exchange: str = ""
+    local_symbol: str = ""
+    trading_class: str = ""
+    multiplier: Decimal | None = None
+    last_trade_date: str | None = None
+    long_name: str = ""
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class InstrumentRow:
+    """A row of the mapper (table ``instruments``)."""
+
+    instrument_id: str
+    con_id: int
+    symbol: str
+    sec_type: str
+    exchange: str
+    primary_exchange: str
+    currency: str
+    local_symbol: str
+    trading_class: str
+    multiplier: Decimal | None
+    min_tick: Decimal
+    last_trade_date: str | None
+    long_name: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstrumentChange(enum.StrEnum):
+    """What an upsert or deactivation did (the first three are the contract's ``change`` values)."""
+
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    DEACTIVATED = "DEACTIVATED"
+    UNCHANGED = "UNCHANGED"
+
+
+@dataclass(frozen=True)
+class InstrumentUpsert:
+    """The outcome of writing one instrument: what changed, which fields, and the row as stored now."""
+
+    change: InstrumentChange
+    changed_fields: tuple[str, ...]
+    row: InstrumentRow
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """An encoded Kafka record to publish once the transaction that wrote it has committed."""
+
+    topic: str
+    key: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A row of table ``outbox``."""
+
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+    created_at: datetime
+    published_at: datetime | None

@@ -1,0 +1,224 @@
+"""The one place where the order-consumer's real adapters are built and wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from workers import __version__
+from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.ibkr.gateway import IbkrGateway
+from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
+from workers.adapters.kafka.event_sink import AvroEventSink
+from workers.adapters.kafka.publishing import FillRelay, OutboxRelay
+from workers.adapters.kafka.records import (
+    INSTRUMENT_UPDATED,
+    ORDER_CANCEL_REQUESTED,
+    ORDER_REQUESTED,
+    cancel_from_record,
+    order_requested_from_record,
+)
+from workers.adapters.postgres.fills import FillStore
+from workers.adapters.postgres.instruments import InstrumentMapper
+from workers.adapters.postgres.ledger import OrderLedger
+from workers.adapters.postgres.outbox import Outbox
+from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.domain.guards import GuardPolicy, OrderLimits
+from workers.domain.orders import OrderCancelRequested, OrderRequested
+from workers.logs import get_logger
+from workers.service_layer.instrument_cache import InstrumentCache
+from workers.service_layer.order_service import OrderService
+from workers.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class InstrumentChanged:
+    """An ``instruments.updated`` record: the cache forgets the instrument."""
+
+    instrument_id: str
+
+
+@dataclass
+class RuntimeSwitches:
+    """Switches an operator can flip without a restart."""
+
+    kill_switch: bool = False
+
+
+@dataclass
+class OrderConsumerApp:
+    """A wired order-consumer: run it with :meth:`run` until ``stop`` is set."""
+
+    settings: Settings
+    pool: Pool
+    producer: AIOKafkaProducer
+    consumer: AIOKafkaConsumer
+    gateway: IbkrGateway
+    service: OrderService
+    loop: ConsumeLoop
+    outbox_relay: OutboxRelay
+    fill_relay: FillRelay
+    switches: RuntimeSwitches
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    version: str = __version__
+
+    async def run(self) -> None:
+        """Connect, reconcile, consume; on ``stop``: stop consuming, drain, commit, disconnect."""
+        settings = self.settings
+        recovered = await self.fill_relay.recover(
+            {"bootstrap_servers": settings.kafka_bootstrap_servers, **kafka_client_kwargs(settings)}
+        )
+        log.info("fill recovery done", marked_published=recovered)
+        tasks = [
+            asyncio.create_task(self._supervise_connection(), name="ibkr-connection"),
+            asyncio.create_task(self.service.run_placer(self.stop), name="placer"),
+            asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
+            asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
+            asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
+        ]
+        try:
+            await self.loop.run(self.stop)
+        finally:
+            self.stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # Publish what the last handled records produced before leaving.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain(), 3.0)
+            await self.close()
+
+    async def _drain(self) -> None:
+        while await self.outbox_relay.publish_pending():
+            pass
+        self.fill_relay.commission_wait = self.fill_relay.commission_wait * 0
+        while await self.fill_relay.publish_pending():
+            pass
+
+    async def _supervise_connection(self) -> None:
+        while not self.stop.is_set():
+            if not self.gateway.connected:
+                if not await self.gateway.connect_with_retry(stop=self.stop):
+                    return
+                self.gateway.reconnects += 1
+                try:
+                    await self.service.reconcile()
+                except Exception:
+                    log.exception("reconciliation failed; reconnecting")
+                    self.gateway.disconnect()
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.5)
+
+    async def _sweep_cancels(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            try:
+                if self.gateway.connected:
+                    await self.service.sweep_cancels()
+            except Exception:
+                log.exception("cancel sweep failed")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.consumer.stop()
+        await self.gateway.close()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
+        await close_pool(self.pool)
+
+
+def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
+    return GuardPolicy(
+        allowed_accounts=settings.allowed_accounts,
+        global_limits=OrderLimits(max_quantity=settings.max_order_quantity,
+                                  max_notional=settings.max_order_notional),
+        kill_switch=settings.kill_switch or switches.kill_switch,
+    )
+
+
+def _decoder(codec: AvroCodec, settings: Settings) -> Any:
+    topics = settings.topics
+
+    async def decode(topic: str, value: bytes) -> OrderRequested | OrderCancelRequested | InstrumentChanged:
+        try:
+            if topic == topics.orders_requested:
+                return order_requested_from_record(codec.decode(value, ORDER_REQUESTED))
+            if topic == topics.orders_cancel_requested:
+                return cancel_from_record(codec.decode(value, ORDER_CANCEL_REQUESTED))
+            if topic == topics.instruments_updated:
+                return InstrumentChanged(codec.decode(value, INSTRUMENT_UPDATED)["instrument_id"])
+        except DecodeError as exc:
+            raise Undecodable(f"{exc.kind}: {exc.reason}") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Undecodable(f"invalid record: {exc}", stage="convert") from None
+        raise Undecodable(f"no decoder for topic {topic}", stage="route")
+
+    return decode
+
+
+async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = None) -> OrderConsumerApp:
+    """Build the order-consumer with real adapters from ``settings``."""
+    codec = codec or AvroCodec()
+    topics = settings.topics
+    kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
+                                    **kafka_client_kwargs(settings)}
+    pool = await open_pool(settings.database_dsn, max_size=settings.database_pool_size)
+    producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
+    await producer.start()
+    consumer = AIOKafkaConsumer(
+        topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
+        group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
+        isolation_level="read_committed", **kafka_kwargs,
+    )
+    limiter = PacingLimiter(settings.ibkr_pacing_per_second)
+    gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
+                          limiter=limiter, connect_timeout=settings.ibkr_connect_timeout,
+                          readonly=settings.ibkr_readonly)
+    ledger = OrderLedger(pool)
+    fills = FillStore(pool)
+    outbox = Outbox(pool)
+    instruments = InstrumentCache(InstrumentMapper(pool))
+    switches = RuntimeSwitches()
+    outbox_relay = OutboxRelay(outbox, producer)
+    fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,
+                           owner_client_id=settings.ibkr_client_id)
+    service = OrderService(
+        ledger=ledger, fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
+        events=AvroEventSink(codec, topics), policy=lambda: guard_policy(settings, switches),
+        readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
+    )
+    gateway.listen(service.on_report)
+
+    async def handle(command: object, source: RecordSource) -> None:
+        if isinstance(command, OrderRequested):
+            await service.on_order_requested(command, source.topic, source.partition, source.offset)
+        elif isinstance(command, OrderCancelRequested):
+            await service.on_cancel_requested(command)
+        elif isinstance(command, InstrumentChanged):
+            instruments.invalidate(command.instrument_id)
+
+    await consumer.start()
+    loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
+                       DeadLetters(producer, topics.orders_requested_dlq))
+    return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,
+                            gateway=gateway, service=service, loop=loop, outbox_relay=outbox_relay,
+                            fill_relay=fill_relay, switches=switches)
+
+
+def decimal_or_none(value: str | None) -> Decimal | None:
+    return Decimal(value) if value else None

@@ -1,0 +1,28 @@
+"""``ibkr-workers order-consumer``: run the order-consumer until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from workers.logs import configure_logging, get_logger
+from workers.settings import load_settings
+
+log = get_logger(__name__)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level, worker="order-consumer")
+    from workers.bootstrap import build_order_consumer
+
+    app = await build_order_consumer(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop.set)
+    log.info("order-consumer started", client_id=settings.ibkr_client_id,
+             ibkr=f"{settings.ibkr_host}:{settings.ibkr_effective_port}", readonly=settings.ibkr_readonly)
+    await app.run()
+    log.info("order-consumer stopped")
+    return 0
