@@ -1,0 +1,185 @@
+"""The order-consumer end to end: real Kafka, real PostgreSQL, the sim gateway over the TWS socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL, Harness, order, running_harness
+from workers.adapters.postgres.pool import close_pool, open_pool
+from workers.domain.orders import OrderType, Side, TimeInForce
+from workers.settings import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def harness(kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> AsyncIterator[Harness]:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics) as running:
+        yield running
+
+
+async def test_market_order_is_filled_with_fill_and_commission(harness: Harness) -> None:
+    request = order()
+    await harness.send(request)
+    filled = await harness.wait_status(request.order_id, "FILLED")
+    assert filled["filled_quantity"] == Decimal(10)
+    assert filled["remaining_quantity"] == Decimal(0)
+    assert filled["ib_order_id"] is not None and filled["ib_perm_id"]
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
+    fill = harness.observed.fills[request.order_id][0]
+    assert fill["quantity"] == Decimal(10)
+    assert fill["con_id"] == AAPL.con_id
+    assert fill["instrument_id"] == AAPL.instrument_id
+    assert fill["commission"] is not None and fill["commission"] > 0
+    assert harness.status_trail(request.order_id)[0] == "ACCEPTED"
+    assert harness.sim.place_count(request.order_id) == 1
+
+
+@pytest.mark.parametrize("instrument", [ES, EURUSD, SPY_CALL], ids=["FUT", "CASH", "OPT"])
+async def test_each_sec_type_is_placed_by_con_id_and_filled(harness: Harness, instrument: object) -> None:
+    request = order(getattr(instrument, "instrument_id"), quantity="2")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
+    assert harness.observed.fills[request.order_id][0]["con_id"] == getattr(instrument, "con_id")
+
+
+async def test_limit_stop_and_stop_limit_orders_fill_when_marketable(harness: Harness) -> None:
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    marketable = [
+        order(order_type=OrderType.LIMIT, limit=str(price + 1)),
+        order(side=Side.SELL, order_type=OrderType.LIMIT, limit=str(price - 1), tif=TimeInForce.GTC),
+        order(order_type=OrderType.STOP, stop=str(price - 1)),
+        order(order_type=OrderType.STOP_LIMIT, stop=str(price - 1), limit=str(price + 2),
+              tif=TimeInForce.IOC),
+    ]
+    for request in marketable:
+        await harness.send(request)
+    for request in marketable:
+        await harness.wait_status(request.order_id, "FILLED")
+        assert harness.sim.place_count(request.order_id) == 1
+
+
+async def test_resting_limit_order_is_cancelled_on_request(harness: Harness) -> None:
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    request = order(order_type=OrderType.LIMIT, limit=str(price - 20), tif=TimeInForce.GTC)
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "SUBMITTED")
+    await harness.cancel(request.order_id)
+    cancelled = await harness.wait_status(request.order_id, "CANCELLED")
+    assert cancelled["filled_quantity"] == Decimal(0)
+    assert "CANCEL_PENDING" in harness.status_trail(request.order_id)
+    assert harness.sim.open_orders() == []
+
+
+async def test_cancel_before_order_arrives_cancels_it(harness: Harness) -> None:
+    request = order()
+    await harness.cancel(request.order_id)
+    await harness.wait_for(lambda: harness.app is not None and harness.app.loop.consumed >= 1, what="cancel")
+    await harness.send(request)
+    cancelled = await harness.wait_status(request.order_id, "CANCELLED")
+    assert "before the order" in (cancelled["reason"] or "")
+    assert harness.sim.place_count(request.order_id) == 0
+
+
+async def test_redelivered_order_is_placed_once(harness: Harness) -> None:
+    request = order()
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.send(request)  # the same event again, as a redelivery would bring it
+    await harness.wait_for(lambda: harness.status_trail(request.order_id).count("FILLED") >= 2,
+                           what="the re-published status")
+    assert harness.sim.place_count(request.order_id) == 1
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) >= 1, what="the fill")
+    assert len(harness.observed.fills[request.order_id]) == 1
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"account": "DU7777777"}, "ACCOUNT_NOT_ALLOWED"),
+    ({"instrument_id": "STK:NOPE:USD"}, "UNKNOWN_INSTRUMENT"),
+    ({"order_type": OrderType.LIMIT}, "MISSING_LIMIT_PRICE"),
+    ({"order_type": OrderType.LIMIT, "limit": "100.001"}, "PRICE_OFF_TICK"),
+    ({"quantity": "0"}, "INVALID_QUANTITY"),
+    ({"order_id": "not-a-uuid"}, "INVALID_ORDER_ID"),
+])
+async def test_rejected_orders_never_reach_ibkr(harness: Harness, changes: dict[str, object],
+                                                reason: str) -> None:
+    request = order(**changes)  # type: ignore[arg-type]
+    await harness.send(request)
+    rejected = await harness.wait_status(request.order_id, "REJECTED")
+    assert rejected["reason"].startswith(reason)
+    assert harness.sim.place_count(request.order_id) == 0
+
+
+async def test_order_rejected_by_ibkr_carries_the_code(harness: Harness) -> None:
+    harness.sim.reject_next_order(201, "Order rejected - reason: test rejection")
+    request = order()
+    await harness.send(request)
+    rejected = await harness.wait_status(request.order_id, "REJECTED")
+    assert rejected["ib_error_code"] == 201
+    assert "201" in rejected["reason"]
+
+
+async def test_undecodable_records_go_to_the_dead_letter_topic_and_valid_orders_still_fill(
+        harness: Harness) -> None:
+    good = [order() for _ in range(3)]
+    valid_bytes = harness.codec.encode("OrderRequested", {
+        "order_id": good[0].order_id, "account": "x", "instrument_id": "y", "side": "BUY",
+        "quantity": Decimal(1), "order_type": "MARKET", "limit_price": None, "stop_price": None,
+        "created_at": good[0].created_at})
+    garbage = [(b"k1", b"not avro at all"), (b"k2", valid_bytes[:12]),
+               (b"k3", harness.codec.encode("OrderCancelRequested", {
+                   "order_id": "o", "account": "a", "requested_at": good[0].created_at}))]
+    await harness.send(good[0])
+    for key, value in garbage[:2]:
+        await harness.send_raw(key, value)
+    await harness.send(good[1])
+    await harness.send_raw(*garbage[2])
+    await harness.send(good[2])
+    for request in good:
+        await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.dead_letters) == 3, what="three dead letters")
+    by_key = {record.key: record for record in harness.observed.dead_letters}
+    for key, value in garbage:
+        record = by_key[key]
+        assert record.value == value
+        headers = dict(record.headers)
+        assert headers["source.topic"] == harness.topics.orders_requested.encode()
+        assert headers["error.stage"] == b"decode"
+        assert headers["error.reason"]
+        assert int(headers["source.offset"]) >= 0
+
+
+async def test_partial_fills_sum_to_the_order(harness: Harness) -> None:
+    harness.sim.config.clip_size = 3
+    harness.sim.config.clip_interval = 0.05
+    request = order(quantity="10")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: sum(f["quantity"] for f in harness.observed.fills[request.order_id])
+                           == Decimal(10), what="fills summing to 10")
+    fills = harness.observed.fills[request.order_id]
+    assert [f["quantity"] for f in fills] == [Decimal(3), Decimal(3), Decimal(3), Decimal(1)]
+    assert len({f["fill_id"] for f in fills}) == 4
+    assert "PARTIALLY_FILLED" in harness.status_trail(request.order_id)
+
+
+async def test_readonly_mode_records_but_never_places(kafka_bootstrap: str, database_url: str,
+                                                      kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, ibkr_readonly=True) as h:
+        request = order()
+        await h.send(request)
+        accepted = await h.wait_status(request.order_id, "ACCEPTED")
+        assert accepted["ib_order_id"] is None
+        pool = await open_pool(database_url)
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute("SELECT state FROM orders WHERE order_id = %s", (request.order_id,))
+                assert await cursor.fetchone() == ("ACCEPTED",)
+        finally:
+            await close_pool(pool)
+        assert h.sim.place_count(request.order_id) == 0
+        assert h.sim.orders_seen == []
