@@ -183,7 +183,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
         group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
-        isolation_level="read_committed", **kafka_kwargs,
+        isolation_level="read_committed", session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4), **kafka_kwargs,
     )
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
     gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,

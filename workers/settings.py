@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_consumer_group: str = "ibkr-order-consumer"
+    # How long the group waits for a silent member before rebalancing (the broker's minimum is 6 s).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     schema_registry_url: str | None = None
 
     # PostgreSQL: a libpq URL; it may carry a password, so it is a secret.

@@ -208,6 +208,9 @@ class OrderService:
             await self._reconciled.wait()
             try:
                 await self._place(order_id)
+            except ConnectionError as exc:
+                log.warning("placing failed: not connected; the order stays for reconciliation",
+                            order_id=order_id, error=str(exc))
             except Exception:
                 log.exception("placing failed; the order stays for reconciliation", order_id=order_id)
 

@@ -1,0 +1,97 @@
+"""The order-consumer's promise across disconnects and restarts: no lost order, no duplicate, no fill twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.integration.harness import Harness, order, running_harness
+from workers.settings import TopicNames
+
+pytestmark = pytest.mark.integration
+
+FINAL = {"FILLED", "CANCELLED", "REJECTED"}
+
+
+@pytest.fixture
+async def harness(kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> AsyncIterator[Harness]:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics) as running:
+        yield running
+
+
+def assert_exactly_once(harness: Harness, order_ids: list[str]) -> None:
+    for order_id in order_ids:
+        assert harness.sim.place_count(order_id) == 1, order_id
+    exec_ids = Counter(f["fill_id"] for fills in harness.observed.fills.values() for f in fills)
+    assert exec_ids, "no fills were published"
+    assert max(exec_ids.values()) == 1, [e for e, n in exec_ids.items() if n > 1]
+    sim_exec_ids = {e.exec_id for e in harness.sim.executions()}
+    assert set(exec_ids) == sim_exec_ids
+
+
+async def test_gateway_dropped_mid_stream_loses_and_duplicates_nothing(harness: Harness) -> None:
+    requests = [order(quantity="1") for _ in range(60)]
+    for i, request in enumerate(requests):
+        await harness.send(request)
+        if i in (20, 40):
+            await harness.wait_for(lambda: 7 in harness.sim.connected_client_ids, what="a connection")
+            await asyncio.sleep(0.05)
+            assert harness.sim.drop_connections() >= 1
+    for request in requests:
+        await harness.wait_status(request.order_id, "FILLED", timeout=40)
+    await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= len(requests),
+                           timeout=20, what="one fill per order")
+    assert_exactly_once(harness, [r.order_id for r in requests])
+    assert harness.app is not None and harness.app.gateway.reconnects >= 3
+
+
+async def test_gateway_restart_with_refused_connections_then_reconciles(harness: Harness) -> None:
+    first = [order(quantity="1") for _ in range(10)]
+    for request in first:
+        await harness.send(request)
+    harness.sim.refuse_connections(1.5)
+    second = [order(quantity="1") for _ in range(10)]
+    for request in second:
+        await harness.send(request)
+    for request in first + second:
+        await harness.wait_status(request.order_id, "FILLED", timeout=40)
+    await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= 20,
+                           timeout=20, what="one fill per order")
+    assert_exactly_once(harness, [r.order_id for r in first + second])
+
+
+async def test_lower_next_valid_id_after_restart_never_reuses_an_order_id(harness: Harness) -> None:
+    before = [order(quantity="1") for _ in range(5)]
+    for request in before:
+        await harness.send(request)
+    for request in before:
+        await harness.wait_status(request.order_id, "FILLED")
+    used = {s["ib_order_id"] for r in before for s in harness.observed.statuses[r.order_id]
+            if s["ib_order_id"] is not None}
+    harness.sim.lower_next_valid_id(1)
+    harness.sim.drop_connections()
+    after = [order(quantity="1") for _ in range(5)]
+    for request in after:
+        await harness.send(request)
+    for request in after:
+        filled = await harness.wait_status(request.order_id, "FILLED", timeout=30)
+        assert filled["ib_order_id"] not in used
+        assert filled["ib_order_id"] > max(used)
+
+
+async def test_orders_queued_while_disconnected_are_placed_after_reconnect(harness: Harness) -> None:
+    harness.sim.refuse_connections(2.0)
+    await asyncio.sleep(0.2)
+    requests = [order(quantity="1") for _ in range(5)]
+    for request in requests:
+        await harness.send(request)
+    for request in requests:
+        await harness.wait_status(request.order_id, "ACCEPTED")
+    for request in requests:
+        await harness.wait_status(request.order_id, "FILLED", timeout=30)
+    await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= 5,
+                           timeout=20, what="one fill per order")
+    assert_exactly_once(harness, [r.order_id for r in requests])

@@ -1,0 +1,514 @@
+"""instrument-sync: passes over the universe that keep the instrument mapper equal to what IBKR lists.
+
+For each universe entry a pass asks IBKR for contract details (through the pacing limiter), works out the
+instrument rows the entry should have, and writes only what differs — each entry in one transaction, with
+one ``instruments.updated`` outbox record per real change (CREATED, UPDATED, DEACTIVATED). ``conId`` is the
+identity of a contract: an instrument the mapper knows is asked for by conId, so a renamed symbol is an
+UPDATE of the same row. What IBKR no longer knows (error 200) or what expired is deactivated, never deleted.
+An unknown or ambiguous spec fails its entry with a reason; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+import psycopg
+
+from workers.adapters.postgres.errors import ConIdConflict
+from workers.adapters.postgres.instruments import InstrumentMapper
+from workers.adapters.postgres.rows import (
+    INSTRUMENT_FIELDS,
+    Instrument,
+    InstrumentChange,
+    InstrumentRow,
+    InstrumentUpsert,
+)
+from workers.adapters.postgres.universe import (
+    Deactivate,
+    EventFactory,
+    InstrumentWrite,
+    PassFailure,
+    UniverseRow,
+    UniverseStore,
+)
+from workers.domain.contracts import (
+    ContractDetail,
+    ContractSpec,
+    LookupRejected,
+    LookupUnavailable,
+    ResolutionError,
+    UnknownContract,
+    choose_one,
+    distinct,
+    is_expired,
+)
+from workers.domain.instrument_ids import spec_for_instrument_id
+from workers.domain.universe import SingleEntry, UniverseEntry, UniverseError
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ContractLookup(Protocol):
+    """IBKR's contract details for a spec; ``[]`` when IBKR knows no such contract.
+
+    Raises :class:`LookupUnavailable` when IBKR cannot be asked now and :class:`LookupRejected` when it
+    refuses the request.
+    """
+
+    async def lookup(self, spec: ContractSpec) -> list[ContractDetail]: ...
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass
+class SyncCounters:
+    """What a health reporter needs to know about the sync, updated as it goes."""
+
+    entries_total: int = 0
+    entries_done: int = 0
+    entries_failed: int = 0
+    instruments_created: int = 0
+    instruments_updated: int = 0
+    instruments_deactivated: int = 0
+    passes_completed: int = 0
+    running: bool = False
+    last_pass_started_at: datetime | None = None
+    last_pass_finished_at: datetime | None = None
+    last_pass_seconds: float | None = None
+    last_pass_ok: bool | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class PassSummary:
+    """The outcome of one pass (or of the part of it this process ran, when it was resumed)."""
+
+    pass_id: int
+    resumed: bool
+    entries_total: int
+    entries_done: int
+    entries_failed: int
+    entries_skipped: int
+    entries_unchanged: int
+    created: int
+    updated: int
+    deactivated: int
+    lookups: int
+    seconds: float
+    failures: tuple[PassFailure, ...] = ()
+    interrupted: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The whole universe was handled and no entry failed."""
+        return self.interrupted is None and self.entries_failed == 0
+
+    def describe(self) -> str:
+        """One line for people: what the pass did."""
+        text = (f"pass {self.pass_id}: {self.entries_done}/{self.entries_total} entries, "
+                f"{self.entries_failed} failed; {self.created} created, {self.updated} updated, "
+                f"{self.deactivated} deactivated in {self.seconds:.1f} s")
+        if self.interrupted:
+            text += f"; interrupted ({self.interrupted}), resumable"
+        if self.failures:
+            shown = "; ".join(f"{f.instrument_id}: {f.error}" for f in self.failures[:5])
+            more = f" (+{len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+            text += f"; failures: {shown}{more}"
+        return text
+
+
+@dataclass
+class _PassRun:
+    """The mutable state of the pass this process is running."""
+
+    pass_id: int
+    total: int
+    skipped: int
+    failed_before: int
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    created: int = 0
+    updated: int = 0
+    deactivated: int = 0
+    lookups: int = 0
+    marks: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: str | None = None
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def count(self, outcome: InstrumentUpsert) -> None:
+        if outcome.change is InstrumentChange.CREATED:
+            self.created += 1
+        elif outcome.change is InstrumentChange.UPDATED:
+            self.updated += 1
+        elif outcome.change is InstrumentChange.DEACTIVATED:
+            self.deactivated += 1
+
+
+def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: ContractSpec) -> Instrument:
+    """The mapper row for ``detail`` under ``instrument_id`` (active)."""
+    if detail.min_tick <= 0:
+        raise ResolutionError(spec, f"{spec.describe()}: IBKR gives no minimum tick for {detail.describe()}")
+    is_option = detail.strike is not None
+    return Instrument(
+        instrument_id=instrument_id,
+        con_id=detail.con_id,
+        symbol=detail.symbol,
+        sec_type=detail.sec_type,
+        exchange=detail.exchange,
+        currency=detail.currency,
+        min_tick=detail.min_tick,
+        primary_exchange=detail.primary_exchange,
+        local_symbol=detail.local_symbol,
+        trading_class=detail.trading_class,
+        multiplier=detail.multiplier,
+        last_trade_date=detail.last_trade_date,
+        long_name=detail.long_name,
+        active=True,
+        strike=detail.strike if is_option else None,
+        option_right=detail.right if is_option else None,
+    )
+
+
+def differs(write: InstrumentWrite, current: InstrumentRow | None) -> bool:
+    """Whether applying ``write`` would change the mapper row ``current``."""
+    if isinstance(write, Deactivate):
+        return current is not None and current.active
+    if current is None:
+        return True
+    return any(getattr(current, name) != getattr(write, name) for name in INSTRUMENT_FIELDS)
+
+
+class InstrumentSync:
+    """Runs passes over the universe; its :attr:`counters` tell how far it got."""
+
+    def __init__(self, *, store: UniverseStore, mapper: InstrumentMapper, lookup: ContractLookup,
+                 events: EventFactory, concurrency: int = 8, today: Callable[[], date] = utc_today,
+                 resume_within: timedelta = timedelta(hours=1), progress_every: float = 5.0,
+                 mark_batch: int = 200, on_change: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.mapper = mapper
+        self.lookup = lookup
+        self.events = events
+        self.concurrency = max(1, concurrency)
+        self.today = today
+        self.resume_within = resume_within
+        self.progress_every = progress_every
+        self.mark_batch = mark_batch
+        self.on_change = on_change
+        self.counters = SyncCounters()
+
+    # -- a pass ---------------------------------------------------------------------------------
+
+    async def run_pass(self, stop: asyncio.Event | None = None) -> PassSummary:
+        """One pass over the universe (resuming an unfinished one); returns its summary.
+
+        When IBKR becomes unavailable, or ``stop`` is set, the entries in flight are finished and the pass
+        is left unfinished (``interrupted`` says why): the next call resumes it.
+        """
+        entries = await self.store.entries()
+        sync_pass = await self.store.open_pass(len(entries), self.resume_within)
+        pending = await self.store.pending(sync_pass.pass_id)
+        _, failed_before = await self.store.pass_counts(sync_pass.pass_id)
+        run = _PassRun(pass_id=sync_pass.pass_id, total=len(entries), skipped=len(entries) - len(pending),
+                       failed_before=failed_before)
+        self._pass_started(run, sync_pass.resumed)
+        queue = iter(pending)
+        workers = [asyncio.create_task(self._work(run, queue, stop), name=f"instrument-sync-{n}")
+                   for n in range(min(self.concurrency, len(pending)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            raise
+        await self._flush_marks(run)
+        if run.interrupted is None and stop is not None and stop.is_set():
+            run.interrupted = "stopping"
+        if run.interrupted is None:
+            await self._deactivate_expired(run)
+            done, failed = await self.store.finish_pass(
+                run.pass_id, total=run.total, created=run.created, updated=run.updated,
+                deactivated=run.deactivated,
+            )
+        else:
+            done, failed = await self.store.pass_counts(run.pass_id)
+        failures = tuple(await self.store.pass_failures(run.pass_id)) if failed else ()
+        summary = PassSummary(
+            pass_id=run.pass_id, resumed=sync_pass.resumed, entries_total=run.total, entries_done=done,
+            entries_failed=failed, entries_skipped=run.skipped, entries_unchanged=run.unchanged,
+            created=run.created, updated=run.updated, deactivated=run.deactivated, lookups=run.lookups,
+            seconds=time.monotonic() - run.started, failures=failures, interrupted=run.interrupted,
+        )
+        self._pass_finished(summary)
+        return summary
+
+    async def _work(self, run: _PassRun, queue: Iterator[UniverseRow], stop: asyncio.Event | None) -> None:
+        # One shared iterator: each worker takes the next entry when it is free.
+        for row in queue:
+            if run.interrupted is not None or (stop is not None and stop.is_set()):
+                return
+            try:
+                await self._sync_entry(run, row)
+            except LookupUnavailable as exc:
+                if run.interrupted is None:
+                    run.interrupted = str(exc)
+                    log.warning("instrument sync interrupted; the pass will resume", pass_id=run.pass_id,
+                                reason=str(exc))
+                return
+            await self._progress(run)
+
+    async def _sync_entry(self, run: _PassRun, row: UniverseRow) -> None:
+        entry = row.entry
+        try:
+            existing = await self._existing(entry)
+            writes = await self._plan(run, entry, existing, row.resolved_before)
+        except (ResolutionError, LookupRejected, UniverseError) as exc:
+            await self._fail(run, row, str(exc))
+            return
+        current = {r.instrument_id: r for r in existing}
+        if not any(differs(w, current.get(w.instrument_id)) for w in writes):
+            run.unchanged += 1
+            run.done += 1
+            run.marks.append((row.instrument_id, row.spec_hash))
+            if len(run.marks) >= self.mark_batch:
+                await self._flush_marks(run)
+            self._count(run)
+            return
+        try:
+            outcomes = await self.store.commit_entry(run.pass_id, (row.instrument_id, row.spec_hash), writes,
+                                                     self.events)
+        except (ConIdConflict, psycopg.IntegrityError, psycopg.DataError) as exc:
+            await self._fail(run, row, str(exc).splitlines()[0])
+            return
+        run.done += 1
+        changed = False
+        for outcome in outcomes:
+            run.count(outcome)
+            if outcome.change is not InstrumentChange.UNCHANGED:
+                changed = True
+                log.info("instrument changed", instrument_id=outcome.row.instrument_id,
+                         change=outcome.change.value, changed_fields=list(outcome.changed_fields),
+                         con_id=outcome.row.con_id, entry=row.instrument_id)
+        self._count(run)
+        if changed and self.on_change is not None:
+            self.on_change()
+
+    async def _fail(self, run: _PassRun, row: UniverseRow, error: str) -> None:
+        log.warning("instrument entry failed", entry=row.instrument_id, error=error, pass_id=run.pass_id)
+        await self.store.mark_failed(run.pass_id, row.instrument_id, row.spec_hash, error)
+        run.done += 1
+        run.failed += 1
+        self.counters.last_error = f"{row.instrument_id}: {error}"
+        self._count(run)
+
+    async def _existing(self, entry: UniverseEntry) -> list[InstrumentRow]:
+        """The mapper rows the entry owns now (its instrument, or its family's members)."""
+        if isinstance(entry, SingleEntry):
+            row = await self.mapper.get(entry.instrument_id)
+            return [row] if row is not None else []
+        rows = await self.mapper.with_prefix(entry.instrument_id + ":")
+        return [r for r in rows if entry.owns(r.instrument_id)]
+
+    async def _ask(self, run: _PassRun, spec: ContractSpec) -> list[ContractDetail]:
+        run.lookups += 1
+        return await self.lookup.lookup(spec)
+
+    async def _ask_con_id(self, run: _PassRun, row: InstrumentRow,
+                          spec: ContractSpec) -> ContractDetail | None:
+        """The contract ``row`` maps to, as IBKR lists it now; None when IBKR no longer knows it."""
+        answer = await self._ask(run, spec.by_con_id(row.con_id, row.exchange))
+        return next((d for d in answer if d.con_id == row.con_id), None)
+
+    # -- what an entry should write ---------------------------------------------------------------
+
+    async def _plan(self, run: _PassRun, entry: UniverseEntry, existing: list[InstrumentRow],
+                    resolved_before: bool) -> list[InstrumentWrite]:
+        if isinstance(entry, SingleEntry):
+            return await self._plan_single(run, entry, existing[0] if existing else None, resolved_before)
+        return await self._plan_family(run, entry, existing)
+
+    async def _plan_single(self, run: _PassRun, entry: SingleEntry, current: InstrumentRow | None,
+                           resolved_before: bool) -> list[InstrumentWrite]:
+        today = self.today()
+        if current is not None and resolved_before:
+            # Known contract: ask by conId, so a renamed symbol updates the same row.
+            detail = await self._ask_con_id(run, current, entry.spec)
+            if detail is None:
+                return [Deactivate(current.instrument_id, "IBKR no longer knows the contract")]
+        else:
+            detail = choose_one(entry.spec, await self._ask(run, entry.spec))
+        if detail.expired(today):
+            if current is None:
+                raise UnknownContract(entry.spec, f"{detail.describe()} expired ({detail.last_trade_date})")
+            return [Deactivate(current.instrument_id, "expired")]
+        return [instrument_from_detail(entry.instrument_id, detail, entry.spec)]
+
+    async def _plan_family(self, run: _PassRun, entry: UniverseEntry,
+                           existing: list[InstrumentRow]) -> list[InstrumentWrite]:
+        assert not isinstance(entry, SingleEntry)
+        today = self.today()
+        answer = distinct(await self._ask(run, entry.spec))
+        listed = {d.con_id: d for d in answer}
+        by_con_id = {r.con_id: r for r in existing}
+        writes: list[InstrumentWrite] = []
+        ids: dict[str, ContractDetail] = {}
+        for detail in entry.select(answer, today):
+            known = by_con_id.get(detail.con_id)
+            instrument_id = known.instrument_id if known is not None else entry.member_id(detail)
+            if instrument_id in ids:
+                raise ResolutionError(entry.spec, f"{entry.instrument_id}: {ids[instrument_id].describe()} "
+                                      f"and {detail.describe()} would both be {instrument_id}")
+            ids[instrument_id] = detail
+            writes.append(instrument_from_detail(instrument_id, detail, entry.spec))
+        for row in existing:
+            if row.instrument_id in ids or not row.active:
+                continue
+            if is_expired(row.last_trade_date, today):
+                writes.append(Deactivate(row.instrument_id, "expired"))
+                continue
+            current = listed.get(row.con_id)
+            if current is None:
+                # Not in the family's answer: ask for it by conId before deciding IBKR forgot it.
+                current = await self._ask_con_id(run, row, entry.spec)
+            if current is None:
+                writes.append(Deactivate(row.instrument_id, "IBKR no longer knows the contract"))
+            elif current.expired(today):
+                writes.append(Deactivate(row.instrument_id, "expired"))
+            else:
+                # Still listed, just outside the selection (fewer months asked for): keep it current.
+                writes.append(instrument_from_detail(row.instrument_id, current, entry.spec))
+        if not writes:
+            reason = "IBKR has no security definition (error 200)" if not answer else \
+                "no listed contract matches the entry (expired, or outside its months/strikes/rights)"
+            raise UnknownContract(entry.spec, reason)
+        return writes
+
+    # -- the end of a pass ------------------------------------------------------------------------
+
+    async def _deactivate_expired(self, run: _PassRun) -> None:
+        """Deactivate every active instrument past its last trading day, whichever entry it came from."""
+        for row in await self.mapper.expired(self.today().strftime("%Y%m%d")):
+            outcomes = await self.store.commit_entry(None, None, [Deactivate(row.instrument_id, "expired")],
+                                                     self.events)
+            for outcome in outcomes:
+                run.count(outcome)
+                if outcome.change is InstrumentChange.DEACTIVATED:
+                    log.info("instrument changed", instrument_id=row.instrument_id, change="DEACTIVATED",
+                             changed_fields=["active"], con_id=row.con_id, reason="expired")
+                    if self.on_change is not None:
+                        self.on_change()
+
+    async def _flush_marks(self, run: _PassRun) -> None:
+        marks, run.marks = run.marks, []
+        if marks:
+            await self.store.mark_synced(run.pass_id, marks)
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def _pass_started(self, run: _PassRun, resumed: bool) -> None:
+        c = self.counters
+        c.running = True
+        c.entries_total = run.total
+        c.entries_done = run.skipped
+        c.entries_failed = run.failed_before
+        c.last_pass_started_at = datetime.now(UTC)
+        log.info("instrument sync pass started", pass_id=run.pass_id, resumed=resumed, entries=run.total,
+                 already_done=run.skipped, concurrency=self.concurrency)
+
+    def _count(self, run: _PassRun) -> None:
+        self.counters.entries_done = run.skipped + run.done
+        self.counters.entries_failed = run.failed_before + run.failed
+
+    async def _progress(self, run: _PassRun) -> None:
+        now = time.monotonic()
+        if now - run.last_progress < self.progress_every:
+            return
+        run.last_progress = now
+        await self._flush_marks(run)
+        elapsed = now - run.started
+        rate = run.done / elapsed if elapsed > 0 else 0.0
+        remaining = run.total - run.skipped - run.done
+        log.info("instrument sync progress", pass_id=run.pass_id, done=run.skipped + run.done,
+                 total=run.total, failed=run.failed_before + run.failed, rate_per_s=round(rate, 1),
+                 eta_s=round(remaining / rate, 1) if rate > 0 else None)
+
+    def _pass_finished(self, summary: PassSummary) -> None:
+        c = self.counters
+        c.running = False
+        c.entries_done = summary.entries_done
+        c.entries_failed = summary.entries_failed
+        c.instruments_created += summary.created
+        c.instruments_updated += summary.updated
+        c.instruments_deactivated += summary.deactivated
+        c.last_pass_seconds = summary.seconds
+        c.last_pass_ok = summary.ok
+        if summary.interrupted is None:
+            c.passes_completed += 1
+            c.last_pass_finished_at = datetime.now(UTC)
+        rate = (summary.entries_done - summary.entries_skipped) / summary.seconds if summary.seconds else 0.0
+        log.info("instrument sync pass finished" if summary.interrupted is None
+                 else "instrument sync pass interrupted",
+                 pass_id=summary.pass_id, resumed=summary.resumed, entries=summary.entries_total,
+                 done=summary.entries_done, failed=summary.entries_failed, skipped=summary.entries_skipped,
+                 unchanged=summary.entries_unchanged, created=summary.created, updated=summary.updated,
+                 deactivated=summary.deactivated, lookups=summary.lookups, seconds=round(summary.seconds, 2),
+                 rate_per_s=round(rate, 1), interrupted=summary.interrupted,
+                 failures=[f"{f.instrument_id}: {f.error}" for f in summary.failures[:20]])
+
+
+async def resolve_on_demand(instrument_id: str, lookup: ContractLookup, mapper: InstrumentMapper, *,
+                            today: date | None = None, store: UniverseStore | None = None,
+                            events: EventFactory | None = None) -> InstrumentUpsert:
+    """Map an id in the id convention that the mapper does not know yet, by asking IBKR.
+
+    A known id is returned as it is (UNCHANGED, active or not). With ``store`` and ``events`` the new row
+    is written together with its ``instruments.updated`` outbox record. Raises ``InvalidInstrumentId``,
+    :class:`UnknownContract`, ``AmbiguousContract``, ``ConIdConflict``, :class:`LookupUnavailable` or
+    :class:`LookupRejected`.
+    """
+    known = await mapper.get(instrument_id)
+    if known is not None:
+        return InstrumentUpsert(InstrumentChange.UNCHANGED, (), known)
+    spec = spec_for_instrument_id(instrument_id)
+    detail = choose_one(spec, await lookup.lookup(spec))
+    if detail.expired(today or utc_today()):
+        raise UnknownContract(spec, f"{detail.describe()} expired ({detail.last_trade_date})")
+    instrument = instrument_from_detail(instrument_id, detail, spec)
+    if store is not None and events is not None:
+        (outcome,) = await store.commit_entry(None, None, [instrument], events)
+    else:
+        outcome = await mapper.upsert(instrument)
+    log.info("instrument resolved on demand", instrument_id=instrument_id, con_id=detail.con_id,
+             change=outcome.change.value)
+    return outcome
+
+
+async def run_passes(sync: InstrumentSync, stop: asyncio.Event, interval: float,
+                     ensure_connected: Callable[[], Awaitable[bool]]) -> None:
+    """A pass now, then one every ``interval`` seconds (start to start) until ``stop`` is set.
+
+    ``ensure_connected`` (re)connects to IBKR before each pass and returns False once ``stop`` is set; a
+    pass interrupted by a lost connection resumes as soon as it returns.
+    """
+    while not stop.is_set():
+        if not await ensure_connected():
+            return
+        started = time.monotonic()
+        summary = await sync.run_pass(stop)
+        if summary.interrupted is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, interval - (time.monotonic() - started)))
