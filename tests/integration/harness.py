@@ -100,7 +100,7 @@ class Harness:
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         self.sim_port = 0
 
-    async def start(self, **settings: Any) -> None:
+    async def start(self, in_process: bool = True, **settings: Any) -> None:
         _, self.sim_port = await self.sim.start("127.0.0.1", 0)
         await self._create_topics()
         await migrate(self.database_url)
@@ -113,7 +113,8 @@ class Harness:
             await close_pool(pool)
         await self.producer.start()
         self._watch_task = asyncio.create_task(self._watch())
-        await self.start_consumer(**settings)
+        if in_process:
+            await self.start_consumer(**settings)
 
     def settings(self, **overrides: Any) -> Settings:
         topic_fields = {f"topic_{name}": getattr(self.topics, name) for name in self.topics.__dataclass_fields__}
@@ -146,6 +147,7 @@ class Harness:
                 await self._watch_task
         await self.producer.stop()
         await self.sim.stop()
+        await self._delete_topics()
 
     async def _create_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -153,6 +155,16 @@ class Harness:
         try:
             names = [getattr(self.topics, n) for n in self.topics.__dataclass_fields__]
             await admin.create_topics([NewTopic(name, 3, 1) for name in names])
+        finally:
+            await admin.close()
+
+    async def _delete_topics(self) -> None:
+        # The shared dev broker would otherwise collect thousands of test partitions.
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            with contextlib.suppress(Exception):
+                await admin.delete_topics([getattr(self.topics, n) for n in self.topics.__dataclass_fields__])
         finally:
             await admin.close()
 
@@ -208,11 +220,11 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_harness(bootstrap: str, database_url: str, topics: TopicNames,
+async def running_harness(bootstrap: str, database_url: str, topics: TopicNames, in_process: bool = True,
                           **settings: Any) -> AsyncIterator[Harness]:
     harness = Harness(bootstrap, database_url, topics)
     try:
-        await harness.start(**settings)
+        await harness.start(in_process, **settings)
         yield harness
     finally:
         await harness.stop()

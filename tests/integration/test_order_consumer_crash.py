@@ -1,0 +1,135 @@
+"""The order-consumer as a real process: killed with SIGKILL while orders flow, and stopped with SIGTERM.
+
+The sim gateway runs in the test process, so it outlives every worker process, as IB Gateway would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Harness, order, running_harness
+from workers.settings import TopicNames
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL = {"FILLED", "CANCELLED", "REJECTED"}
+
+
+class WorkerProcess:
+    """``python -m workers order-consumer`` with the harness's settings in its environment."""
+
+    def __init__(self, harness: Harness, group: str) -> None:
+        settings = harness.settings(kafka_consumer_group=group)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": settings.database_dsn,
+            "IBKR_PORT": str(settings.ibkr_effective_port),
+            "IBKR_CLIENT_ID": str(settings.ibkr_client_id),
+            "IBKR_ACCOUNTS": settings.ibkr_accounts,
+            "IBKR_PACING_PER_SECOND": "1000",
+            "KAFKA_CONSUMER_GROUP": group,
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "HEALTH_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            **{f"TOPIC_{name.upper()}": getattr(harness.topics, name)
+               for name in harness.topics.__dataclass_fields__},
+        }
+        self.process: asyncio.subprocess.Process | None = None
+        self.log = REPO / ".cache" / f"worker-{group}.log"
+        self.log.parent.mkdir(exist_ok=True)
+
+    async def start(self) -> None:
+        with self.log.open("ab") as sink:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "workers", "order-consumer", env=self.env, cwd=REPO,
+                stdout=sink, stderr=sink,
+            )
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+
+    async def terminate(self) -> tuple[int, float]:
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+async def harness(kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> AsyncIterator[Harness]:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, in_process=False) as running:
+        yield running
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(harness: Harness) -> None:
+    rng = random.Random(20261128)
+    worker = WorkerProcess(harness, group=f"crash-{os.getpid()}-{rng.randrange(10**6)}")
+    await worker.start()
+    requests = [order(quantity=str(rng.randint(1, 5))) for _ in range(500)]
+
+    async def produce() -> None:
+        for i, request in enumerate(requests):
+            await harness.send(request)
+            if i % 10 == 9:
+                await asyncio.sleep(0.05)  # about 200 orders/s
+
+    producing = asyncio.create_task(produce())
+    kills = 0
+    deadline = time.monotonic() + 120
+    while (kills < 6 or not producing.done()) and time.monotonic() < deadline:
+        await asyncio.sleep(rng.uniform(0.4, 1.6))
+        await worker.kill()
+        kills += 1
+        await worker.start()
+    await producing
+    assert kills >= 5
+
+    def settled() -> bool:
+        return all(harness.observed.last_status(r.order_id) in FINAL for r in requests)
+
+    await harness.wait_for(settled, timeout=180, what="every order in a final status")
+    expected_fills = len(harness.sim.executions())
+    await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= expected_fills,
+                           timeout=60, what="every execution on fills.executed")
+    await asyncio.sleep(1.0)  # anything published twice would show up now
+    code, _ = await worker.terminate()
+    assert code == 0
+
+    for request in requests:
+        assert harness.sim.place_count(request.order_id) == 1, request.order_id
+        assert harness.observed.last_status(request.order_id) == "FILLED"
+    exec_ids = Counter(f["fill_id"] for fills in harness.observed.fills.values() for f in fills)
+    duplicates = [e for e, n in exec_ids.items() if n > 1]
+    assert duplicates == []
+    assert set(exec_ids) == {e.exec_id for e in harness.sim.executions()}
+    for request in requests:
+        filled = sum(f["quantity"] for f in harness.observed.fills[request.order_id])
+        assert filled == request.quantity, request.order_id
+
+
+async def test_sigterm_stops_the_worker_cleanly_within_ten_seconds(harness: Harness) -> None:
+    worker = WorkerProcess(harness, group=f"term-{os.getpid()}")
+    await worker.start()
+    requests = [order() for _ in range(20)]
+    for request in requests:
+        await harness.send(request)
+    for request in requests:
+        await harness.wait_status(request.order_id, "FILLED", timeout=60)
+    code, took = await worker.terminate()
+    assert code == 0
+    assert took < 10.0
