@@ -13,11 +13,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers import __version__
 from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
 from workers.adapters.kafka.event_sink import AvroEventSink
+from workers.adapters.kafka.health_publisher import (
+    HealthPublisher,
+    ProbeSet,
+    database_reachable,
+    kafka_reachable,
+)
+from workers.adapters.kafka.lag import consumer_lag
 from workers.adapters.kafka.publishing import FillRelay, OutboxRelay
 from workers.adapters.kafka.records import (
     INSTRUMENT_UPDATED,
@@ -34,6 +42,8 @@ from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.logs import get_logger
+from workers.metrics import Metrics, seconds_since
+from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.order_service import OrderService
 from workers.settings import Settings
@@ -69,13 +79,19 @@ class OrderConsumerApp:
     outbox_relay: OutboxRelay
     fill_relay: FillRelay
     switches: RuntimeSwitches
-    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    metrics: Metrics
+    monitor: HealthMonitor
+    health: HealthPublisher
+    probes: ProbeServer
+    instance_id: str
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     version: str = __version__
 
     async def run(self) -> None:
         """Connect, reconcile, consume; on ``stop``: stop consuming, drain, commit, disconnect."""
         settings = self.settings
+        await self.probes.start()
+        health_task = asyncio.create_task(self.health.run(self.stop), name="health")
         recovered = await self.fill_relay.recover(
             {"bootstrap_servers": settings.kafka_bootstrap_servers, **kafka_client_kwargs(settings)}
         )
@@ -91,6 +107,7 @@ class OrderConsumerApp:
             await self.loop.run(self.stop)
         finally:
             self.stop.set()
+            self.monitor.mark_stopping()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -99,6 +116,8 @@ class OrderConsumerApp:
             # Publish what the last handled records produced before leaving.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain(), 3.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(health_task, 3.0)  # sends STOPPING
             await self.close()
 
     async def _drain(self) -> None:
@@ -120,6 +139,9 @@ class OrderConsumerApp:
                     log.exception("reconciliation failed; reconnecting")
                     self.gateway.disconnect()
                     continue
+                if self.monitor.phase.name == "STARTING":
+                    self.monitor.mark_started()
+                self.health.notify()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 0.5)
 
@@ -133,13 +155,27 @@ class OrderConsumerApp:
             except Exception:
                 log.exception("cancel sweep failed")
 
+    async def set_kill_switch(self, on: bool) -> None:
+        await flip_kill_switch(self.switches, self.service, on)
+
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.probes.stop()
         with contextlib.suppress(Exception):
             await self.consumer.stop()
         await self.gateway.close()
         with contextlib.suppress(Exception):
             await self.producer.stop()
         await close_pool(self.pool)
+
+
+async def flip_kill_switch(switches: RuntimeSwitches, service: OrderService, on: bool) -> None:
+    """The operator's runtime kill switch: reject new orders and cancel this worker's open ones."""
+    was_on = switches.kill_switch
+    switches.kill_switch = on
+    log.warning("kill switch flipped", on=on)
+    if on and not was_on:
+        await service.kill_switch_flipped()
 
 
 def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
@@ -171,9 +207,12 @@ def _decoder(codec: AvroCodec, settings: Settings) -> Any:
     return decode
 
 
-async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = None) -> OrderConsumerApp:
+async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = None,
+                               instance_id: str | None = None) -> OrderConsumerApp:
     """Build the order-consumer with real adapters from ``settings``."""
     codec = codec or AvroCodec()
+    instance_id = instance_id or uuid.uuid4().hex[:8]
+    metrics = Metrics()
     topics = settings.topics
     kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
                                     **kafka_client_kwargs(settings)}
@@ -198,15 +237,20 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     outbox_relay = OutboxRelay(outbox, producer)
     fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,
                            owner_client_id=settings.ibkr_client_id)
+    fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
         ledger=ledger, fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
+        metrics=metrics,
     )
     gateway.listen(service.on_report)
+    metrics.watch_ibkr(gateway)
+    metrics.watch_pacing(limiter)
 
     async def handle(command: object, source: RecordSource) -> None:
         if isinstance(command, OrderRequested):
+            metrics.order_consumed()
             await service.on_order_requested(command, source.topic, source.partition, source.offset)
         elif isinstance(command, OrderCancelRequested):
             await service.on_cancel_requested(command)
@@ -216,9 +260,31 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     await consumer.start()
     loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
                        DeadLetters(producer, topics.orders_requested_dlq))
+    monitor = HealthMonitor(HealthThresholds())
+    facts = ProbeSet(
+        ibkr_connected=lambda: gateway.connected,
+        kafka_connected=lambda: kafka_reachable(producer),
+        database_connected=lambda: database_reachable(pool),
+        consumer_lag=lambda: consumer_lag(consumer),
+        orders_in_flight=lambda: ledger.count_open_owned_by(settings.ibkr_client_id),
+        last_error=lambda: loop.last_error,
+        paused=lambda: loop.paused,
+        pacing_limited=lambda: limiter.queued > 0,
+    )
+    health = HealthPublisher(producer, codec, topics.workers_health, worker="order-consumer",
+                             instance_id=instance_id, version=__version__, monitor=monitor,
+                             facts=facts.collect, interval=settings.health_interval, metrics=metrics)
+    probes = ProbeServer(
+        monitor=monitor, metrics=metrics, port=settings.health_port,
+        progress=ProgressWatch(lambda: monitor.last.facts.consumer_lag if monitor.last else None,
+                               counter=lambda: loop.consumed),
+        ibkr_connected=lambda: gateway.connected,
+        kill_switch=lambda on: flip_kill_switch(switches, service, on),
+    )
     return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,
                             gateway=gateway, service=service, loop=loop, outbox_relay=outbox_relay,
-                            fill_relay=fill_relay, switches=switches)
+                            fill_relay=fill_relay, switches=switches, metrics=metrics, monitor=monitor,
+                            health=health, probes=probes, instance_id=instance_id)
 
 
 def decimal_or_none(value: str | None) -> Decimal | None:

@@ -183,3 +183,50 @@ async def test_readonly_mode_records_but_never_places(kafka_bootstrap: str, data
             await close_pool(pool)
         assert h.sim.place_count(request.order_id) == 0
         assert h.sim.orders_seen == []
+
+
+async def test_probes_and_metrics_during_a_run_match_the_orders_sent(harness: Harness) -> None:
+    import httpx
+
+    assert harness.app is not None
+    good = [order() for _ in range(4)]
+    bad = order(account="DU7777777")
+    for request in [*good, bad]:
+        await harness.send(request)
+    for request in good:
+        await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_status(bad.order_id, "REJECTED")
+    await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= 4, what="fills")
+    base = f"http://127.0.0.1:{harness.app.probes.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        await harness.wait_for(lambda: harness.app is not None and harness.app.monitor.last is not None
+                               and harness.app.monitor.last.status.value == "HEALTHY", what="HEALTHY")
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        text = (await client.get("/metrics")).text
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples["ibkr_workers_orders_consumed_total"] == 5
+    assert samples["ibkr_workers_orders_placed_total"] == 4
+    assert samples['ibkr_workers_orders_rejected_total{reason="ACCOUNT_NOT_ALLOWED"}'] == 1
+    assert samples["ibkr_workers_fills_total"] == 4
+
+
+async def test_kill_switch_flipped_at_runtime_rejects_new_orders_and_cancels_open_ones(
+        harness: Harness) -> None:
+    import httpx
+
+    assert harness.app is not None
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    resting = order(order_type=OrderType.LIMIT, limit=str(price - 30), tif=TimeInForce.GTC)
+    await harness.send(resting)
+    await harness.wait_status(resting.order_id, "SUBMITTED")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{harness.app.probes.port}") as client:
+        response = await client.post("/kill-switch", content="on")
+    assert response.status_code == 200
+    await harness.wait_status(resting.order_id, "CANCELLED")
+    after = order()
+    await harness.send(after)
+    rejected = await harness.wait_status(after.order_id, "REJECTED")
+    assert rejected["reason"].startswith("KILL_SWITCH")
+    assert harness.sim.place_count(after.order_id) == 0

@@ -14,6 +14,7 @@ The rules that make "one event = at most one IBKR order" hold:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,6 +45,7 @@ from workers.domain.orders import (
     Side,
 )
 from workers.logs import get_logger
+from workers.metrics import Metrics
 from workers.service_layer.instrument_cache import InstrumentCache
 
 log = get_logger(__name__)
@@ -80,7 +82,7 @@ class OrderService:
                  instruments: InstrumentCache, broker: Broker, events: EventSink,
                  policy: Callable[[], GuardPolicy], readonly: bool = False,
                  on_published: Callable[[], None] = lambda: None,
-                 on_fill: Callable[[], None] = lambda: None) -> None:
+                 on_fill: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:
         self.ledger = ledger
         self.fills = fills
         self.outbox = outbox
@@ -92,6 +94,8 @@ class OrderService:
         self.on_published = on_published
         self.on_fill = on_fill
         self.client_id = broker.client_id
+        self.metrics = metrics
+        self._received_at: dict[str, float] = {}
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
         self._reconciled = asyncio.Event()
         self.placed = 0
@@ -129,6 +133,7 @@ class OrderService:
                                           "arrived before the order")
             await self.ledger.mark_cancel_handled(order.order_id)
             return
+        self._received_at[order.order_id] = time.monotonic()
         log.info("order accepted", order_id=order.order_id, instrument_id=order.instrument_id,
                  side=order.side.value, quantity=str(order.quantity), order_type=order.order_type.value)
         if not self.readonly:
@@ -137,6 +142,8 @@ class OrderService:
     async def _reject_new(self, order: OrderRequested, rejection: OrderRejected, source_topic: str | None,
                           source_partition: int | None, source_offset: int | None) -> None:
         self.rejected[rejection.reason.value] = self.rejected.get(rejection.reason.value, 0) + 1
+        if self.metrics is not None:
+            self.metrics.order_rejected(rejection.reason.value)
         log.warning("order rejected", order_id=order.order_id, reason=rejection.reason.value,
                     detail=rejection.detail)
         if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
@@ -234,6 +241,9 @@ class OrderService:
         request = _request_of(row)
         await self.broker.place(contract_for(instrument), order_for(request, ib_order_id))
         self.placed += 1
+        if self.metrics is not None:
+            received = self._received_at.pop(order_id, None)
+            self.metrics.order_placed(time.monotonic() - received if received is not None else None)
         log.info("order placed", order_id=order_id, ib_order_id=ib_order_id, client_id=self.client_id)
 
     # -- reports from IBKR ------------------------------------------------------------------------
@@ -323,6 +333,8 @@ class OrderService:
                      requested=exc.requested.value)
             return None
         self.on_published()
+        if state is OrderState.CANCELLED and self.metrics is not None:
+            self.metrics.order_cancelled()
         log.info("order status", order_id=order_id, state=state.value, previous=previous and previous.value)
         return row
 

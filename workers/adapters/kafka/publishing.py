@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,6 +102,7 @@ class FillRelay(_Relay):
         self.commission_wait = timedelta(seconds=commission_wait)
         self.batch = batch
         self.owner_client_id = owner_client_id
+        self.on_published_fill: Callable[[FillRow], None] = lambda row: None
 
     async def publish_pending(self) -> bool:
         rows = await self.fills.unpublished(self.batch, owner_client_id=self.owner_client_id)
@@ -116,6 +118,7 @@ class FillRelay(_Relay):
         await self.fills.mark_many_published([row.fill_id for row in ready])
         self.published += len(ready)
         for row in ready:
+            self.on_published_fill(row)
             log.info("fill published", fill_id=row.fill_id, order_id=row.order_id,
                      quantity=str(row.quantity), price=str(row.price))
         return len(rows) == self.batch

@@ -39,6 +39,16 @@ _SELECT_FOR_UPDATE = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = %
 )
 _SELECT_BY_CON_ID = sql.SQL("SELECT {} FROM instruments WHERE con_id = %s").format(_COLUMNS)
 _SELECT_ACTIVE = sql.SQL("SELECT {} FROM instruments WHERE active ORDER BY instrument_id").format(_COLUMNS)
+_SELECT_BY_PREFIX = sql.SQL(
+    "SELECT {} FROM instruments WHERE starts_with(instrument_id, %s) ORDER BY instrument_id"
+).format(_COLUMNS)
+# last_trade_date is IBKR's text: YYYYMMDD, maybe with a time; a bare YYYYMM month counts until it ends.
+_SELECT_EXPIRED = sql.SQL(
+    "SELECT {} FROM instruments WHERE active AND last_trade_date IS NOT NULL AND CASE "
+    "WHEN last_trade_date ~ '^[0-9]{{8}}' THEN left(last_trade_date, 8) < %(day)s "
+    "WHEN last_trade_date ~ '^[0-9]{{6}}$' THEN last_trade_date < left(%(day)s, 6) "
+    "ELSE false END ORDER BY instrument_id"
+).format(_COLUMNS)
 _INSERT = sql.SQL(
     "INSERT INTO instruments ({}) VALUES ({}) ON CONFLICT (instrument_id) DO NOTHING RETURNING {}"
 ).format(column_list(_WRITTEN), sql.SQL(", ").join(sql.Placeholder(name) for name in _WRITTEN), _COLUMNS)
@@ -73,15 +83,8 @@ class InstrumentMapper:
 
         Raises :class:`ConIdConflict` when another instrument already holds its ``con_id``.
         """
-        values = {name: getattr(instrument, name) for name in INSTRUMENT_FIELDS}
-        values["sec_type"] = str(values["sec_type"])
-        try:
-            async with self._pool.connection() as conn, conn.transaction():
-                return await _upsert(conn, instrument.instrument_id, values)
-        except UniqueViolation as exc:
-            if exc.diag.constraint_name == _CON_ID_KEY:
-                raise ConIdConflict(instrument.instrument_id, instrument.con_id) from exc
-            raise
+        async with self._pool.connection() as conn, conn.transaction():
+            return await upsert_instrument(conn, instrument)
 
     async def deactivate(self, instrument_id: str) -> InstrumentUpsert:
         """Mark ``instrument_id`` inactive: DEACTIVATED, or UNCHANGED when it was inactive already.
@@ -89,14 +92,49 @@ class InstrumentMapper:
         Raises :class:`UnknownInstrument` when the mapper has never seen it.
         """
         async with self._pool.connection() as conn, conn.transaction():
-            record = await fetch_one(conn, _SELECT_FOR_UPDATE, (instrument_id,))
-            if record is None:
-                raise UnknownInstrument(instrument_id)
-            current = InstrumentRow(**record)
-            if not current.active:
-                return InstrumentUpsert(InstrumentChange.UNCHANGED, (), current)
-            row = await _update(conn, instrument_id, {"active": False})
-            return InstrumentUpsert(InstrumentChange.DEACTIVATED, ("active",), row)
+            return await deactivate_instrument(conn, instrument_id)
+
+    async def with_prefix(self, prefix: str) -> list[InstrumentRow]:
+        """Every instrument whose id starts with ``prefix`` (active or not), by ``instrument_id``."""
+        async with self._pool.connection() as conn:
+            records = await fetch_all(conn, _SELECT_BY_PREFIX, (prefix,))
+        return [InstrumentRow(**r) for r in records]
+
+    async def expired(self, day: str) -> list[InstrumentRow]:
+        """Active instruments whose last trading day is before ``day`` (YYYYMMDD)."""
+        async with self._pool.connection() as conn:
+            records = await fetch_all(conn, _SELECT_EXPIRED, {"day": day})
+        return [InstrumentRow(**r) for r in records]
+
+
+async def upsert_instrument(
+    conn: AsyncConnection[TupleRow], instrument: InstrumentFields
+) -> InstrumentUpsert:
+    """:meth:`InstrumentMapper.upsert` inside the caller's transaction on ``conn``.
+
+    Raises :class:`ConIdConflict` (the transaction is then aborted) when another instrument holds the
+    ``con_id``.
+    """
+    values = {name: getattr(instrument, name) for name in INSTRUMENT_FIELDS}
+    values["sec_type"] = str(values["sec_type"])
+    try:
+        return await _upsert(conn, instrument.instrument_id, values)
+    except UniqueViolation as exc:
+        if exc.diag.constraint_name == _CON_ID_KEY:
+            raise ConIdConflict(instrument.instrument_id, instrument.con_id) from exc
+        raise
+
+
+async def deactivate_instrument(conn: AsyncConnection[TupleRow], instrument_id: str) -> InstrumentUpsert:
+    """:meth:`InstrumentMapper.deactivate` inside the caller's transaction on ``conn``."""
+    record = await fetch_one(conn, _SELECT_FOR_UPDATE, (instrument_id,))
+    if record is None:
+        raise UnknownInstrument(instrument_id)
+    current = InstrumentRow(**record)
+    if not current.active:
+        return InstrumentUpsert(InstrumentChange.UNCHANGED, (), current)
+    row = await _update(conn, instrument_id, {"active": False})
+    return InstrumentUpsert(InstrumentChange.DEACTIVATED, ("active",), row)
 
 
 async def _upsert(

@@ -74,6 +74,7 @@ _SELECT_OPEN = sql.SQL("SELECT {} FROM orders WHERE state <> ALL(%s) ORDER BY ac
 _SELECT_OPEN_OWNED = sql.SQL(
     "SELECT {} FROM orders WHERE owner_client_id = %s AND state <> ALL(%s) ORDER BY accepted_at, order_id"
 ).format(_ORDER_COLUMNS)
+_COUNT_OPEN_OWNED = "SELECT count(*) FROM orders WHERE owner_client_id = %s AND state <> ALL(%s)"
 _SELECT_PENDING_CANCELS_OWNED = sql.SQL(
     "SELECT {} FROM orders WHERE owner_client_id = %s AND state <> ALL(%s) AND order_id IN "
     "(SELECT order_id FROM cancel_requests WHERE handled_at IS NULL) ORDER BY accepted_at"
@@ -296,6 +297,13 @@ class OrderLedger:
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_OPEN_OWNED, (client_id, list(_FINAL)))
         return [_order_row(r) for r in records]
+
+    async def count_open_owned_by(self, client_id: int) -> int:
+        """How many orders of ``client_id`` are not in a final state (the worker's orders in flight)."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_COUNT_OPEN_OWNED, (client_id, list(_FINAL)))
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def owned_with_pending_cancel(self, client_id: int) -> list[OrderRow]:
         """Open orders of ``client_id`` with a cancel request nobody has acted on yet."""

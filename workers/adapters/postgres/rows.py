@@ -178,6 +178,10 @@ class InstrumentFields(Protocol):
     def long_name(self) -> str: ...
     @property
     def active(self) -> bool: ...
+    @property
+    def strike(self) -> Decimal | None: ...
+    @property
+    def option_right(self) -> str | None: ...
 
 
 # The attributes of InstrumentFields that upsert compares and stores, besides the key.
@@ -195,6 +199,8 @@ INSTRUMENT_FIELDS: tuple[str, ...] = (
     "last_trade_date",
     "long_name",
     "active",
+    "strike",
+    "option_right",
 )
 
 
@@ -216,6 +222,9 @@ class Instrument:
     last_trade_date: str | None = None
     long_name: str = ""
     active: bool = True
+    # Options only: the strike and the right (C or P).
+    strike: Decimal | None = None
+    option_right: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,8 @@ class InstrumentRow:
     active: bool
     created_at: datetime
     updated_at: datetime
+    strike: Decimal | None = None
+    option_right: str | None = None
 
 
 class InstrumentChange(enum.StrEnum):
