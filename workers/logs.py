@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+_SECRET_KEY = re.compile(r"password|secret|token|dsn|database_url|sasl", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+
+
+def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask values under secret-looking keys, and passwords inside URLs, in every log line."""
+    for key, value in list(event.items()):
+        if _SECRET_KEY.search(key):
+            event[key] = "**********"
+        elif isinstance(value, str) and "://" in value:
+            event[key] = _URL_PASSWORD.sub(r"\g<head>**********@", value)
+    return event
+
+
+class _Identity:
+    """Adds the worker name and instance id to every line, whichever task or library logs it."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in self.fields.items():
+            event.setdefault(key, value)
+        return event
 
 
 def configure_logging(level: str = "INFO", *, worker: str | None = None, instance: str | None = None,
@@ -16,13 +43,18 @@ def configure_logging(level: str = "INFO", *, worker: str | None = None, instanc
     ``json=None`` picks JSON unless stderr is a terminal.
     """
     use_json = (not sys.stderr.isatty()) if json is None else json
+    identity = {k: v for k, v in (("worker", worker), ("instance", instance)) if v}
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Identity(identity),
+        redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(default=str) if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -47,13 +79,14 @@ def configure_logging(level: str = "INFO", *, worker: str | None = None, instanc
     logging.getLogger("ib_insync").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.contextvars.clear_contextvars()
-    bound: dict[str, str] = {}
-    if worker:
-        bound["worker"] = worker
-    if instance:
-        bound["instance"] = instance
-    if bound:
-        structlog.contextvars.bind_contextvars(**bound)
+
+
+def instance_id() -> str:
+    """This process's instance id: host name and pid (stable in logs, health keys and metrics)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

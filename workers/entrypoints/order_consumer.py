@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 
-from workers.logs import configure_logging, get_logger
+from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import load_settings
 
 log = get_logger(__name__)
@@ -14,10 +14,11 @@ log = get_logger(__name__)
 
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    configure_logging(settings.log_level, worker="order-consumer")
+    instance = instance_id()
+    configure_logging(settings.log_level, worker="order-consumer", instance=instance)
     from workers.bootstrap import build_order_consumer
 
-    app = await build_order_consumer(settings)
+    app = await build_order_consumer(settings, instance_id=instance)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop.set)

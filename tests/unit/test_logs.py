@@ -1,0 +1,25 @@
+"""Logs are JSON lines with the worker's identity, and never carry a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from workers.logs import configure_logging, get_logger
+
+
+def test_json_lines_carry_identity_and_mask_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", worker="order-consumer", instance="host-1", json=True)
+    get_logger("tests").info("connected", order_id="o-1", password="hunter2",
+                             url="postgresql://app:s3cret@db:5432/x")
+    logging.getLogger("some.library").warning("plain stdlib line")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    first, second = lines
+    assert first["event"] == "connected" and first["order_id"] == "o-1"
+    assert first["worker"] == "order-consumer" and first["instance"] == "host-1"
+    assert first["level"] == "info" and first["timestamp"].endswith("Z")
+    assert first["password"] == "**********"
+    assert "s3cret" not in first["url"] and first["url"].endswith("@db:5432/x")
+    assert second["logger"] == "some.library" and second["worker"] == "order-consumer"
