@@ -259,7 +259,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
 
     await consumer.start()
     loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
-                       DeadLetters(producer, topics.orders_requested_dlq))
+                       DeadLetters(producer, topics.orders_requested_dlq),
+                       gate=lambda: gateway.connected and service.reconciled)
     monitor = HealthMonitor(HealthThresholds())
     facts = ProbeSet(
         ibkr_connected=lambda: gateway.connected,
@@ -268,7 +269,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         consumer_lag=lambda: consumer_lag(consumer),
         orders_in_flight=lambda: ledger.count_open_owned_by(settings.ibkr_client_id),
         last_error=lambda: loop.last_error,
-        paused=lambda: loop.paused,
+        paused=lambda: loop.paused or loop.gate_closed,
         pacing_limited=lambda: limiter.queued > 0,
     )
     health = HealthPublisher(producer, codec, topics.workers_health, worker="order-consumer",

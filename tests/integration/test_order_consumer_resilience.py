@@ -82,14 +82,18 @@ async def test_lower_next_valid_id_after_restart_never_reuses_an_order_id(harnes
         assert filled["ib_order_id"] > max(used)
 
 
-async def test_orders_queued_while_disconnected_are_placed_after_reconnect(harness: Harness) -> None:
-    harness.sim.refuse_connections(2.0)
-    await asyncio.sleep(0.2)
+async def test_nothing_is_consumed_while_ibkr_is_down_and_all_fills_after(harness: Harness) -> None:
+    assert harness.app is not None
+    await harness.wait_for(lambda: harness.app is not None and harness.app.service.reconciled, what="ready")
+    harness.sim.refuse_connections(2.5)
+    await harness.wait_for(lambda: harness.app is not None and harness.app.loop.gate_closed, what="paused")
+    consumed_before = harness.app.loop.consumed
     requests = [order(quantity="1") for _ in range(5)]
     for request in requests:
         await harness.send(request)
-    for request in requests:
-        await harness.wait_status(request.order_id, "ACCEPTED")
+    await asyncio.sleep(0.5)
+    assert harness.app.loop.consumed == consumed_before  # paused: nothing taken that cannot be placed
+    assert all(harness.observed.last_status(r.order_id) is None for r in requests)
     for request in requests:
         await harness.wait_status(request.order_id, "FILLED", timeout=30)
     await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= 5,

@@ -101,6 +101,11 @@ class OrderService:
         self.placed = 0
         self.rejected: dict[str, int] = {}
 
+    @property
+    def reconciled(self) -> bool:
+        """True once reconciliation has settled the ledger with IBKR since the last (re)connect."""
+        return self._reconciled.is_set()
+
     # -- commands from Kafka ----------------------------------------------------------------------
 
     async def on_order_requested(self, order: OrderRequested, source_topic: str | None = None,

@@ -73,7 +73,7 @@ class ConsumeLoop:
 
     def __init__(self, consumer: AIOKafkaConsumer, decode: Decoder, handler: Handler,
                  dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
-                 max_retry_delay: float = 10.0) -> None:
+                 max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True) -> None:
         self.consumer = consumer
         self.decode = decode
         self.handler = handler
@@ -83,11 +83,36 @@ class ConsumeLoop:
         self.max_retry_delay = max_retry_delay
         self.consumed = 0
         self.paused = False
+        self.gate = gate
+        self.gate_closed = False
         self.last_error: str | None = None
+
+    async def _wait_for_gate(self, stop: asyncio.Event) -> None:
+        """While the gate is closed (IBKR down), pause every partition: consume nothing we cannot place."""
+        if self.gate():
+            if self.gate_closed:
+                self.consumer.resume(*self.consumer.assignment())
+                self.gate_closed = False
+                log.info("consumer resumed: the gate is open again")
+            return
+        if not self.gate_closed:
+            self.gate_closed = True
+            log.warning("consumer paused until the gate opens (IBKR not connected)")
+        while not stop.is_set() and not self.gate():
+            # Keep the group membership alive (getmany heartbeats) while fetching nothing.
+            self.consumer.pause(*self.consumer.assignment())
+            await self.consumer.getmany(timeout_ms=100)
+        if not stop.is_set():
+            self.consumer.resume(*self.consumer.assignment())
+            self.gate_closed = False
+            log.info("consumer resumed: the gate is open again")
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            await self._wait_for_gate(stop)
+            if stop.is_set():
+                break
             batches = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
             for partition, records in batches.items():
                 if stop.is_set():
