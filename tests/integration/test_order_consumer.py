@@ -40,11 +40,11 @@ async def test_market_order_is_filled_with_fill_and_commission(harness: Harness)
 
 @pytest.mark.parametrize("instrument", [ES, EURUSD, SPY_CALL], ids=["FUT", "CASH", "OPT"])
 async def test_each_sec_type_is_placed_by_con_id_and_filled(harness: Harness, instrument: object) -> None:
-    request = order(getattr(instrument, "instrument_id"), quantity="2")
+    request = order(instrument.instrument_id, quantity="2")
     await harness.send(request)
     await harness.wait_status(request.order_id, "FILLED")
     await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
-    assert harness.observed.fills[request.order_id][0]["con_id"] == getattr(instrument, "con_id")
+    assert harness.observed.fills[request.order_id][0]["con_id"] == instrument.con_id
 
 
 async def test_limit_stop_and_stop_limit_orders_fill_when_marketable(harness: Harness) -> None:
@@ -230,3 +230,31 @@ async def test_kill_switch_flipped_at_runtime_rejects_new_orders_and_cancels_ope
     rejected = await harness.wait_status(after.order_id, "REJECTED")
     assert rejected["reason"].startswith("KILL_SWITCH")
     assert harness.sim.place_count(after.order_id) == 0
+
+
+async def test_execution_correction_replaces_the_fill_instead_of_adding_one(harness: Harness) -> None:
+    request = order(quantity="5")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
+    original = harness.observed.fills[request.order_id][0]
+    assert original["corrects_fill_id"] is None
+    corrected_id = harness.sim.correct_execution(original["fill_id"], price=float(original["price"]) + 0.01)
+    assert corrected_id.endswith(".02")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 2, what="the correction")
+    correction = harness.observed.fills[request.order_id][1]
+    assert correction["fill_id"] == corrected_id
+    assert correction["corrects_fill_id"] == original["fill_id"]
+    assert correction["price"] == original["price"] + Decimal("0.01")
+
+
+async def test_positions_are_published_after_fills(harness: Harness) -> None:
+    request = order(quantity="7")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(
+        lambda: any(p["con_id"] == AAPL.con_id and p["quantity"] == Decimal(7) for p in harness.observed.positions),
+        what="a position of 7 AAPL")
+    position = next(p for p in harness.observed.positions if p["quantity"] == Decimal(7))
+    assert position["instrument_id"] == AAPL.instrument_id
+    assert position["account"] == "DU0000001"

@@ -79,6 +79,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "ib_perm_id": 1_987_654_321_012,
         "cumulative_quantity": Decimal("999999999999.99999999"),
         "avg_price": Decimal("187.24999999"),
+        "corrects_fill_id": "0000e0d5.65e1c2a4.01.00",
     },
     "PositionUpdated": {
         "account": "DU1234567",

@@ -308,7 +308,9 @@ class OrderService:
         row = await self.ledger.get(execution.order_ref) if execution.order_ref else None
         if row is None:
             return
+        corrects = await self._corrected_fill(row.order_id, execution.exec_id)
         fill = Fill(
+            corrects_fill_id=corrects,
             fill_id=execution.exec_id, order_id=row.order_id, con_id=execution.con_id,
             side=Side(execution.side), quantity=execution.quantity, price=execution.price,
             currency=execution.currency, exchange=execution.exchange, executed_at=execution.executed_at,
@@ -317,9 +319,21 @@ class OrderService:
             commission=execution.commission, commission_currency=execution.commission_currency,
         )
         if await self.fills.insert(fill):
+            if corrects is not None:
+                log.warning("execution corrected", fill_id=fill.fill_id, corrects_fill_id=corrects,
+                            order_id=row.order_id)
             log.info("fill recorded", fill_id=fill.fill_id, order_id=row.order_id,
                      quantity=str(fill.quantity), price=str(fill.price))
             self.on_fill()
+
+    async def _corrected_fill(self, order_id: str, exec_id: str) -> str | None:
+        """The execId that ``exec_id`` corrects: same execution, lower last part (``.01`` -> ``.02``)."""
+        base, _, version = exec_id.rpartition(".")
+        if not base or not version.isdigit() or int(version) <= 1:
+            return None
+        earlier = [f.fill_id for f in await self.fills.for_order(order_id)
+                   if f.fill_id.rpartition(".")[0] == base and f.fill_id != exec_id]
+        return max(earlier, key=lambda fid: int(fid.rpartition(".")[2] or 0)) if earlier else None
 
     async def _transition(self, order_id: str, state: OrderState, *, filled: Decimal | None = None,
                           remaining: Decimal | None = None, avg_price: Decimal | None = None,

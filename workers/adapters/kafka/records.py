@@ -146,6 +146,7 @@ def fill_record(row: FillRow) -> dict[str, Any]:
         "ib_perm_id": row.ib_perm_id,
         "cumulative_quantity": d8(row.cumulative_quantity),
         "avg_price": d8(row.avg_price),
+        "corrects_fill_id": row.corrects_fill_id,
     }
 
 

@@ -99,6 +99,8 @@ class FillFields(Protocol):
     def cumulative_quantity(self) -> Decimal: ...
     @property
     def avg_price(self) -> Decimal: ...
+    @property
+    def corrects_fill_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Fill:
     avg_price: Decimal
     commission: Decimal | None = None
     commission_currency: str | None = None
+    corrects_fill_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class FillRow:
     avg_price: Decimal
     recorded_at: datetime
     published_at: datetime | None
+    corrects_fill_id: str | None = None
 
 
 class InstrumentFields(Protocol):
