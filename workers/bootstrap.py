@@ -41,6 +41,7 @@ from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import OrderCancelRequested, OrderRequested
+from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
 from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
@@ -102,6 +103,8 @@ class OrderConsumerApp:
             asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
             asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
+            asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
+                                                           settings.ibkr_heartbeat_timeout), name="heartbeat"),
         ]
         try:
             await self.loop.run(self.stop)
@@ -210,6 +213,7 @@ def _decoder(codec: AvroCodec, settings: Settings) -> Any:
 async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = None,
                                instance_id: str | None = None) -> OrderConsumerApp:
     """Build the order-consumer with real adapters from ``settings``."""
+    check_port(settings.ibkr_trading_mode, settings.ibkr_effective_port)
     codec = codec or AvroCodec()
     instance_id = instance_id or uuid.uuid4().hex[:8]
     metrics = Metrics()
@@ -228,7 +232,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
     gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
                           limiter=limiter, connect_timeout=settings.ibkr_connect_timeout,
-                          readonly=settings.ibkr_readonly)
+                          readonly=settings.ibkr_readonly, trading_mode=settings.ibkr_trading_mode)
     ledger = OrderLedger(pool)
     fills = FillStore(pool)
     outbox = Outbox(pool)
@@ -268,7 +272,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         database_connected=lambda: database_reachable(pool),
         consumer_lag=lambda: consumer_lag(consumer),
         orders_in_flight=lambda: ledger.count_open_owned_by(settings.ibkr_client_id),
-        last_error=lambda: loop.last_error,
+        last_error=lambda: gateway.last_error or loop.last_error,
+        ibkr_rtt_ms=lambda: gateway.rtt_ms,
         paused=lambda: loop.paused or loop.gate_closed,
         pacing_limited=lambda: limiter.queued > 0,
     )

@@ -47,6 +47,12 @@ class IbkrStats(Protocol):
     @property
     def errors_by_code(self) -> Mapping[int, int]: ...
 
+    @property
+    def rtt_ms(self) -> float | None: ...
+
+    @property
+    def heartbeat_failures(self) -> int: ...
+
 
 class PacingStats(Protocol):
     """What :meth:`Metrics.watch_pacing` reads (``PacingLimiter`` has it)."""
@@ -90,6 +96,15 @@ class _AdapterCounters(Collector):
         for code, count in sorted((ibkr.errors_by_code if ibkr is not None else {}).items()):
             errors.add_metric([str(code)], count)
         yield errors
+        rtt = ibkr.rtt_ms if ibkr is not None else None
+        yield GaugeMetricFamily(
+            PREFIX + "ibkr_heartbeat_rtt_seconds", "Round trip of the last reqCurrentTime heartbeat.",
+            value=rtt / 1000 if rtt is not None else float("nan"),
+        )
+        yield CounterMetricFamily(
+            PREFIX + "ibkr_heartbeat_failures", "Heartbeats IBKR did not answer in time (connection dropped).",
+            value=ibkr.heartbeat_failures if ibkr is not None else 0,
+        )
         yield CounterMetricFamily(
             PREFIX + "pacing_waits", "IBKR requests that had to wait for the pacing limiter.",
             value=pacing.waits if pacing is not None else 0,

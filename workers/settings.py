@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     ibkr_readonly: bool = False
     ibkr_connect_timeout: float = Field(default=10.0, gt=0)
     ibkr_heartbeat_interval: float = Field(default=30.0, gt=0)
+    ibkr_heartbeat_timeout: float = Field(default=10.0, gt=0)
     ibkr_pacing_per_second: float = Field(default=45.0, gt=0)
 
     # Guards

@@ -99,3 +99,44 @@ async def test_nothing_is_consumed_while_ibkr_is_down_and_all_fills_after(harnes
     await harness.wait_for(lambda: sum(len(f) for f in harness.observed.fills.values()) >= 5,
                            timeout=20, what="one fill per order")
     assert_exactly_once(harness, [r.order_id for r in requests])
+
+
+async def test_heartbeat_detects_a_frozen_gateway_and_reconnects(kafka_bootstrap: str, database_url: str,
+                                                                 kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, ibkr_heartbeat_interval=0.3,
+                               ibkr_heartbeat_timeout=0.5) as h:
+        assert h.app is not None
+        await h.wait_for(lambda: h.app is not None and h.app.service.reconciled, what="ready")
+        await h.wait_for(lambda: h.app is not None and h.app.gateway.rtt_ms is not None, what="a heartbeat rtt")
+        reconnects = h.app.gateway.reconnects
+        h.sim.freeze()
+        await h.wait_for(lambda: h.app is not None and h.app.gateway.heartbeat_failures >= 1, timeout=5,
+                         what="a missed heartbeat")
+        h.sim.unfreeze()
+        await h.wait_for(lambda: h.app is not None and h.app.gateway.reconnects > reconnects, timeout=15,
+                         what="the reconnect")
+        request = order()
+        await h.send(request)
+        await h.wait_status(request.order_id, "FILLED", timeout=30)
+
+
+async def test_paper_worker_refuses_to_trade_against_a_live_account(kafka_bootstrap: str, database_url: str,
+                                                                   kafka_topics: TopicNames) -> None:
+    from workers.sim.config import SimConfig
+    from workers.sim.server import SimGateway
+
+    harness = Harness(kafka_bootstrap, database_url, kafka_topics)
+    harness.sim = SimGateway(SimConfig(pacing=False, accounts=("U0000009",)))
+    try:
+        await harness.start(ibkr_accounts="U0000009")
+        assert harness.app is not None
+        await harness.wait_for(lambda: harness.app is not None and harness.app.gateway.last_error is not None
+                               and "non-paper" in harness.app.gateway.last_error, what="the refusal")
+        request = order(account="U0000009")
+        await harness.send(request)
+        await asyncio.sleep(1.0)
+        assert harness.sim.place_count(request.order_id) == 0
+        assert not harness.app.service.reconciled
+        assert harness.observed.last_status(request.order_id) is None  # not even consumed
+    finally:
+        await harness.stop()

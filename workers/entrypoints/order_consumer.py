@@ -7,7 +7,8 @@ import asyncio
 import signal
 
 from workers.logs import configure_logging, get_logger, instance_id
-from workers.settings import load_settings
+from workers.domain.trading_mode import ModeMismatch
+from workers.settings import SettingsError, load_settings
 
 log = get_logger(__name__)
 
@@ -18,7 +19,10 @@ async def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, worker="order-consumer", instance=instance)
     from workers.bootstrap import build_order_consumer
 
-    app = await build_order_consumer(settings, instance_id=instance)
+    try:
+        app = await build_order_consumer(settings, instance_id=instance)
+    except ModeMismatch as exc:
+        raise SettingsError(f"refusing to trade: {exc}") from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop.set)

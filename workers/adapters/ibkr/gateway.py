@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +18,10 @@ from typing import Any, Protocol
 
 from ib_insync import IB, Contract, ContractDetails, Order, Trade
 from ib_insync.objects import CommissionReport, Fill, Position
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
+from workers.domain.trading_mode import ModeMismatch, check_accounts
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -159,7 +162,8 @@ class IbkrGateway:
     """One connection to IB Gateway / TWS (or the sim) with a pacing limiter and typed reports."""
 
     def __init__(self, host: str, port: int, client_id: int, *, limiter: PacingLimiter,
-                 connect_timeout: float = 10.0, readonly: bool = False, account: str = "") -> None:
+                 connect_timeout: float = 10.0, readonly: bool = False, account: str = "",
+                 trading_mode: str = "paper") -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -171,8 +175,12 @@ class IbkrGateway:
         self._listener: IbkrListener | None = None
         self._reports: asyncio.Queue[IbReport] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
+        self.trading_mode = trading_mode
         self.next_valid_id_at_connect = 0
         self.reconnects = 0
+        self.heartbeat_failures = 0
+        self.rtt_ms: float | None = None
+        self.last_error: str | None = None
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
 
@@ -201,22 +209,73 @@ class IbkrGateway:
 
     async def connect_with_retry(self, *, stop: asyncio.Event | None = None,
                                  max_delay: float = 10.0) -> bool:
-        """Try to connect until it works or ``stop`` is set; back off exponentially between tries."""
-        delay = 0.2
-        while stop is None or not stop.is_set():
+        """Connect, retrying forever with exponential back-off and jitter, until ``stop`` is set.
+
+        A mode mismatch (paper worker facing live accounts, …) is retried slowly: an operator has to fix
+        the configuration, and until then the worker trades nothing.
+        """
+        stop = stop or asyncio.Event()
+
+        async def pause(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+        def log_failure(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            self.last_error = f"{type(error).__name__}: {error}" if error else None
+            level = log.error if isinstance(error, ModeMismatch) else log.warning
+            level("ibkr connect failed", error=self.last_error, attempt=state.attempt_number,
+                  retry_in=round(state.upcoming_sleep, 2))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError, ModeMismatch)),
+            wait=wait_exponential_jitter(initial=0.2, max=max_delay, jitter=0.2),
+            stop=lambda _: stop.is_set(),
+            sleep=pause,
+            before_sleep=log_failure,
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if stop.is_set():
+                        return False
+                    await self._connect_checked()
+        except RetryError:
+            return False
+        return self.connected
+
+    async def _connect_checked(self) -> None:
+        try:
+            await self.connect()
+            check_accounts(self.trading_mode, self.managed_accounts)
+        except BaseException:
+            self.ib.disconnect()
+            raise
+        self.last_error = None
+
+    async def run_heartbeat(self, stop: asyncio.Event, interval: float, timeout: float) -> None:
+        """Ask for the current time every ``interval`` s; no answer within ``timeout`` means a dead link.
+
+        A half-open socket or a frozen gateway answers nothing and raises nothing: only a request that
+        goes unanswered shows it. The connection is then dropped, so the reconnect path takes over.
+        """
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set() or not self.connected:
+                continue
+            started = time.monotonic()
             try:
-                await self.connect()
-                return True
-            except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
-                log.warning("ibkr connect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
+                await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), timeout)
+            except (TimeoutError, ConnectionError) as exc:
+                self.heartbeat_failures += 1
+                self.last_error = f"heartbeat: no answer to reqCurrentTime within {timeout}s"
+                log.error("ibkr heartbeat missed; dropping the connection", timeout=timeout,
+                          error=type(exc).__name__)
                 self.ib.disconnect()
-            if stop is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-            else:
-                await asyncio.sleep(delay)
-            delay = min(max_delay, delay * 2)
-        return False
+                continue
+            self.rtt_ms = (time.monotonic() - started) * 1000
 
     def disconnect(self) -> None:
         """Drop the connection (the supervisor reconnects and reconciles)."""
