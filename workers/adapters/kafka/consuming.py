@@ -86,6 +86,7 @@ class ConsumeLoop:
         self.gate = gate
         self.gate_closed = False
         self.last_error: str | None = None
+        self.last_failed_offset: int | None = None
 
     async def _wait_for_gate(self, stop: asyncio.Event) -> None:
         """While the gate is closed (IBKR down), pause every partition: consume nothing we cannot place."""
@@ -99,9 +100,13 @@ class ConsumeLoop:
             self.gate_closed = True
             log.warning("consumer paused until the gate opens (IBKR not connected)")
         while not stop.is_set() and not self.gate():
-            # Keep the group membership alive (getmany heartbeats) while fetching nothing.
+            # Keep the group membership alive (getmany heartbeats) while fetching nothing. Should a
+            # record still arrive (fetched before the pause), seek back to it: it is never dropped.
             self.consumer.pause(*self.consumer.assignment())
-            await self.consumer.getmany(timeout_ms=100)
+            stray = await self.consumer.getmany(timeout_ms=100)
+            for partition, records in stray.items():
+                if records:
+                    self.consumer.seek(partition, records[0].offset)
         if not stop.is_set():
             self.consumer.resume(*self.consumer.assignment())
             self.gate_closed = False
@@ -113,19 +118,24 @@ class ConsumeLoop:
             await self._wait_for_gate(stop)
             if stop.is_set():
                 break
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
-            for partition, records in batches.items():
-                if stop.is_set():
-                    break
+            batches = list((await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)).items())
+            failed = False
+            for index, (partition, records) in enumerate(batches):
                 done = await self._handle_partition(partition, records, stop)
                 if done < len(records):
-                    failures += 1
-                    self.paused = True
-                    delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures - 1, 6))
+                    # Stopped, gated or failed part-way: every record not handled is fetched again
+                    # (this partition from the first unhandled one, the rest of the batch from its start).
                     self.consumer.seek(partition, records[done].offset)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+                    for later_partition, later_records in batches[index + 1:]:
+                        self.consumer.seek(later_partition, later_records[0].offset)
+                    failed = not stop.is_set() and self.gate() and self.last_failed_offset is not None
                     break
+            if failed:
+                failures += 1
+                self.paused = True
+                delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures - 1, 6))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
             else:
                 if failures:
                     log.info("consumer resumed", after_failures=failures)
@@ -136,12 +146,14 @@ class ConsumeLoop:
                                 stop: asyncio.Event) -> int:
         """Handle ``records`` in order; commit what was handled; return how many were handled."""
         handled = 0
+        self.last_failed_offset = None
         for record in records:
-            if stop.is_set():
-                break
+            if stop.is_set() or not self.gate():
+                break  # stopping, or IBKR went away mid-batch: the rest waits
             try:
                 await self._handle_record(record)
             except Exception as exc:
+                self.last_failed_offset = record.offset
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("handler failed; will retry the record", topic=record.topic,
                               partition=record.partition, offset=record.offset)

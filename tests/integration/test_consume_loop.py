@@ -1,0 +1,117 @@
+"""The consume loop over a real broker: failures are retried, never skipped; a closed gate consumes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
+
+pytestmark = pytest.mark.integration
+
+
+async def decode(topic: str, value: bytes) -> str:
+    if value.startswith(b"bad"):
+        raise Undecodable("starts with bad")
+    return value.decode()
+
+
+async def make_topic(bootstrap: str, partitions: int) -> str:
+    name = f"loop.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1), NewTopic(name + ".dlq", 1, 1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def run_loop(bootstrap: str, topic: str, handler: Any, gate: Any = lambda: True,
+                   until: Any = None) -> tuple[ConsumeLoop, AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=7)
+    await consumer.start()
+    loop = ConsumeLoop(consumer, decode, handler, DeadLetters(producer, topic + ".dlq"), retry_delay=0.05,
+                       batch_size=7, gate=gate)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not until():
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+    return loop, producer
+
+
+async def test_a_failing_record_is_retried_and_nothing_after_it_is_skipped(kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 3)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    sent = [f"m{i}" for i in range(60)]
+    for i, value in enumerate(sent):
+        await producer.send_and_wait(topic, value.encode(), key=str(i % 5).encode())
+    await producer.send_and_wait(topic, b"bad record", key=b"x")
+    await producer.stop()
+
+    seen: dict[int, list[str]] = defaultdict(list)
+    failures = {"m17": 2, "m33": 3}
+
+    async def handler(command: str, source: RecordSource) -> None:
+        if failures.get(command, 0) > 0:
+            failures[command] -= 1
+            raise RuntimeError(f"transient failure on {command}")
+        seen[source.partition].append(command)
+
+    loop, dlq_producer = await run_loop(kafka_bootstrap, topic, handler,
+                                        until=lambda: sum(len(v) for v in seen.values()) >= 60)
+    await dlq_producer.stop()
+    handled = [v for values in seen.values() for v in values]
+    assert sorted(handled) == sorted(sent)  # every record, none twice, none skipped
+    for values in seen.values():  # order kept within each partition
+        assert values == sorted(values, key=lambda v: int(v[1:]))
+    assert loop.dead_letters.count == 1
+    assert failures == {"m17": 0, "m33": 0}
+
+
+async def test_a_closed_gate_consumes_nothing_until_it_opens(kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    for i in range(10):
+        await producer.send_and_wait(topic, f"m{i}".encode(), key=str(i).encode())
+    await producer.stop()
+    handled: list[str] = []
+    gate = {"open": False}
+    opened_at: list[float] = []
+
+    async def handler(command: str, source: RecordSource) -> None:
+        assert gate["open"], "a record was handled while the gate was closed"
+        handled.append(command)
+
+    async def open_later() -> None:
+        await asyncio.sleep(1.0)
+        assert handled == []
+        gate["open"] = True
+        opened_at.append(1.0)
+
+    opener = asyncio.create_task(open_later())
+    loop, dlq_producer = await run_loop(kafka_bootstrap, topic, handler, gate=lambda: gate["open"],
+                                        until=lambda: len(handled) >= 10)
+    await dlq_producer.stop()
+    await opener
+    assert sorted(handled) == sorted(f"m{i}" for i in range(10))
+    assert opened_at == [1.0]
+    assert not loop.gate_closed
