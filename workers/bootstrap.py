@@ -39,6 +39,7 @@ from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.positions import PositionStore
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.trading_mode import check_port
@@ -246,7 +247,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         ledger=ledger, fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
-        metrics=metrics,
+        metrics=metrics, positions=PositionStore(pool),
     )
     gateway.listen(service.on_report)
     metrics.watch_ibkr(gateway)

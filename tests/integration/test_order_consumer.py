@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -258,3 +259,32 @@ async def test_positions_are_published_after_fills(harness: Harness) -> None:
     position = next(p for p in harness.observed.positions if p["quantity"] == Decimal(7))
     assert position["instrument_id"] == AAPL.instrument_id
     assert position["account"] == "DU0000001"
+
+
+async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fills(harness: Harness) -> None:
+    from workers.adapters.postgres.positions import PositionRow, PositionStore
+
+    sequence = [order(quantity="10"), order(quantity="4", side=Side.SELL), order(ES.instrument_id, quantity="3"),
+                order(quantity="6")]
+    for request in sequence:
+        await harness.send(request)
+        await harness.wait_status(request.order_id, "FILLED")
+    at_sim = {}
+    for con_id in (AAPL.con_id, ES.con_id):
+        position = harness.sim.position("DU0000001", con_id)
+        assert position is not None
+        at_sim[con_id] = Decimal(str(position.quantity))
+    assert at_sim == {AAPL.con_id: Decimal(12), ES.con_id: Decimal(3)}
+    pool = await open_pool(harness.database_url)
+    try:
+        store = PositionStore(pool)
+        rows: dict[int, PositionRow] = {}
+        deadline = asyncio.get_running_loop().time() + 15
+        while {con_id: row.quantity for con_id, row in rows.items()} != at_sim:
+            assert asyncio.get_running_loop().time() < deadline, f"positions table {rows} vs sim {at_sim}"
+            await asyncio.sleep(0.1)
+            rows = {row.con_id: row for row in await store.all() if row.account == "DU0000001"}
+        assert rows[AAPL.con_id].instrument_id == AAPL.instrument_id
+        assert rows[ES.con_id].instrument_id == ES.instrument_id
+    finally:
+        await close_pool(pool)

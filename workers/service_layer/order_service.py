@@ -35,6 +35,7 @@ from workers.adapters.ibkr.gateway import (
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
+from workers.adapters.postgres.positions import PositionRow, PositionStore
 from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order
 from workers.domain.orders import (
@@ -82,7 +83,8 @@ class OrderService:
                  instruments: InstrumentCache, broker: Broker, events: EventSink,
                  policy: Callable[[], GuardPolicy], readonly: bool = False,
                  on_published: Callable[[], None] = lambda: None,
-                 on_fill: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:
+                 on_fill: Callable[[], None] = lambda: None, metrics: Metrics | None = None,
+                 positions: PositionStore | None = None) -> None:
         self.ledger = ledger
         self.fills = fills
         self.outbox = outbox
@@ -95,6 +97,7 @@ class OrderService:
         self.on_fill = on_fill
         self.client_id = broker.client_id
         self.metrics = metrics
+        self.positions = positions
         self._received_at: dict[str, float] = {}
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
         self._reconciled = asyncio.Event()
@@ -264,11 +267,20 @@ class OrderService:
         elif isinstance(report, IbError):
             self._on_error(report)
         elif isinstance(report, IbPosition):
-            instrument_id = await self.instruments.instrument_id_for(report.con_id)
-            await self.outbox.add(self.events.position(report, instrument_id))
-            self.on_published()
+            await self._on_position(report)
         elif isinstance(report, ConnectionChanged) and not report.connected:
             self._reconciled.clear()
+
+    async def _on_position(self, report: IbPosition) -> None:
+        instrument_id = await self.instruments.instrument_id_for(report.con_id)
+        row = PositionRow(account=report.account, con_id=report.con_id, instrument_id=instrument_id,
+                          quantity=report.quantity, avg_cost=report.avg_cost, currency=report.currency,
+                          as_of=datetime.now(UTC))
+        if self.positions is not None:
+            await self.positions.upsert(row, self.events.position(report, instrument_id))
+        else:
+            await self.outbox.add(self.events.position(report, instrument_id))
+        self.on_published()
 
     def _on_error(self, error: IbError) -> None:
         level = log.info if error.informational else log.warning
