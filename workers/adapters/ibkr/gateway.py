@@ -172,6 +172,9 @@ class IbkrGateway:
         self.readonly = readonly
         self.account = account
         self.ib = IB()
+        # Our PacingLimiter does the pacing, with priorities (cancels first); ib_insync's own FIFO
+        # throttle (45 requests/s) would queue behind it and undo the priorities.
+        self.ib.client.MaxRequests = 0
         self._listener: IbkrListener | None = None
         self._reports: asyncio.Queue[IbReport] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None

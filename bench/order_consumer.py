@@ -1,0 +1,350 @@
+"""Benchmark of the order-consumer through real Kafka + PostgreSQL + the sim gateway.
+
+Run (services from scripts/dev-services, exported):  .venv/bin/python bench/order_consumer.py
+
+It measures, in one run on this machine:
+  * the worker's sustained throughput with a backlog of N orders (pacing off), against
+  * ceiling 1: a bare ib_insync loop placing the same market orders against the same sim, and
+  * ceiling 2: a bare aiokafka + fastavro consume-and-decode loop on the same broker;
+  * p50/p99 latency produce → placeOrder at the sim and execution → fills.executed record, at 200 orders/s;
+  * the worker's peak RSS;
+  * with pacing on (worker 45 msg/s, sim enforcing 50/s): throughput vs the budget and pacing violations.
+The sim runs in this process (so its executions and clock are readable); the worker and the bare
+ib_insync client run as separate processes, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import with_search_path  # noqa: E402
+from workers.adapters.avro import AvroCodec  # noqa: E402
+from workers.adapters.kafka.records import (  # noqa: E402
+    FILL_EXECUTED,
+    ORDER_REQUESTED,
+    ORDER_STATUS_CHANGED,
+    order_requested_record,
+)
+from workers.adapters.postgres.instruments import InstrumentMapper  # noqa: E402
+from workers.adapters.postgres.migrate import migrate  # noqa: E402
+from workers.adapters.postgres.pool import close_pool, open_pool  # noqa: E402
+from workers.adapters.postgres.rows import Instrument  # noqa: E402
+from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce  # noqa: E402
+from workers.settings import TopicNames  # noqa: E402
+from workers.sim.config import SimConfig  # noqa: E402
+from workers.sim.server import SimGateway  # noqa: E402
+
+ACCOUNT = "DU0000001"
+AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
+                  currency="USD", min_tick=Decimal("0.01"), primary_exchange="NASDAQ")
+
+BARE_IB = """
+import asyncio, sys, time
+from ib_insync import IB, Contract, MarketOrder
+async def main(port, n):
+    ib = IB()
+    ib.client.MaxRequests = 0  # pacing off in the client too
+    await ib.connectAsync("127.0.0.1", port, clientId=99)
+    contract = Contract(conId=265598, exchange="SMART")
+    done = asyncio.Event(); filled = 0
+    def on_status(trade):
+        nonlocal filled
+        if trade.orderStatus.status == "Filled":
+            filled += 1
+            if filled == n: done.set()
+    ib.orderStatusEvent += on_status
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        ib.placeOrder(contract, MarketOrder("BUY", 1))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(done.wait(), 300)
+    print(n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n * 1000)
+    ib.disconnect()
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Setup:
+    bootstrap: str
+    database_url: str
+    topics: TopicNames
+    sim: SimGateway
+    port: int
+
+
+async def prepare(bootstrap: str, server_url: str, sim_config: SimConfig) -> Setup:
+    suffix = uuid.uuid4().hex[:8]
+    defaults = TopicNames()
+    topics = TopicNames(**{f: f"bench.{getattr(defaults, f)}.{suffix}" for f in defaults.__dataclass_fields__})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(getattr(topics, f), 6, 1) for f in topics.__dataclass_fields__])
+    finally:
+        await admin.close()
+    schema = f"bench_{suffix}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    database_url = with_search_path(server_url, schema)
+    await migrate(database_url)
+    pool = await open_pool(database_url)
+    try:
+        await InstrumentMapper(pool).upsert(AAPL)
+    finally:
+        await close_pool(pool)
+    sim = SimGateway(sim_config)
+    _, port = await sim.start("127.0.0.1", 0)
+    return Setup(bootstrap, database_url, topics, sim, port)
+
+
+def worker_env(setup: Setup, pacing: float) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "KAFKA_BOOTSTRAP_SERVERS": setup.bootstrap, "DATABASE_URL": setup.database_url,
+        "IBKR_PORT": str(setup.port), "IBKR_CLIENT_ID": "7", "IBKR_ACCOUNTS": ACCOUNT,
+        "IBKR_PACING_PER_SECOND": str(pacing), "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
+        "HEALTH_PORT": "0", "LOG_LEVEL": "WARNING",
+        **{f"TOPIC_{f.upper()}": getattr(setup.topics, f) for f in setup.topics.__dataclass_fields__},
+    }
+
+
+def market_order() -> OrderRequested:
+    return OrderRequested(order_id=str(uuid.uuid4()), account=ACCOUNT, instrument_id=AAPL.instrument_id,
+                          side=Side.BUY, quantity=Decimal(1), order_type=OrderType.MARKET, limit_price=None,
+                          stop_price=None, time_in_force=TimeInForce.DAY, outside_rth=False,
+                          created_at=datetime.now(UTC))
+
+
+class Watcher:
+    """Collects FILLED statuses and fills.executed record timestamps by order id."""
+
+    def __init__(self, setup: Setup, codec: AvroCodec) -> None:
+        self.setup, self.codec = setup, codec
+        self.filled: dict[str, float] = {}
+        self.fill_records: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(self.setup.topics.orders_status, self.setup.topics.fills_executed,
+                                    bootstrap_servers=self.setup.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            async for record in consumer:
+                if record.topic == self.setup.topics.orders_status:
+                    value = self.codec.decode(record.value, ORDER_STATUS_CHANGED)
+                    if value["status"] == "FILLED":
+                        self.filled.setdefault(value["order_id"], time.time())
+                else:
+                    value = self.codec.decode(record.value, FILL_EXECUTED)
+                    self.fill_records[value["fill_id"]] = record.timestamp / 1000
+        finally:
+            await consumer.stop()
+
+
+async def produce(setup: Setup, codec: AvroCodec, orders: list[OrderRequested], rate: float | None) -> dict[str, float]:
+    producer = AIOKafkaProducer(bootstrap_servers=setup.bootstrap, linger_ms=1)
+    await producer.start()
+    sent_at: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        futures = []
+        for i, request in enumerate(orders):
+            if rate is not None:
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent_at[request.order_id] = time.time()
+            payload = codec.encode(ORDER_REQUESTED, order_requested_record(request))
+            futures.append(await producer.send(setup.topics.orders_requested, payload,
+                                               key=request.order_id.encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent_at
+
+
+async def wait_filled(watcher: Watcher, orders: list[OrderRequested], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(o.order_id not in watcher.filled for o in orders):
+        if time.monotonic() > deadline:
+            missing = sum(o.order_id not in watcher.filled for o in orders)
+            raise SystemExit(f"timed out: {missing} orders not FILLED")
+        await asyncio.sleep(0.05)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def start_worker(setup: Setup, pacing: float) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "workers", "order-consumer",
+                                                env=worker_env(setup, pacing), cwd=REPO)
+
+
+async def stop_worker(process: asyncio.subprocess.Process) -> float:
+    rss = peak_rss_mb(process.pid)
+    process.terminate()
+    await asyncio.wait_for(process.wait(), 30)
+    return rss
+
+
+def executions_by_ref(sim: SimGateway) -> dict[str, tuple[float, str]]:
+    return {e.order.request.order_ref: (e.epoch, e.exec_id) for e in sim.executions()}
+
+
+async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
+    setup = await prepare(bootstrap, server_url, SimConfig(pacing=False))
+    codec = AvroCodec()
+    watcher = Watcher(setup, codec)
+    watcher.task = asyncio.create_task(watcher.run())
+    orders = [market_order() for _ in range(count)]
+    await produce(setup, codec, orders, rate=None)  # the backlog is there before the worker starts
+    process = await start_worker(setup, pacing=100_000)
+    await wait_filled(watcher, orders, timeout=600)
+    rss = await stop_worker(process)
+    by_ref = executions_by_ref(setup.sim)
+    epochs = sorted(by_ref[o.order_id][0] for o in orders)
+    rate = (count - 1) / (epochs[-1] - epochs[0])
+    watcher.task.cancel()
+    await setup.sim.stop()
+    return {"orders": count, "orders_per_s": rate, "peak_rss_mb": rss}
+
+
+async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float) -> dict[str, Any]:
+    setup = await prepare(bootstrap, server_url, SimConfig(pacing=False))
+    codec = AvroCodec()
+    watcher = Watcher(setup, codec)
+    watcher.task = asyncio.create_task(watcher.run())
+    process = await start_worker(setup, pacing=100_000)
+    warmup = [market_order() for _ in range(20)]
+    await produce(setup, codec, warmup, rate=50)
+    await wait_filled(watcher, warmup, timeout=60)
+    orders = [market_order() for _ in range(count)]
+    sent_at = await produce(setup, codec, orders, rate=rate)
+    await wait_filled(watcher, orders, timeout=300)
+    await asyncio.sleep(3)  # fills wait up to 2 s for commissions
+    rss = await stop_worker(process)
+    by_ref = executions_by_ref(setup.sim)
+    to_place = [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in orders]
+    to_fill = [(watcher.fill_records[by_ref[o.order_id][1]] - by_ref[o.order_id][0]) * 1000 for o in orders
+               if by_ref[o.order_id][1] in watcher.fill_records]
+    watcher.task.cancel()
+    await setup.sim.stop()
+    return {"orders": count, "rate": rate,
+            "produce_to_place_ms": {"p50": statistics.median(to_place), "p99": percentile(to_place, 0.99)},
+            "execution_to_fill_record_ms": {"p50": statistics.median(to_fill), "p99": percentile(to_fill, 0.99)},
+            "peak_rss_mb": rss}
+
+
+async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
+    setup = await prepare(bootstrap, server_url, SimConfig(pacing=True))
+    codec = AvroCodec()
+    watcher = Watcher(setup, codec)
+    watcher.task = asyncio.create_task(watcher.run())
+    orders = [market_order() for _ in range(count)]
+    await produce(setup, codec, orders, rate=None)
+    process = await start_worker(setup, pacing=45)
+    await wait_filled(watcher, orders, timeout=600)
+    await stop_worker(process)
+    by_ref = executions_by_ref(setup.sim)
+    epochs = sorted(by_ref[o.order_id][0] for o in orders)
+    rate = (count - 1) / (epochs[-1] - epochs[0])
+    watcher.task.cancel()
+    await setup.sim.stop()
+    return {"orders": count, "budget_per_s": 45, "orders_per_s": rate,
+            "pacing_violations": setup.sim.pacing_violations}
+
+
+async def bench_bare_ib(count: int) -> dict[str, Any]:
+    sim = SimGateway(SimConfig(pacing=False))
+    _, port = await sim.start("127.0.0.1", 0)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_IB, str(port), str(count),
+                                                   stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    await sim.stop()
+    rate, cpu_ms = (float(x) for x in out.split())
+    return {"orders": count, "orders_per_s": rate, "client_cpu_ms_per_order": cpu_ms}
+
+
+async def bench_bare_kafka(bootstrap: str, count: int) -> dict[str, Any]:
+    topic = f"bench.decode.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 6, 1)])
+    finally:
+        await admin.close()
+    codec = AvroCodec()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    futures = [await producer.send(topic, codec.encode(ORDER_REQUESTED, order_requested_record(market_order())))
+               for _ in range(count)]
+    await asyncio.gather(*futures)
+    await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"d-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    decoded = 0
+    started = time.perf_counter()
+    while decoded < count:
+        for records in (await consumer.getmany(timeout_ms=500, max_records=500)).values():
+            for record in records:
+                codec.decode(record.value, ORDER_REQUESTED)
+                decoded += 1
+        await consumer.commit()
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return {"records": count, "records_per_s": count / elapsed}
+
+
+async def main(args: argparse.Namespace) -> None:
+    bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    server_url = os.environ["DATABASE_URL"]
+    results: dict[str, Any] = {}
+    results["bare_ib_insync"] = await bench_bare_ib(args.orders)
+    results["bare_kafka_decode"] = await bench_bare_kafka(bootstrap, args.orders)
+    results["worker_backlog"] = await bench_worker_backlog(bootstrap, server_url, args.orders)
+    results["worker_latency"] = await bench_worker_latency(bootstrap, server_url, args.latency_orders, 200)
+    if not args.skip_pacing:
+        results["worker_pacing_on"] = await bench_worker_pacing(bootstrap, server_url, args.pacing_orders)
+    results["ratio_worker_to_bare_ib"] = (results["worker_backlog"]["orders_per_s"]
+                                          / results["bare_ib_insync"]["orders_per_s"])
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--latency-orders", type=int, default=2000)
+    parser.add_argument("--pacing-orders", type=int, default=450)
+    parser.add_argument("--skip-pacing", action="store_true")
+    asyncio.run(main(parser.parse_args()))
