@@ -198,6 +198,11 @@ async def wait_filled(watcher: Watcher, orders: list[OrderRequested], timeout: f
         await asyncio.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -206,7 +211,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def start_worker(setup: Setup, pacing: float) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "workers", "order-consumer",
+    profile = os.environ.get("BENCH_PROFILE")  # a path: profile the worker with cProfile into it
+    prefix = ["-m", "cProfile", "-o", profile] if profile else []
+    return await asyncio.create_subprocess_exec(sys.executable, *prefix, "-m", "workers", "order-consumer",
                                                 env=worker_env(setup, pacing), cwd=REPO)
 
 
@@ -229,14 +236,18 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
     orders = [market_order() for _ in range(count)]
     await produce(setup, codec, orders, rate=None)  # the backlog is there before the worker starts
     process = await start_worker(setup, pacing=100_000)
+    await asyncio.sleep(0.5)
+    cpu_before = cpu_seconds(process.pid)
     await wait_filled(watcher, orders, timeout=600)
+    worker_cpu = cpu_seconds(process.pid) - cpu_before
     rss = await stop_worker(process)
     by_ref = executions_by_ref(setup.sim)
     epochs = sorted(by_ref[o.order_id][0] for o in orders)
     rate = (count - 1) / (epochs[-1] - epochs[0])
     watcher.task.cancel()
     await setup.sim.stop()
-    return {"orders": count, "orders_per_s": rate, "peak_rss_mb": rss}
+    return {"orders": count, "orders_per_s": rate, "peak_rss_mb": rss,
+            "worker_cpu_ms_per_order": worker_cpu / count * 1000}
 
 
 async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float) -> dict[str, Any]:
@@ -330,6 +341,9 @@ async def main(args: argparse.Namespace) -> None:
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     server_url = os.environ["DATABASE_URL"]
     results: dict[str, Any] = {}
+    if args.only_backlog:
+        print(json.dumps(await bench_worker_backlog(bootstrap, server_url, args.orders), indent=2))
+        return
     results["bare_ib_insync"] = await bench_bare_ib(args.orders)
     results["bare_kafka_decode"] = await bench_bare_kafka(bootstrap, args.orders)
     results["worker_backlog"] = await bench_worker_backlog(bootstrap, server_url, args.orders)
@@ -347,4 +361,5 @@ if __name__ == "__main__":
     parser.add_argument("--latency-orders", type=int, default=2000)
     parser.add_argument("--pacing-orders", type=int, default=450)
     parser.add_argument("--skip-pacing", action="store_true")
+    parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")
     asyncio.run(main(parser.parse_args()))

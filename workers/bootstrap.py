@@ -37,6 +37,7 @@ from workers.adapters.kafka.records import (
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
+from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
@@ -47,7 +48,7 @@ from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
 from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
-from workers.service_layer.order_service import OrderService
+from workers.service_layer.order_service import OrderService, OrderSource
 from workers.settings import Settings
 
 log = get_logger(__name__)
@@ -244,14 +245,25 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            owner_client_id=settings.ibkr_client_id)
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
-        ledger=ledger, fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
+        ledger=ledger, batches=OrderBatches(pool), fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
         metrics=metrics, positions=PositionStore(pool),
     )
-    gateway.listen(service.on_report)
+    gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)
+
+    async def handle_batch(commands: list[tuple[object, RecordSource]]) -> None:
+        orders = [(c, OrderSource(s.topic, s.partition, s.offset)) for c, s in commands
+                  if isinstance(c, OrderRequested)]
+        if orders:
+            for _ in orders:
+                metrics.order_consumed()
+            await service.on_orders_requested(orders)
+        for command, source in commands:
+            if not isinstance(command, OrderRequested):
+                await handle(command, source)
 
     async def handle(command: object, source: RecordSource) -> None:
         if isinstance(command, OrderRequested):
@@ -265,7 +277,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     await consumer.start()
     loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
                        DeadLetters(producer, topics.orders_requested_dlq),
-                       gate=lambda: gateway.connected and service.reconciled)
+                       gate=lambda: gateway.connected and service.reconciled, batch_handler=handle_batch)
     monitor = HealthMonitor(HealthThresholds())
     facts = ProbeSet(
         ibkr_connected=lambda: gateway.connected,

@@ -33,6 +33,8 @@ class FakeGateway:
     connected: bool = True
     reconnects: int = 0
     errors_by_code: dict[int, int] = field(default_factory=dict)
+    rtt_ms: float | None = None
+    heartbeat_failures: int = 0
 
 
 @dataclass

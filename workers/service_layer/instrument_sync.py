@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 
@@ -195,7 +195,8 @@ class InstrumentSync:
     def __init__(self, *, store: UniverseStore, mapper: InstrumentMapper, lookup: ContractLookup,
                  events: EventFactory, concurrency: int = 8, today: Callable[[], date] = utc_today,
                  resume_within: timedelta = timedelta(hours=1), progress_every: float = 5.0,
-                 mark_batch: int = 200, on_change: Callable[[], None] | None = None) -> None:
+                 mark_batch: int = 200, stop_grace: float = 5.0,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.store = store
         self.mapper = mapper
         self.lookup = lookup
@@ -205,6 +206,7 @@ class InstrumentSync:
         self.resume_within = resume_within
         self.progress_every = progress_every
         self.mark_batch = mark_batch
+        self.stop_grace = stop_grace
         self.on_change = on_change
         self.counters = SyncCounters()
 
@@ -223,11 +225,13 @@ class InstrumentSync:
         run = _PassRun(pass_id=sync_pass.pass_id, total=len(entries), skipped=len(entries) - len(pending),
                        failed_before=failed_before)
         self._pass_started(run, sync_pass.resumed)
+        if not entries:
+            log.warning("the instrument universe is empty: load one with `ibkr-workers instruments load FILE`")
         queue = iter(pending)
         workers = [asyncio.create_task(self._work(run, queue, stop), name=f"instrument-sync-{n}")
                    for n in range(min(self.concurrency, len(pending)))]
         try:
-            await asyncio.gather(*workers)
+            await self._join(workers, stop)
         except BaseException:
             for task in workers:
                 task.cancel()
@@ -252,6 +256,34 @@ class InstrumentSync:
         )
         self._pass_finished(summary)
         return summary
+
+    async def _join(self, workers: list[asyncio.Task[None]], stop: asyncio.Event | None) -> None:
+        """Wait for the workers; once ``stop`` is set, give the entries in flight ``stop_grace`` seconds.
+
+        An entry cut short rolls back as a whole and stays pending for the next run.
+        """
+        if not workers:
+            return
+        everything: asyncio.Future[Any] = asyncio.gather(*workers)
+        if stop is None:
+            await everything
+            return
+        stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({everything, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not everything.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(everything), self.stop_grace)
+            except TimeoutError:
+                log.warning("entries still in flight after the stop grace; abandoned (they stay pending)")
+                for task in workers:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await everything
+                return
+        await everything
 
     async def _work(self, run: _PassRun, queue: Iterator[UniverseRow], stop: asyncio.Event | None) -> None:
         # One shared iterator: each worker takes the next entry when it is free.
@@ -505,7 +537,15 @@ async def run_passes(sync: InstrumentSync, stop: asyncio.Event, interval: float,
         if not await ensure_connected():
             return
         started = time.monotonic()
-        summary = await sync.run_pass(stop)
+        try:
+            summary = await sync.run_pass(stop)
+        except Exception as exc:  # PostgreSQL away, most likely: the pass is resumable, try again
+            sync.counters.running = False
+            sync.counters.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("instrument sync pass failed; retrying", error=sync.counters.last_error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            continue
         if summary.interrupted is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
@@ -34,6 +35,7 @@ from workers.adapters.ibkr.gateway import (
 )
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
+from workers.adapters.postgres.order_batches import NewOrder, OrderBatches, StatusChange
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.positions import PositionRow, PositionStore
 from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
@@ -79,13 +81,14 @@ class EventSink(Protocol):
 class OrderService:
     """Handles commands from Kafka and reports from IBKR for one worker (one IBKR client id)."""
 
-    def __init__(self, *, ledger: OrderLedger, fills: FillStore, outbox: Outbox,
+    def __init__(self, *, ledger: OrderLedger, batches: OrderBatches, fills: FillStore, outbox: Outbox,
                  instruments: InstrumentCache, broker: Broker, events: EventSink,
                  policy: Callable[[], GuardPolicy], readonly: bool = False,
                  on_published: Callable[[], None] = lambda: None,
                  on_fill: Callable[[], None] = lambda: None, metrics: Metrics | None = None,
                  positions: PositionStore | None = None) -> None:
         self.ledger = ledger
+        self.batches = batches
         self.fills = fills
         self.outbox = outbox
         self.instruments = instruments
@@ -113,58 +116,67 @@ class OrderService:
 
     async def on_order_requested(self, order: OrderRequested, source_topic: str | None = None,
                                  source_partition: int | None = None, source_offset: int | None = None) -> None:
-        """Record, check and queue one order; a known ``order_id`` only re-publishes its status."""
-        known = await self.ledger.get(order.order_id)
-        if known is not None:
-            log.info("order redelivered; re-publishing its status", order_id=order.order_id,
-                     state=known.state.value)
-            await self.outbox.add(self.events.status(known, None))
-            self.on_published()
-            return
-        try:
-            instrument = await self.instruments.get(order.instrument_id)
-            check_order(order, instrument, self.policy())
-        except OrderRejected as rejection:
-            await self._reject_new(order, rejection, source_topic, source_partition, source_offset)
-            return
-        inserted = await self.ledger.insert_accepted(
-            order, source_topic=source_topic, source_partition=source_partition,
-            source_offset=source_offset, owner_client_id=self.client_id,
-            outbox=lambda row: self.events.status(row, None),
-        )
-        self.on_published()
-        if not inserted:  # another consumer recorded it between our read and our insert
-            return
-        if await self.ledger.pending_cancel(order.order_id) is not None:
-            await self._transition(order.order_id, OrderState.CANCELLED,
-                                   reason=f"{RejectReason.CANCELLED_BEFORE_PLACED}: a cancel request "
-                                          "arrived before the order")
-            await self.ledger.mark_cancel_handled(order.order_id)
-            return
-        self._received_at[order.order_id] = time.monotonic()
-        log.info("order accepted", order_id=order.order_id, instrument_id=order.instrument_id,
-                 side=order.side.value, quantity=str(order.quantity), order_type=order.order_type.value)
-        if not self.readonly:
-            self._to_place.put_nowait(order.order_id)
+        """Record, check and queue one order (see :meth:`on_orders_requested`)."""
+        await self.on_orders_requested([(order, OrderSource(source_topic, source_partition, source_offset))])
 
-    async def _reject_new(self, order: OrderRequested, rejection: OrderRejected, source_topic: str | None,
-                          source_partition: int | None, source_offset: int | None) -> None:
+    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
+        """Record, check and queue a batch of orders in one transaction.
+
+        A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status.
+        """
+        ids = list(dict.fromkeys(order.order_id for order, _ in items))
+        known = await self.batches.get_many(ids)
+        cancelled_first = await self.batches.pending_cancels([i for i in ids if i not in known])
+        policy = self.policy()
+        new: list[NewOrder] = []
+        republish: list[str] = []
+        loose: list[OutboxMessage] = []
+        seen: set[str] = set()
+        for order, source in items:
+            if order.order_id in known or order.order_id in seen:
+                republish.append(order.order_id)
+                continue
+            seen.add(order.order_id)
+            state, reason = OrderState.ACCEPTED, None
+            try:
+                check_order(order, await self.instruments.get(order.instrument_id), policy)
+            except OrderRejected as rejection:
+                self._count_rejection(order, rejection)
+                if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
+                    # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
+                    loose.append(self.events.rejection(order, rejection.text))
+                    continue
+                state, reason = OrderState.REJECTED, rejection.text
+            else:
+                if order.order_id in cancelled_first:
+                    state = OrderState.CANCELLED
+                    reason = f"{RejectReason.CANCELLED_BEFORE_PLACED}: a cancel request arrived before the order"
+            new.append(NewOrder(order, state, reason, source.topic, source.partition, source.offset))
+        inserted = await self.batches.record_new(new, self.client_id, self.events.status)
+        if republish:
+            rows = await self.batches.get_many(republish)
+            loose.extend(self.events.status(rows[i], None) for i in republish if i in rows)
+            log.info("orders redelivered; re-publishing their status", count=len(republish))
+        if loose:
+            await self.outbox.add_many(loose)
+        now = time.monotonic()
+        for row in inserted:
+            if row.state is OrderState.ACCEPTED:
+                self._received_at[row.order_id] = now
+                if not self.readonly:
+                    self._to_place.put_nowait(row.order_id)
+            elif row.state is OrderState.CANCELLED and self.metrics is not None:
+                self.metrics.order_cancelled()
+        self.on_published()
+        log.info("orders recorded", count=len(inserted),
+                 accepted=sum(r.state is OrderState.ACCEPTED for r in inserted))
+
+    def _count_rejection(self, order: OrderRequested, rejection: OrderRejected) -> None:
         self.rejected[rejection.reason.value] = self.rejected.get(rejection.reason.value, 0) + 1
         if self.metrics is not None:
             self.metrics.order_rejected(rejection.reason.value)
         log.warning("order rejected", order_id=order.order_id, reason=rejection.reason.value,
                     detail=rejection.detail)
-        if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
-            # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
-            await self.outbox.add(self.events.rejection(order, rejection.text))
-            self.on_published()
-            return
-        inserted = await self.ledger.insert_accepted(
-            order, source_topic=source_topic, source_partition=source_partition,
-            source_offset=source_offset, owner_client_id=self.client_id,
-        )
-        if inserted:
-            await self._transition(order.order_id, OrderState.REJECTED, reason=rejection.text)
 
     async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
@@ -216,60 +228,67 @@ class OrderService:
 
     # -- placing ----------------------------------------------------------------------------------
 
-    async def run_placer(self, stop: asyncio.Event) -> None:
-        """Place queued orders one at a time, in id order, once reconciliation has run."""
+    async def run_placer(self, stop: asyncio.Event, batch: int = 200) -> None:
+        """Place queued orders in batches (ids reserved in one transaction), once reconciliation has run."""
         while not stop.is_set():
-            order_id = await self._to_place.get()
+            order_ids = [await self._to_place.get()]
+            while not self._to_place.empty() and len(order_ids) < batch:
+                order_ids.append(self._to_place.get_nowait())
             await self._reconciled.wait()
             try:
-                await self._place(order_id)
+                await self._place(order_ids)
             except ConnectionError as exc:
-                log.warning("placing failed: not connected; the order stays for reconciliation",
-                            order_id=order_id, error=str(exc))
+                log.warning("placing failed: not connected; the orders stay for reconciliation",
+                            count=len(order_ids), error=str(exc))
             except Exception:
-                log.exception("placing failed; the order stays for reconciliation", order_id=order_id)
+                log.exception("placing failed; the orders stay for reconciliation", count=len(order_ids))
 
-    async def _place(self, order_id: str) -> None:
-        row = await self.ledger.get(order_id)
-        if row is None or row.state is not OrderState.ACCEPTED:
-            return
+    async def _place(self, order_ids: list[str]) -> None:
         if not self.broker.connected:
-            return  # reconciliation places it after the reconnect
-        instrument = await self.instruments.get(row.instrument_id)
-        if instrument is None:
-            await self._transition(order_id, OrderState.REJECTED,
-                                   reason=f"{RejectReason.UNKNOWN_INSTRUMENT}: {row.instrument_id}")
-            return
-        try:
-            ib_order_id = await self.ledger.reserve_ib_order_id(
-                order_id, self.client_id, self.broker.next_valid_id_at_connect
-            )
-        except IllegalTransition:
-            return  # cancelled meanwhile
-        request = _request_of(row)
-        await self.broker.place(contract_for(instrument), order_for(request, ib_order_id))
-        self.placed += 1
-        if self.metrics is not None:
-            received = self._received_at.pop(order_id, None)
-            self.metrics.order_placed(time.monotonic() - received if received is not None else None)
-        log.info("order placed", order_id=order_id, ib_order_id=ib_order_id, client_id=self.client_id)
+            return  # still ACCEPTED: reconciliation queues them again after the reconnect
+        reserved = await self.batches.reserve_ib_order_ids(order_ids, self.client_id,
+                                                            self.broker.next_valid_id_at_connect)
+        now = time.monotonic()
+        for row, ib_order_id in reserved:
+            instrument = await self.instruments.get(row.instrument_id)
+            if instrument is None:
+                await self._transition(row.order_id, OrderState.REJECTED,
+                                       reason=f"{RejectReason.UNKNOWN_INSTRUMENT}: {row.instrument_id}")
+                continue
+            await self.broker.place(contract_for(instrument), order_for(_request_of(row), ib_order_id))
+            self.placed += 1
+            if self.metrics is not None:
+                received = self._received_at.pop(row.order_id, None)
+                self.metrics.order_placed(now - received if received is not None else None)
+        if reserved:
+            log.info("orders placed", count=len(reserved), client_id=self.client_id,
+                     first_ib_order_id=reserved[0][1], last_ib_order_id=reserved[-1][1])
 
     # -- reports from IBKR ------------------------------------------------------------------------
 
     async def on_report(self, report: IbReport) -> None:
-        if isinstance(report, IbOrderStatus):
-            await self._on_status(report)
-        elif isinstance(report, IbExecution):
-            await self._on_execution(report)
-        elif isinstance(report, IbCommission):
-            if await self.fills.set_commission(report.exec_id, report.commission, report.currency):
-                self.on_fill()
-        elif isinstance(report, IbError):
-            self._on_error(report)
-        elif isinstance(report, IbPosition):
-            await self._on_position(report)
-        elif isinstance(report, ConnectionChanged) and not report.connected:
-            self._reconciled.clear()
+        await self.on_reports([report])
+
+    async def on_reports(self, reports: Sequence[IbReport]) -> None:
+        """Handle a batch of IBKR reports: fills first, then commissions, statuses and positions."""
+        executions = [r for r in reports if isinstance(r, IbExecution)]
+        if executions:
+            await self._on_executions(executions)
+        commissions = [(r.exec_id, r.commission, r.currency) for r in reports if isinstance(r, IbCommission)]
+        if commissions:
+            await self.batches.set_commissions(commissions)
+            self.on_fill()
+        statuses = [r for r in reports if isinstance(r, IbOrderStatus)]
+        if statuses:
+            await self._on_statuses(statuses)
+        latest_positions = {(r.account, r.con_id): r for r in reports if isinstance(r, IbPosition)}
+        for position in latest_positions.values():
+            await self._on_position(position)
+        for report in reports:
+            if isinstance(report, IbError):
+                self._on_error(report)
+            elif isinstance(report, ConnectionChanged) and not report.connected:
+                self._reconciled.clear()
 
     async def _on_position(self, report: IbPosition) -> None:
         instrument_id = await self.instruments.instrument_id_for(report.con_id)
@@ -286,56 +305,41 @@ class OrderService:
         level = log.info if error.informational else log.warning
         level("ibkr message", code=error.code, req_id=error.req_id, message=error.message)
 
-    async def _on_status(self, status: IbOrderStatus) -> None:
-        if not status.order_ref:
+    async def _on_statuses(self, statuses: Sequence[IbOrderStatus]) -> None:
+        changes = [change for change in map(_status_change, statuses) if change is not None]
+        applied = await self.batches.apply(changes, self.events.status)
+        if not applied:
             return
-        row = await self.ledger.get(status.order_ref)
-        if row is None or row.state.is_final:
-            return
-        new_state = state_for_ib_status(status.ib_status, float(status.filled), float(status.remaining))
-        if new_state is None:
-            return
-        if new_state is row.state and status.filled == row.filled_quantity:
-            return
-        reason = None
-        error_code = None
-        if new_state is OrderState.REJECTED or (status.error_code and new_state is OrderState.CANCELLED):
-            if row.state is not OrderState.PLACING and status.error_code:
-                # ib_insync marks a working order cancelled on any order error; IBKR did not say so.
-                log.warning("ignoring a cancel inferred from an error", order_id=row.order_id,
-                            code=status.error_code, message=status.error_message)
-                return
-            new_state = OrderState.REJECTED
-            error_code = status.error_code
-            reason = f"{RejectReason.IBKR_REJECTED}: {status.error_message or status.ib_status}"
-            if error_code:
-                reason += f" (IBKR error {error_code})"
-        elif new_state is OrderState.CANCELLED:
-            reason = row.reason or "cancelled at IBKR"
-        await self._transition(row.order_id, new_state, filled=status.filled, remaining=status.remaining,
-                               avg_price=status.avg_fill_price, perm_id=status.perm_id or None,
-                               reason=reason, error_code=error_code)
+        self.on_published()
+        for change in applied:
+            if change.row.state is OrderState.CANCELLED and self.metrics is not None:
+                self.metrics.order_cancelled()
+            log.info("order status", order_id=change.row.order_id, state=change.row.state.value,
+                     previous=change.previous.value)
 
-    async def _on_execution(self, execution: IbExecution) -> None:
-        row = await self.ledger.get(execution.order_ref) if execution.order_ref else None
-        if row is None:
-            return
-        corrects = await self._corrected_fill(row.order_id, execution.exec_id)
-        fill = Fill(
-            corrects_fill_id=corrects,
-            fill_id=execution.exec_id, order_id=row.order_id, con_id=execution.con_id,
-            side=Side(execution.side), quantity=execution.quantity, price=execution.price,
-            currency=execution.currency, exchange=execution.exchange, executed_at=execution.executed_at,
-            ib_order_id=execution.ib_order_id, ib_perm_id=execution.perm_id,
-            cumulative_quantity=execution.cumulative_quantity, avg_price=execution.avg_price,
-            commission=execution.commission, commission_currency=execution.commission_currency,
-        )
-        if await self.fills.insert(fill):
+    async def _on_executions(self, executions: Sequence[IbExecution]) -> None:
+        rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
+        fills: list[Fill] = []
+        for execution in executions:
+            row = rows.get(execution.order_ref)
+            if row is None:
+                continue  # not one of ours
+            corrects = await self._corrected_fill(row.order_id, execution.exec_id)
             if corrects is not None:
-                log.warning("execution corrected", fill_id=fill.fill_id, corrects_fill_id=corrects,
+                log.warning("execution corrected", fill_id=execution.exec_id, corrects_fill_id=corrects,
                             order_id=row.order_id)
-            log.info("fill recorded", fill_id=fill.fill_id, order_id=row.order_id,
-                     quantity=str(fill.quantity), price=str(fill.price))
+            fills.append(Fill(
+                corrects_fill_id=corrects,
+                fill_id=execution.exec_id, order_id=row.order_id, con_id=execution.con_id,
+                side=Side(execution.side), quantity=execution.quantity, price=execution.price,
+                currency=execution.currency, exchange=execution.exchange, executed_at=execution.executed_at,
+                ib_order_id=execution.ib_order_id, ib_perm_id=execution.perm_id,
+                cumulative_quantity=execution.cumulative_quantity, avg_price=execution.avg_price,
+                commission=execution.commission, commission_currency=execution.commission_currency,
+            ))
+        new = await self.batches.insert_fills(fills)
+        if new:
+            log.info("fills recorded", count=len(new))
             self.on_fill()
 
     async def _corrected_fill(self, order_id: str, exec_id: str) -> str | None:
@@ -375,13 +379,13 @@ class OrderService:
         """Settle every open order of this worker against IBKR, then let placement run."""
         self._reconciled.clear()
         at_ib = await self.broker.order_statuses()
-        for execution in await self.broker.executions():
-            await self._on_execution(execution)
-        for row in await self.ledger.open_orders_owned_by(self.client_id):
-            status = at_ib.get(row.order_id)
-            if status is not None:
-                await self._on_status(status)
-            elif row.state is OrderState.ACCEPTED:
+        await self._on_executions(await self.broker.executions())
+        open_rows = await self.ledger.open_orders_owned_by(self.client_id)
+        await self._on_statuses([at_ib[row.order_id] for row in open_rows if row.order_id in at_ib])
+        for row in open_rows:
+            if row.order_id in at_ib:
+                continue
+            if row.state is OrderState.ACCEPTED:
                 if not self.readonly:
                     self._to_place.put_nowait(row.order_id)
             elif row.state is OrderState.PLACING:
@@ -401,6 +405,38 @@ class OrderService:
         await self.ledger.release_unplaced(row.order_id)
         if not self.readonly:
             self._to_place.put_nowait(row.order_id)
+
+
+@dataclass(frozen=True)
+class OrderSource:
+    """Where an order request was read from (kept in the ledger for operators)."""
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+def _status_change(status: IbOrderStatus) -> StatusChange | None:
+    """The ledger change an IBKR status asks for, or None when it changes nothing."""
+    if not status.order_ref:
+        return None
+    state = state_for_ib_status(status.ib_status, float(status.filled), float(status.remaining))
+    if state is None:
+        return None
+    if status.error_code and state in (OrderState.CANCELLED, OrderState.REJECTED):
+        # ib_insync marks an order cancelled on any error about it. That is a rejection only while IBKR has
+        # not acknowledged the order (PLACING); for a working order IBKR said no such thing: ignored.
+        return StatusChange(
+            status.order_ref, OrderState.REJECTED,
+            reason=f"{RejectReason.IBKR_REJECTED}: {status.error_message} (IBKR error {status.error_code})",
+            error_code=status.error_code, only_from=frozenset({OrderState.PLACING}),
+        )
+    if state is OrderState.REJECTED:
+        return StatusChange(status.order_ref, state, perm_id=status.perm_id or None,
+                            reason=f"{RejectReason.IBKR_REJECTED}: order {status.ib_status} at IBKR")
+    return StatusChange(status.order_ref, state, filled=status.filled, remaining=status.remaining,
+                        avg_price=status.avg_fill_price, perm_id=status.perm_id or None,
+                        reason="cancelled at IBKR" if state is OrderState.CANCELLED else None)
 
 
 def _request_of(row: OrderRow) -> OrderRequested:

@@ -90,6 +90,8 @@ class IbkrContractLookup:
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         if contract is not None:
+            if len(self._errors) > 10_000:  # errors that arrived after their request timed out
+                self._errors.clear()
             self._errors[id(contract)] = (code, message)
 
     async def lookup(self, spec: ContractSpec) -> list[ContractDetail]:

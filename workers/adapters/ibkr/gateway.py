@@ -112,7 +112,9 @@ IbReport = IbOrderStatus | IbExecution | IbCommission | IbError | IbPosition | C
 
 
 class IbkrListener(Protocol):
-    async def __call__(self, report: IbReport) -> None: ...
+    """Receives the reports in arrival order, in batches of whatever had queued up."""
+
+    async def __call__(self, reports: list[IbReport]) -> None: ...
 
 
 def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
@@ -194,7 +196,7 @@ class IbkrGateway:
         return bool(self.ib.isConnected())
 
     def listen(self, listener: IbkrListener) -> None:
-        """Deliver every report, in arrival order, to ``listener`` (one at a time)."""
+        """Deliver every report, in arrival order and in batches, to ``listener`` (one batch at a time)."""
         self._listener = listener
         if self._pump is None:
             self._pump = asyncio.create_task(self._deliver(), name="ibkr-reports")
@@ -384,16 +386,22 @@ class IbkrGateway:
         log.warning("ibkr disconnected", host=self.host, port=self.port, client_id=self.client_id)
         self._reports.put_nowait(ConnectionChanged(connected=False))
 
-    async def _deliver(self) -> None:
+    async def _deliver(self, batch_size: int = 500) -> None:
         while True:
-            report = await self._reports.get()
+            reports = [await self._reports.get()]
+            while not self._reports.empty() and len(reports) < batch_size:
+                reports.append(self._reports.get_nowait())
             try:
                 if self._listener is not None:
-                    await self._listener(report)
+                    await self._listener(reports)
             except Exception:
-                log.exception("ibkr report handler failed", report=repr(report))
+                # The ledger is untouched by a failed batch; reconciliation after the next reconnect
+                # settles what IBKR said meanwhile. Drop the connection so that happens soon.
+                log.exception("ibkr report handler failed; reconnecting to reconcile", count=len(reports))
+                self.ib.disconnect()
             finally:
-                self._reports.task_done()
+                for _ in reports:
+                    self._reports.task_done()
 
 
 ReportHandler = Callable[[IbReport], Awaitable[None]]

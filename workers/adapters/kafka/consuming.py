@@ -44,6 +44,7 @@ class Undecodable(Exception):
 
 Decoder = Callable[[str, bytes], Awaitable[Any]]
 Handler = Callable[[Any, RecordSource], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[Any, RecordSource]]], Awaitable[None]]
 
 
 class DeadLetters:
@@ -73,7 +74,8 @@ class ConsumeLoop:
 
     def __init__(self, consumer: AIOKafkaConsumer, decode: Decoder, handler: Handler,
                  dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
-                 max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True) -> None:
+                 max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True,
+                 batch_handler: BatchHandler | None = None) -> None:
         self.consumer = consumer
         self.decode = decode
         self.handler = handler
@@ -84,6 +86,7 @@ class ConsumeLoop:
         self.consumed = 0
         self.paused = False
         self.gate = gate
+        self.batch_handler = batch_handler
         self.gate_closed = False
         self.last_error: str | None = None
         self.last_failed_offset: int | None = None
@@ -145,6 +148,8 @@ class ConsumeLoop:
     async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
                                 stop: asyncio.Event) -> int:
         """Handle ``records`` in order; commit what was handled; return how many were handled."""
+        if self.batch_handler is not None:
+            return await self._handle_partition_batch(partition, records, stop)
         handled = 0
         self.last_failed_offset = None
         for record in records:
@@ -168,6 +173,51 @@ class ConsumeLoop:
                 log.warning("offset commit failed after a rebalance", partition=partition.partition,
                             error=str(exc))
         return handled
+
+    async def _handle_partition_batch(self, partition: TopicPartition, records: list[ConsumerRecord],
+                                      stop: asyncio.Event) -> int:
+        """All-or-nothing: decode every record, hand the commands over at once, commit the batch."""
+        assert self.batch_handler is not None
+        self.last_failed_offset = None
+        if stop.is_set() or not self.gate():
+            return 0
+        commands: list[tuple[Any, RecordSource]] = []
+        try:
+            for record in records:
+                self.consumed += 1
+                decoded = await self._decode_or_dead_letter(record)
+                if decoded is not None:
+                    commands.append(decoded)
+            if commands:
+                await self.batch_handler(commands)
+        except Exception as exc:
+            self.consumed -= len(records)
+            self.last_failed_offset = records[0].offset
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("batch handler failed; will retry the batch", topic=partition.topic,
+                          partition=partition.partition, first_offset=records[0].offset, count=len(records))
+            return 0
+        await self._commit(partition, records[-1].offset + 1)
+        return len(records)
+
+    async def _decode_or_dead_letter(self, record: ConsumerRecord) -> tuple[Any, RecordSource] | None:
+        key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+        source = RecordSource(record.topic, record.partition, record.offset, key)
+        try:
+            if record.value is None:
+                raise Undecodable("record has no value (tombstone)")
+            return await self.decode(record.topic, record.value), source
+        except Undecodable as exc:
+            await self.dead_letters.send(record, exc.reason, exc.stage)
+            return None
+
+    async def _commit(self, partition: TopicPartition, offset: int) -> None:
+        try:
+            await self.consumer.commit({partition: offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member during a rebalance: it will see these records
+            # again, and the ledger makes the redelivery harmless.
+            log.warning("offset commit failed after a rebalance", partition=partition.partition, error=str(exc))
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
         self.consumed += 1

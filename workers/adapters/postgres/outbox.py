@@ -42,6 +42,14 @@ class Outbox:
         async with self._pool.connection() as conn, conn.transaction():
             return await add_to_outbox(conn, message)
 
+    async def add_many(self, messages: list[OutboxMessage]) -> None:
+        """Write ``messages`` in one transaction."""
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+                [(m.topic, m.key, m.payload) for m in messages],
+            )
+
     async def unpublished(self, limit: int = 100) -> list[OutboxRow]:
         """Records not yet acknowledged by Kafka, oldest first."""
         async with self._pool.connection() as conn:

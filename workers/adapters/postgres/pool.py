@@ -22,8 +22,9 @@ def build_pool(
     """A pool for ``dsn``, not opened yet: call :func:`open_pool` (or ``await pool.open()``).
 
     Connections are in autocommit mode, so a plain read holds no transaction open; the stores open a
-    transaction explicitly where they need one. Each connection is checked before it is handed out, so a
-    database restart costs one reconnect rather than a failed query.
+    transaction explicitly where they need one. Connections are not checked before they are handed out
+    (that would cost a round trip per use): a query on a broken connection fails, its caller retries, and
+    the pool replaces the connection.
     """
     return AsyncConnectionPool(
         dsn,
@@ -32,7 +33,6 @@ def build_pool(
         timeout=wait_seconds,
         name=name,
         kwargs={"autocommit": True},
-        check=AsyncConnectionPool.check_connection,
         open=False,
     )
 

@@ -1,0 +1,304 @@
+"""The ledger's batch operations: many orders, status changes or fills in one transaction each.
+
+The order-consumer handles Kafka records and IBKR reports in batches; one transaction per batch (rather
+than several per order) is what lets it keep up with the client library. The rules are the ledger's:
+the state machine refuses illegal transitions, IBKR order ids are never reused, and every change is
+written together with its outbox record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow, dict_row
+
+from workers.adapters.postgres._query import column_names
+from workers.adapters.postgres.pool import Pool
+from workers.adapters.postgres.rows import FillFields, OrderRow, OutboxMessage
+from workers.domain.orders import (
+    FINAL_STATES,
+    OrderRequested,
+    OrderState,
+    OrderType,
+    Side,
+    TimeInForce,
+    can_transition,
+)
+
+_COLUMNS = ", ".join(column_names(OrderRow))
+_FINAL = [str(state) for state in FINAL_STATES]
+
+_SELECT_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s)"
+_LOCK_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE"
+_PENDING_CANCELS = "SELECT order_id FROM cancel_requests WHERE order_id = ANY(%s) AND handled_at IS NULL"
+_CANCELS_HANDLED = "UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%s) AND handled_at IS NULL"
+_INSERT_ORDER = f"""
+INSERT INTO orders (
+    order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
+    outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
+    source_partition, source_offset, owner_client_id
+) VALUES (
+    %(order_id)s, %(account)s, %(instrument_id)s, %(side)s, %(quantity)s, %(order_type)s, %(limit_price)s,
+    %(stop_price)s, %(time_in_force)s, %(outside_rth)s, %(source)s, %(created_at)s, %(state)s, 0,
+    %(remaining_quantity)s, %(reason)s, %(source_topic)s, %(source_partition)s, %(source_offset)s,
+    %(owner_client_id)s
+)
+ON CONFLICT (order_id) DO NOTHING
+RETURNING {_COLUMNS}
+"""
+_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)"
+_UPDATE_STATUS = """
+UPDATE orders SET state = %(state)s, filled_quantity = %(filled_quantity)s,
+    remaining_quantity = %(remaining_quantity)s, avg_fill_price = %(avg_fill_price)s, ib_perm_id = %(ib_perm_id)s,
+    reason = %(reason)s, ib_error_code = %(ib_error_code)s, updated_at = now()
+WHERE order_id = %(order_id)s
+"""
+_ENSURE_MARK = """
+INSERT INTO ib_order_ids (client_id, last_order_id)
+VALUES (%(client_id)s, COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0))
+ON CONFLICT (client_id) DO NOTHING
+"""
+_LOCK_MARK = "SELECT last_order_id FROM ib_order_ids WHERE client_id = %s FOR UPDATE"
+_SET_MARK = "UPDATE ib_order_ids SET last_order_id = %s, updated_at = now() WHERE client_id = %s"
+_SET_PLACING = """
+UPDATE orders SET state = 'PLACING', ib_client_id = %(client_id)s, ib_order_id = %(ib_order_id)s, updated_at = now()
+WHERE order_id = %(order_id)s AND state = 'ACCEPTED'
+"""
+_FILL_COLUMNS = (
+    "fill_id", "order_id", "con_id", "side", "quantity", "price", "currency", "exchange", "executed_at",
+    "commission", "commission_currency", "ib_order_id", "ib_perm_id", "cumulative_quantity", "avg_price",
+    "corrects_fill_id",
+)
+_INSERT_FILL = (
+    f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)}) VALUES ({', '.join('%(' + c + ')s' for c in _FILL_COLUMNS)}) "
+    "ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+)
+_SET_COMMISSION = "UPDATE fills SET commission = %s, commission_currency = %s WHERE fill_id = %s"
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order request to record, in the state the guards decided (ACCEPTED, REJECTED or CANCELLED)."""
+
+    order: OrderRequested
+    state: OrderState
+    reason: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """A requested state change of one order, with the fields IBKR reported (None keeps a field)."""
+
+    order_id: str
+    state: OrderState
+    filled: Decimal | None = None
+    remaining: Decimal | None = None
+    avg_price: Decimal | None = None
+    perm_id: int | None = None
+    reason: str | None = None
+    error_code: int | None = None
+    # Apply only when the order is in one of these states (None: wherever the state machine allows).
+    only_from: frozenset[OrderState] | None = None
+
+
+@dataclass(frozen=True)
+class AppliedChange:
+    """A change the ledger accepted: the row as written and the state it left."""
+
+    row: OrderRow
+    previous: OrderState
+
+
+StatusRecord = Callable[[OrderRow, OrderState | None], OutboxMessage]
+
+
+def order_row(record: dict[str, object]) -> OrderRow:
+    values = dict(record)
+    values["side"] = Side(str(values["side"]))
+    values["order_type"] = OrderType(str(values["order_type"]))
+    values["time_in_force"] = TimeInForce(str(values["time_in_force"]))
+    values["state"] = OrderState(str(values["state"]))
+    return OrderRow(**values)  # type: ignore[arg-type]
+
+
+async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence[str]) -> dict[str, OrderRow]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, (list(order_ids),))
+        return {row.order_id: row for row in map(order_row, await cursor.fetchall())}
+
+
+class OrderBatches:
+    """Batch reads and writes of the order ledger, fills and cancel requests."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def get_many(self, order_ids: Sequence[str]) -> dict[str, OrderRow]:
+        if not order_ids:
+            return {}
+        async with self._pool.connection() as conn:
+            return await _rows(conn, _SELECT_MANY, order_ids)
+
+    async def pending_cancels(self, order_ids: Sequence[str]) -> set[str]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_PENDING_CANCELS, (list(order_ids),))
+            return {str(row[0]) for row in await cursor.fetchall()}
+
+    async def record_new(self, orders: Sequence[NewOrder], owner_client_id: int,
+                         status: StatusRecord) -> list[OrderRow]:
+        """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted."""
+        if not orders:
+            return []
+        params = [_insert_params(new, owner_client_id) for new in orders]
+        inserted: list[OrderRow] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.executemany(_INSERT_ORDER, params, returning=True)
+                while True:
+                    record = await cursor.fetchone()
+                    if record is not None:
+                        inserted.append(order_row(record))
+                    if not cursor.nextset():
+                        break
+            if inserted:
+                messages = [status(row, None) for row in inserted]
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload) for m in messages])
+            cancelled = [row.order_id for row in inserted if row.state is OrderState.CANCELLED]
+            if cancelled:
+                await conn.execute(_CANCELS_HANDLED, (cancelled,))
+        return inserted
+
+    async def apply(self, changes: Sequence[StatusChange], status: StatusRecord) -> list[AppliedChange]:
+        """Apply ``changes`` in order; illegal or empty ones are skipped. One status record per change."""
+        if not changes:
+            return []
+        applied: list[AppliedChange] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await _rows(conn, _LOCK_MANY, sorted({c.order_id for c in changes}))
+            touched: dict[str, OrderRow] = {}
+            for change in changes:
+                row = rows.get(change.order_id)
+                if row is None:
+                    continue
+                updated = _changed(row, change)
+                if updated is None:
+                    continue
+                applied.append(AppliedChange(updated, row.state))
+                rows[change.order_id] = touched[change.order_id] = updated
+            if not applied:
+                return []
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_UPDATE_STATUS, [_update_params(row) for row in touched.values()])
+                messages = [status(a.row, a.previous) for a in applied]
+                await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload) for m in messages])
+        return applied
+
+    async def reserve_ib_order_ids(self, order_ids: Sequence[str], client_id: int,
+                                   next_valid_id: int) -> list[tuple[OrderRow, int]]:
+        """Give each still-ACCEPTED order a fresh IBKR order id, in ``order_ids`` order, and make it PLACING.
+
+        Ids are above both ``next_valid_id`` and every id ever reserved for ``client_id``.
+        """
+        if not order_ids:
+            return []
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(_ENSURE_MARK, {"client_id": client_id})
+            cursor = await conn.execute(_LOCK_MARK, (client_id,))
+            mark = await cursor.fetchone()
+            assert mark is not None  # ensured just above
+            rows = await _rows(conn, _LOCK_MANY, sorted(set(order_ids)))
+            last = max(int(mark[0]), next_valid_id - 1)
+            reserved: list[tuple[OrderRow, int]] = []
+            for order_id in dict.fromkeys(order_ids):
+                row = rows.get(order_id)
+                if row is None or row.state is not OrderState.ACCEPTED:
+                    continue
+                last += 1
+                reserved.append((replace(row, state=OrderState.PLACING, ib_client_id=client_id, ib_order_id=last),
+                                 last))
+            if not reserved:
+                return []
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_SET_PLACING, [
+                    {"client_id": client_id, "ib_order_id": ib_id, "order_id": row.order_id}
+                    for row, ib_id in reserved
+                ])
+            await conn.execute(_SET_MARK, (last, client_id))
+        return reserved
+
+    async def insert_fills(self, fills: Sequence[FillFields]) -> list[str]:
+        """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
+        if not fills:
+            return []
+        params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)} for f in fills]
+        new: list[str] = []
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(_INSERT_FILL, params, returning=True)
+            while True:
+                row = await cursor.fetchone()
+                if row is not None:
+                    new.append(str(row[0]))
+                if not cursor.nextset():
+                    break
+        return new
+
+    async def set_commissions(self, commissions: Sequence[tuple[str, Decimal, str]]) -> None:
+        """``(fill_id, commission, currency)`` for each commission report."""
+        if not commissions:
+            return
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(_SET_COMMISSION, [(c, cur, fid) for fid, c, cur in commissions])
+
+
+def _insert_params(new: NewOrder, owner_client_id: int) -> dict[str, object]:
+    order = new.order
+    return {
+        "order_id": order.order_id, "account": order.account, "instrument_id": order.instrument_id,
+        "side": str(order.side), "quantity": order.quantity, "order_type": str(order.order_type),
+        "limit_price": order.limit_price, "stop_price": order.stop_price,
+        "time_in_force": str(order.time_in_force), "outside_rth": order.outside_rth, "source": order.source,
+        "created_at": order.created_at, "state": str(new.state),
+        "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
+        "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
+        "source_offset": new.source_offset, "owner_client_id": owner_client_id,
+    }
+
+
+def _changed(row: OrderRow, change: StatusChange) -> OrderRow | None:
+    """``row`` after ``change``, or None when the change is illegal or changes nothing."""
+    if change.only_from is not None and row.state not in change.only_from:
+        return None
+    same_state = change.state is row.state
+    if same_state and change.state is not OrderState.PARTIALLY_FILLED:
+        return None
+    if same_state and (change.filled is None or change.filled == row.filled_quantity):
+        return None
+    if not same_state and not can_transition(row.state, change.state):
+        return None
+    return replace(
+        row,
+        state=change.state,
+        filled_quantity=change.filled if change.filled is not None else row.filled_quantity,
+        remaining_quantity=change.remaining if change.remaining is not None else row.remaining_quantity,
+        avg_fill_price=change.avg_price if change.avg_price is not None else row.avg_fill_price,
+        ib_perm_id=change.perm_id if change.perm_id is not None else row.ib_perm_id,
+        reason=change.reason if change.reason is not None else row.reason,
+        ib_error_code=change.error_code if change.error_code is not None else row.ib_error_code,
+        updated_at=datetime.now(UTC),
+    )
+
+
+def _update_params(row: OrderRow) -> dict[str, object]:
+    return {
+        "order_id": row.order_id, "state": str(row.state), "filled_quantity": row.filled_quantity,
+        "remaining_quantity": row.remaining_quantity, "avg_fill_price": row.avg_fill_price,
+        "ib_perm_id": row.ib_perm_id, "reason": row.reason, "ib_error_code": row.ib_error_code,
+    }

@@ -1,0 +1,48 @@
+"""Whether a placeOrder can be accepted: its contract, its account, its own fields (IB's error codes)."""
+
+from __future__ import annotations
+
+from workers.sim.market import conforms
+from workers.sim.matching import Rejection, validate
+from workers.sim.requests import OrderRequest
+from workers.sim.universe import Instrument, Universe
+
+PRICE_TEXT = "The price does not conform to the minimum price variation for this contract."
+NO_SECURITY = "No security definition has been found for the request"
+
+
+def resolve_contract(universe: Universe, req: OrderRequest) -> tuple[Instrument | None, Rejection | None]:
+    """The one listed instrument the order names, or error 200 (unknown or ambiguous)."""
+    matches = universe.lookup(req.contract)
+    if not matches:
+        return None, Rejection(200, NO_SECURITY)
+    if len(matches) > 1:
+        name = req.contract.describe()
+        return None, Rejection(200, f"The contract description specified for {name} is ambiguous.")
+    return matches[0], None
+
+
+def check_order(req: OrderRequest, inst: Instrument) -> Rejection | None:
+    """The order's own fields: exchange, action, size, type, time in force, prices on the tick grid."""
+    if not req.contract.exchange:
+        return Rejection(321, "Error validating request.-'bN' : cause - Missing order exchange")
+    rejection = validate(
+        req.action, req.total_quantity, req.order_type, req.tif, lmt=req.lmt_price, aux=req.aux_price
+    )
+    if rejection is not None:
+        return rejection
+    for price in (req.lmt_price, req.aux_price):
+        if price is not None and not conforms(price, inst.min_tick):
+            return Rejection(110, PRICE_TEXT)
+    return None
+
+
+def account_for(req: OrderRequest, accounts: tuple[str, ...]) -> tuple[str, Rejection | None]:
+    """The account the order books to: the one named (if managed), or the only managed one."""
+    if not req.account:
+        if len(accounts) == 1:
+            return accounts[0], None
+        return "", Rejection(436, "You must specify an allocation (either a single account, group, or profile).")
+    if req.account not in accounts:
+        return "", Rejection(201, f"Order rejected - reason:Account {req.account} is not managed")
+    return req.account, None

@@ -1,0 +1,108 @@
+"""``ibkr-workers sim-gateway``: run the sim gateway (and optionally its control port) until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from workers.settings import SettingsError
+from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig, SimConfigError, parse_accounts
+from workers.sim.control import ControlServer
+from workers.sim.server import SimGateway
+from workers.sim.universe import Universe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4002  # IB Gateway's paper port, so a worker with default settings finds the sim
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the sim-gateway options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0: any)"
+    )
+    parser.add_argument("--universe", metavar="FILE", help="universe JSON file (default: the bundled one)")
+    parser.add_argument(
+        "--accounts", help="comma-separated made-up paper accounts (env SIM_ACCOUNTS; default DU0000001)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the price process (default 0)")
+    parser.add_argument("--pacing", choices=("on", "off"), default="on", help="enforce 50 msg/s (default on)")
+    parser.add_argument("--control-port", type=int, help="serve the JSON control interface on this port")
+    parser.add_argument("--server-version", type=int, default=157, help="API version to announce (157)")
+    parser.add_argument(
+        "--tick-interval", type=float, default=1.0, help="seconds between price steps; 0: prices stay put"
+    )
+    parser.add_argument("--clip-size", type=float, help="fill at most this quantity per matching pass")
+    parser.add_argument("--master-client-id", type=int, help="clientId that sees and may cancel every order")
+    parser.add_argument("--ready-file", metavar="PATH", help="write the bound ports here as JSON once up")
+
+
+def build_config(args: argparse.Namespace) -> SimConfig:
+    """The sim's settings from parsed arguments (and SIM_ACCOUNTS when --accounts is absent)."""
+    accounts_text = args.accounts or os.environ.get("SIM_ACCOUNTS", "")
+    accounts = parse_accounts(accounts_text) if accounts_text else DEFAULT_ACCOUNTS
+    tick = getattr(args, "tick_interval", 1.0)
+    config = SimConfig(
+        accounts=accounts,
+        server_version=args.server_version,
+        seed=args.seed,
+        pacing=args.pacing == "on",
+        tick_interval=tick if tick and tick > 0 else None,
+        clip_size=getattr(args, "clip_size", None),
+        master_client_id=getattr(args, "master_client_id", None),
+    )
+    try:
+        return config.validate()
+    except SimConfigError as exc:
+        raise SettingsError(f"sim-gateway: {exc}") from None
+
+
+def _write_ready_file(path: str, ports: dict[str, object]) -> None:
+    # A few bytes once at start-up; written whole under a temporary name so readers never see half.
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(ports))
+    tmp.replace(path)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code."""
+    config = build_config(args)
+    try:
+        universe = Universe.load(args.universe)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SettingsError(f"--universe: cannot load {args.universe}: {exc}") from None
+    sim = SimGateway(config, universe)
+    host, port = await sim.start(args.host, args.port)
+    # The sim keeps every order and execution of the session: long-lived objects that the cyclic
+    # collector would otherwise walk again and again (pauses of several ms under load).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    control: ControlServer | None = None
+    control_port = None
+    if args.control_port is not None:
+        control = ControlServer(sim)
+        _, control_port = await control.start(args.host, args.control_port)
+    log.info("sim gateway on %s:%d (control port %s), accounts %s", host, port, control_port, config.accounts)
+    if args.ready_file:
+        _write_ready_file(args.ready_file, {"host": host, "port": port, "control_port": control_port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if control is not None:
+            await control.stop()
+        await sim.stop()
+    return 0
