@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from workers import __version__
@@ -25,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "topics": "workers.entrypoints.admin:run_topics",
     "demo": "workers.entrypoints.demo:run",
     "instruments": "workers.entrypoints.instruments:run",
+    "submit": "workers.entrypoints.submit:run",
+    "cancel": "workers.entrypoints.cancel:run",
+    "tail": "workers.entrypoints.tail:run",
 }
 
 
@@ -62,7 +66,68 @@ def build_parser() -> argparse.ArgumentParser:
     inst_sub = instruments.add_subparsers(dest="instruments_command", required=True, metavar="ACTION")
     load = inst_sub.add_parser("load", help="load a universe file into instrument_universe")
     load.add_argument("file")
+
+    _add_client_commands(sub)
     return parser
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _add_client_commands(sub: Any) -> None:
+    """``submit``, ``cancel`` and ``tail``: the commands a person types to talk to the workers."""
+    submit = sub.add_parser("submit", help="send one order (OrderRequested) to the order-consumer")
+    submit.add_argument("--account", required=True, help="IBKR account (must be in the worker's IBKR_ACCOUNTS)")
+    submit.add_argument("--instrument", required=True, metavar="ID", help="instrument id, e.g. STK:AAPL:USD")
+    submit.add_argument("--side", required=True, type=str.upper, choices=["BUY", "SELL"])
+    submit.add_argument("--qty", required=True, type=_decimal, help="quantity")
+    submit.add_argument("--type", type=str.upper, default="MARKET",
+                        choices=["MARKET", "LIMIT", "STOP", "STOP_LIMIT"], help="order type (default MARKET)")
+    submit.add_argument("--limit", type=_decimal, metavar="PRICE", help="limit price (LIMIT, STOP_LIMIT)")
+    submit.add_argument("--stop", type=_decimal, metavar="PRICE", help="stop price (STOP, STOP_LIMIT)")
+    submit.add_argument("--tif", type=str.upper, default="DAY", choices=["DAY", "GTC", "IOC", "FOK", "OPG"],
+                        help="time in force (default DAY)")
+    submit.add_argument("--outside-rth", action="store_true", help="may execute outside regular hours")
+    submit.add_argument("--order-id", help="the order id (a UUID; default: a new one)")
+    _add_wait_arguments(submit)
+
+    cancel = sub.add_parser("cancel", help="ask the order-consumer to cancel an order")
+    cancel.add_argument("order_id", metavar="ORDER_ID")
+    cancel.add_argument("--account", required=True, help="the order's account")
+    cancel.add_argument("--reason", help="why (recorded with the cancel)")
+    _add_wait_arguments(cancel)
+
+    tail = sub.add_parser("tail", help="print a topic's records, decoded")
+    tail.add_argument("topic", metavar="TOPIC",
+                      help="a contract topic (orders.status, fills.executed, ..., orders.requested.dlq)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    tail.add_argument("--timeout", type=_positive, metavar="S", help="stop after S seconds")
+
+
+def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="print statuses and fills until the order is final")
+    parser.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
+                        help="with --wait: give up after S seconds (default 60)")
 
 
 def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:

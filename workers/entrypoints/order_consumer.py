@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import signal
 
-from workers.logs import configure_logging, get_logger, instance_id
 from workers.domain.trading_mode import ModeMismatch
+from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import SettingsError, load_settings
 
 log = get_logger(__name__)

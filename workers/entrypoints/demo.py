@@ -1,0 +1,654 @@
+"""``ibkr-workers demo``: the whole bridge in one process, with sample orders flowing through it.
+
+In one event loop: the sim gateway (on a free port), migrations, the Kafka topics, one instrument-sync
+pass (the universe is ``examples/universe.yaml`` when the database has none yet), the order-consumer, and
+an :class:`~workers.client.OrderClient` that sends ``--orders`` sample orders at ``--rate`` per second —
+every order type, both sides, stocks, a future, an option and a currency pair, every time in force, and a
+few invalid ones (unknown account, unknown instrument, off-tick price) that must come back REJECTED.
+A live table shows each order's status and fills and the positions; ``--headless`` prints plain lines.
+Resting orders still open at the end are cancelled, so every order ends FILLED, CANCELLED or REJECTED.
+
+``IBKR_PORT`` set explicitly aims the demo at a real *paper* gateway instead of the sim
+(``IBKR_ACCOUNTS`` must then name the paper account; ``IBKR_TRADING_MODE=live`` is refused). Prices then
+come from the sim universe's reference prices, so some "marketable" orders may rest until cancelled.
+Each run uses a fresh consumer group that starts at the topics' end, and its own IBKR client ids (random
+unless ``IBKR_CLIENT_ID`` is set; instrument-sync uses the next one), so runs never see each other's orders.
+
+Exit codes: 0 every sample order reached a final status; 1 some did not; 2 bad configuration; 3 Kafka,
+PostgreSQL or IBKR unreachable; 130 interrupted (Ctrl-C), after cancelling what was open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from psycopg_pool import PoolTimeout
+
+from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.topics import ensure_topics
+from workers.adapters.postgres.instruments import InstrumentMapper
+from workers.adapters.postgres.migrate import migrate
+from workers.adapters.postgres.pool import close_pool, open_pool
+from workers.adapters.postgres.rows import InstrumentRow
+from workers.adapters.postgres.universe import UniverseStore
+from workers.bootstrap import OrderConsumerApp, build_order_consumer
+from workers.client import ClientEvent, FillExecuted, OrderClient, OrderStatusChanged, PositionUpdated
+from workers.client.events import plain
+from workers.domain.orders import OrderState
+from workers.entrypoints.instrument_sync import StartupFailed, build_instrument_sync
+from workers.entrypoints.instruments import UniverseLoadError, load_universe
+from workers.logs import configure_logging, get_logger
+from workers.settings import Settings, load_settings
+from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig
+from workers.sim.server import SimGateway
+from workers.sim.universe import Universe
+
+log = get_logger(__name__)
+
+UNIVERSE_FILE = Path(__file__).resolve().parents[2] / "examples" / "universe.yaml"
+LOG_FILE = Path(tempfile.gettempdir()) / "ibkr-workers-demo.log"
+SETTLE_SECONDS = 20.0
+FINISH_SECONDS = 30.0
+REFRESH_SECONDS = 0.25
+
+
+class DemoFailed(Exception):
+    """A service the demo needs cannot be reached; the message is one line for the person."""
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+# -- the sample orders --------------------------------------------------------------------------------
+
+# role -> instrument id; families (a future's months, an option chain) -> the prefix of their members.
+STOCKS_AND_FX = {"AAPL": "STK:AAPL:USD", "MSFT": "STK:MSFT:USD", "NVDA": "STK:NVDA:USD",
+                 "AMZN": "STK:AMZN:USD", "EURUSD": "CASH:EUR.USD"}
+FAMILIES = {"ES": "FUT:ES:", "SPY_OPT": "OPT:SPY:"}
+UNKNOWN_INSTRUMENT = "STK:NOPE:USD"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A kind of sample order; prices are factors of the instrument's price at the time it is sent."""
+
+    label: str
+    role: str
+    side: str
+    quantity: str
+    order_type: str = "MARKET"
+    limit: float | None = None
+    stop: float | None = None
+    tif: str = "DAY"
+    outside_rth: bool = False
+    invalid: str | None = None  # "account", "instrument" or "tick": the worker must reject it
+
+
+T = Template
+TEMPLATES = (
+    T("market buy", "AAPL", "BUY", "10"),
+    T("marketable limit buy", "MSFT", "BUY", "5", "LIMIT", limit=1.005, tif="GTC"),
+    T("resting limit sell", "NVDA", "SELL", "8", "LIMIT", limit=1.03, tif="GTC"),
+    T("triggered stop buy", "AMZN", "BUY", "4", "STOP", stop=0.99),
+    T("triggered stop-limit sell", "AAPL", "SELL", "6", "STOP_LIMIT", stop=1.01, limit=0.99),
+    T("future market buy", "ES", "BUY", "1"),
+    T("option marketable limit buy", "SPY_OPT", "BUY", "2", "LIMIT", limit=1.05),
+    T("fx market sell, outside RTH", "EURUSD", "SELL", "20000", outside_rth=True),
+    T("IOC limit, not marketable", "MSFT", "BUY", "3", "LIMIT", limit=0.97, tif="IOC"),
+    T("INVALID: unknown account", "AAPL", "BUY", "1", invalid="account"),
+    T("FOK market sell", "NVDA", "SELL", "7", tif="FOK"),
+    T("resting future limit buy", "ES", "BUY", "1", "LIMIT", limit=0.97, tif="GTC"),
+    T("resting stop sell", "AMZN", "SELL", "5", "STOP", stop=0.95, tif="GTC"),
+    T("INVALID: unknown instrument", "AAPL", "BUY", "1", invalid="instrument"),
+    T("fx marketable limit sell, IOC", "EURUSD", "SELL", "25000", "LIMIT", limit=0.995, tif="IOC"),
+    T("limit buy at the open (OPG)", "AAPL", "BUY", "3", "LIMIT", limit=1.01, tif="OPG"),
+    T("INVALID: off-tick limit", "AAPL", "BUY", "1", "LIMIT", limit=0.95, invalid="tick"),
+    T("option market buy", "SPY_OPT", "BUY", "1"),
+    T("resting stop-limit buy", "MSFT", "BUY", "2", "STOP_LIMIT", stop=1.04, limit=1.05, tif="GTC"),
+    T("market sell", "AAPL", "SELL", "10"),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample order: what it shows, the arguments of ``OrderClient.submit``, whether it is valid."""
+
+    label: str
+    fields: dict[str, Any]
+    valid: bool
+
+
+def on_tick(price: float, factor: float, tick: Decimal) -> Decimal:
+    """``price * factor`` on the tick grid, rounded away from ``price`` (so the factor's intent holds)."""
+    steps = (Decimal(str(price)) * Decimal(str(factor)) / tick).to_integral_value(
+        ROUND_CEILING if factor >= 1 else ROUND_FLOOR)
+    return (steps * tick).normalize()
+
+
+async def pick_instruments(mapper: InstrumentMapper) -> dict[str, InstrumentRow]:
+    """The mapper rows the samples use: fixed ids, the nearest future month, the nearest call."""
+    picked: dict[str, InstrumentRow] = {}
+    for role, instrument_id in STOCKS_AND_FX.items():
+        row = await mapper.get(instrument_id)
+        if row is not None and row.active:
+            picked[role] = row
+    for role, prefix in FAMILIES.items():
+        rows = [r for r in await mapper.with_prefix(prefix) if r.active]
+        if rows:
+            picked[role] = min(rows, key=lambda r: (r.last_trade_date or "", r.option_right not in (None, "C"),
+                                                    r.strike or 0, r.instrument_id))
+    return picked
+
+
+def sample_orders(count: int, instruments: dict[str, InstrumentRow],
+                  price: Callable[[InstrumentRow], float | None], account: str,
+                  accounts: set[str]) -> list[Sample]:
+    """``count`` samples cycling through :data:`TEMPLATES` (skipping those whose instrument is missing)."""
+    usable = [t for t in TEMPLATES if t.role in instruments]
+    stranger = next(a for a in ("DU0009999", "DU0009998", "DU0009997") if a not in accounts)
+    samples: list[Sample] = []
+    for index in range(count):
+        template = usable[index % len(usable)]
+        row = instruments[template.role]
+        current = price(row) if template.limit or template.stop else None
+        order_type, label = template.order_type, template.label
+        if (template.limit or template.stop) and current is None:
+            order_type, label = "MARKET", f"{label} (no price known: market)"
+        fields: dict[str, Any] = {
+            "account": stranger if template.invalid == "account" else account,
+            "instrument_id": UNKNOWN_INSTRUMENT if template.invalid == "instrument" else row.instrument_id,
+            "side": template.side, "quantity": Decimal(template.quantity), "order_type": order_type,
+            "tif": template.tif, "outside_rth": template.outside_rth,
+        }
+        if current is not None and order_type != "MARKET":
+            if template.limit:
+                fields["limit_price"] = on_tick(current, template.limit, row.min_tick)
+            if template.stop:
+                fields["stop_price"] = on_tick(current, template.stop, row.min_tick)
+            if template.invalid == "tick":
+                fields["limit_price"] += row.min_tick / 10
+        samples.append(Sample(label, fields, template.invalid is None))
+    return samples
+
+
+# -- the board: what the person sees ---------------------------------------------------------------
+
+@dataclass
+class BoardRow:
+    number: int
+    order_id: str
+    sample: Sample
+    status: OrderState | None = None
+    filled: Decimal = Decimal(0)
+    avg_price: Decimal | None = None
+    fills: int = 0
+    fill_quantity: Decimal = Decimal(0)
+    reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status is not None and self.status.is_final
+
+    def order_text(self) -> str:
+        f = self.sample.fields
+        prices = "".join(f" {tag} {plain(f[key])}" for tag, key in (("stp", "stop_price"), ("lmt", "limit_price"))
+                         if f.get(key) is not None)
+        return f"{f['side']:<4} {plain(f['quantity']):>6} {f['instrument_id']:<24} {f['order_type']:<10}" \
+               f"{prices:<22} {f['tif']:<3}"
+
+    def state_text(self) -> str:
+        status = self.status.value if self.status else "sent"
+        avg = f" @ {plain(self.avg_price)}" if self.avg_price is not None else ""
+        return f"{status:<16} {plain(self.filled):>6}{avg:<14} fills {self.fills}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    final: int
+    counts: dict[str, int]
+    invalid: int
+    invalid_rejected: int
+    valid_rejected: int
+    fills: int
+    positions: int
+    seconds: float
+
+    @property
+    def not_final(self) -> int:
+        return self.total - self.final
+
+    def line(self) -> str:
+        counts = ", ".join(f"{self.counts.get(s, 0)} {s}" for s in ("FILLED", "CANCELLED", "REJECTED"))
+        return (f"demo: {self.total} orders, {self.final} final ({counts}), {self.not_final} not final; "
+                f"invalid {self.invalid_rejected}/{self.invalid} rejected, valid {self.valid_rejected} rejected; "
+                f"{self.fills} fills, {self.positions} positions in {self.seconds:.1f} s")
+
+
+class Board:
+    """Every sample order with its latest status and fills, and the positions; rendered as text."""
+
+    def __init__(self, *, headless: bool, log_file: Path | None) -> None:
+        self.headless = headless
+        self.log_file = log_file
+        self.rows: dict[str, BoardRow] = {}
+        self.positions: dict[tuple[str, int], PositionUpdated] = {}
+        self.last_event = time.monotonic()
+        self.total = 0
+        self.title = ""
+        self.accounts: set[str] = set()
+        self.started = time.monotonic()
+        self._changed = asyncio.Event()
+
+    def start(self, total: int, rate: float, target: str, accounts: set[str]) -> None:
+        self.total, self.accounts, self.started = total, accounts, time.monotonic()
+        self.title = f"ibkr-workers demo · {target} · {total} orders at {rate:g}/s · Ctrl-C stops"
+
+    def add(self, order_id: str, sample: Sample) -> None:
+        row = self.rows[order_id] = BoardRow(len(self.rows) + 1, order_id, sample)
+        if self.headless:
+            print(f"{self._now()}  #{row.number:<4} {order_id[:8]}  sent  {row.order_text()}  ({sample.label})",
+                  flush=True)
+
+    def on_event(self, event: ClientEvent) -> None:
+        """A listener for :meth:`OrderClient.listen`."""
+        self.last_event = time.monotonic()
+        self._changed.set()
+        if isinstance(event, PositionUpdated):
+            if event.account in self.accounts:
+                self.positions[(event.account, event.con_id)] = event
+                if self.headless:
+                    print(f"{self._now()}  position  {event.describe()}", flush=True)
+            return
+        row = self.rows.get(event.order_id)
+        if row is None:
+            return
+        if isinstance(event, OrderStatusChanged):
+            row.status, row.filled, row.avg_price = event.status, event.filled_quantity, event.avg_fill_price
+            row.reason = event.reason or row.reason
+        elif isinstance(event, FillExecuted):
+            row.fills += 1
+            row.fill_quantity += event.quantity
+        if self.headless:
+            print(f"{self._now()}  #{row.number:<4} {row.order_id[:8]}  {event.describe()}", flush=True)
+
+    async def wait_until(self, condition: Callable[[], bool], seconds: float) -> bool:
+        """Wait (at most ``seconds``) until ``condition()`` holds after some event; return whether it does."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+        return True
+
+    @staticmethod
+    def _now() -> str:
+        return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+    def status(self, order_id: str) -> OrderState | None:
+        return self.rows[order_id].status
+
+    def open_orders(self) -> list[str]:
+        return [order_id for order_id, row in self.rows.items() if not row.final]
+
+    def all_final(self) -> bool:
+        return all(row.final for row in self.rows.values())
+
+    def fills_complete(self) -> bool:
+        return all(row.fill_quantity >= row.filled for row in self.rows.values())
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            key = row.status.value if row.status else "SENT"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def progress_line(self) -> str:
+        counts = self.counts()
+        final = sum(counts.get(s, 0) for s in ("FILLED", "CANCELLED", "REJECTED"))
+        working = len(self.rows) - final
+        fills = sum(row.fills for row in self.rows.values())
+        shown = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return (f"progress: sent {len(self.rows)}/{self.total} · final {final} · open {working} · "
+                f"fills {fills} · {shown} · {time.monotonic() - self.started:.1f} s")
+
+    def frame(self, clear: bool = True) -> str:
+        """The whole screen: title, the latest orders, positions, progress."""
+        width, height = shutil.get_terminal_size((120, 40))
+        positions = sorted(self.positions.values(), key=lambda p: p.instrument_id or "")[:8]
+        room = max(3, height - 8 - len(positions))
+        lines = [self.title[:width]]
+        if self.log_file is not None:
+            lines.append(f"logs: {self.log_file}"[:width])
+        lines.append(f"{'#':>4} {'order':<8}  {'side':<4} {'qty':>6} {'instrument':<24} {'type':<10}"
+                     f"{' prices':<22} {'tif':<3}  {'status':<16} {'filled':>6}{'  avg':<14} fills"[:width])
+        for row in list(self.rows.values())[-room:]:
+            note = row.reason if row.status is OrderState.REJECTED else row.sample.label
+            lines.append(f"{row.number:>4} {row.order_id[:8]}  {row.order_text()}  {row.state_text()}"
+                         f"  {note or ''}"[:width])
+        lines.append("positions:" + (" none yet" if not positions else ""))
+        lines += [f"  {p.describe()}"[:width] for p in positions]
+        lines.append(self.progress_line()[:width])
+        text = "\n".join(lines) + "\n"
+        return "\x1b[H\x1b[J" + text if clear else text
+
+    def summary(self, seconds: float) -> Summary:
+        rows = list(self.rows.values())
+        counts = self.counts()
+        return Summary(
+            total=self.total, final=sum(1 for r in rows if r.final), counts=counts,
+            invalid=sum(1 for r in rows if not r.sample.valid),
+            invalid_rejected=sum(1 for r in rows if not r.sample.valid and r.status is OrderState.REJECTED),
+            valid_rejected=sum(1 for r in rows if r.sample.valid and r.status is OrderState.REJECTED),
+            fills=sum(r.fills for r in rows), positions=len(self.positions), seconds=seconds,
+        )
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+class DemoStack:
+    """The sim (unless aimed at a real gateway), the order-consumer and the client, started in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.own_sim = settings.ibkr_port is None
+        self.accounts = tuple(sorted(settings.allowed_accounts)) or DEFAULT_ACCOUNTS
+        explicit_id = "ibkr_client_id" in settings.model_fields_set
+        self.client_id = settings.ibkr_client_id if explicit_id else random.randrange(100, 30_000)
+        self.group = f"ibkr-workers-demo-{uuid.uuid4().hex[:10]}"
+        self.sim: SimGateway | None = None
+        self.port = settings.ibkr_port or 0
+        self.app: OrderConsumerApp | None = None
+        self.app_task: asyncio.Task[None] | None = None
+        self.client: OrderClient | None = None
+        self.instruments: dict[str, InstrumentRow] = {}
+        self.reference: Universe | None = None
+
+    @property
+    def kafka(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.settings.kafka_bootstrap_servers,
+                **kafka_client_kwargs(self.settings)}
+
+    def price(self, row: InstrumentRow) -> float | None:
+        """The instrument's price now: the sim's, or the sim universe's reference price for a real gateway."""
+        if self.sim is not None:
+            with contextlib.suppress(KeyError):
+                return self.sim.price(row.con_id)
+            return None
+        if self.reference is None:
+            self.reference = Universe.load()
+        known = self.reference.get(row.con_id)
+        return known.ref_price if known is not None else None
+
+    async def start(self, listener: Any) -> None:
+        settings = self.settings
+        if self.own_sim:
+            self.sim = SimGateway(SimConfig(accounts=self.accounts, tick_interval=0.5, volatility=0.0003,
+                                            seed=random.randrange(1 << 30)))
+            _, self.port = await self.sim.start("127.0.0.1", 0)
+            say(f"sim gateway listening on 127.0.0.1:{self.port} (accounts {', '.join(self.accounts)})")
+        else:
+            say(f"using the IBKR gateway at {settings.ibkr_host}:{self.port} (paper)")
+        try:
+            applied = await migrate(settings.database_dsn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DemoFailed(f"cannot reach PostgreSQL: {str(exc).splitlines()[0]}") from None
+        say(f"database migrated ({len(applied)} migrations applied now)")
+        try:
+            security: dict[str, Any] = kafka_client_kwargs(settings)
+            created = await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, **security)
+        except (KafkaError, OSError) as exc:
+            raise DemoFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None
+        say(f"kafka topics ready ({len(created)} created now)")
+        await self._sync_instruments()
+        await self._start_order_consumer()
+        self.client = OrderClient.from_settings(settings, watch_positions=True, source="ibkr-workers-demo")
+        self.client.listen(listener)
+        await self.client.start()
+
+    async def _sync_instruments(self) -> None:
+        """One instrument-sync pass against the gateway, then the mapper rows the samples use."""
+        settings = self.settings
+        pool = await open_pool(settings.database_dsn, max_size=1, name="ibkr-workers-demo")
+        try:
+            if not await UniverseStore(pool).entries() and UNIVERSE_FILE.exists():
+                await load_universe(settings, str(UNIVERSE_FILE))
+                say(f"instrument universe loaded from {UNIVERSE_FILE.name}")
+        except UniverseLoadError as exc:
+            raise DemoFailed(str(exc)) from None
+        finally:
+            await close_pool(pool)
+        sync_settings = settings.model_copy(update={"ibkr_port": self.port, "ibkr_client_id": self.client_id + 1})
+        try:
+            app = await build_instrument_sync(sync_settings)
+        except StartupFailed as exc:
+            raise DemoFailed(str(exc)) from None
+        try:
+            _, summary = await app.run_once()
+            if summary is not None:
+                say(f"instrument-sync {summary.describe()}")
+        except StartupFailed as exc:  # another instrument-sync holds the pass: it keeps the mapper current
+            say(f"instrument-sync pass skipped: {exc}")
+        finally:
+            await app.close()
+        pool = await open_pool(settings.database_dsn, max_size=1, name="ibkr-workers-demo")
+        try:
+            self.instruments = await pick_instruments(InstrumentMapper(pool))
+        finally:
+            await close_pool(pool)
+        if not self.instruments:
+            raise DemoFailed("no instrument of the samples is in the mapper (did the instrument-sync fail?)")
+        say(f"instruments: {', '.join(row.instrument_id for row in self.instruments.values())}")
+
+    async def _start_order_consumer(self) -> None:
+        settings = self.settings.model_copy(update={
+            "ibkr_port": self.port, "ibkr_client_id": self.client_id, "kafka_consumer_group": self.group,
+            "ibkr_accounts": ",".join(self.accounts),
+            "health_port": self.settings.health_port if "health_port" in self.settings.model_fields_set else 0,
+        })
+        topics = settings.topics
+        await start_group_at_end(self.kafka, self.group, [topics.orders_requested,
+                                                           topics.orders_cancel_requested,
+                                                           topics.instruments_updated])
+        self.app = await build_order_consumer(settings)
+        self.app_task = asyncio.create_task(self.app.run(), name="order-consumer")
+        deadline = time.monotonic() + 3 * settings.ibkr_connect_timeout
+        while not self.app.gateway.connected:
+            if self.app_task.done() or time.monotonic() > deadline:
+                raise DemoFailed(f"the order-consumer cannot connect to IBKR at {settings.ibkr_host}:{self.port}")
+            await asyncio.sleep(0.1)
+        say(f"order-consumer running (client id {self.client_id}, consumer group {self.group})")
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.app is not None and self.app_task is not None:
+            self.app.stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.app_task, 15)
+        elif self.app is not None:  # built, never run
+            await self.app.close()
+        if self.sim is not None:
+            await self.sim.stop()
+
+
+async def start_group_at_end(kafka: dict[str, Any], group: str, topics: list[str]) -> None:
+    """Commit ``group``'s offsets at the topics' current end: the new group skips every older record."""
+    admin = AIOKafkaAdminClient(**kafka)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(entry["topic"], p["partition"]) for entry in described
+                  for p in entry["partitions"]]
+    consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **kafka)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def produce(client: OrderClient, board: Board, samples: list[Sample], rate: float,
+                  stop: asyncio.Event) -> None:
+    """Send the samples at ``rate`` per second (each registered on the board before it is sent)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index, sample in enumerate(samples):
+        delay = started + index / rate - loop.time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        order_id = str(uuid.uuid4())
+        board.add(order_id, sample)
+        await client.submit(order_id=order_id, **sample.fields)
+
+
+async def settle(client: OrderClient, board: Board, stop: asyncio.Event) -> None:
+    """Wait until what will fill has filled, cancel what still rests, wait until everything is final."""
+    working = {OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED, OrderState.CANCEL_PENDING}
+
+    def only_resting_left() -> bool:
+        open_orders = board.open_orders()
+        quiet = time.monotonic() - board.last_event > 1.0
+        return stop.is_set() or not open_orders or (quiet and all(board.status(o) in working
+                                                                  for o in open_orders))
+
+    await board.wait_until(only_resting_left, SETTLE_SECONDS)
+    await cancel_open(client, board, "demo: interrupted" if stop.is_set() else "demo: end of the run")
+    await board.wait_until(lambda: board.all_final() and (board.fills_complete() or stop.is_set()),
+                           5.0 if stop.is_set() else FINISH_SECONDS)
+
+
+async def cancel_open(client: OrderClient, board: Board, reason: str) -> None:
+    for order_id in board.open_orders():
+        await client.cancel(order_id, account=board.rows[order_id].sample.fields["account"], reason=reason)
+
+
+async def refresh(board: Board, headless: bool) -> None:
+    """Redraw the live table (or print a progress line every 2 s when headless) until cancelled."""
+    period = 2.0 if headless else REFRESH_SECONDS
+    while True:
+        if headless:
+            print(board.progress_line(), flush=True)
+        else:
+            sys.stdout.write(board.frame())
+            sys.stdout.flush()
+        await asyncio.sleep(period)
+
+
+def configure_demo_logging(settings: Settings, headless: bool) -> None:
+    """Logs go to stderr when headless; under the live table, to a file (whose name the table shows)."""
+    configure_logging(settings.log_level, worker="demo", json=None if headless else False)
+    if not headless:
+        handler = logging.getLogger().handlers[0]
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(LOG_FILE.open("a", encoding="utf-8"))  # open for the whole run
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if settings.ibkr_trading_mode == "live":
+        print("ibkr-workers demo: refused with IBKR_TRADING_MODE=live: the demo sends sample orders",
+              file=sys.stderr)
+        return 2
+    if settings.ibkr_port is not None and not settings.allowed_accounts:
+        print("ibkr-workers demo: IBKR_PORT aims at a real gateway: set IBKR_ACCOUNTS to its paper account",
+              file=sys.stderr)
+        return 2
+    if args.orders < 1 or args.rate <= 0:
+        print("ibkr-workers demo: --orders and --rate must be positive", file=sys.stderr)
+        return 2
+    headless = bool(args.headless) or not sys.stdout.isatty()
+    configure_demo_logging(settings, headless)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    board = Board(headless=headless, log_file=None if headless else LOG_FILE)
+    stack = DemoStack(settings)
+    started = time.monotonic()
+    try:
+        try:
+            if not await until_stopped(stack.start(board.on_event), stop):
+                say("interrupted while starting")
+                return 130
+        except (DemoFailed, KafkaError, OSError) as exc:
+            print(f"ibkr-workers demo: {exc}", file=sys.stderr)
+            return 3
+        assert stack.client is not None
+        samples = sample_orders(args.orders, stack.instruments, stack.price, stack.accounts[0],
+                                set(stack.accounts))
+        board.start(len(samples), args.rate, f"sim 127.0.0.1:{stack.port}" if stack.own_sim
+                    else f"IBKR {settings.ibkr_host}:{stack.port}", set(stack.accounts))
+        return await drive(stack.client, board, samples, args.rate, headless, stop, started)
+    finally:
+        await stack.close()
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it); True when it completed."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False
+    task.result()
+    return True
+
+
+async def drive(client: OrderClient, board: Board, samples: list[Sample], rate: float, headless: bool,
+                stop: asyncio.Event, started: float) -> int:
+    """Produce, settle, and show it; the exit code from the outcome."""
+    if not headless:
+        sys.stdout.write("\x1b[?1049h\x1b[?25l")  # the alternate screen, no cursor
+    painter = asyncio.create_task(refresh(board, headless))
+    try:
+        await produce(client, board, samples, rate, stop)
+        await settle(client, board, stop)
+    finally:
+        painter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await painter
+        if not headless:
+            sys.stdout.write("\x1b[?25h\x1b[?1049l")
+            sys.stdout.write(board.frame(clear=False))
+    summary = board.summary(time.monotonic() - started)
+    print(summary.line(), flush=True)
+    if stop.is_set():
+        return 130
+    return 0 if summary.not_final == 0 else 1
+
