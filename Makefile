@@ -34,3 +34,12 @@ services-down:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Offline checks of the deployment files: helm lint --strict, helm template | kubernetes-validate, hadolint,
+# compose files. The first run builds helm with `go install` (a few minutes); later runs take seconds.
+HELM_VERSION ?= v3.21.4
+KUBE_VERSIONS ?= 1.28.0 1.30.0 1.33.0
+
+.PHONY: helm-check
+helm-check:
+	HELM_VERSION=$(HELM_VERSION) KUBE_VERSIONS="$(KUBE_VERSIONS)" scripts/helm-check

@@ -1,0 +1,88 @@
+# syntax=docker/dockerfile:1
+#
+# The ibkr-workers image: one image, every command (`order-consumer`, `instrument-sync`, `sim-gateway`,
+# `migrate`, `topics`, ...), chosen by the arguments after the image name:
+#
+#   docker build -t ibkr-workers .
+#   docker run --rm ibkr-workers --help
+#   docker run --rm -e DATABASE_URL=... ibkr-workers migrate
+#
+# Two stages. The builder turns the project into a wheel and installs it, with every dependency pinned by
+# constraints.txt, into a virtual environment at /opt/venv. The final stage is the same slim Python base
+# with only that virtual environment and the event schemas copied in: no compiler, no pip cache, no
+# source tree, and it runs as an unprivileged user (uid/gid 10001).
+#
+# The base is pinned by tag; pin it by digest too (python:3.12-slim-bookworm@sha256:...) where the
+# registry allows it. PYTHON_VERSION=3.11 reproduces the interpreter CI runs the tests on; every pinned
+# dependency ships binary wheels for 3.11, 3.12 and 3.13 (x86_64 and aarch64), so neither stage compiles.
+
+ARG PYTHON_VERSION=3.12
+ARG DEBIAN_RELEASE=bookworm
+
+# ---------------------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+
+# The dependencies first, in their own layer: it is rebuilt only when the pins change, not on every code
+# change. The constraints file pins runtime, test and dev packages alike; installing the runtime
+# requirements (read from pyproject.toml) under it takes the runtime pins only, as binary wheels.
+COPY pyproject.toml constraints.txt ./
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
+ && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/requirements.txt
+
+# Then the project itself, as a wheel (a regular, non-editable install: the source tree stays behind).
+COPY README.md ./
+COPY workers ./workers
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheels/ibkr_workers-*.whl
+
+# The event schemas. The codec looks for them at Path(workers.__file__).parent.parent / "schemas", which in
+# an installed (non-editable) package is site-packages/schemas: put them exactly there.
+COPY schemas /tmp/schemas
+RUN site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+ && cp -r /tmp/schemas "$site/schemas" \
+ && /opt/venv/bin/python -c 'from workers.adapters.avro import SchemaCatalog; c = SchemaCatalog(); print(c.directory, len(c.records()), "records")' \
+ && /opt/venv/bin/ibkr-workers --version
+
+# ---------------------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="ibkr-workers" \
+      org.opencontainers.image.description="Kafka-to-Interactive-Brokers execution bridge: order-consumer, instrument-sync, sim gateway" \
+      org.opencontainers.image.version="${VERSION}"
+
+# A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+RUN groupadd --system --gid 10001 ibkr \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/ibkr --create-home --shell /usr/sbin/nologin ibkr
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HEALTH_PORT=8080
+
+USER 10001:10001
+WORKDIR /home/ibkr
+
+# The workers' probe port (/healthz, /readyz, /metrics, POST /kill-switch); the sim gateway listens on 4002.
+EXPOSE 8080 4002
+
+# Liveness of the workers that serve HEALTH_PORT (order-consumer). Commands without a probe port
+# (sim-gateway, migrate, topics, and instrument-sync until it serves one) get their own check, or none,
+# from docker-compose.kafka.yml; Kubernetes ignores HEALTHCHECK and uses the chart's probes.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HEALTH_PORT', '8080'), timeout=4)"]
+
+# SIGTERM is the graceful stop of every long-running command (each installs its own handler), so the
+# process runs as PID 1 directly; `docker run --init` adds a reaper if ever needed.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["ibkr-workers"]
+CMD ["--help"]
