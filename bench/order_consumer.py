@@ -9,8 +9,8 @@ It measures, in one run on this machine:
   * p50/p99 latency produce → placeOrder at the sim and execution → fills.executed record, at 200 orders/s;
   * the worker's peak RSS;
   * with pacing on (worker 45 msg/s, sim enforcing 50/s): throughput vs the budget and pacing violations.
-The sim runs in this process (so its executions and clock are readable); the worker and the bare
-ib_insync client run as separate processes, as in production.
+The sim, the worker and the bare ib_insync client each run in a process of their own, as in production;
+the sim's executions (with their times) are read over its control port.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from workers.adapters.postgres.pool import close_pool, open_pool  # noqa: E402
 from workers.adapters.postgres.rows import Instrument  # noqa: E402
 from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce  # noqa: E402
 from workers.settings import TopicNames  # noqa: E402
-from workers.sim.config import SimConfig  # noqa: E402
-from workers.sim.server import SimGateway  # noqa: E402
+from workers.sim.control import control_call  # noqa: E402
 
 ACCOUNT = "DU0000001"
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
@@ -88,16 +87,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class SimProcess:
+    """The sim gateway in a process of its own (as IB Gateway would be), driven over its control port."""
+
+    def __init__(self, pacing: bool) -> None:
+        self.pacing = pacing
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.control_port = 0
+
+    async def start(self) -> int:
+        ready = Path(f"/tmp/bench-sim-{uuid.uuid4().hex[:8]}.json")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers.sim", "--port", "0", "--control-port", "0",
+            "--pacing", "on" if self.pacing else "off", "--ready-file", str(ready), cwd=REPO)
+        for _ in range(200):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.05)
+        ports = json.loads(ready.read_text())
+        ready.unlink()
+        self.port, self.control_port = ports["port"], ports["control_port"]
+        return self.port
+
+    async def call(self, op: str, **kwargs: Any) -> Any:
+        return await control_call("127.0.0.1", self.control_port, op, **kwargs)
+
+    async def executions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.call("executions")
+        return result
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            await self.process.wait()
+
+
 @dataclass
 class Setup:
     bootstrap: str
     database_url: str
     topics: TopicNames
-    sim: SimGateway
+    sim: SimProcess
     port: int
 
 
-async def prepare(bootstrap: str, server_url: str, sim_config: SimConfig) -> Setup:
+async def prepare(bootstrap: str, server_url: str, pacing: bool) -> Setup:
     suffix = uuid.uuid4().hex[:8]
     defaults = TopicNames()
     topics = TopicNames(**{f: f"bench.{getattr(defaults, f)}.{suffix}" for f in defaults.__dataclass_fields__})
@@ -117,8 +152,8 @@ async def prepare(bootstrap: str, server_url: str, sim_config: SimConfig) -> Set
         await InstrumentMapper(pool).upsert(AAPL)
     finally:
         await close_pool(pool)
-    sim = SimGateway(sim_config)
-    _, port = await sim.start("127.0.0.1", 0)
+    sim = SimProcess(pacing)
+    port = await sim.start()
     return Setup(bootstrap, database_url, topics, sim, port)
 
 
@@ -224,12 +259,12 @@ async def stop_worker(process: asyncio.subprocess.Process) -> float:
     return rss
 
 
-def executions_by_ref(sim: SimGateway) -> dict[str, tuple[float, str]]:
-    return {e.order.request.order_ref: (e.epoch, e.exec_id) for e in sim.executions()}
+async def executions_by_ref(sim: SimProcess) -> dict[str, tuple[float, str]]:
+    return {e["order_ref"]: (e["epoch"], e["exec_id"]) for e in await sim.executions()}
 
 
 async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
-    setup = await prepare(bootstrap, server_url, SimConfig(pacing=False))
+    setup = await prepare(bootstrap, server_url, pacing=False)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
     watcher.task = asyncio.create_task(watcher.run())
@@ -241,7 +276,7 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
     await wait_filled(watcher, orders, timeout=600)
     worker_cpu = cpu_seconds(process.pid) - cpu_before
     rss = await stop_worker(process)
-    by_ref = executions_by_ref(setup.sim)
+    by_ref = await executions_by_ref(setup.sim)
     epochs = sorted(by_ref[o.order_id][0] for o in orders)
     rate = (count - 1) / (epochs[-1] - epochs[0])
     watcher.task.cancel()
@@ -251,7 +286,7 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
 
 
 async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float) -> dict[str, Any]:
-    setup = await prepare(bootstrap, server_url, SimConfig(pacing=False))
+    setup = await prepare(bootstrap, server_url, pacing=False)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
     watcher.task = asyncio.create_task(watcher.run())
@@ -264,7 +299,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     await wait_filled(watcher, orders, timeout=300)
     await asyncio.sleep(3)  # fills wait up to 2 s for commissions
     rss = await stop_worker(process)
-    by_ref = executions_by_ref(setup.sim)
+    by_ref = await executions_by_ref(setup.sim)
     to_place = [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in orders]
     to_fill = [(watcher.fill_records[by_ref[o.order_id][1]] - by_ref[o.order_id][0]) * 1000 for o in orders
                if by_ref[o.order_id][1] in watcher.fill_records]
@@ -277,7 +312,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
 
 
 async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
-    setup = await prepare(bootstrap, server_url, SimConfig(pacing=True))
+    setup = await prepare(bootstrap, server_url, pacing=True)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
     watcher.task = asyncio.create_task(watcher.run())
@@ -286,18 +321,18 @@ async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> di
     process = await start_worker(setup, pacing=45)
     await wait_filled(watcher, orders, timeout=600)
     await stop_worker(process)
-    by_ref = executions_by_ref(setup.sim)
+    by_ref = await executions_by_ref(setup.sim)
     epochs = sorted(by_ref[o.order_id][0] for o in orders)
     rate = (count - 1) / (epochs[-1] - epochs[0])
     watcher.task.cancel()
     await setup.sim.stop()
     return {"orders": count, "budget_per_s": 45, "orders_per_s": rate,
-            "pacing_violations": setup.sim.pacing_violations}
+            "pacing_violations": (await setup.sim.call("stats"))["pacing_violations"]}
 
 
 async def bench_bare_ib(count: int) -> dict[str, Any]:
-    sim = SimGateway(SimConfig(pacing=False))
-    _, port = await sim.start("127.0.0.1", 0)
+    sim = SimProcess(pacing=False)
+    port = await sim.start()
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_IB, str(port), str(count),
                                                    stdout=asyncio.subprocess.PIPE)
     out, _ = await process.communicate()
@@ -341,6 +376,9 @@ async def main(args: argparse.Namespace) -> None:
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     server_url = os.environ["DATABASE_URL"]
     results: dict[str, Any] = {}
+    if args.only_latency:
+        print(json.dumps(await bench_worker_latency(bootstrap, server_url, args.latency_orders, 200), indent=2))
+        return
     if args.only_backlog:
         print(json.dumps(await bench_worker_backlog(bootstrap, server_url, args.orders), indent=2))
         return
@@ -362,4 +400,5 @@ if __name__ == "__main__":
     parser.add_argument("--pacing-orders", type=int, default=450)
     parser.add_argument("--skip-pacing", action="store_true")
     parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")
+    parser.add_argument("--only-latency", action="store_true", help="only the worker's latency at 200/s")
     asyncio.run(main(parser.parse_args()))

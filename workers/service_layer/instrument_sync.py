@@ -16,15 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 
 from workers.adapters.postgres.errors import ConIdConflict
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.rows import (
-    INSTRUMENT_FIELDS,
-    Instrument,
     InstrumentChange,
     InstrumentRow,
     InstrumentUpsert,
@@ -48,25 +46,16 @@ from workers.domain.contracts import (
     distinct,
     is_expired,
 )
-from workers.domain.instrument_ids import spec_for_instrument_id
 from workers.domain.universe import SingleEntry, UniverseEntry, UniverseError
 from workers.logs import get_logger
+from workers.service_layer.contract_resolution import (
+    ContractLookup,
+    differs,
+    instrument_from_detail,
+    utc_today,
+)
 
 log = get_logger(__name__)
-
-
-class ContractLookup(Protocol):
-    """IBKR's contract details for a spec; ``[]`` when IBKR knows no such contract.
-
-    Raises :class:`LookupUnavailable` when IBKR cannot be asked now and :class:`LookupRejected` when it
-    refuses the request.
-    """
-
-    async def lookup(self, spec: ContractSpec) -> list[ContractDetail]: ...
-
-
-def utc_today() -> date:
-    return datetime.now(UTC).date()
 
 
 @dataclass
@@ -153,40 +142,6 @@ class _PassRun:
             self.updated += 1
         elif outcome.change is InstrumentChange.DEACTIVATED:
             self.deactivated += 1
-
-
-def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: ContractSpec) -> Instrument:
-    """The mapper row for ``detail`` under ``instrument_id`` (active)."""
-    if detail.min_tick <= 0:
-        raise ResolutionError(spec, f"{spec.describe()}: IBKR gives no minimum tick for {detail.describe()}")
-    is_option = detail.strike is not None
-    return Instrument(
-        instrument_id=instrument_id,
-        con_id=detail.con_id,
-        symbol=detail.symbol,
-        sec_type=detail.sec_type,
-        exchange=detail.exchange,
-        currency=detail.currency,
-        min_tick=detail.min_tick,
-        primary_exchange=detail.primary_exchange,
-        local_symbol=detail.local_symbol,
-        trading_class=detail.trading_class,
-        multiplier=detail.multiplier,
-        last_trade_date=detail.last_trade_date,
-        long_name=detail.long_name,
-        active=True,
-        strike=detail.strike if is_option else None,
-        option_right=detail.right if is_option else None,
-    )
-
-
-def differs(write: InstrumentWrite, current: InstrumentRow | None) -> bool:
-    """Whether applying ``write`` would change the mapper row ``current``."""
-    if isinstance(write, Deactivate):
-        return current is not None and current.active
-    if current is None:
-        return True
-    return any(getattr(current, name) != getattr(write, name) for name in INSTRUMENT_FIELDS)
 
 
 class InstrumentSync:
@@ -382,7 +337,10 @@ class InstrumentSync:
             detail = choose_one(entry.spec, await self._ask(run, entry.spec))
         if detail.expired(today):
             if current is None:
-                raise UnknownContract(entry.spec, f"{detail.describe()} expired ({detail.last_trade_date})")
+                # IBKR still lists it, but there is nothing left to trade: not an error, nothing to map.
+                log.warning("universe entry names an expired contract; nothing mapped",
+                            entry=entry.instrument_id, last_trade_date=detail.last_trade_date)
+                return []
             return [Deactivate(current.instrument_id, "expired")]
         return [instrument_from_detail(entry.instrument_id, detail, entry.spec)]
 
@@ -420,10 +378,11 @@ class InstrumentSync:
             else:
                 # Still listed, just outside the selection (fewer months asked for): keep it current.
                 writes.append(instrument_from_detail(row.instrument_id, current, entry.spec))
+        if not writes and not answer:
+            raise UnknownContract(entry.spec)
         if not writes:
-            reason = "IBKR has no security definition (error 200)" if not answer else \
-                "no listed contract matches the entry (expired, or outside its months/strikes/rights)"
-            raise UnknownContract(entry.spec, reason)
+            log.warning("universe entry selects no listed contract (all expired, or outside its "
+                        "months/strikes/rights); nothing mapped", entry=entry.instrument_id, listed=len(answer))
         return writes
 
     # -- the end of a pass ------------------------------------------------------------------------
@@ -497,33 +456,6 @@ class InstrumentSync:
                  deactivated=summary.deactivated, lookups=summary.lookups, seconds=round(summary.seconds, 2),
                  rate_per_s=round(rate, 1), interrupted=summary.interrupted,
                  failures=[f"{f.instrument_id}: {f.error}" for f in summary.failures[:20]])
-
-
-async def resolve_on_demand(instrument_id: str, lookup: ContractLookup, mapper: InstrumentMapper, *,
-                            today: date | None = None, store: UniverseStore | None = None,
-                            events: EventFactory | None = None) -> InstrumentUpsert:
-    """Map an id in the id convention that the mapper does not know yet, by asking IBKR.
-
-    A known id is returned as it is (UNCHANGED, active or not). With ``store`` and ``events`` the new row
-    is written together with its ``instruments.updated`` outbox record. Raises ``InvalidInstrumentId``,
-    :class:`UnknownContract`, ``AmbiguousContract``, ``ConIdConflict``, :class:`LookupUnavailable` or
-    :class:`LookupRejected`.
-    """
-    known = await mapper.get(instrument_id)
-    if known is not None:
-        return InstrumentUpsert(InstrumentChange.UNCHANGED, (), known)
-    spec = spec_for_instrument_id(instrument_id)
-    detail = choose_one(spec, await lookup.lookup(spec))
-    if detail.expired(today or utc_today()):
-        raise UnknownContract(spec, f"{detail.describe()} expired ({detail.last_trade_date})")
-    instrument = instrument_from_detail(instrument_id, detail, spec)
-    if store is not None and events is not None:
-        (outcome,) = await store.commit_entry(None, None, [instrument], events)
-    else:
-        outcome = await mapper.upsert(instrument)
-    log.info("instrument resolved on demand", instrument_id=instrument_id, con_id=detail.con_id,
-             change=outcome.change.value)
-    return outcome
 
 
 async def run_passes(sync: InstrumentSync, stop: asyncio.Event, interval: float,

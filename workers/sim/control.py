@@ -36,7 +36,8 @@ def _exec_dict(e: SimExecution) -> dict[str, Any]:
     return {
         "exec_id": e.exec_id, "order_id": e.order.order_id, "client_id": e.order.client_id,
         "perm_id": e.order.perm_id, "con_id": e.order.instrument.con_id, "side": e.side, "shares": e.shares,
-        "price": e.price, "commission": e.commission, "time": e.time,
+        "price": e.price, "commission": e.commission, "time": e.time, "epoch": e.epoch,
+        "order_ref": e.order.request.order_ref,
     }
 
 
