@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -90,6 +90,8 @@ def percentile(values: list[float], q: float) -> float:
 class SimProcess:
     """The sim gateway in a process of its own (as IB Gateway would be), driven over its control port."""
 
+    started: ClassVar[list[SimProcess]] = []
+
     def __init__(self, pacing: bool) -> None:
         self.pacing = pacing
         self.process: asyncio.subprocess.Process | None = None
@@ -98,6 +100,7 @@ class SimProcess:
 
     async def start(self) -> int:
         ready = Path(f"/tmp/bench-sim-{uuid.uuid4().hex[:8]}.json")
+        SimProcess.started.append(self)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "workers.sim", "--port", "0", "--control-port", "0",
             "--pacing", "on" if self.pacing else "off", "--ready-file", str(ready), cwd=REPO)
@@ -118,7 +121,7 @@ class SimProcess:
         return result
 
     async def stop(self) -> None:
-        if self.process is not None:
+        if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
 
@@ -157,13 +160,46 @@ async def prepare(bootstrap: str, server_url: str, pacing: bool) -> Setup:
     return Setup(bootstrap, database_url, topics, sim, port)
 
 
-def worker_env(setup: Setup, pacing: float) -> dict[str, str]:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def stage_quantiles(health_port: int) -> dict[str, dict[str, float]]:
+    """p50 / p99 (bucket upper bounds, ms) of ibkr_workers_order_stage_seconds, scraped from /metrics."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{health_port}/metrics")).text
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        if line.startswith("ibkr_workers_order_stage_seconds_bucket"):
+            labels, value = line.rsplit(" ", 1)
+            stage = labels.split('stage="')[1].split('"')[0]
+            bound = labels.split('le="')[1].split('"')[0]
+            buckets.setdefault(stage, []).append((float(bound), float(value)))
+    result: dict[str, dict[str, float]] = {}
+    for stage, points in buckets.items():
+        points.sort()
+        total = points[-1][1]
+        if not total:
+            continue
+        result[stage] = {f"p{int(q * 100)}_ms_at_most": next(b for b, c in points if c >= q * total) * 1000
+                         for q in (0.5, 0.99)}
+    return result
+
+
+def worker_env(setup: Setup, pacing: float, health_port: int = 0) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "KAFKA_BOOTSTRAP_SERVERS": setup.bootstrap, "DATABASE_URL": setup.database_url,
         "IBKR_PORT": str(setup.port), "IBKR_CLIENT_ID": "7", "IBKR_ACCOUNTS": ACCOUNT,
         "IBKR_PACING_PER_SECOND": str(pacing), "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
-        "HEALTH_PORT": "0", "LOG_LEVEL": "WARNING",
+        "HEALTH_PORT": str(health_port), "LOG_LEVEL": "WARNING",
         **{f"TOPIC_{f.upper()}": getattr(setup.topics, f) for f in setup.topics.__dataclass_fields__},
     }
 
@@ -245,11 +281,11 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def start_worker(setup: Setup, pacing: float) -> asyncio.subprocess.Process:
+async def start_worker(setup: Setup, pacing: float, health_port: int = 0) -> asyncio.subprocess.Process:
     profile = os.environ.get("BENCH_PROFILE")  # a path: profile the worker with cProfile into it
     prefix = ["-m", "cProfile", "-o", profile] if profile else []
     return await asyncio.create_subprocess_exec(sys.executable, *prefix, "-m", "workers", "order-consumer",
-                                                env=worker_env(setup, pacing), cwd=REPO)
+                                                env=worker_env(setup, pacing, health_port), cwd=REPO)
 
 
 async def stop_worker(process: asyncio.subprocess.Process) -> float:
@@ -290,7 +326,8 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
     watcher.task = asyncio.create_task(watcher.run())
-    process = await start_worker(setup, pacing=100_000)
+    health_port = free_port()
+    process = await start_worker(setup, pacing=100_000, health_port=health_port)
     warmup = [market_order() for _ in range(20)]
     await produce(setup, codec, warmup, rate=50)
     await wait_filled(watcher, warmup, timeout=60)
@@ -298,6 +335,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     sent_at = await produce(setup, codec, orders, rate=rate)
     await wait_filled(watcher, orders, timeout=300)
     await asyncio.sleep(3)  # fills wait up to 2 s for commissions
+    stages = await stage_quantiles(health_port)
     rss = await stop_worker(process)
     by_ref = await executions_by_ref(setup.sim)
     to_place = [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in orders]
@@ -308,7 +346,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     return {"orders": count, "rate": rate,
             "produce_to_place_ms": {"p50": statistics.median(to_place), "p99": percentile(to_place, 0.99)},
             "execution_to_fill_record_ms": {"p50": statistics.median(to_fill), "p99": percentile(to_fill, 0.99)},
-            "peak_rss_mb": rss}
+            "peak_rss_mb": rss, "worker_stages": stages}
 
 
 async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
@@ -373,6 +411,14 @@ async def bench_bare_kafka(bootstrap: str, count: int) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    try:
+        await run_all(args)
+    finally:
+        for sim in SimProcess.started:
+            await sim.stop()
+
+
+async def run_all(args: argparse.Namespace) -> None:
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     server_url = os.environ["DATABASE_URL"]
     results: dict[str, Any] = {}

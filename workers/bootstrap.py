@@ -237,7 +237,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                           readonly=settings.ibkr_readonly, trading_mode=settings.ibkr_trading_mode)
     ledger = OrderLedger(pool)
     fills = FillStore(pool)
-    outbox = Outbox(pool)
+    writer = f"order-consumer:{settings.ibkr_client_id}"
+    outbox = Outbox(pool, writer=writer)
     instruments = InstrumentCache(InstrumentMapper(pool))
     switches = RuntimeSwitches()
     outbox_relay = OutboxRelay(outbox, producer)
@@ -246,7 +247,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
         ledger=ledger, batches=OrderBatches(pool), fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
-        events=AvroEventSink(codec, topics), policy=lambda: guard_policy(settings, switches),
+        events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
         metrics=metrics, positions=PositionStore(pool),
     )
@@ -255,7 +256,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     metrics.watch_pacing(limiter)
 
     async def handle_batch(commands: list[tuple[object, RecordSource]]) -> None:
-        orders = [(c, OrderSource(s.topic, s.partition, s.offset)) for c, s in commands
+        orders = [(c, OrderSource(s.topic, s.partition, s.offset, s.timestamp)) for c, s in commands
                   if isinstance(c, OrderRequested)]
         if orders:
             for _ in orders:

@@ -134,6 +134,16 @@ class Metrics:
         self._cancelled = Counter(PREFIX + "orders_cancelled", "Orders IBKR confirmed cancelled.",
                                   registry=r)
         self._fills = Counter(PREFIX + "fills", "Fills published to Kafka.", registry=r)
+        self._stage = Histogram(
+            PREFIX + "order_stage_seconds",
+            "Time an order spends in each stage: queued (Kafka timestamp to handler), record (ledger "
+            "write of its batch), waiting (recorded to reserved), send (reserved to placeOrder written).",
+            ["stage"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self._order_status_transitions = Counter(
+            PREFIX + "order_status_transitions", "Order state changes written to the ledger.", ["from", "to"],
+            registry=r)
         self._transitions = Counter(PREFIX + "health_status_transitions",
                                     "Changes of the worker's health status.", ["from", "to"], registry=r)
         self._status = Gauge(PREFIX + "health_status", "1 for the worker's current health status.",
@@ -180,6 +190,13 @@ class Metrics:
         self._placed.inc()
         if latency is not None:
             self._consume_to_place.observe(max(0.0, latency))
+
+    def order_stage(self, stage: str, seconds: float) -> None:
+        """Time one order spent in ``stage`` (queued, record, waiting, send)."""
+        self._stage.labels(stage).observe(max(0.0, seconds))
+
+    def order_transition(self, previous: str, current: str) -> None:
+        self._order_status_transitions.labels(previous, current).inc()
 
     def order_rejected(self, reason: str) -> None:
         """An order was rejected; ``reason`` is a ``RejectReason`` (or another short fixed code)."""

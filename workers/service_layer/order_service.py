@@ -124,16 +124,20 @@ class OrderService:
 
         A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status.
         """
-        ids = list(dict.fromkeys(order.order_id for order, _ in items))
-        known = await self.batches.get_many(ids)
-        cancelled_first = await self.batches.pending_cancels([i for i in ids if i not in known])
+        started = time.monotonic()
+        if self.metrics is not None:
+            wall = time.time()
+            for _, source in items:
+                if source.timestamp is not None:
+                    self.metrics.order_stage("queued", wall - source.timestamp)
         policy = self.policy()
         new: list[NewOrder] = []
         republish: list[str] = []
         loose: list[OutboxMessage] = []
+        rejections: dict[str, OrderRejected] = {}
         seen: set[str] = set()
         for order, source in items:
-            if order.order_id in known or order.order_id in seen:
+            if order.order_id in seen:
                 republish.append(order.order_id)
                 continue
             seen.add(order.order_id)
@@ -141,18 +145,22 @@ class OrderService:
             try:
                 check_order(order, await self.instruments.get(order.instrument_id), policy)
             except OrderRejected as rejection:
-                self._count_rejection(order, rejection)
                 if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
                     # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
+                    self._count_rejection(order, rejection)
                     loose.append(self.events.rejection(order, rejection.text))
                     continue
+                rejections[order.order_id] = rejection
                 state, reason = OrderState.REJECTED, rejection.text
-            else:
-                if order.order_id in cancelled_first:
-                    state = OrderState.CANCELLED
-                    reason = f"{RejectReason.CANCELLED_BEFORE_PLACED}: a cancel request arrived before the order"
             new.append(NewOrder(order, state, reason, source.topic, source.partition, source.offset))
+        # A cancel that came first turns an ACCEPTED order CANCELLED inside the insert. An order_id the
+        # ledger knows already is not inserted: that is a redelivery, and its status is re-published.
         inserted = await self.batches.record_new(new, self.client_id, self.events.status)
+        inserted_ids = {row.order_id for row in inserted}
+        republish.extend(n.order.order_id for n in new if n.order.order_id not in inserted_ids)
+        for row in inserted:
+            if row.order_id in rejections:
+                self._count_rejection(_request_of(row), rejections[row.order_id])
         if republish:
             rows = await self.batches.get_many(republish)
             loose.extend(self.events.status(rows[i], None) for i in republish if i in rows)
@@ -160,6 +168,8 @@ class OrderService:
         if loose:
             await self.outbox.add_many(loose)
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.order_stage("record", now - started)
         for row in inserted:
             if row.state is OrderState.ACCEPTED:
                 self._received_at[row.order_id] = now
@@ -249,6 +259,11 @@ class OrderService:
         reserved = await self.batches.reserve_ib_order_ids(order_ids, self.client_id,
                                                             self.broker.next_valid_id_at_connect)
         now = time.monotonic()
+        if self.metrics is not None:
+            for row, _ in reserved:
+                received = self._received_at.get(row.order_id)
+                if received is not None:
+                    self.metrics.order_stage("waiting", now - received)
         for row, ib_order_id in reserved:
             instrument = await self.instruments.get(row.instrument_id)
             if instrument is None:
@@ -259,7 +274,8 @@ class OrderService:
             self.placed += 1
             if self.metrics is not None:
                 received = self._received_at.pop(row.order_id, None)
-                self.metrics.order_placed(now - received if received is not None else None)
+                self.metrics.order_placed(time.monotonic() - received if received is not None else None)
+                self.metrics.order_stage("send", time.monotonic() - now)
         if reserved:
             log.info("orders placed", count=len(reserved), client_id=self.client_id,
                      first_ib_order_id=reserved[0][1], last_ib_order_id=reserved[-1][1])
@@ -312,8 +328,10 @@ class OrderService:
             return
         self.on_published()
         for change in applied:
-            if change.row.state is OrderState.CANCELLED and self.metrics is not None:
-                self.metrics.order_cancelled()
+            if self.metrics is not None:
+                self.metrics.order_transition(change.previous.value, change.row.state.value)
+                if change.row.state is OrderState.CANCELLED:
+                    self.metrics.order_cancelled()
             log.info("order status", order_id=change.row.order_id, state=change.row.state.value,
                      previous=change.previous.value)
 
@@ -414,6 +432,7 @@ class OrderSource:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    timestamp: float | None = None  # the Kafka record's timestamp, seconds since the epoch
 
 
 def _status_change(status: IbOrderStatus) -> StatusChange | None:

@@ -115,7 +115,7 @@ class ControlServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen; return the bound address."""
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, limit=16 * 1024 * 1024)
         bound: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
         return bound
 
@@ -163,7 +163,8 @@ class ControlClient:
     @classmethod
     async def connect(cls, host: str, port: int) -> ControlClient:
         """Open a connection."""
-        reader, writer = await asyncio.open_connection(host, port)
+        # Answers such as the day's executions are one long line: allow up to 256 MiB.
+        reader, writer = await asyncio.open_connection(host, port, limit=256 * 1024 * 1024)
         return cls(reader, writer)
 
     async def call(self, op: str, **kwargs: Any) -> Any:

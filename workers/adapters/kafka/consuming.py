@@ -31,6 +31,7 @@ class RecordSource:
     partition: int
     offset: int
     key: str | None
+    timestamp: float | None = None  # seconds since the epoch (the record's CreateTime or LogAppendTime)
 
 
 class Undecodable(Exception):
@@ -122,17 +123,12 @@ class ConsumeLoop:
             if stop.is_set():
                 break
             batches = list((await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)).items())
-            failed = False
-            for index, (partition, records) in enumerate(batches):
-                done = await self._handle_partition(partition, records, stop)
-                if done < len(records):
-                    # Stopped, gated or failed part-way: every record not handled is fetched again
-                    # (this partition from the first unhandled one, the rest of the batch from its start).
-                    self.consumer.seek(partition, records[done].offset)
-                    for later_partition, later_records in batches[index + 1:]:
-                        self.consumer.seek(later_partition, later_records[0].offset)
-                    failed = not stop.is_set() and self.gate() and self.last_failed_offset is not None
-                    break
+            if not batches:
+                continue
+            if self.batch_handler is not None:
+                failed = not await self._handle_all(batches, stop) and self.last_failed_offset is not None
+            else:
+                failed = await self._handle_each(batches, stop)
             if failed:
                 failures += 1
                 self.paused = True
@@ -145,11 +141,57 @@ class ConsumeLoop:
                 failures = 0
                 self.paused = False
 
+    async def _handle_each(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
+                           stop: asyncio.Event) -> bool:
+        """Record by record, partition by partition; True when a handler failed."""
+        for index, (partition, records) in enumerate(batches):
+            done = await self._handle_partition(partition, records, stop)
+            if done < len(records):
+                # Stopped, gated or failed part-way: every record not handled is fetched again
+                # (this partition from the first unhandled one, the rest of the batch from its start).
+                self.consumer.seek(partition, records[done].offset)
+                for later_partition, later_records in batches[index + 1:]:
+                    self.consumer.seek(later_partition, later_records[0].offset)
+                return not stop.is_set() and self.gate() and self.last_failed_offset is not None
+        return False
+
+    async def _handle_all(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
+                          stop: asyncio.Event) -> bool:
+        """All partitions' records at once (one call of the batch handler per topic); one commit.
+
+        All or nothing: on a failure, a stop or a closed gate every partition is fetched again from its
+        first record of the batch. Returns True when the batch was handled and committed.
+        """
+        assert self.batch_handler is not None
+        self.last_failed_offset = None
+        if stop.is_set() or not self.gate():
+            for partition, records in batches:
+                self.consumer.seek(partition, records[0].offset)
+            return False
+        by_topic: dict[str, list[tuple[Any, RecordSource]]] = {}
+        count = sum(len(records) for _, records in batches)
+        try:
+            for _, records in batches:
+                for record in records:
+                    decoded = await self._decode_or_dead_letter(record)
+                    if decoded is not None:
+                        by_topic.setdefault(record.topic, []).append(decoded)
+            for commands in by_topic.values():
+                await self.batch_handler(commands)
+        except Exception as exc:
+            self.last_failed_offset = batches[0][1][0].offset
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("batch handler failed; will retry the batch", records=count)
+            for partition, records in batches:
+                self.consumer.seek(partition, records[0].offset)
+            return False
+        self.consumed += count
+        await self._commit_many({partition: records[-1].offset + 1 for partition, records in batches})
+        return True
+
     async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
                                 stop: asyncio.Event) -> int:
         """Handle ``records`` in order; commit what was handled; return how many were handled."""
-        if self.batch_handler is not None:
-            return await self._handle_partition_batch(partition, records, stop)
         handled = 0
         self.last_failed_offset = None
         for record in records:
@@ -174,35 +216,10 @@ class ConsumeLoop:
                             error=str(exc))
         return handled
 
-    async def _handle_partition_batch(self, partition: TopicPartition, records: list[ConsumerRecord],
-                                      stop: asyncio.Event) -> int:
-        """All-or-nothing: decode every record, hand the commands over at once, commit the batch."""
-        assert self.batch_handler is not None
-        self.last_failed_offset = None
-        if stop.is_set() or not self.gate():
-            return 0
-        commands: list[tuple[Any, RecordSource]] = []
-        try:
-            for record in records:
-                self.consumed += 1
-                decoded = await self._decode_or_dead_letter(record)
-                if decoded is not None:
-                    commands.append(decoded)
-            if commands:
-                await self.batch_handler(commands)
-        except Exception as exc:
-            self.consumed -= len(records)
-            self.last_failed_offset = records[0].offset
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("batch handler failed; will retry the batch", topic=partition.topic,
-                          partition=partition.partition, first_offset=records[0].offset, count=len(records))
-            return 0
-        await self._commit(partition, records[-1].offset + 1)
-        return len(records)
-
     async def _decode_or_dead_letter(self, record: ConsumerRecord) -> tuple[Any, RecordSource] | None:
         key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
-        source = RecordSource(record.topic, record.partition, record.offset, key)
+        source = RecordSource(record.topic, record.partition, record.offset, key,
+                              record.timestamp / 1000 if record.timestamp is not None else None)
         try:
             if record.value is None:
                 raise Undecodable("record has no value (tombstone)")
@@ -212,12 +229,15 @@ class ConsumeLoop:
             return None
 
     async def _commit(self, partition: TopicPartition, offset: int) -> None:
+        await self._commit_many({partition: offset})
+
+    async def _commit_many(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await self.consumer.commit({partition: offset})
+            await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The partition moved to another member during a rebalance: it will see these records
             # again, and the ledger makes the redelivery harmless.
-            log.warning("offset commit failed after a rebalance", partition=partition.partition, error=str(exc))
+            log.warning("offset commit failed after a rebalance", partitions=len(offsets), error=str(exc))
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
         self.consumed += 1

@@ -21,21 +21,23 @@ from workers.settings import TopicNames
 class AvroEventSink:
     """The ``EventSink`` of the order service: records for ``orders.status`` and ``positions.updated``."""
 
-    def __init__(self, codec: AvroCodec, topics: TopicNames) -> None:
+    def __init__(self, codec: AvroCodec, topics: TopicNames, writer: str | None = None) -> None:
         self.codec = codec
         self.topics = topics
+        self.writer = writer
 
     def status(self, row: OrderRow, previous: OrderState | None) -> OutboxMessage:
         payload = self.codec.encode(ORDER_STATUS_CHANGED, status_record(row, datetime.now(UTC), previous))
-        return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload)
+        return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload, writer=self.writer)
 
     def rejection(self, order: OrderRequested, reason: str) -> OutboxMessage:
         payload = self.codec.encode(ORDER_STATUS_CHANGED, rejection_record(order, reason, datetime.now(UTC)))
-        return OutboxMessage(topic=self.topics.orders_status, key=order.order_id, payload=payload)
+        return OutboxMessage(topic=self.topics.orders_status, key=order.order_id, payload=payload,
+                             writer=self.writer)
 
     def position(self, report: IbPosition, instrument_id: str | None) -> OutboxMessage:
         record = position_record(report.account, report.con_id, instrument_id, report.quantity,
                                  report.avg_cost, report.currency, datetime.now(UTC))
         payload = self.codec.encode(POSITION_UPDATED, record)
         return OutboxMessage(topic=self.topics.positions_updated, key=f"{report.account}:{report.con_id}",
-                             payload=payload)
+                             payload=payload, writer=self.writer)

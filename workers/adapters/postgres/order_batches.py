@@ -36,37 +36,51 @@ _SELECT_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s)"
 _LOCK_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE"
 _PENDING_CANCELS = "SELECT order_id FROM cancel_requests WHERE order_id = ANY(%s) AND handled_at IS NULL"
 _CANCELS_HANDLED = "UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%s) AND handled_at IS NULL"
+# An ACCEPTED order whose cancel request arrived first is recorded CANCELLED in the same statement.
 _INSERT_ORDER = f"""
+WITH cancelled_first AS (
+    SELECT EXISTS (
+        SELECT 1 FROM cancel_requests WHERE order_id = %(order_id)s AND handled_at IS NULL
+    ) AND %(state)s = 'ACCEPTED' AS yes
+)
 INSERT INTO orders (
     order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
     outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
     source_partition, source_offset, owner_client_id
-) VALUES (
-    %(order_id)s, %(account)s, %(instrument_id)s, %(side)s, %(quantity)s, %(order_type)s, %(limit_price)s,
-    %(stop_price)s, %(time_in_force)s, %(outside_rth)s, %(source)s, %(created_at)s, %(state)s, 0,
-    %(remaining_quantity)s, %(reason)s, %(source_topic)s, %(source_partition)s, %(source_offset)s,
-    %(owner_client_id)s
 )
+SELECT
+    %(order_id)s, %(account)s, %(instrument_id)s, %(side)s, %(quantity)s, %(order_type)s, %(limit_price)s,
+    %(stop_price)s, %(time_in_force)s, %(outside_rth)s, %(source)s, %(created_at)s,
+    CASE WHEN yes THEN 'CANCELLED' ELSE %(state)s END, 0,
+    CASE WHEN yes THEN 0 ELSE %(remaining_quantity)s END,
+    CASE WHEN yes THEN %(cancelled_reason)s ELSE %(reason)s END,
+    %(source_topic)s, %(source_partition)s, %(source_offset)s, %(owner_client_id)s
+FROM cancelled_first
 ON CONFLICT (order_id) DO NOTHING
 RETURNING {_COLUMNS}
 """
-_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)"
+CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
+_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)"
 _UPDATE_STATUS = """
 UPDATE orders SET state = %(state)s, filled_quantity = %(filled_quantity)s,
     remaining_quantity = %(remaining_quantity)s, avg_fill_price = %(avg_fill_price)s, ib_perm_id = %(ib_perm_id)s,
     reason = %(reason)s, ib_error_code = %(ib_error_code)s, updated_at = now()
 WHERE order_id = %(order_id)s
 """
-_ENSURE_MARK = """
-INSERT INTO ib_order_ids (client_id, last_order_id)
-VALUES (%(client_id)s, COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0))
-ON CONFLICT (client_id) DO NOTHING
+# Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
+# id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
+_TAKE_IDS = """
+INSERT INTO ib_order_ids AS mark (client_id, last_order_id)
+VALUES (%(client_id)s, GREATEST(%(next_valid_id)s - 1,
+        COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0)) + %(count)s)
+ON CONFLICT (client_id) DO UPDATE
+    SET last_order_id = GREATEST(mark.last_order_id, %(next_valid_id)s - 1) + %(count)s, updated_at = now()
+RETURNING last_order_id
 """
-_LOCK_MARK = "SELECT last_order_id FROM ib_order_ids WHERE client_id = %s FOR UPDATE"
-_SET_MARK = "UPDATE ib_order_ids SET last_order_id = %s, updated_at = now() WHERE client_id = %s"
-_SET_PLACING = """
+_SET_PLACING = f"""
 UPDATE orders SET state = 'PLACING', ib_client_id = %(client_id)s, ib_order_id = %(ib_order_id)s, updated_at = now()
 WHERE order_id = %(order_id)s AND state = 'ACCEPTED'
+RETURNING {_COLUMNS}
 """
 _FILL_COLUMNS = (
     "fill_id", "order_id", "con_id", "side", "quantity", "price", "currency", "exchange", "executed_at",
@@ -170,7 +184,7 @@ class OrderBatches:
             if inserted:
                 messages = [status(row, None) for row in inserted]
                 async with conn.cursor() as cursor:
-                    await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload) for m in messages])
+                    await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
             cancelled = [row.order_id for row in inserted if row.state is OrderState.CANCELLED]
             if cancelled:
                 await conn.execute(_CANCELS_HANDLED, (cancelled,))
@@ -198,40 +212,38 @@ class OrderBatches:
             async with conn.cursor() as cursor:
                 await cursor.executemany(_UPDATE_STATUS, [_update_params(row) for row in touched.values()])
                 messages = [status(a.row, a.previous) for a in applied]
-                await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload) for m in messages])
+                await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
         return applied
 
     async def reserve_ib_order_ids(self, order_ids: Sequence[str], client_id: int,
                                    next_valid_id: int) -> list[tuple[OrderRow, int]]:
         """Give each still-ACCEPTED order a fresh IBKR order id, in ``order_ids`` order, and make it PLACING.
 
-        Ids are above both ``next_valid_id`` and every id ever reserved for ``client_id``.
+        Ids are above both ``next_valid_id`` and every id ever reserved for ``client_id``. An id taken for
+        an order that is no longer ACCEPTED (cancelled meanwhile) is simply never used: IB allows gaps.
         """
-        if not order_ids:
+        unique = list(dict.fromkeys(order_ids))
+        if not unique:
             return []
+        reserved: list[tuple[OrderRow, int]] = []
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(_ENSURE_MARK, {"client_id": client_id})
-            cursor = await conn.execute(_LOCK_MARK, (client_id,))
-            mark = await cursor.fetchone()
-            assert mark is not None  # ensured just above
-            rows = await _rows(conn, _LOCK_MANY, sorted(set(order_ids)))
-            last = max(int(mark[0]), next_valid_id - 1)
-            reserved: list[tuple[OrderRow, int]] = []
-            for order_id in dict.fromkeys(order_ids):
-                row = rows.get(order_id)
-                if row is None or row.state is not OrderState.ACCEPTED:
-                    continue
-                last += 1
-                reserved.append((replace(row, state=OrderState.PLACING, ib_client_id=client_id, ib_order_id=last),
-                                 last))
-            if not reserved:
-                return []
-            async with conn.cursor() as cursor:
-                await cursor.executemany(_SET_PLACING, [
-                    {"client_id": client_id, "ib_order_id": ib_id, "order_id": row.order_id}
-                    for row, ib_id in reserved
-                ])
-            await conn.execute(_SET_MARK, (last, client_id))
+            cursor = await conn.execute(_TAKE_IDS, {"client_id": client_id, "next_valid_id": next_valid_id,
+                                                    "count": len(unique)})
+            last = await cursor.fetchone()
+            assert last is not None  # INSERT ... RETURNING always returns the row
+            first_id = int(last[0]) - len(unique) + 1
+            params = [{"client_id": client_id, "ib_order_id": first_id + i, "order_id": order_id}
+                      for i, order_id in enumerate(unique)]
+            async with conn.cursor(row_factory=dict_row) as rows:
+                await rows.executemany(_SET_PLACING, params, returning=True)
+                while True:
+                    record = await rows.fetchone()
+                    if record is not None:
+                        row = order_row(record)
+                        assert row.ib_order_id is not None
+                        reserved.append((row, row.ib_order_id))
+                    if not rows.nextset():
+                        break
         return reserved
 
     async def insert_fills(self, fills: Sequence[FillFields]) -> list[str]:
@@ -269,6 +281,7 @@ def _insert_params(new: NewOrder, owner_client_id: int) -> dict[str, object]:
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
         "source_offset": new.source_offset, "owner_client_id": owner_client_id,
+        "cancelled_reason": CANCELLED_FIRST_REASON,
     }
 
 

@@ -15,17 +15,20 @@ from workers.adapters.postgres.rows import OutboxMessage, OutboxRow
 
 _COLUMNS = column_list(column_names(OutboxRow))
 
-_INSERT = "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s) RETURNING id"
+_INSERT = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s) RETURNING id"
 _UNPUBLISHED = sql.SQL("SELECT {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT %s").format(
     _COLUMNS
 )
+_UNPUBLISHED_OF_WRITER = sql.SQL(
+    "SELECT {} FROM outbox WHERE published_at IS NULL AND writer = %s ORDER BY id LIMIT %s"
+).format(_COLUMNS)
 _MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = %s AND published_at IS NULL"
 _MARK_MANY_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s) AND published_at IS NULL"
 
 
 async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage) -> int:
     """Write ``message`` on ``conn`` (inside the caller's transaction); return its id."""
-    cursor = await conn.execute(_INSERT, (message.topic, message.key, message.payload))
+    cursor = await conn.execute(_INSERT, (message.topic, message.key, message.payload, message.writer))
     row = await cursor.fetchone()
     assert row is not None  # INSERT ... RETURNING always returns the row
     return int(row[0])
@@ -34,8 +37,10 @@ async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage)
 class Outbox:
     """Pending Kafka records in table ``outbox``."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, writer: str | None = None) -> None:
         self._pool = pool
+        # With a writer, :meth:`unpublished` returns only the records that writer wrote.
+        self.writer = writer
 
     async def add(self, message: OutboxMessage) -> int:
         """Write ``message`` on its own; return its id."""
@@ -46,13 +51,15 @@ class Outbox:
         """Write ``messages`` in one transaction."""
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             await cursor.executemany(
-                "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-                [(m.topic, m.key, m.payload) for m in messages],
+                "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)",
+                [(m.topic, m.key, m.payload, m.writer) for m in messages],
             )
 
     async def unpublished(self, limit: int = 100) -> list[OutboxRow]:
         """Records not yet acknowledged by Kafka, oldest first."""
         async with self._pool.connection() as conn:
+            if self.writer is not None:
+                return [_outbox_row(r) for r in await fetch_all(conn, _UNPUBLISHED_OF_WRITER, (self.writer, limit))]
             return [_outbox_row(r) for r in await fetch_all(conn, _UNPUBLISHED, (limit,))]
 
     async def mark_published(self, message_id: int) -> bool:

@@ -280,6 +280,8 @@ class OutboxMessage:
     topic: str
     key: str
     payload: bytes
+    # The worker that wrote it (e.g. ``order-consumer:7``); its relay publishes only its own records.
+    writer: str | None = None
 
 
 @dataclass(frozen=True)
