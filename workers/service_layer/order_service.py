@@ -102,6 +102,7 @@ class OrderService:
         self.metrics = metrics
         self.positions = positions
         self._received_at: dict[str, float] = {}
+        self._in_report_batch = False
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
         self._reconciled = asyncio.Event()
         self.placed = 0
@@ -288,11 +289,17 @@ class OrderService:
     async def on_reports(self, reports: Sequence[IbReport]) -> None:
         """Handle a batch of IBKR reports: fills first, then commissions, statuses and positions."""
         executions = [r for r in reports if isinstance(r, IbExecution)]
-        if executions:
-            await self._on_executions(executions)
         commissions = [(r.exec_id, r.commission, r.currency) for r in reports if isinstance(r, IbCommission)]
+        if executions:
+            # The fill relay is woken once the batch's commissions are in too, not before.
+            self._in_report_batch = True
+            try:
+                await self._on_executions(executions)
+            finally:
+                self._in_report_batch = False
         if commissions:
             await self.batches.set_commissions(commissions)
+        if executions or commissions:
             self.on_fill()
         statuses = [r for r in reports if isinstance(r, IbOrderStatus)]
         if statuses:
@@ -358,7 +365,8 @@ class OrderService:
         new = await self.batches.insert_fills(fills)
         if new:
             log.info("fills recorded", count=len(new))
-            self.on_fill()
+            if not self._in_report_batch:
+                self.on_fill()
 
     async def _corrected_fill(self, order_id: str, exec_id: str) -> str | None:
         """The execId that ``exec_id`` corrects: same execution, lower last part (``.01`` -> ``.02``)."""

@@ -109,8 +109,10 @@ class FillRelay(_Relay):
         now = datetime.now(UTC)
         ready = [r for r in rows if r.commission is not None or now - r.recorded_at >= self.commission_wait]
         if not ready:
-            if rows:  # some wait for their commission: look again soon
-                await asyncio.sleep(min(0.1, self.commission_wait.total_seconds()))
+            if rows:  # some wait for their commission: look again when one arrives, or soon
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(0.1, self.commission_wait.total_seconds()))
                 return True
             return False
         sends = [await self._send(row) for row in ready]

@@ -172,7 +172,7 @@ class OrderBatches:
             return []
         params = [_insert_params(new, owner_client_id) for new in orders]
         inserted: list[OrderRow] = []
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             async with conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.executemany(_INSERT_ORDER, params, returning=True)
                 while True:
@@ -195,7 +195,7 @@ class OrderBatches:
         if not changes:
             return []
         applied: list[AppliedChange] = []
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             rows = await _rows(conn, _LOCK_MANY, sorted({c.order_id for c in changes}))
             touched: dict[str, OrderRow] = {}
             for change in changes:
@@ -226,7 +226,7 @@ class OrderBatches:
         if not unique:
             return []
         reserved: list[tuple[OrderRow, int]] = []
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             cursor = await conn.execute(_TAKE_IDS, {"client_id": client_id, "next_valid_id": next_valid_id,
                                                     "count": len(unique)})
             last = await cursor.fetchone()
@@ -252,7 +252,7 @@ class OrderBatches:
             return []
         params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)} for f in fills]
         new: list[str] = []
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
             await cursor.executemany(_INSERT_FILL, params, returning=True)
             while True:
                 row = await cursor.fetchone()
@@ -266,7 +266,7 @@ class OrderBatches:
         """``(fill_id, commission, currency)`` for each commission report."""
         if not commissions:
             return
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
             await cursor.executemany(_SET_COMMISSION, [(c, cur, fid) for fid, c, cur in commissions])
 
 
