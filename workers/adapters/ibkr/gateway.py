@@ -234,7 +234,7 @@ class IbkrGateway:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((OSError, TimeoutError, ConnectionError, ModeMismatch)),
-            wait=wait_exponential_jitter(initial=0.2, max=max_delay, jitter=0.2),
+            wait=wait_exponential_jitter(multiplier=0.2, max=max_delay, jitter=0.2),
             stop=lambda _: stop.is_set(),
             sleep=pause,
             before_sleep=log_failure,
