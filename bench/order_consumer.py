@@ -36,21 +36,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import with_search_path  # noqa: E402
-from workers.adapters.avro import AvroCodec  # noqa: E402
-from workers.adapters.kafka.records import (  # noqa: E402
+from tests.conftest import with_search_path
+from workers.adapters.avro import AvroCodec
+from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     order_requested_record,
 )
-from workers.adapters.postgres.instruments import InstrumentMapper  # noqa: E402
-from workers.adapters.postgres.migrate import migrate  # noqa: E402
-from workers.adapters.postgres.pool import close_pool, open_pool  # noqa: E402
-from workers.adapters.postgres.rows import Instrument  # noqa: E402
-from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce  # noqa: E402
-from workers.settings import TopicNames  # noqa: E402
-from workers.sim.control import control_call  # noqa: E402
+from workers.adapters.postgres.instruments import InstrumentMapper
+from workers.adapters.postgres.migrate import migrate
+from workers.adapters.postgres.pool import close_pool, open_pool
+from workers.adapters.postgres.rows import Instrument
+from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
+from workers.settings import TopicNames
+from workers.sim.control import control_call
 
 ACCOUNT = "DU0000001"
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from workers import __version__
 from workers.adapters.avro import AvroCodec, DecodeError
 from workers.adapters.http.probes import ProbeServer
+from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.kafka.connection import kafka_client_kwargs
@@ -41,11 +42,13 @@ from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
+from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
+from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.order_service import OrderService, OrderSource
@@ -183,6 +186,20 @@ async def flip_kill_switch(switches: RuntimeSwitches, service: OrderService, on:
         await service.kill_switch_flipped()
 
 
+def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
+    """Resolve an id in the id convention through IBKR; None when it cannot be (the order is rejected)."""
+    lookup = IbkrContractLookup(gateway)
+
+    async def resolve(instrument_id: str) -> InstrumentRow | None:
+        try:
+            return (await resolve_on_demand(instrument_id, lookup, mapper)).row
+        except Exception as exc:  # unknown, ambiguous, malformed id, IBKR away: all mean "not mapped"
+            log.warning("instrument not resolvable on demand", instrument_id=instrument_id, error=str(exc))
+            return None
+
+    return resolve
+
+
 def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
     return GuardPolicy(
         allowed_accounts=settings.allowed_accounts,
@@ -239,7 +256,9 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     fills = FillStore(pool)
     writer = f"order-consumer:{settings.ibkr_client_id}"
     outbox = Outbox(pool, writer=writer)
-    instruments = InstrumentCache(InstrumentMapper(pool))
+    mapper = InstrumentMapper(pool)
+    instruments = InstrumentCache(mapper, resolver=on_demand_resolver(gateway, mapper)
+                                  if settings.instrument_resolve_on_demand else None)
     switches = RuntimeSwitches()
     outbox_relay = OutboxRelay(outbox, producer)
     fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     instrument_sync_interval: float = Field(default=3600.0, gt=0)
     instrument_universe_file: str | None = None
+    # Map an unknown instrument id (in the id convention) by asking IBKR when an order names it.
+    instrument_resolve_on_demand: bool = False
 
     # Topic overrides (TOPIC_ORDERS_REQUESTED, ...)
     topic_orders_requested: str = TopicNames.orders_requested

@@ -288,3 +288,18 @@ async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fi
         assert rows[ES.con_id].instrument_id == ES.instrument_id
     finally:
         await close_pool(pool)
+
+
+async def test_unknown_instrument_in_the_id_convention_is_resolved_on_demand_when_allowed(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics,
+                               instrument_resolve_on_demand=True) as h:
+        request = order("STK:MSFT:USD", quantity="3")  # not in the mapper; the sim knows MSFT
+        await h.send(request)
+        await h.wait_status(request.order_id, "FILLED")
+        await h.wait_for(lambda: len(h.observed.fills[request.order_id]) == 1, what="the fill")
+        assert h.observed.fills[request.order_id][0]["con_id"] == 272093
+        unknown = order("STK:NOPE:USD")
+        await h.send(unknown)
+        rejected = await h.wait_status(unknown.order_id, "REJECTED")
+        assert rejected["reason"].startswith("UNKNOWN_INSTRUMENT")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.instruments import Instrument
@@ -23,14 +25,19 @@ def instrument_from_row(row: InstrumentRow) -> Instrument:
         last_trade_date=row.last_trade_date,
         long_name=row.long_name,
         active=row.active,
+        strike=row.strike,
+        right=row.option_right,
     )
 
 
 class InstrumentCache:
     """Instruments by id and by conId, read through from PostgreSQL; unknown ids are not cached."""
 
-    def __init__(self, mapper: InstrumentMapper) -> None:
+    def __init__(self, mapper: InstrumentMapper,
+                 resolver: Callable[[str], Awaitable[InstrumentRow | None]] | None = None) -> None:
         self.mapper = mapper
+        # Resolves an id the table does not know yet (INSTRUMENT_RESOLVE_ON_DEMAND); None: unknown stays unknown.
+        self.resolver = resolver
         self._by_id: dict[str, Instrument] = {}
         self._id_by_con_id: dict[int, str] = {}
         self.hits = 0
@@ -43,6 +50,8 @@ class InstrumentCache:
             return cached
         self.misses += 1
         row = await self.mapper.get(instrument_id)
+        if row is None and self.resolver is not None:
+            row = await self.resolver(instrument_id)
         if row is None:
             return None
         instrument = instrument_from_row(row)
