@@ -75,9 +75,9 @@ WORKDIR /home/ibkr
 # The workers' probe port (/healthz, /readyz, /metrics, POST /kill-switch); the sim gateway listens on 4002.
 EXPOSE 8080 4002
 
-# Liveness of the workers that serve HEALTH_PORT (order-consumer). Commands without a probe port
-# (sim-gateway, migrate, topics, and instrument-sync until it serves one) get their own check, or none,
-# from docker-compose.kafka.yml; Kubernetes ignores HEALTHCHECK and uses the chart's probes.
+# Liveness of the workers that serve HEALTH_PORT (order-consumer, instrument-sync). Commands without a
+# probe port (sim-gateway, migrate, topics) get their own check, or none, from docker-compose.kafka.yml;
+# Kubernetes ignores HEALTHCHECK and uses the chart's probes.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HEALTH_PORT', '8080'), timeout=4)"]
 

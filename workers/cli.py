@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "submit": "workers.entrypoints.submit:run",
     "cancel": "workers.entrypoints.cancel:run",
     "tail": "workers.entrypoints.tail:run",
+    "paper-check": "workers.entrypoints.paper_check:run",
 }
 
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file")
 
     _add_client_commands(sub)
+    _add_paper_check(sub)
     return parser
 
 
@@ -121,6 +123,20 @@ def _add_client_commands(sub: Any) -> None:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
     tail.add_argument("--timeout", type=_positive, metavar="S", help="stop after S seconds")
+
+
+def _add_paper_check(sub: Any) -> None:
+    check = sub.add_parser(
+        "paper-check",
+        help="check a paper IB Gateway/TWS end to end: health, accounts, then a 1-share buy and sell",
+    )
+    check.add_argument("--yes", action="store_true", help="place the two test orders without asking")
+    check.add_argument("--live", action="store_true",
+                       help="allow a live port or live account (also needs IBKR_LIVE_CONFIRM=yes)")
+    check.add_argument("--symbol", type=str.upper, default="AAPL",
+                       help="a liquid US stock to buy and sell 1 share of (default AAPL)")
+    check.add_argument("--timeout", type=_positive, default=30.0, metavar="S",
+                       help="seconds to wait for the connection, each request and each fill (default 30)")
 
 
 def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:

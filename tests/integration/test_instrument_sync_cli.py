@@ -93,7 +93,7 @@ def sync_environment(database_url: str, sim: SimGateway, kafka_bootstrap: str, t
     host, port = sim.address
     return environment(database_url, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, IBKR_HOST=host,
                        IBKR_PORT=str(port), IBKR_CLIENT_ID="21", IBKR_PACING_PER_SECOND="1000",
-                       IBKR_CONNECT_TIMEOUT="5", **topic_env, **extra)
+                       IBKR_CONNECT_TIMEOUT="5", HEALTH_PORT="0", **topic_env, **extra)
 
 
 async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -182,6 +182,15 @@ def test_instrument_sync_never_runs_twice_during_an_update() -> None:
     assert "type: Recreate" in deployment
 
 
+def test_instrument_sync_probes_are_on_by_default(values: dict[str, Any]) -> None:
+    probes = values["instrumentSync"]["probes"]
+    assert probes["enabled"] is True
+    assert {"liveness", "readiness"} <= set(probes)
+    deployment = (TEMPLATES / "instrument-sync-deployment.yaml").read_text(encoding="utf-8")
+    assert "path: /healthz" in deployment and "path: /readyz" in deployment
+    assert "containerPort: {{ .Values.config.healthPort }}" in deployment
+
+
 def test_hooks_migrate_before_topics_before_the_workers() -> None:
     hooks = (TEMPLATES / "hooks.yaml").read_text(encoding="utf-8")
     assert '"helm.sh/hook": pre-install,pre-upgrade' in hooks

@@ -96,8 +96,11 @@ def test_start_order_waits_for_healthy_services_then_the_init(stack: dict[str, A
         depends = stack[name]["depends_on"]
         assert depends["init"] == {"condition": "service_completed_successfully"}
         assert depends["sim-gateway"]["condition"] == "service_healthy"
-    for name in ("kafka", "postgres", "sim-gateway", "order-consumer"):
+    for name in ("kafka", "postgres", "sim-gateway", "order-consumer", "instrument-sync"):
         assert "test" in stack[name]["healthcheck"]
+    for name in ("order-consumer", "instrument-sync"):
+        assert "/healthz" in " ".join(stack[name]["healthcheck"]["test"])
+        assert not stack[name]["healthcheck"].get("disable", False)
 
 
 def test_worker_containers_are_locked_down(stack: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -56,6 +56,16 @@ from workers.service_layer.contract_resolution import (
 )
 
 log = get_logger(__name__)
+
+
+class SyncMetrics(Protocol):
+    """Where a sync reports what it did (:class:`workers.metrics.Metrics` is one)."""
+
+    def instrument_synced(self, change: str) -> None: ...
+
+    def instrument_sync_failed(self) -> None: ...
+
+    def instrument_sync_pass(self, seconds: float, *, completed: bool = True) -> None: ...
 
 
 @dataclass
@@ -151,7 +161,8 @@ class InstrumentSync:
                  events: EventFactory, concurrency: int = 8, today: Callable[[], date] = utc_today,
                  resume_within: timedelta = timedelta(hours=1), progress_every: float = 5.0,
                  mark_batch: int = 200, stop_grace: float = 5.0,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, metrics: SyncMetrics | None = None,
+                 on_pass_started: Callable[[], None] | None = None) -> None:
         self.store = store
         self.mapper = mapper
         self.lookup = lookup
@@ -163,6 +174,8 @@ class InstrumentSync:
         self.mark_batch = mark_batch
         self.stop_grace = stop_grace
         self.on_change = on_change
+        self.metrics = metrics
+        self.on_pass_started = on_pass_started
         self.counters = SyncCounters()
 
     # -- a pass ---------------------------------------------------------------------------------
@@ -267,6 +280,9 @@ class InstrumentSync:
         if not any(differs(w, current.get(w.instrument_id)) for w in writes):
             run.unchanged += 1
             run.done += 1
+            if self.metrics is not None:
+                for _ in writes:
+                    self.metrics.instrument_synced(InstrumentChange.UNCHANGED.value)
             run.marks.append((row.instrument_id, row.spec_hash))
             if len(run.marks) >= self.mark_batch:
                 await self._flush_marks(run)
@@ -282,6 +298,8 @@ class InstrumentSync:
         changed = False
         for outcome in outcomes:
             run.count(outcome)
+            if self.metrics is not None:
+                self.metrics.instrument_synced(outcome.change.value)
             if outcome.change is not InstrumentChange.UNCHANGED:
                 changed = True
                 log.info("instrument changed", instrument_id=outcome.row.instrument_id,
@@ -297,6 +315,8 @@ class InstrumentSync:
         run.done += 1
         run.failed += 1
         self.counters.last_error = f"{row.instrument_id}: {error}"
+        if self.metrics is not None:
+            self.metrics.instrument_sync_failed()
         self._count(run)
 
     async def _existing(self, entry: UniverseEntry) -> list[InstrumentRow]:
@@ -395,6 +415,8 @@ class InstrumentSync:
             for outcome in outcomes:
                 run.count(outcome)
                 if outcome.change is InstrumentChange.DEACTIVATED:
+                    if self.metrics is not None:
+                        self.metrics.instrument_synced(outcome.change.value)
                     log.info("instrument changed", instrument_id=row.instrument_id, change="DEACTIVATED",
                              changed_fields=["active"], con_id=row.con_id, reason="expired")
                     if self.on_change is not None:
@@ -416,6 +438,8 @@ class InstrumentSync:
         c.last_pass_started_at = datetime.now(UTC)
         log.info("instrument sync pass started", pass_id=run.pass_id, resumed=resumed, entries=run.total,
                  already_done=run.skipped, concurrency=self.concurrency)
+        if self.on_pass_started is not None:
+            self.on_pass_started()
 
     def _count(self, run: _PassRun) -> None:
         self.counters.entries_done = run.skipped + run.done
@@ -447,6 +471,9 @@ class InstrumentSync:
         if summary.interrupted is None:
             c.passes_completed += 1
             c.last_pass_finished_at = datetime.now(UTC)
+        if self.metrics is not None:
+            # Completed: the whole universe was gone through (entries may have failed, counted apart).
+            self.metrics.instrument_sync_pass(summary.seconds, completed=summary.interrupted is None)
         rate = (summary.entries_done - summary.entries_skipped) / summary.seconds if summary.seconds else 0.0
         log.info("instrument sync pass finished" if summary.interrupted is None
                  else "instrument sync pass interrupted",
