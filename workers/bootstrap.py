@@ -298,7 +298,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
                        DeadLetters(producer, topics.orders_requested_dlq),
                        gate=lambda: gateway.connected and service.reconciled, batch_handler=handle_batch)
-    monitor = HealthMonitor(HealthThresholds())
+    monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
+                                               max_lag=settings.health_max_lag))
     facts = ProbeSet(
         ibkr_connected=lambda: gateway.connected,
         kafka_connected=lambda: kafka_reachable(producer),

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # Operations
     health_port: int = Field(default=8080, ge=0, le=65535)
     health_interval: float = Field(default=10.0, gt=0)
+    # A dependency down longer than this makes a worker UNHEALTHY (DEGRADED before); lag above the limit
+    # makes it DEGRADED.
+    health_unhealthy_after: float = Field(default=60.0, gt=0)
+    health_max_lag: int = Field(default=1000, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     instrument_sync_interval: float = Field(default=3600.0, gt=0)
     instrument_universe_file: str | None = None

@@ -23,6 +23,7 @@ from workers.adapters.kafka.records import (
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
+    WORKER_HEALTH,
     cancel_record,
     order_requested_record,
 )
@@ -78,6 +79,7 @@ class Observed:
     fills: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     positions: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[Any] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
 
     def last_status(self, order_id: str) -> str | None:
         seen = self.statuses.get(order_id)
@@ -171,7 +173,8 @@ class Harness:
     async def _watch(self) -> None:
         consumer = AIOKafkaConsumer(
             self.topics.orders_status, self.topics.fills_executed, self.topics.positions_updated,
-            self.topics.orders_requested_dlq, bootstrap_servers=self.bootstrap, group_id=None,
+            self.topics.orders_requested_dlq, self.topics.workers_health, bootstrap_servers=self.bootstrap,
+            group_id=None,
             auto_offset_reset="earliest", metadata_max_age_ms=1000,
         )
         await consumer.start()
@@ -185,6 +188,8 @@ class Harness:
                     self.observed.fills[value["order_id"]].append(value)
                 elif record.topic == self.topics.positions_updated:
                     self.observed.positions.append(self.codec.decode(record.value, POSITION_UPDATED))
+                elif record.topic == self.topics.workers_health:
+                    self.observed.health.append(self.codec.decode(record.value, WORKER_HEALTH))
                 else:
                     self.observed.dead_letters.append(record)
         finally:

@@ -312,7 +312,8 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
         resume_within=timedelta(seconds=settings.instrument_sync_interval), on_change=relay.notify,
         metrics=metrics,
     )
-    monitor = HealthMonitor(HealthThresholds())
+    monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
+                                               max_lag=settings.health_max_lag))
     facts = ProbeSet(
         ibkr_connected=lambda: gateway.connected,
         kafka_connected=lambda: kafka_reachable(producer),
