@@ -303,3 +303,17 @@ async def test_unknown_instrument_in_the_id_convention_is_resolved_on_demand_whe
         await h.send(unknown)
         rejected = await h.wait_status(unknown.order_id, "REJECTED")
         assert rejected["reason"].startswith("UNKNOWN_INSTRUMENT")
+
+
+async def test_informational_ibkr_messages_never_cancel_a_working_order(harness: Harness) -> None:
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    resting = order(order_type=OrderType.LIMIT, limit=str(price - 25), tif=TimeInForce.GTC)
+    await harness.send(resting)
+    await harness.wait_status(resting.order_id, "SUBMITTED")
+    for code in (2104, 2106, 2158, 1100, 1102, 10197):
+        harness.sim.send_system_message(code)
+    await asyncio.sleep(1.0)
+    assert harness.status_trail(resting.order_id)[-1] == "SUBMITTED"
+    assert harness.app is not None
+    assert (await harness.app.service.ledger.get(resting.order_id)).state.value == "SUBMITTED"  # type: ignore[union-attr]
+    assert [o.request.order_ref for o in harness.sim.open_orders()] == [resting.order_id]
