@@ -362,10 +362,10 @@ async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> di
     by_ref = await executions_by_ref(setup.sim)
     epochs = sorted(by_ref[o.order_id][0] for o in orders)
     rate = (count - 1) / (epochs[-1] - epochs[0])
+    violations = (await setup.sim.call("stats"))["pacing_violations"]
     watcher.task.cancel()
     await setup.sim.stop()
-    return {"orders": count, "budget_per_s": 45, "orders_per_s": rate,
-            "pacing_violations": (await setup.sim.call("stats"))["pacing_violations"]}
+    return {"orders": count, "budget_per_s": 45, "orders_per_s": rate, "pacing_violations": violations}
 
 
 async def bench_bare_ib(count: int) -> dict[str, Any]:
