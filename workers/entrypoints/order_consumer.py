@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 
 from workers.domain.trading_mode import ModeMismatch
@@ -23,6 +24,10 @@ async def run(args: argparse.Namespace) -> int:
         app = await build_order_consumer(settings, instance_id=instance)
     except ModeMismatch as exc:
         raise SettingsError(f"refusing to trade: {exc}") from None
+    # Everything built so far lives as long as the process: keep it out of the collector's scans, and
+    # collect the young generation less often, so collection pauses do not show in order latency.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop.set)

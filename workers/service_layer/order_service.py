@@ -14,6 +14,7 @@ The rules that make "one event = at most one IBKR order" hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ class OrderService:
         self.positions = positions
         self._received_at: dict[str, float] = {}
         self._in_report_batch = False
+        self._ids_in_order = asyncio.Lock()
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
         self._reconciled = asyncio.Event()
         self.placed = 0
@@ -121,7 +123,7 @@ class OrderService:
         await self.on_orders_requested([(order, OrderSource(source_topic, source_partition, source_offset))])
 
     async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
-        """Record, check and queue a batch of orders in one transaction.
+        """Record, check and place a batch of orders; one transaction records (and reserves) them all.
 
         A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status.
         """
@@ -131,6 +133,40 @@ class OrderService:
             for _, source in items:
                 if source.timestamp is not None:
                     self.metrics.order_stage("queued", wall - source.timestamp)
+        new, republish, loose, rejections = await self._check(items)
+        # Connected and reconciled (the consume gate makes sure of it): the IBKR ids are reserved in the
+        # recording transaction and the orders placed at once; otherwise the placer reserves them later.
+        # The lock keeps reservation and sending together, so ids reach IBKR in increasing order.
+        place_now = not self.readonly and self.broker.connected and self._reconciled.is_set()
+        async with self._ids_in_order if place_now else contextlib.nullcontext():
+            # A cancel that came first turns an ACCEPTED order CANCELLED inside the insert.
+            inserted = await self.batches.record_new(
+                new, self.client_id, self.events.status,
+                reserve_next_valid_id=self.broker.next_valid_id_at_connect if place_now else None,
+            )
+            if self.metrics is not None:
+                self.metrics.order_stage("record", time.monotonic() - started)
+            self.on_published()
+            await self._place_recorded(inserted)
+        # An order_id the ledger knew already was not inserted: a redelivery, its status goes out again.
+        inserted_ids = {row.order_id for row in inserted}
+        republish.extend(n.order.order_id for n in new if n.order.order_id not in inserted_ids)
+        for row in inserted:
+            if row.order_id in rejections:
+                self._count_rejection(_request_of(row), rejections[row.order_id])
+        if republish:
+            rows = await self.batches.get_many(republish)
+            loose.extend(self.events.status(rows[i], None) for i in republish if i in rows)
+            log.info("orders redelivered; re-publishing their status", count=len(republish))
+        if loose:
+            await self.outbox.add_many(loose)
+            self.on_published()
+        log.info("orders recorded", count=len(inserted),
+                 accepted=sum(r.state in (OrderState.ACCEPTED, OrderState.PLACING) for r in inserted))
+
+    async def _check(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> tuple[
+            list[NewOrder], list[str], list[OutboxMessage], dict[str, OrderRejected]]:
+        """Guards for each new order: what to record, what to re-publish, what to announce only."""
         policy = self.policy()
         new: list[NewOrder] = []
         republish: list[str] = []
@@ -154,33 +190,30 @@ class OrderService:
                 rejections[order.order_id] = rejection
                 state, reason = OrderState.REJECTED, rejection.text
             new.append(NewOrder(order, state, reason, source.topic, source.partition, source.offset))
-        # A cancel that came first turns an ACCEPTED order CANCELLED inside the insert. An order_id the
-        # ledger knows already is not inserted: that is a redelivery, and its status is re-published.
-        inserted = await self.batches.record_new(new, self.client_id, self.events.status)
-        inserted_ids = {row.order_id for row in inserted}
-        republish.extend(n.order.order_id for n in new if n.order.order_id not in inserted_ids)
-        for row in inserted:
-            if row.order_id in rejections:
-                self._count_rejection(_request_of(row), rejections[row.order_id])
-        if republish:
-            rows = await self.batches.get_many(republish)
-            loose.extend(self.events.status(rows[i], None) for i in republish if i in rows)
-            log.info("orders redelivered; re-publishing their status", count=len(republish))
-        if loose:
-            await self.outbox.add_many(loose)
+        return new, republish, loose, rejections
+
+    async def _place_recorded(self, inserted: Sequence[OrderRow]) -> None:
+        """Send the orders reserved while recording; queue the ACCEPTED ones for the placer."""
         now = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.order_stage("record", now - started)
+        reserved: list[tuple[OrderRow, int]] = []
         for row in inserted:
-            if row.state is OrderState.ACCEPTED:
+            if row.state is OrderState.PLACING and row.ib_order_id is not None:
+                self._received_at[row.order_id] = now
+                reserved.append((row, row.ib_order_id))
+            elif row.state is OrderState.ACCEPTED:
                 self._received_at[row.order_id] = now
                 if not self.readonly:
                     self._to_place.put_nowait(row.order_id)
             elif row.state is OrderState.CANCELLED and self.metrics is not None:
                 self.metrics.order_cancelled()
-        self.on_published()
-        log.info("orders recorded", count=len(inserted),
-                 accepted=sum(r.state is OrderState.ACCEPTED for r in inserted))
+        if not reserved:
+            return
+        try:
+            await self._send(reserved)
+        except ConnectionError as exc:
+            # Recorded and reserved: reconciliation finds IBKR never got them and places them again.
+            log.warning("placing failed: not connected; the orders stay for reconciliation",
+                        count=len(reserved), error=str(exc))
 
     def _count_rejection(self, order: OrderRequested, rejection: OrderRejected) -> None:
         self.rejected[rejection.reason.value] = self.rejected.get(rejection.reason.value, 0) + 1
@@ -257,14 +290,20 @@ class OrderService:
     async def _place(self, order_ids: list[str]) -> None:
         if not self.broker.connected:
             return  # still ACCEPTED: reconciliation queues them again after the reconnect
-        reserved = await self.batches.reserve_ib_order_ids(order_ids, self.client_id,
-                                                            self.broker.next_valid_id_at_connect)
+        async with self._ids_in_order:
+            reserved = await self.batches.reserve_ib_order_ids(order_ids, self.client_id,
+                                                                self.broker.next_valid_id_at_connect)
+            now = time.monotonic()
+            if self.metrics is not None:
+                for row, _ in reserved:
+                    received = self._received_at.get(row.order_id)
+                    if received is not None:
+                        self.metrics.order_stage("waiting", now - received)
+            await self._send(reserved)
+
+    async def _send(self, reserved: Sequence[tuple[OrderRow, int]]) -> None:
+        """placeOrder for each reserved order, in id order."""
         now = time.monotonic()
-        if self.metrics is not None:
-            for row, _ in reserved:
-                received = self._received_at.get(row.order_id)
-                if received is not None:
-                    self.metrics.order_stage("waiting", now - received)
         for row, ib_order_id in reserved:
             instrument = await self.instruments.get(row.instrument_id)
             if instrument is None:

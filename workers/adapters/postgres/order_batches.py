@@ -165,9 +165,13 @@ class OrderBatches:
             cursor = await conn.execute(_PENDING_CANCELS, (list(order_ids),))
             return {str(row[0]) for row in await cursor.fetchall()}
 
-    async def record_new(self, orders: Sequence[NewOrder], owner_client_id: int,
-                         status: StatusRecord) -> list[OrderRow]:
-        """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted."""
+    async def record_new(self, orders: Sequence[NewOrder], owner_client_id: int, status: StatusRecord,
+                         reserve_next_valid_id: int | None = None) -> list[OrderRow]:
+        """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted.
+
+        With ``reserve_next_valid_id`` the ACCEPTED ones also get their IBKR order ids in the same
+        transaction (state PLACING, published as ACCEPTED): one commit instead of two before placeOrder.
+        """
         if not orders:
             return []
         params = [_insert_params(new, owner_client_id) for new in orders]
@@ -181,6 +185,11 @@ class OrderBatches:
                         inserted.append(order_row(record))
                     if not cursor.nextset():
                         break
+            accepted = [row.order_id for row in inserted if row.state is OrderState.ACCEPTED]
+            if reserve_next_valid_id is not None and accepted:
+                placing = {row.order_id: row for row, _ in
+                           await _take_ids(conn, accepted, owner_client_id, reserve_next_valid_id)}
+                inserted = [placing.get(row.order_id, row) for row in inserted]
             if inserted:
                 messages = [status(row, None) for row in inserted]
                 async with conn.cursor() as cursor:
@@ -222,29 +231,10 @@ class OrderBatches:
         Ids are above both ``next_valid_id`` and every id ever reserved for ``client_id``. An id taken for
         an order that is no longer ACCEPTED (cancelled meanwhile) is simply never used: IB allows gaps.
         """
-        unique = list(dict.fromkeys(order_ids))
-        if not unique:
+        if not order_ids:
             return []
-        reserved: list[tuple[OrderRow, int]] = []
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            cursor = await conn.execute(_TAKE_IDS, {"client_id": client_id, "next_valid_id": next_valid_id,
-                                                    "count": len(unique)})
-            last = await cursor.fetchone()
-            assert last is not None  # INSERT ... RETURNING always returns the row
-            first_id = int(last[0]) - len(unique) + 1
-            params = [{"client_id": client_id, "ib_order_id": first_id + i, "order_id": order_id}
-                      for i, order_id in enumerate(unique)]
-            async with conn.cursor(row_factory=dict_row) as rows:
-                await rows.executemany(_SET_PLACING, params, returning=True)
-                while True:
-                    record = await rows.fetchone()
-                    if record is not None:
-                        row = order_row(record)
-                        assert row.ib_order_id is not None
-                        reserved.append((row, row.ib_order_id))
-                    if not rows.nextset():
-                        break
-        return reserved
+            return await _take_ids(conn, order_ids, client_id, next_valid_id)
 
     async def insert_fills(self, fills: Sequence[FillFields]) -> list[str]:
         """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
@@ -268,6 +258,31 @@ class OrderBatches:
             return
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
             await cursor.executemany(_SET_COMMISSION, [(c, cur, fid) for fid, c, cur in commissions])
+
+
+async def _take_ids(conn: AsyncConnection[TupleRow], order_ids: Sequence[str], client_id: int,
+                    next_valid_id: int) -> list[tuple[OrderRow, int]]:
+    """Within the caller's transaction: reserve ids for the ACCEPTED ones of ``order_ids`` (PLACING)."""
+    unique = list(dict.fromkeys(order_ids))
+    cursor = await conn.execute(_TAKE_IDS, {"client_id": client_id, "next_valid_id": next_valid_id,
+                                            "count": len(unique)})
+    last = await cursor.fetchone()
+    assert last is not None  # INSERT ... RETURNING always returns the row
+    first_id = int(last[0]) - len(unique) + 1
+    params = [{"client_id": client_id, "ib_order_id": first_id + i, "order_id": order_id}
+              for i, order_id in enumerate(unique)]
+    reserved: list[tuple[OrderRow, int]] = []
+    async with conn.cursor(row_factory=dict_row) as rows:
+        await rows.executemany(_SET_PLACING, params, returning=True)
+        while True:
+            record = await rows.fetchone()
+            if record is not None:
+                row = order_row(record)
+                assert row.ib_order_id is not None
+                reserved.append((row, row.ib_order_id))
+            if not rows.nextset():
+                break
+    return reserved
 
 
 def _insert_params(new: NewOrder, owner_client_id: int) -> dict[str, object]:
