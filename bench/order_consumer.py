@@ -189,7 +189,7 @@ async def stage_quantiles(health_port: int) -> dict[str, dict[str, float]]:
         if not total:
             continue
         result[stage] = {f"p{int(q * 100)}_ms_at_most": next(b for b, c in points if c >= q * total) * 1000
-                         for q in (0.5, 0.99)}
+                         for q in (0.5, 0.9, 0.99)}
     return result
 
 

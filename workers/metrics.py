@@ -139,7 +139,8 @@ class Metrics:
             "Time an order spends in each stage: queued (Kafka timestamp to handler), record (ledger "
             "write of its batch), waiting (recorded to reserved), send (reserved to placeOrder written).",
             ["stage"], registry=r,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25,
+                     0.5, 1.0, 2.5, 5.0),
         )
         self._order_status_transitions = Counter(
             PREFIX + "order_status_transitions", "Order state changes written to the ledger.", ["from", "to"],

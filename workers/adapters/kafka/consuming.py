@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from workers.logs import get_logger
@@ -91,6 +91,7 @@ class ConsumeLoop:
         self.gate_closed = False
         self.last_error: str | None = None
         self.last_failed_offset: int | None = None
+        self._pending_commit: asyncio.Task[None] | None = None
 
     async def _wait_for_gate(self, stop: asyncio.Event) -> None:
         """While the gate is closed (IBKR down), pause every partition: consume nothing we cannot place."""
@@ -140,6 +141,7 @@ class ConsumeLoop:
                     log.info("consumer resumed", after_failures=failures)
                 failures = 0
                 self.paused = False
+        await self.flush_commits()
 
     async def _handle_each(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
                            stop: asyncio.Event) -> bool:
@@ -186,7 +188,12 @@ class ConsumeLoop:
                 self.consumer.seek(partition, records[0].offset)
             return False
         self.consumed += count
-        await self._commit_many({partition: records[-1].offset + 1 for partition, records in batches})
+        # The commit goes out while the next batch is fetched and handled. Commits stay in order (one
+        # at a time, on one coordinator connection); a crash before one completes only redelivers
+        # records the ledger already holds.
+        await self.flush_commits()
+        offsets = {partition: records[-1].offset + 1 for partition, records in batches}
+        self._pending_commit = asyncio.create_task(self._commit_many(offsets), name="offset-commit")
         return True
 
     async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
@@ -228,16 +235,23 @@ class ConsumeLoop:
             await self.dead_letters.send(record, exc.reason, exc.stage)
             return None
 
+    async def flush_commits(self) -> None:
+        """Wait for the offset commit in flight, if any."""
+        pending, self._pending_commit = self._pending_commit, None
+        if pending is not None:
+            await pending
+
     async def _commit(self, partition: TopicPartition, offset: int) -> None:
         await self._commit_many({partition: offset})
 
     async def _commit_many(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partition moved to another member during a rebalance: it will see these records
-            # again, and the ledger makes the redelivery harmless.
-            log.warning("offset commit failed after a rebalance", partitions=len(offsets), error=str(exc))
+        except KafkaError as exc:
+            # A rebalance moved the partition, or the coordinator was away: the records come again,
+            # and the ledger makes the redelivery harmless.
+            log.warning("offset commit failed; the records will be redelivered", partitions=len(offsets),
+                        error=str(exc))
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
         self.consumed += 1
