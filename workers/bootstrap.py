@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers import __version__
 from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.avro.wire import codec_for, decode_any
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
@@ -29,9 +30,13 @@ from workers.adapters.kafka.health_publisher import (
 from workers.adapters.kafka.lag import consumer_lag
 from workers.adapters.kafka.publishing import FillRelay, OutboxRelay
 from workers.adapters.kafka.records import (
+    FILL_EXECUTED,
     INSTRUMENT_UPDATED,
     ORDER_CANCEL_REQUESTED,
     ORDER_REQUESTED,
+    ORDER_STATUS_CHANGED,
+    POSITION_UPDATED,
+    WORKER_HEALTH,
     cancel_from_record,
     order_requested_from_record,
 )
@@ -215,11 +220,11 @@ def _decoder(codec: AvroCodec, settings: Settings) -> Any:
     async def decode(topic: str, value: bytes) -> OrderRequested | OrderCancelRequested | InstrumentChanged:
         try:
             if topic == topics.orders_requested:
-                return order_requested_from_record(codec.decode(value, ORDER_REQUESTED))
+                return order_requested_from_record(await decode_any(codec, value, ORDER_REQUESTED))
             if topic == topics.orders_cancel_requested:
-                return cancel_from_record(codec.decode(value, ORDER_CANCEL_REQUESTED))
+                return cancel_from_record(await decode_any(codec, value, ORDER_CANCEL_REQUESTED))
             if topic == topics.instruments_updated:
-                return InstrumentChanged(codec.decode(value, INSTRUMENT_UPDATED)["instrument_id"])
+                return InstrumentChanged((await decode_any(codec, value, INSTRUMENT_UPDATED))["instrument_id"])
         except DecodeError as exc:
             raise Undecodable(f"{exc.kind}: {exc.reason}") from None
         except (KeyError, ValueError, TypeError) as exc:
@@ -233,10 +238,13 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                                instance_id: str | None = None) -> OrderConsumerApp:
     """Build the order-consumer with real adapters from ``settings``."""
     check_port(settings.ibkr_trading_mode, settings.ibkr_effective_port)
-    codec = codec or AvroCodec()
+    topics = settings.topics
+    codec = codec or await codec_for(settings.schema_registry_url, {
+        ORDER_STATUS_CHANGED: topics.orders_status, FILL_EXECUTED: topics.fills_executed,
+        POSITION_UPDATED: topics.positions_updated, WORKER_HEALTH: topics.workers_health,
+    })
     instance_id = instance_id or uuid.uuid4().hex[:8]
     metrics = Metrics()
-    topics = settings.topics
     kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
                                     **kafka_client_kwargs(settings)}
     pool = await open_pool(settings.database_dsn, max_size=settings.database_pool_size)

@@ -130,7 +130,9 @@ class Harness:
         return Settings(**values)
 
     async def start_consumer(self, **overrides: Any) -> None:
-        self.app = await build_order_consumer(self.settings(**overrides), codec=self.codec)
+        # With a schema registry the worker builds its own codec from the settings, as in production.
+        codec = None if overrides.get("schema_registry_url") else self.codec
+        self.app = await build_order_consumer(self.settings(**overrides), codec=codec)
         self._app_task = asyncio.create_task(self.app.run())
 
     async def stop_consumer(self) -> None:
@@ -192,6 +194,17 @@ class Harness:
                     self.observed.health.append(self.codec.decode(record.value, WORKER_HEALTH))
                 else:
                     self.observed.dead_letters.append(record)
+        finally:
+            await consumer.stop()
+
+    async def raw_records(self, topic: str) -> list[bytes]:
+        """Every value on ``topic`` so far, as bytes."""
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            batches = await consumer.getmany(timeout_ms=2000)
+            return [record.value for records in batches.values() for record in records]
         finally:
             await consumer.stop()
 

@@ -1,0 +1,52 @@
+"""With SCHEMA_REGISTRY_URL the order-consumer writes the Confluent framing, schemas registered per topic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fake_registry import FakeRegistry
+from tests.integration.harness import Harness, order
+from workers.adapters.avro import RegistryCodec, SchemaRegistryClient
+from workers.adapters.avro.wire import RegistryFramedCodec
+from workers.adapters.kafka.records import (
+    FILL_EXECUTED,
+    ORDER_REQUESTED,
+    ORDER_STATUS_CHANGED,
+    POSITION_UPDATED,
+    WORKER_HEALTH,
+)
+from workers.settings import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+async def test_events_are_confluent_framed_and_registered_under_topic_subjects(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    fake = FakeRegistry()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    harness = Harness(kafka_bootstrap, database_url, kafka_topics)
+    # The test reads the topics with a codec of its own that knows both framings.
+    reader = RegistryFramedCodec(RegistryCodec(SchemaRegistryClient(url)), {
+        ORDER_STATUS_CHANGED: kafka_topics.orders_status, FILL_EXECUTED: kafka_topics.fills_executed,
+        ORDER_REQUESTED: kafka_topics.orders_requested, POSITION_UPDATED: kafka_topics.positions_updated,
+        WORKER_HEALTH: kafka_topics.workers_health})
+    await reader.prepare()
+    harness.codec = reader
+    try:
+        await harness.start(True, schema_registry_url=url)
+        request = order()
+        await harness.send(request)  # Confluent framed as well: the worker reads both framings
+        await harness.wait_status(request.order_id, "FILLED")
+        await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
+        assert f"{kafka_topics.orders_status}-value" in fake.subjects
+        assert f"{kafka_topics.fills_executed}-value" in fake.subjects
+        assert f"{kafka_topics.workers_health}-value" in fake.subjects
+        status_id = fake.subjects[f"{kafka_topics.orders_status}-value"][0]
+        raw = await harness.raw_records(kafka_topics.orders_status)
+        assert raw and all(value[0] == 0 and int.from_bytes(value[1:5], "big") == status_id for value in raw)
+    finally:
+        await harness.stop()
+        server.close()
