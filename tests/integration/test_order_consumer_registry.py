@@ -50,3 +50,34 @@ async def test_events_are_confluent_framed_and_registered_under_topic_subjects(
     finally:
         await harness.stop()
         server.close()
+
+
+async def test_the_order_client_from_settings_writes_the_confluent_framing(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    from decimal import Decimal
+
+    from workers.client import OrderClient
+
+    fake = FakeRegistry()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    harness = Harness(kafka_bootstrap, database_url, kafka_topics)
+    reader = RegistryFramedCodec(RegistryCodec(SchemaRegistryClient(url)), {
+        ORDER_STATUS_CHANGED: kafka_topics.orders_status, FILL_EXECUTED: kafka_topics.fills_executed,
+        POSITION_UPDATED: kafka_topics.positions_updated, WORKER_HEALTH: kafka_topics.workers_health})
+    await reader.prepare()
+    harness.codec = reader
+    try:
+        await harness.start(True, schema_registry_url=url)
+        settings = harness.settings(schema_registry_url=url)
+        async with OrderClient.from_settings(settings) as client:
+            order_id = await client.submit(account="DU0000001", instrument_id="STK:AAPL:USD", side="BUY",
+                                           quantity=Decimal(2), order_type="MARKET")
+            final = await client.wait_for_final(order_id, timeout=30)
+        assert final.status == "FILLED"
+        assert f"{kafka_topics.orders_requested}-value" in fake.subjects
+        raw = await harness.raw_records(kafka_topics.orders_requested)
+        assert raw and all(value[0] == 0 for value in raw)
+    finally:
+        await harness.stop()
+        server.close()

@@ -43,7 +43,8 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import PoolTimeout
 
 from workers import __version__
-from workers.adapters.avro import AvroCodec
+from workers.adapters.avro import AvroCodec, RegistryError
+from workers.adapters.avro.wire import codec_for
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import ConnectionChanged, IbkrGateway, IbReport
@@ -57,6 +58,7 @@ from workers.adapters.kafka.health_publisher import (
 )
 from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
 from workers.adapters.kafka.publishing import OutboxRelay
+from workers.adapters.kafka.records import INSTRUMENT_UPDATED, WORKER_HEALTH
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
@@ -280,7 +282,12 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
                                 concurrency: int = CONCURRENCY,
                                 instance_id: str | None = None) -> InstrumentSyncApp:
     """Build the instrument-sync with real adapters from ``settings``; raises :class:`StartupFailed`."""
-    codec = codec or AvroCodec()
+    try:
+        codec = codec or await codec_for(settings.schema_registry_url, {
+            INSTRUMENT_UPDATED: settings.topics.instruments_updated, WORKER_HEALTH: settings.topics.workers_health,
+        })
+    except RegistryError as exc:
+        raise StartupFailed(f"schema registry unreachable: {exc}") from None
     instance = instance_id or uuid.uuid4().hex[:8]
     metrics = Metrics()
     topic = settings.topics.instruments_updated

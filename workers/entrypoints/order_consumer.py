@@ -7,6 +7,7 @@ import asyncio
 import gc
 import signal
 
+from workers.adapters.avro import RegistryError
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import SettingsError, load_settings
@@ -24,6 +25,8 @@ async def run(args: argparse.Namespace) -> int:
         app = await build_order_consumer(settings, instance_id=instance)
     except ModeMismatch as exc:
         raise SettingsError(f"refusing to trade: {exc}") from None
+    except RegistryError as exc:
+        raise SettingsError(f"schema registry unreachable: {exc}") from None
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()

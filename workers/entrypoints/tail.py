@@ -25,7 +25,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.avro import AvroCodec, DecodeError, RegistryError
+from workers.adapters.avro.wire import codec_for
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
@@ -171,8 +172,14 @@ async def run(args: argparse.Namespace) -> int:
         print(f"ibkr-workers tail: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr)
         return 3
     try:
-        printed = await tail(consumer, AvroCodec(), RECORDS[field_name], as_json=args.json,
+        # With a registry: the contract's schema ids under each topic's subject, looked up once.
+        codec = await codec_for(settings.schema_registry_url, {
+            record: getattr(settings.topics, name) for name, record in RECORDS.items() if record is not None})
+        printed = await tail(consumer, codec, RECORDS[field_name], as_json=args.json,
                              max_records=args.max, stop=stop)
+    except RegistryError as exc:
+        print(f"ibkr-workers tail: schema registry at {settings.schema_registry_url}: {exc}", file=sys.stderr)
+        return 3
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
