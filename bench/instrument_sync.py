@@ -126,6 +126,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 versions, outbox = await snapshot(pool)
                 second = await sync.run_pass()
                 versions_after, outbox_after = await snapshot(pool)
+                # IB answers a pacing violation with error 100: count what the sim sent us.
+                violations = gateway.errors_by_code.get(100, 0)
             finally:
                 await gateway.close()
                 await close_pool(pool)
@@ -138,7 +140,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rewritten = sum(1 for key, version in versions_after.items() if versions.get(key) != version)
     return {
         "entries": args.entries, "concurrency": args.concurrency, "pacing": args.pacing,
-        "load_seconds": round(load_seconds, 2),
+        "load_seconds": round(load_seconds, 2), "pacing_violations": violations,
         "first_pass": {"seconds": round(first.seconds, 2), "entries_per_s": round(rate(first), 1),
                        "created": first.created, "failed": first.entries_failed, "outbox_records": outbox},
         "second_pass": {"seconds": round(second.seconds, 2), "entries_per_s": round(rate(second), 1),
