@@ -27,7 +27,7 @@ from workers.logs import get_logger
 log = get_logger(__name__)
 
 # IB error codes that are notices, not failures of a request: connectivity, farms, and the like.
-INFORMATIONAL_CODES = frozenset({1100, 1101, 1102, 2100, 2103, 2104, 2105, 2106, 2107, 2108, 2119,
+INFORMATIONAL_CODES = frozenset({202, 1100, 1101, 1102, 2100, 2103, 2104, 2105, 2106, 2107, 2108, 2119,
                                  2137, 2157, 2158, 10349, 399, 404})
 
 
