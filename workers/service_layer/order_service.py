@@ -252,9 +252,16 @@ class OrderService:
             return
         if row.ib_order_id is None or not self.broker.connected:
             return  # stays pending; the sweep retries once connected
-        if row.state is not OrderState.CANCEL_PENDING:
-            await self._transition(row.order_id, OrderState.CANCEL_PENDING, reason=text)
-        await self.broker.cancel(row.ib_order_id)
+        # An order being reserved and sent holds this lock: the cancel must reach IBKR after its placeOrder,
+        # or IBKR would refuse it (10147) and the order would then go out uncancelled.
+        async with self._ids_in_order:
+            current = await self.ledger.get(row.order_id)
+            if current is None or current.state.is_final or current.ib_order_id is None:
+                await self.ledger.mark_cancel_handled(row.order_id)
+                return
+            if current.state is not OrderState.CANCEL_PENDING:
+                await self._transition(row.order_id, OrderState.CANCEL_PENDING, reason=text)
+            await self.broker.cancel(current.ib_order_id)
         await self.ledger.mark_cancel_handled(row.order_id)
 
     async def sweep_cancels(self) -> None:
@@ -302,7 +309,14 @@ class OrderService:
             await self._send(reserved)
 
     async def _send(self, reserved: Sequence[tuple[OrderRow, int]]) -> None:
-        """placeOrder for each reserved order, in id order."""
+        """placeOrder for each reserved order, in id order (none while the kill switch is on)."""
+        if reserved and self.policy().kill_switch:
+            # Accepted before the switch went on, not sent yet: they never reach IBKR.
+            for row, _ in reserved:
+                await self._transition(row.order_id, OrderState.CANCELLED,
+                                       reason=f"{RejectReason.KILL_SWITCH}: the kill switch went on before "
+                                              "the order was placed")
+            return
         now = time.monotonic()
         for row, ib_order_id in reserved:
             instrument = await self.instruments.get(row.instrument_id)
