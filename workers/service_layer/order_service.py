@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Protocol
 
 from ib_insync import Contract, Order
@@ -42,7 +41,6 @@ from workers.adapters.postgres.positions import PositionRow, PositionStore
 from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order
 from workers.domain.orders import (
-    IllegalTransition,
     OrderCancelRequested,
     OrderRequested,
     OrderState,
@@ -382,10 +380,13 @@ class OrderService:
         level("ibkr message", code=error.code, req_id=error.req_id, message=error.message)
 
     async def _on_statuses(self, statuses: Sequence[IbOrderStatus]) -> None:
-        changes = [change for change in map(_status_change, statuses) if change is not None]
+        await self._apply([change for change in map(_status_change, statuses) if change is not None])
+
+    async def _apply(self, changes: Sequence[StatusChange]) -> int:
+        """Write the legal ones of ``changes`` (with their status records); return how many were written."""
         applied = await self.batches.apply(changes, self.events.status)
         if not applied:
-            return
+            return 0
         self.on_published()
         for change in applied:
             if self.metrics is not None:
@@ -394,6 +395,7 @@ class OrderService:
                     self.metrics.order_cancelled()
             log.info("order status", order_id=change.row.order_id, state=change.row.state.value,
                      previous=change.previous.value)
+        return len(applied)
 
     async def _on_executions(self, executions: Sequence[IbExecution]) -> None:
         rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
@@ -430,27 +432,10 @@ class OrderService:
                    if f.fill_id.rpartition(".")[0] == base and f.fill_id != exec_id]
         return max(earlier, key=lambda fid: int(fid.rpartition(".")[2] or 0)) if earlier else None
 
-    async def _transition(self, order_id: str, state: OrderState, *, filled: Decimal | None = None,
-                          remaining: Decimal | None = None, avg_price: Decimal | None = None,
-                          perm_id: int | None = None, reason: str | None = None,
-                          error_code: int | None = None) -> OrderRow | None:
-        before = await self.ledger.get(order_id)
-        previous = before.state if before is not None else None
-        try:
-            row = await self.ledger.transition(
-                order_id, state, filled_quantity=filled, remaining_quantity=remaining,
-                avg_fill_price=avg_price, ib_perm_id=perm_id, reason=reason, ib_error_code=error_code,
-                outbox=lambda r: self.events.status(r, previous),
-            )
-        except IllegalTransition as exc:
-            log.info("status change refused by the ledger", order_id=order_id, current=exc.current.value,
-                     requested=exc.requested.value)
-            return None
-        self.on_published()
-        if state is OrderState.CANCELLED and self.metrics is not None:
-            self.metrics.order_cancelled()
-        log.info("order status", order_id=order_id, state=state.value, previous=previous and previous.value)
-        return row
+    async def _transition(self, order_id: str, state: OrderState, *, reason: str | None = None) -> None:
+        """One state change decided by the worker itself (cancel, rejection), through the same path as IBKR's."""
+        if not await self._apply([StatusChange(order_id, state, reason=reason)]):
+            log.info("status change refused by the ledger", order_id=order_id, requested=state.value)
 
     # -- reconciliation ---------------------------------------------------------------------------
 
