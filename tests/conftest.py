@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from workers.adapters.postgres.migrate import migrate
+from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.settings import TopicNames
 
 HOW_TO_START = (
@@ -93,6 +95,17 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_server_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    """A connection pool (4 connections) on this test's own schema, migrated to the latest version."""
+    await migrate(database_url)
+    opened = await open_pool(database_url, max_size=4)
+    try:
+        yield opened
+    finally:
+        await close_pool(opened)
 
 
 @pytest.fixture

@@ -391,7 +391,8 @@ class GatewayDropsAfter:
     async def lookup(self, spec: ContractSpec) -> list[ContractDetail]:
         self.left -= 1
         if self.left == 0:
-            asyncio.get_running_loop().call_later(0.01, self.sim.drop_connections)
+            # Before the request: whatever is in flight then, and this request, meets a closed connection.
+            self.sim.drop_connections()
         return await self.inner.lookup(spec)
 
 

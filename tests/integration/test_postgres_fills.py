@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,24 +13,13 @@ from psycopg import errors
 
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.migrate import migrate
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import Fill
 from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
 
 pytestmark = pytest.mark.integration
 
 EXECUTED_AT = datetime(2025, 3, 3, 14, 31, 5, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    await migrate(database_url)
-    pool = await open_pool(database_url, max_size=2)
-    try:
-        yield pool
-    finally:
-        await close_pool(pool)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -13,8 +12,7 @@ from psycopg import errors
 
 from workers.adapters.postgres.errors import ConIdConflict, UnknownInstrument
 from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.migrate import migrate
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import Instrument, InstrumentChange
 
 pytestmark = pytest.mark.integration
@@ -46,16 +44,6 @@ ES = Instrument(
     last_trade_date="20250321",
     long_name="E-mini S&P 500",
 )
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    await migrate(database_url)
-    pool = await open_pool(database_url, max_size=3)
-    try:
-        yield pool
-    finally:
-        await close_pool(pool)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,9 +14,8 @@ from psycopg import errors
 
 from workers.adapters.postgres.errors import UnknownOrder
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.outbox import Outbox
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OrderRow, OutboxMessage
 from workers.domain.orders import (
     IllegalTransition,
@@ -36,16 +34,6 @@ INSERT INTO orders (order_id, account, instrument_id, side, quantity, order_type
                     created_at, state, remaining_quantity)
 VALUES (%s, 'DU000001', 'AAPL', 'BUY', %s, 'MARKET', 'DAY', now(), %s, %s)
 """
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    await migrate(database_url)
-    pool = await open_pool(database_url, max_size=4)
-    try:
-        yield pool
-    finally:
-        await close_pool(pool)
 
 
 @pytest.fixture

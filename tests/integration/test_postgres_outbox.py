@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.outbox import Outbox
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OutboxMessage
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    await migrate(database_url)
-    pool = await open_pool(database_url, max_size=2)
-    try:
-        yield pool
-    finally:
-        await close_pool(pool)
 
 
 async def test_outbox_records_wait_in_order_until_published(pool: Pool) -> None:

@@ -12,12 +12,13 @@ from typing import Protocol
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.rows import (
     INSTRUMENT_FIELDS,
+    Deactivate,
     Instrument,
     InstrumentChange,
     InstrumentRow,
     InstrumentUpsert,
 )
-from workers.adapters.postgres.universe import Deactivate, EventFactory, InstrumentWrite, UniverseStore
+from workers.adapters.postgres.universe import EventFactory, InstrumentWrite, UniverseStore
 from workers.domain.contracts import ContractDetail, ContractSpec, ResolutionError, UnknownContract, choose_one
 from workers.domain.instrument_ids import spec_for_instrument_id
 from workers.logs import get_logger

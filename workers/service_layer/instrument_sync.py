@@ -1,8 +1,10 @@
 """instrument-sync: passes over the universe that keep the instrument mapper equal to what IBKR lists.
 
 For each universe entry a pass asks IBKR for contract details (through the pacing limiter), works out the
-instrument rows the entry should have, and writes only what differs — each entry in one transaction, with
-one ``instruments.updated`` outbox record per real change (CREATED, UPDATED, DEACTIVATED). ``conId`` is the
+instrument rows the entry should have, and writes only what differs, with one ``instruments.updated``
+outbox record per real change (CREATED, UPDATED, DEACTIVATED). Entries are committed in groups (a
+:class:`GroupCommitter`: one transaction for whatever queued up while the previous one committed), each
+entry all or nothing and marked synced in the same transaction as its rows. ``conId`` is the
 identity of a contract: an instrument the mapper knows is asked for by conId, so a renamed symbol is an
 UPDATE of the same row. What IBKR no longer knows (error 200) or what expired is deactivated, never deleted.
 An unknown or ambiguous spec fails its entry with a reason; nothing is guessed.
@@ -13,22 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-import psycopg
-
-from workers.adapters.postgres.errors import ConIdConflict
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.rows import (
+    Deactivate,
     InstrumentChange,
     InstrumentRow,
     InstrumentUpsert,
 )
 from workers.adapters.postgres.universe import (
-    Deactivate,
+    EntryWrites,
     EventFactory,
     InstrumentWrite,
     PassFailure,
@@ -54,6 +54,7 @@ from workers.service_layer.contract_resolution import (
     instrument_from_detail,
     utc_today,
 )
+from workers.service_layer.group_commit import GroupCommitter
 
 log = get_logger(__name__)
 
@@ -141,7 +142,6 @@ class _PassRun:
     updated: int = 0
     deactivated: int = 0
     lookups: int = 0
-    marks: list[tuple[str, str]] = field(default_factory=list)
     interrupted: str | None = None
     last_progress: float = field(default_factory=time.monotonic)
 
@@ -154,13 +154,58 @@ class _PassRun:
             self.deactivated += 1
 
 
+@dataclass(frozen=True)
+class _EntrySync:
+    """An entry on its way to the committer: what it writes (nothing: mark it synced only)."""
+
+    row: UniverseRow
+    writes: tuple[InstrumentWrite, ...]
+    unchanged: int = 0  # instruments the entry found right as they were
+
+
+class _ExistingRows:
+    """The mapper rows of the pass's single entries, read a chunk of entries at a time, one chunk ahead."""
+
+    def __init__(self, mapper: InstrumentMapper, pending: list[UniverseRow], chunk: int) -> None:
+        self._mapper = mapper
+        self._chunk = chunk
+        self._ids = [r.instrument_id if isinstance(r.entry, SingleEntry) else None for r in pending]
+        self._chunks: dict[int, asyncio.Task[dict[str, InstrumentRow]]] = {}
+
+    async def single(self, index: int, instrument_id: str) -> InstrumentRow | None:
+        """The mapper row of the single entry at ``index`` of the pending entries, or None."""
+        number = index // self._chunk
+        if index % self._chunk == 0:
+            self._load(number + 1)
+            stale = self._chunks.pop(number - 2, None)
+            if stale is not None:
+                stale.cancel()
+        rows = await self._load(number)
+        return rows.get(instrument_id)
+
+    def close(self) -> None:
+        for task in self._chunks.values():
+            task.cancel()
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a read ahead that failed is not an unhandled error
+        self._chunks.clear()
+
+    def _load(self, number: int) -> asyncio.Task[dict[str, InstrumentRow]]:
+        task = self._chunks.get(number)
+        if task is None:
+            ids = [i for i in self._ids[number * self._chunk:(number + 1) * self._chunk] if i is not None]
+            task = asyncio.create_task(self._mapper.get_many(ids))
+            self._chunks[number] = task
+        return task
+
+
 class InstrumentSync:
     """Runs passes over the universe; its :attr:`counters` tell how far it got."""
 
     def __init__(self, *, store: UniverseStore, mapper: InstrumentMapper, lookup: ContractLookup,
                  events: EventFactory, concurrency: int = 8, today: Callable[[], date] = utc_today,
                  resume_within: timedelta = timedelta(hours=1), progress_every: float = 5.0,
-                 mark_batch: int = 200, stop_grace: float = 5.0,
+                 commit_batch: int = 256, read_ahead: int = 512, stop_grace: float = 5.0,
                  on_change: Callable[[], None] | None = None, metrics: SyncMetrics | None = None,
                  on_pass_started: Callable[[], None] | None = None) -> None:
         self.store = store
@@ -171,7 +216,8 @@ class InstrumentSync:
         self.today = today
         self.resume_within = resume_within
         self.progress_every = progress_every
-        self.mark_batch = mark_batch
+        self.commit_batch = max(1, commit_batch)
+        self.read_ahead = max(1, read_ahead)
         self.stop_grace = stop_grace
         self.on_change = on_change
         self.metrics = metrics
@@ -195,16 +241,18 @@ class InstrumentSync:
         self._pass_started(run, sync_pass.resumed)
         if not entries:
             log.warning("the instrument universe is empty: load one with `ibkr-workers instruments load FILE`")
-        queue = iter(pending)
-        workers = [asyncio.create_task(self._work(run, queue, stop), name=f"instrument-sync-{n}")
+        queue = enumerate(pending)
+        existing = _ExistingRows(self.mapper, pending, self.read_ahead)
+        committer: GroupCommitter[_EntrySync] = GroupCommitter(
+            lambda batch: self._commit(run, batch), max_batch=self.commit_batch,
+            max_pending=4 * self.commit_batch, name="instrument-sync-commit")
+        workers = [asyncio.create_task(self._work(run, queue, existing, committer, stop),
+                                       name=f"instrument-sync-{n}")
                    for n in range(min(self.concurrency, len(pending)))]
         try:
-            await self._join(workers, stop)
-        except BaseException:
-            for task in workers:
-                task.cancel()
-            raise
-        await self._flush_marks(run)
+            await self._join(self._drive(workers, committer), stop)
+        finally:
+            existing.close()
         if run.interrupted is None and stop is not None and stop.is_set():
             run.interrupted = "stopping"
         if run.interrupted is None:
@@ -225,86 +273,110 @@ class InstrumentSync:
         self._pass_finished(summary)
         return summary
 
-    async def _join(self, workers: list[asyncio.Task[None]], stop: asyncio.Event | None) -> None:
-        """Wait for the workers; once ``stop`` is set, give the entries in flight ``stop_grace`` seconds.
+    @staticmethod
+    async def _drive(workers: list[asyncio.Task[None]], committer: GroupCommitter[_EntrySync]) -> None:
+        """The workers to their end, then the last commits."""
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            committer.cancel()
+            await committer.wait_cancelled()
+            raise
+        try:
+            await committer.close()
+        except BaseException:
+            committer.cancel()
+            raise
+
+    async def _join(self, everything: Coroutine[Any, Any, None], stop: asyncio.Event | None) -> None:
+        """Run ``everything``; once ``stop`` is set, give the entries in flight ``stop_grace`` seconds.
 
         An entry cut short rolls back as a whole and stays pending for the next run.
         """
-        if not workers:
-            return
-        everything: asyncio.Future[Any] = asyncio.gather(*workers)
-        if stop is None:
-            await everything
-            return
-        stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+        task = asyncio.create_task(everything, name="instrument-sync-pass")
         try:
-            await asyncio.wait({everything, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not everything.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(everything), self.stop_grace)
-            except TimeoutError:
-                log.warning("entries still in flight after the stop grace; abandoned (they stay pending)")
-                for task in workers:
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await everything
-                return
-        await everything
+            if stop is not None:
+                stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+                try:
+                    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                if not task.done():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(task), self.stop_grace)
+                    except TimeoutError:
+                        log.warning("entries still in flight after the stop grace; abandoned (they stay pending)")
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                        return
+            await task
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise
 
-    async def _work(self, run: _PassRun, queue: Iterator[UniverseRow], stop: asyncio.Event | None) -> None:
+    async def _work(self, run: _PassRun, queue: Iterator[tuple[int, UniverseRow]], existing: _ExistingRows,
+                    committer: GroupCommitter[_EntrySync], stop: asyncio.Event | None) -> None:
         # One shared iterator: each worker takes the next entry when it is free.
-        for row in queue:
+        for index, row in queue:
             if run.interrupted is not None or (stop is not None and stop.is_set()):
                 return
             try:
-                await self._sync_entry(run, row)
+                entry_sync = await self._sync_entry(run, index, row, existing)
             except LookupUnavailable as exc:
                 if run.interrupted is None:
                     run.interrupted = str(exc)
                     log.warning("instrument sync interrupted; the pass will resume", pass_id=run.pass_id,
                                 reason=str(exc))
                 return
+            if entry_sync is not None:
+                await committer.submit(entry_sync)
             await self._progress(run)
 
-    async def _sync_entry(self, run: _PassRun, row: UniverseRow) -> None:
+    async def _sync_entry(self, run: _PassRun, index: int, row: UniverseRow,
+                          existing_rows: _ExistingRows) -> _EntrySync | None:
+        """What the entry must write (nothing, when the mapper has it right); None when it failed."""
         entry = row.entry
         try:
-            existing = await self._existing(entry)
+            existing = await self._existing(entry, index, existing_rows)
             writes = await self._plan(run, entry, existing, row.resolved_before)
         except (ResolutionError, LookupRejected, UniverseError) as exc:
             await self._fail(run, row, str(exc))
-            return
+            return None
         current = {r.instrument_id: r for r in existing}
         if not any(differs(w, current.get(w.instrument_id)) for w in writes):
-            run.unchanged += 1
-            run.done += 1
-            if self.metrics is not None:
-                for _ in writes:
-                    self.metrics.instrument_synced(InstrumentChange.UNCHANGED.value)
-            run.marks.append((row.instrument_id, row.spec_hash))
-            if len(run.marks) >= self.mark_batch:
-                await self._flush_marks(run)
-            self._count(run)
-            return
-        try:
-            outcomes = await self.store.commit_entry(run.pass_id, (row.instrument_id, row.spec_hash), writes,
-                                                     self.events)
-        except (ConIdConflict, psycopg.IntegrityError, psycopg.DataError) as exc:
-            await self._fail(run, row, str(exc).splitlines()[0])
-            return
-        run.done += 1
+            return _EntrySync(row, (), unchanged=len(writes))
+        return _EntrySync(row, tuple(writes))
+
+    async def _commit(self, run: _PassRun, batch: list[_EntrySync]) -> None:
+        """Commit a group of entries in one transaction; count and log what each did."""
+        results = await self.store.commit_entries(
+            run.pass_id, [EntryWrites((e.row.instrument_id, e.row.spec_hash), e.writes) for e in batch],
+            self.events)
         changed = False
-        for outcome in outcomes:
-            run.count(outcome)
-            if self.metrics is not None:
-                self.metrics.instrument_synced(outcome.change.value)
-            if outcome.change is not InstrumentChange.UNCHANGED:
-                changed = True
-                log.info("instrument changed", instrument_id=outcome.row.instrument_id,
-                         change=outcome.change.value, changed_fields=list(outcome.changed_fields),
-                         con_id=outcome.row.con_id, entry=row.instrument_id)
+        for entry_sync, result in zip(batch, results, strict=True):
+            if result.error is not None:
+                await self._fail(run, entry_sync.row, result.error)
+                continue
+            run.done += 1
+            if not entry_sync.writes:
+                run.unchanged += 1
+                if self.metrics is not None:
+                    for _ in range(entry_sync.unchanged):
+                        self.metrics.instrument_synced(InstrumentChange.UNCHANGED.value)
+            for outcome in result.outcomes:
+                run.count(outcome)
+                if self.metrics is not None:
+                    self.metrics.instrument_synced(outcome.change.value)
+                if outcome.change is not InstrumentChange.UNCHANGED:
+                    changed = True
+                    log.info("instrument changed", instrument_id=outcome.row.instrument_id,
+                             change=outcome.change.value, changed_fields=list(outcome.changed_fields),
+                             con_id=outcome.row.con_id, entry=entry_sync.row.instrument_id)
         self._count(run)
         if changed and self.on_change is not None:
             self.on_change()
@@ -319,10 +391,10 @@ class InstrumentSync:
             self.metrics.instrument_sync_failed()
         self._count(run)
 
-    async def _existing(self, entry: UniverseEntry) -> list[InstrumentRow]:
+    async def _existing(self, entry: UniverseEntry, index: int, prefetched: _ExistingRows) -> list[InstrumentRow]:
         """The mapper rows the entry owns now (its instrument, or its family's members)."""
         if isinstance(entry, SingleEntry):
-            row = await self.mapper.get(entry.instrument_id)
+            row = await prefetched.single(index, entry.instrument_id)
             return [row] if row is not None else []
         rows = await self.mapper.with_prefix(entry.instrument_id + ":")
         return [r for r in rows if entry.owns(r.instrument_id)]
@@ -422,11 +494,6 @@ class InstrumentSync:
                     if self.on_change is not None:
                         self.on_change()
 
-    async def _flush_marks(self, run: _PassRun) -> None:
-        marks, run.marks = run.marks, []
-        if marks:
-            await self.store.mark_synced(run.pass_id, marks)
-
     # -- progress ---------------------------------------------------------------------------------
 
     def _pass_started(self, run: _PassRun, resumed: bool) -> None:
@@ -450,7 +517,6 @@ class InstrumentSync:
         if now - run.last_progress < self.progress_every:
             return
         run.last_progress = now
-        await self._flush_marks(run)
         elapsed = now - run.started
         rate = run.done / elapsed if elapsed > 0 else 0.0
         remaining = run.total - run.skipped - run.done

@@ -1,16 +1,21 @@
 """The instrument mapper (table ``instruments``): our ``instrument_id`` to the IBKR contract (``con_id``).
 
-:meth:`InstrumentMapper.upsert` tells what it did, so instrument-sync publishes ``instruments.updated``
-only for real changes.
+Writes tell what they did (CREATED, UPDATED with the changed fields, DEACTIVATED, UNCHANGED), so
+instrument-sync publishes ``instruments.updated`` only for real changes. They are set-based: a batch of
+writes locks the rows it touches with one ``SELECT ... FOR UPDATE``, is planned in memory
+(:class:`LockedInstruments`), and is applied in one pipelined round trip, whatever its size.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection, sql
-from psycopg.errors import UniqueViolation
-from psycopg.rows import TupleRow
+from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.rows import DictRow, TupleRow, dict_row
 
 from workers.adapters.postgres._query import (
     assignments,
@@ -23,35 +28,222 @@ from workers.adapters.postgres.errors import ConIdConflict, UnknownInstrument
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import (
     INSTRUMENT_FIELDS,
+    Deactivate,
     InstrumentChange,
     InstrumentFields,
     InstrumentRow,
     InstrumentUpsert,
 )
 
-_CON_ID_KEY = "instruments_con_id_key"
+InstrumentWrite = InstrumentFields | Deactivate
+
 _COLUMNS = column_list(column_names(InstrumentRow))
 _WRITTEN = ("instrument_id", *INSTRUMENT_FIELDS)
 
-_SELECT_BY_ID = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = %s").format(_COLUMNS)
-_SELECT_FOR_UPDATE = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = %s FOR UPDATE").format(
-    _COLUMNS
+# Rendered once: composing a query on every execute costs more than running it on a warm connection.
+_SELECT_BY_ID = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = %s").format(_COLUMNS).as_string()
+_SELECT_MANY = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = ANY(%s)").format(_COLUMNS).as_string()
+_SELECT_BY_CON_ID = sql.SQL("SELECT {} FROM instruments WHERE con_id = %s").format(_COLUMNS).as_string()
+_SELECT_ACTIVE = sql.SQL("SELECT {} FROM instruments WHERE active ORDER BY instrument_id").format(_COLUMNS).as_string()
+_SELECT_BY_PREFIX = (
+    sql.SQL("SELECT {} FROM instruments WHERE starts_with(instrument_id, %s) ORDER BY instrument_id")
+    .format(_COLUMNS)
+    .as_string()
 )
-_SELECT_BY_CON_ID = sql.SQL("SELECT {} FROM instruments WHERE con_id = %s").format(_COLUMNS)
-_SELECT_ACTIVE = sql.SQL("SELECT {} FROM instruments WHERE active ORDER BY instrument_id").format(_COLUMNS)
-_SELECT_BY_PREFIX = sql.SQL(
-    "SELECT {} FROM instruments WHERE starts_with(instrument_id, %s) ORDER BY instrument_id"
-).format(_COLUMNS)
+# Locked in instrument_id order, so two batches touching the same rows cannot deadlock.
+_LOCK = (
+    sql.SQL(
+        "SELECT {} FROM instruments WHERE instrument_id = ANY(%(ids)s) OR con_id = ANY(%(con_ids)s) "
+        "ORDER BY instrument_id FOR UPDATE"
+    )
+    .format(_COLUMNS)
+    .as_string()
+)
 # last_trade_date is IBKR's text: YYYYMMDD, maybe with a time; a bare YYYYMM month counts until it ends.
-_SELECT_EXPIRED = sql.SQL(
-    "SELECT {} FROM instruments WHERE active AND last_trade_date IS NOT NULL AND CASE "
-    "WHEN last_trade_date ~ '^[0-9]{{8}}' THEN left(last_trade_date, 8) < %(day)s "
-    "WHEN last_trade_date ~ '^[0-9]{{6}}$' THEN last_trade_date < left(%(day)s, 6) "
-    "ELSE false END ORDER BY instrument_id"
-).format(_COLUMNS)
-_INSERT = sql.SQL(
-    "INSERT INTO instruments ({}) VALUES ({}) ON CONFLICT (instrument_id) DO NOTHING RETURNING {}"
-).format(column_list(_WRITTEN), sql.SQL(", ").join(sql.Placeholder(name) for name in _WRITTEN), _COLUMNS)
+_SELECT_EXPIRED = (
+    sql.SQL(
+        "SELECT {} FROM instruments WHERE active AND last_trade_date IS NOT NULL AND CASE "
+        "WHEN last_trade_date ~ '^[0-9]{{8}}' THEN left(last_trade_date, 8) < %(day)s "
+        "WHEN last_trade_date ~ '^[0-9]{{6}}$' THEN last_trade_date < left(%(day)s, 6) "
+        "ELSE false END ORDER BY instrument_id"
+    )
+    .format(_COLUMNS)
+    .as_string()
+)
+# DO NOTHING: a row another transaction inserted after the lock read comes back empty (InstrumentRace).
+_INSERT = (
+    sql.SQL("INSERT INTO instruments ({}) VALUES ({}) ON CONFLICT (instrument_id) DO NOTHING RETURNING {}")
+    .format(column_list(_WRITTEN), sql.SQL(", ").join(sql.Placeholder(name) for name in _WRITTEN), _COLUMNS)
+    .as_string()
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_query(columns: tuple[str, ...]) -> str:
+    return (
+        sql.SQL("UPDATE instruments SET {}, updated_at = now() WHERE instrument_id = %(instrument_id)s RETURNING {}")
+        .format(assignments(dict.fromkeys(columns)), _COLUMNS)
+        .as_string()
+    )
+
+
+class InstrumentRace(Exception):
+    """Another transaction inserted an instrument between this one's lock read and its insert: retry."""
+
+    def __init__(self, instrument_ids: Iterable[str]) -> None:
+        ids = sorted(instrument_ids)
+        super().__init__(f"instruments inserted concurrently: {', '.join(ids)}")
+        self.instrument_ids = ids
+
+
+class AlreadyPlanned(Exception):
+    """The batch already writes this instrument: write it in a later transaction."""
+
+    def __init__(self, instrument_id: str) -> None:
+        super().__init__(f"instrument {instrument_id} is written twice in one batch")
+        self.instrument_id = instrument_id
+
+
+class _Action(enum.Enum):
+    NOTHING = "nothing"
+    INSERT = "insert"
+    UPDATE = "update"
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    """What one write will do to the locked row ``current`` (None: there is none)."""
+
+    instrument_id: str
+    action: _Action
+    change: InstrumentChange
+    values: dict[str, Any]
+    current: InstrumentRow | None
+
+    @property
+    def changed_fields(self) -> tuple[str, ...]:
+        return tuple(self.values) if self.action is _Action.UPDATE else ()
+
+
+def _values(instrument: InstrumentFields) -> dict[str, Any]:
+    values = {name: getattr(instrument, name) for name in INSTRUMENT_FIELDS}
+    values["sec_type"] = str(values["sec_type"])
+    return values
+
+
+def _plan_one(write: InstrumentWrite, current: InstrumentRow | None) -> PlannedWrite:
+    iid = write.instrument_id
+    if isinstance(write, Deactivate):
+        if current is None:
+            raise UnknownInstrument(iid)
+        if not current.active:
+            return PlannedWrite(iid, _Action.NOTHING, InstrumentChange.UNCHANGED, {}, current)
+        return PlannedWrite(iid, _Action.UPDATE, InstrumentChange.DEACTIVATED, {"active": False}, current)
+    values = _values(write)
+    if current is None:
+        return PlannedWrite(iid, _Action.INSERT, InstrumentChange.CREATED, values, None)
+    changed = {name: value for name, value in values.items() if getattr(current, name) != value}
+    if not changed:
+        return PlannedWrite(iid, _Action.NOTHING, InstrumentChange.UNCHANGED, {}, current)
+    return PlannedWrite(iid, _Action.UPDATE, InstrumentChange.UPDATED, changed, current)
+
+
+class LockedInstruments:
+    """The mapper rows a batch of writes touches, locked in the caller's transaction, and the plan so far."""
+
+    def __init__(self, rows: Iterable[InstrumentRow]) -> None:
+        self._by_id = {row.instrument_id: row for row in rows}
+        self._con_id_holders = {row.con_id: row.instrument_id for row in self._by_id.values()}
+        self._planned_ids: set[str] = set()
+        self.planned: list[PlannedWrite] = []
+
+    def plan(self, writes: Sequence[InstrumentWrite]) -> list[PlannedWrite]:
+        """Add ``writes`` to the plan, all of them or none.
+
+        Raises :class:`ConIdConflict` when a conId belongs to another instrument (in the table or earlier in
+        the plan), :class:`UnknownInstrument` when deactivating an instrument the mapper has never seen, and
+        :class:`AlreadyPlanned` when the plan already writes one of the instruments.
+        """
+        planned: list[PlannedWrite] = []
+        claims: dict[int, str] = {}
+        for write in writes:
+            iid = write.instrument_id
+            if iid in self._planned_ids or any(p.instrument_id == iid for p in planned):
+                raise AlreadyPlanned(iid)
+            if not isinstance(write, Deactivate):
+                holder = claims.get(write.con_id, self._con_id_holders.get(write.con_id))
+                if holder is not None and holder != iid:
+                    raise ConIdConflict(iid, write.con_id)
+                claims[write.con_id] = iid
+            planned.append(_plan_one(write, self._by_id.get(iid)))
+        self._con_id_holders.update(claims)
+        self._planned_ids.update(p.instrument_id for p in planned)
+        self.planned.extend(planned)
+        return planned
+
+
+async def lock_instruments(conn: AsyncConnection[TupleRow], writes: Sequence[InstrumentWrite]) -> LockedInstruments:
+    """Lock (``FOR UPDATE``) the rows ``writes`` name, by id or by conId, in the caller's transaction."""
+    ids = sorted({w.instrument_id for w in writes})
+    con_ids = sorted({w.con_id for w in writes if not isinstance(w, Deactivate)})
+    records = await fetch_all(conn, _LOCK, {"ids": ids, "con_ids": con_ids}) if ids else []
+    return LockedInstruments(InstrumentRow(**r) for r in records)
+
+
+async def apply_planned(conn: AsyncConnection[TupleRow], planned: Sequence[PlannedWrite]) -> list[InstrumentUpsert]:
+    """Run the plan's inserts and updates in one pipelined round trip; the outcomes, in plan order.
+
+    Raises :class:`InstrumentRace` when another transaction inserted one of the new instruments since the
+    lock read (the caller's transaction must then be rolled back and retried).
+    """
+    inserts = [p for p in planned if p.action is _Action.INSERT]
+    updates = [p for p in planned if p.action is _Action.UPDATE]
+    stored: dict[str, InstrumentRow] = {}
+    if inserts or updates:
+        insert_cursor = conn.cursor(row_factory=dict_row)
+        update_cursors: list[AsyncCursor[DictRow]] = []
+        try:
+            async with conn.pipeline():
+                if inserts:
+                    await insert_cursor.executemany(
+                        _INSERT, [{**p.values, "instrument_id": p.instrument_id} for p in inserts], returning=True
+                    )
+                for p in updates:
+                    cursor = conn.cursor(row_factory=dict_row)
+                    update_cursors.append(cursor)
+                    await cursor.execute(_update_query(tuple(p.values)), {**p.values, "instrument_id": p.instrument_id})
+            if inserts:
+                while True:
+                    for record in await insert_cursor.fetchall():
+                        stored[record["instrument_id"]] = InstrumentRow(**record)
+                    if not insert_cursor.nextset():
+                        break
+            for cursor in update_cursors:
+                updated = await cursor.fetchone()
+                if updated is not None:
+                    stored[updated["instrument_id"]] = InstrumentRow(**updated)
+        finally:
+            await insert_cursor.close()
+            for cursor in update_cursors:
+                await cursor.close()
+    raced = [p.instrument_id for p in inserts if p.instrument_id not in stored]
+    if raced:
+        raise InstrumentRace(raced)
+    outcomes: list[InstrumentUpsert] = []
+    for p in planned:
+        row = stored.get(p.instrument_id, p.current)
+        if row is None:  # an updated row vanished under its lock: nothing deletes instruments, but be exact
+            raise UnknownInstrument(p.instrument_id)
+        outcomes.append(InstrumentUpsert(p.change, p.changed_fields, row))
+    return outcomes
+
+
+async def write_instruments(
+    conn: AsyncConnection[TupleRow], writes: Sequence[InstrumentWrite]
+) -> list[InstrumentUpsert]:
+    """Lock, plan and apply ``writes`` (all or none) in the caller's transaction; their outcomes."""
+    locked = await lock_instruments(conn, writes)
+    return await apply_planned(conn, locked.plan(writes))
 
 
 class InstrumentMapper:
@@ -65,6 +257,14 @@ class InstrumentMapper:
         async with self._pool.connection() as conn:
             record = await fetch_one(conn, _SELECT_BY_ID, (instrument_id,))
         return None if record is None else InstrumentRow(**record)
+
+    async def get_many(self, instrument_ids: Sequence[str]) -> dict[str, InstrumentRow]:
+        """The instruments among ``instrument_ids`` that the mapper knows (active or not), by id."""
+        if not instrument_ids:
+            return {}
+        async with self._pool.connection() as conn:
+            records = await fetch_all(conn, _SELECT_MANY, (list(instrument_ids),))
+        return {r["instrument_id"]: InstrumentRow(**r) for r in records}
 
     async def get_by_con_id(self, con_id: int) -> InstrumentRow | None:
         """The instrument mapped to IBKR contract ``con_id`` (active or not), or None."""
@@ -83,16 +283,14 @@ class InstrumentMapper:
 
         Raises :class:`ConIdConflict` when another instrument already holds its ``con_id``.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            return await upsert_instrument(conn, instrument)
+        return await self._write_one(instrument)
 
     async def deactivate(self, instrument_id: str) -> InstrumentUpsert:
         """Mark ``instrument_id`` inactive: DEACTIVATED, or UNCHANGED when it was inactive already.
 
         Raises :class:`UnknownInstrument` when the mapper has never seen it.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            return await deactivate_instrument(conn, instrument_id)
+        return await self._write_one(Deactivate(instrument_id))
 
     async def with_prefix(self, prefix: str) -> list[InstrumentRow]:
         """Every instrument whose id starts with ``prefix`` (active or not), by ``instrument_id``."""
@@ -106,63 +304,12 @@ class InstrumentMapper:
             records = await fetch_all(conn, _SELECT_EXPIRED, {"day": day})
         return [InstrumentRow(**r) for r in records]
 
-
-async def upsert_instrument(
-    conn: AsyncConnection[TupleRow], instrument: InstrumentFields
-) -> InstrumentUpsert:
-    """:meth:`InstrumentMapper.upsert` inside the caller's transaction on ``conn``.
-
-    Raises :class:`ConIdConflict` (the transaction is then aborted) when another instrument holds the
-    ``con_id``.
-    """
-    values = {name: getattr(instrument, name) for name in INSTRUMENT_FIELDS}
-    values["sec_type"] = str(values["sec_type"])
-    try:
-        return await _upsert(conn, instrument.instrument_id, values)
-    except UniqueViolation as exc:
-        if exc.diag.constraint_name == _CON_ID_KEY:
-            raise ConIdConflict(instrument.instrument_id, instrument.con_id) from exc
-        raise
-
-
-async def deactivate_instrument(conn: AsyncConnection[TupleRow], instrument_id: str) -> InstrumentUpsert:
-    """:meth:`InstrumentMapper.deactivate` inside the caller's transaction on ``conn``."""
-    record = await fetch_one(conn, _SELECT_FOR_UPDATE, (instrument_id,))
-    if record is None:
-        raise UnknownInstrument(instrument_id)
-    current = InstrumentRow(**record)
-    if not current.active:
-        return InstrumentUpsert(InstrumentChange.UNCHANGED, (), current)
-    row = await _update(conn, instrument_id, {"active": False})
-    return InstrumentUpsert(InstrumentChange.DEACTIVATED, ("active",), row)
-
-
-async def _upsert(
-    conn: AsyncConnection[TupleRow], instrument_id: str, values: dict[str, Any]
-) -> InstrumentUpsert:
-    # Insert first: the common case after the first sync is "exists", but ON CONFLICT makes two syncs
-    # creating the same instrument at once safe without an exception.
-    created = await fetch_one(conn, _INSERT, {**values, "instrument_id": instrument_id})
-    if created is not None:
-        return InstrumentUpsert(InstrumentChange.CREATED, (), InstrumentRow(**created))
-    record = await fetch_one(conn, _SELECT_FOR_UPDATE, (instrument_id,))
-    if record is None:  # deleted between the two statements; nothing deletes instruments, but be exact
-        raise UnknownInstrument(instrument_id)
-    current = InstrumentRow(**record)
-    changed = {name: value for name, value in values.items() if getattr(current, name) != value}
-    if not changed:
-        return InstrumentUpsert(InstrumentChange.UNCHANGED, (), current)
-    row = await _update(conn, instrument_id, changed)
-    return InstrumentUpsert(InstrumentChange.UPDATED, tuple(changed), row)
-
-
-async def _update(
-    conn: AsyncConnection[TupleRow], instrument_id: str, changes: dict[str, Any]
-) -> InstrumentRow:
-    query = sql.SQL(
-        "UPDATE instruments SET {}, updated_at = now() WHERE instrument_id = %(instrument_id)s RETURNING {}"
-    ).format(assignments(changes), _COLUMNS)
-    record = await fetch_one(conn, query, {**changes, "instrument_id": instrument_id})
-    if record is None:
-        raise UnknownInstrument(instrument_id)
-    return InstrumentRow(**record)
+    async def _write_one(self, write: InstrumentWrite) -> InstrumentUpsert:
+        for _ in range(3):
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    (outcome,) = await write_instruments(conn, [write])
+                    return outcome
+            except InstrumentRace:
+                continue  # the row exists now: the next attempt sees it under its lock
+        raise InstrumentRace([write.instrument_id])

@@ -265,6 +265,14 @@ class InstrumentChange(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Deactivate:
+    """Mark instrument ``instrument_id`` inactive (IBKR no longer knows it, or it expired)."""
+
+    instrument_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class InstrumentUpsert:
     """The outcome of writing one instrument: what changed, which fields, and the row as stored now."""
 

@@ -9,11 +9,14 @@ entries not marked yet and no row is ever half written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from psycopg import sql
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from workers.adapters.postgres._query import (
@@ -24,10 +27,18 @@ from workers.adapters.postgres._query import (
     fetch_all,
     fetch_one,
 )
-from workers.adapters.postgres.instruments import deactivate_instrument, upsert_instrument
-from workers.adapters.postgres.outbox import Outbox, add_to_outbox
+from workers.adapters.postgres.errors import ConIdConflict, UnknownInstrument
+from workers.adapters.postgres.instruments import (
+    AlreadyPlanned,
+    InstrumentRace,
+    apply_planned,
+    lock_instruments,
+    write_instruments,
+)
+from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import (
+    Deactivate,
     Instrument,
     InstrumentChange,
     InstrumentUpsert,
@@ -36,17 +47,26 @@ from workers.adapters.postgres.rows import (
 )
 from workers.domain.universe import UniverseEntry, entry_from_dict, entry_to_dict, spec_hash
 
-
-@dataclass(frozen=True)
-class Deactivate:
-    """Mark instrument ``instrument_id`` inactive (IBKR no longer knows it, or it expired)."""
-
-    instrument_id: str
-    reason: str = ""
-
-
 InstrumentWrite = Instrument | Deactivate
 EventFactory = Callable[[InstrumentUpsert], OutboxMessage]
+_T = TypeVar("_T")
+_RACE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class EntryWrites:
+    """What one universe entry writes; ``entry`` (instrument_id, spec_hash) is marked synced with it."""
+
+    entry: tuple[str, str] | None
+    writes: Sequence[InstrumentWrite]
+
+
+@dataclass(frozen=True)
+class EntryCommitted:
+    """An entry's outcome in :meth:`UniverseStore.commit_entries`: its writes' outcomes, or why it failed."""
+
+    outcomes: list[InstrumentUpsert]
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,7 @@ _UNPUBLISHED_OF_TOPIC = sql.SQL(
     "SELECT {} FROM outbox WHERE published_at IS NULL AND topic = %s ORDER BY id LIMIT %s"
 ).format(_OUTBOX_COLUMNS)
 
+_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)"
 _PENDING_OF_TOPIC = "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL AND topic = %s"
 
 
@@ -307,19 +328,94 @@ class UniverseStore:
 
         Raises ``ConIdConflict`` (nothing is written) when an instrument's conId belongs to another id.
         """
-        outcomes: list[InstrumentUpsert] = []
+
+        async def attempt() -> list[InstrumentUpsert]:
+            async with self._pool.connection() as conn, conn.transaction():
+                outcomes = await write_instruments(conn, writes)
+                await _record(conn, pass_id, [entry] if entry is not None else [], outcomes, event)
+                return outcomes
+
+        return await _retrying_races(attempt)
+
+    async def commit_entries(self, pass_id: int, batch: Sequence[EntryWrites],
+                             event: EventFactory) -> list[EntryCommitted]:
+        """Commit many entries' writes in one transaction and a fixed number of round trips.
+
+        Each entry's writes get one outbox record per real change, and the entry is marked synced by
+        ``pass_id``, together. An entry whose writes cannot be applied (a conId another instrument holds,
+        deactivating an instrument the mapper has never seen, a value PostgreSQL refuses) is left out with
+        its error, and the others are committed; an entry is never half written. Results are in batch order.
+        """
+        try:
+            results = await _retrying_races(lambda: self._commit_batch(pass_id, batch, event))
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            if len(batch) == 1:
+                return [EntryCommitted([], error=str(exc).splitlines()[0])]
+            # One entry's data broke the whole transaction: commit entry by entry to find it.
+            return [result for one in batch for result in await self.commit_entries(pass_id, [one], event)]
+        except InstrumentRace as exc:
+            return [EntryCommitted([], error=str(exc)) for _ in batch]
+        deferred = [n for n, result in enumerate(results) if result is None]
+        if deferred:
+            # Entries writing an instrument another entry of the batch writes: after it, in a later transaction.
+            later = await self.commit_entries(pass_id, [batch[n] for n in deferred], event)
+            for n, result in zip(deferred, later, strict=True):
+                results[n] = result
+        return [result for result in results if result is not None]
+
+    async def _commit_batch(self, pass_id: int, batch: Sequence[EntryWrites],
+                            event: EventFactory) -> list[EntryCommitted | None]:
+        results: list[EntryCommitted | None] = []
         async with self._pool.connection() as conn, conn.transaction():
-            for write in writes:
-                if isinstance(write, Deactivate):
-                    outcome = await deactivate_instrument(conn, write.instrument_id)
-                else:
-                    outcome = await upsert_instrument(conn, write)
-                if outcome.change is not InstrumentChange.UNCHANGED:
-                    await add_to_outbox(conn, event(outcome))
-                outcomes.append(outcome)
-            if pass_id is not None and entry is not None:
-                await conn.execute(_MARK_SYNCED, (pass_id, [entry[0]], [entry[1]]))
-        return outcomes
+            locked = await lock_instruments(conn, [w for one in batch for w in one.writes])
+            planned: list[int] = []  # how many planned writes each entry has (-1: left out or deferred)
+            for one in batch:
+                try:
+                    planned.append(len(locked.plan(one.writes)))
+                    results.append(EntryCommitted([]))
+                except AlreadyPlanned:
+                    planned.append(-1)
+                    results.append(None)
+                except (ConIdConflict, UnknownInstrument) as exc:
+                    planned.append(-1)
+                    results.append(EntryCommitted([], error=str(exc)))
+            outcomes = iter(await apply_planned(conn, locked.planned))
+            committed: list[tuple[str, str]] = []
+            all_outcomes: list[InstrumentUpsert] = []
+            for n, (one, count) in enumerate(zip(batch, planned, strict=True)):
+                if count < 0:
+                    continue
+                mine = [next(outcomes) for _ in range(count)]
+                results[n] = EntryCommitted(mine)
+                all_outcomes.extend(mine)
+                if one.entry is not None:
+                    committed.append(one.entry)
+            await _record(conn, pass_id, committed, all_outcomes, event)
+        return results
+
+
+async def _retrying_races(attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``attempt()`` again when it lost an insert race (it then sees the other transaction's row)."""
+    for _ in range(_RACE_ATTEMPTS - 1):
+        try:
+            return await attempt()
+        except InstrumentRace:
+            continue
+    return await attempt()
+
+
+async def _record(conn: AsyncConnection[TupleRow], pass_id: int | None, entries: Sequence[tuple[str, str]],
+                  outcomes: Sequence[InstrumentUpsert], event: EventFactory) -> None:
+    """The outbox records of the real changes among ``outcomes``, and the entries' marks, in one round trip."""
+    messages = [event(o) for o in outcomes if o.change is not InstrumentChange.UNCHANGED]
+    mark = pass_id is not None and bool(entries)
+    if not messages and not mark:
+        return
+    async with conn.pipeline(), conn.cursor() as cursor:
+        if messages:
+            await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
+        if mark:
+            await cursor.execute(_MARK_SYNCED, (pass_id, [e[0] for e in entries], [e[1] for e in entries]))
 
 
 class TopicOutbox(Outbox):
