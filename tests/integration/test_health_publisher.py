@@ -284,14 +284,42 @@ async def test_probe_set_reads_failing_and_slow_probes_as_down() -> None:
                                 consumer_lag=42, orders_in_flight=0, last_error="boom two", paused=True)
 
 
-async def test_kafka_reachable_asks_a_broker(producer: AIOKafkaProducer) -> None:
-    assert await kafka_reachable(producer)
+async def test_kafka_reachable_asks_a_broker_for_its_brokers_only(producer: AIOKafkaProducer) -> None:
+    asked: list[Any] = []
+    client = producer.client
+    real_send = client.send
 
-    class Unreachable:
-        async def fetch_all_metadata(self) -> None:
+    async def recording_send(node_id: Any, request: Any, **kwargs: Any) -> Any:
+        asked.append(request)
+        return await real_send(node_id, request, **kwargs)
+
+    client.send = recording_send  # type: ignore[method-assign]
+    try:
+        assert await kafka_reachable(producer)
+    finally:
+        client.send = real_send  # type: ignore[method-assign]
+    # No topic asked for: the answer does not grow with the cluster's topics.
+    assert [type(r).__name__ for r in asked] == ["MetadataRequest"]
+    assert asked[0]._topics == []
+
+    class NoBroker:
+        def get_random_node(self) -> None:
+            return None
+
+    class BrokerGone:
+        def get_random_node(self) -> int:
+            return 1
+
+        async def send(self, node_id: int, request: Any) -> Any:
             raise ConnectionError("no broker")
 
-    assert not await kafka_reachable(Unreachable())
+    class Silent(BrokerGone):
+        async def send(self, node_id: int, request: Any) -> Any:
+            await asyncio.sleep(10)
+
+    assert not await kafka_reachable(NoBroker())
+    assert not await kafka_reachable(BrokerGone())
+    assert not await kafka_reachable(Silent(), within=0.05)
 
 
 async def test_database_reachable_runs_select_1(database_url: str) -> None:
