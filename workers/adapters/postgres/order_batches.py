@@ -36,30 +36,61 @@ _SELECT_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s)"
 _LOCK_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE"
 _PENDING_CANCELS = "SELECT order_id FROM cancel_requests WHERE order_id = ANY(%s) AND handled_at IS NULL"
 _CANCELS_HANDLED = "UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%s) AND handled_at IS NULL"
-# An ACCEPTED order whose cancel request arrived first is recorded CANCELLED in the same statement.
-_INSERT_ORDER = f"""
-WITH cancelled_first AS (
-    SELECT EXISTS (
-        SELECT 1 FROM cancel_requests WHERE order_id = %(order_id)s AND handled_at IS NULL
-    ) AND %(state)s = 'ACCEPTED' AS yes
+CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
+_NEW_ORDER_FIELDS = (
+    ("order_id", "text"), ("account", "text"), ("instrument_id", "text"), ("side", "text"),
+    ("quantity", "numeric"), ("order_type", "text"), ("limit_price", "numeric"), ("stop_price", "numeric"),
+    ("time_in_force", "text"), ("outside_rth", "boolean"), ("source", "text"), ("created_at", "timestamptz"),
+    ("state", "text"), ("remaining_quantity", "numeric"), ("reason", "text"), ("source_topic", "text"),
+    ("source_partition", "integer"), ("source_offset", "bigint"),
+)
+# Records a batch of orders and reserves the IBKR ids of the ones to place, in one statement (one round
+# trip before placeOrder can go): an ACCEPTED order whose cancel request came first is recorded CANCELLED;
+# with %(reserve)s the other ACCEPTED ones are recorded PLACING with ids taken in input order, above
+# nextValidId, above every id ever reserved (the mark, whose row stays locked) and above every id in the
+# ledger (should the mark row be lost). A known order_id is left as it is (not returned).
+_RECORD_AND_RESERVE = f"""
+WITH input AS (
+    SELECT * FROM unnest({", ".join(f"%({name})s::{kind}[]" for name, kind in _NEW_ORDER_FIELDS)})
+        WITH ORDINALITY AS i({", ".join(name for name, _ in _NEW_ORDER_FIELDS)}, n)
+), fresh AS (
+    SELECT i.*, i.state = 'ACCEPTED' AND EXISTS (
+        SELECT 1 FROM cancel_requests c WHERE c.order_id = i.order_id AND c.handled_at IS NULL
+    ) AS cancelled_first
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = i.order_id)
+), to_place AS (
+    SELECT order_id, row_number() OVER (ORDER BY n) AS k, count(*) OVER () AS total
+    FROM fresh WHERE %(reserve)s AND state = 'ACCEPTED' AND NOT cancelled_first
+), mark AS (
+    INSERT INTO ib_order_ids AS mark (client_id, last_order_id)
+    SELECT %(client_id)s, GREATEST(%(next_valid_id)s - 1,
+           COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0)) + count(*)
+    FROM to_place HAVING count(*) > 0
+    ON CONFLICT (client_id) DO UPDATE
+        SET last_order_id = GREATEST(mark.last_order_id, %(next_valid_id)s - 1) + (SELECT count(*) FROM to_place),
+            updated_at = now()
+    RETURNING last_order_id
 )
 INSERT INTO orders (
     order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
     outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
-    source_partition, source_offset, owner_client_id
+    source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id
 )
 SELECT
-    %(order_id)s, %(account)s, %(instrument_id)s, %(side)s, %(quantity)s, %(order_type)s, %(limit_price)s,
-    %(stop_price)s, %(time_in_force)s, %(outside_rth)s, %(source)s, %(created_at)s,
-    CASE WHEN yes THEN 'CANCELLED' ELSE %(state)s END, 0,
-    CASE WHEN yes THEN 0 ELSE %(remaining_quantity)s END,
-    CASE WHEN yes THEN %(cancelled_reason)s ELSE %(reason)s END,
-    %(source_topic)s, %(source_partition)s, %(source_offset)s, %(owner_client_id)s
-FROM cancelled_first
+    f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
+    f.time_in_force, f.outside_rth, f.source, f.created_at,
+    CASE WHEN p.k IS NOT NULL THEN 'PLACING' WHEN f.cancelled_first THEN 'CANCELLED' ELSE f.state END, 0,
+    CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
+    CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
+    f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
+    CASE WHEN p.k IS NOT NULL THEN %(client_id)s END,
+    (SELECT last_order_id FROM mark) - p.total + p.k
+FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
+ORDER BY f.n
 ON CONFLICT (order_id) DO NOTHING
 RETURNING {_COLUMNS}
 """
-CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
 _INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)"
 _UPDATE_STATUS = """
 UPDATE orders SET state = %(state)s, filled_quantity = %(filled_quantity)s,
@@ -170,26 +201,26 @@ class OrderBatches:
         """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted.
 
         With ``reserve_next_valid_id`` the ACCEPTED ones also get their IBKR order ids in the same
-        transaction (state PLACING, published as ACCEPTED): one commit instead of two before placeOrder.
+        statement (state PLACING, published as ACCEPTED). Two round trips in all: the statement, then the
+        outbox records with the commit. The rows come back in ``orders`` order, so ids increase along it.
         """
         if not orders:
             return []
         params = [_insert_params(new, owner_client_id) for new in orders]
-        inserted: list[OrderRow] = []
+        # One array per column; psycopg needs each array's values of one Python type.
+        columns: dict[str, object] = {
+            name: [None if p[name] is None else Decimal(p[name]) for p in params] if kind == "numeric"  # type: ignore[arg-type]
+            else [p[name] for p in params]
+            for name, kind in _NEW_ORDER_FIELDS
+        }
+        columns.update(reserve=reserve_next_valid_id is not None, next_valid_id=reserve_next_valid_id or 0,
+                       client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
+        position = {new.order.order_id: n for n, new in enumerate(orders)}
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.executemany(_INSERT_ORDER, params, returning=True)
-                while True:
-                    record = await cursor.fetchone()
-                    if record is not None:
-                        inserted.append(order_row(record))
-                    if not cursor.nextset():
-                        break
-            accepted = [row.order_id for row in inserted if row.state is OrderState.ACCEPTED]
-            if reserve_next_valid_id is not None and accepted:
-                placing = {row.order_id: row for row, _ in
-                           await _take_ids(conn, accepted, owner_client_id, reserve_next_valid_id)}
-                inserted = [placing.get(row.order_id, row) for row in inserted]
+                await cursor.execute(_RECORD_AND_RESERVE, columns)
+                inserted = sorted((order_row(r) for r in await cursor.fetchall()),
+                                  key=lambda row: position[row.order_id])
             if inserted:
                 messages = [status(row, None) for row in inserted]
                 async with conn.cursor() as cursor:
