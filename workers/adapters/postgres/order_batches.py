@@ -16,7 +16,8 @@ from decimal import Decimal
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, dict_row
 
-from workers.adapters.postgres._query import column_names
+from workers.adapters.postgres._query import Column, column_arrays, column_names, unnest_from
+from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_arrays
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import FillFields, OrderRow, OutboxMessage
 from workers.domain.orders import (
@@ -35,7 +36,6 @@ _FINAL = [str(state) for state in FINAL_STATES]
 _SELECT_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s)"
 _LOCK_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE"
 _PENDING_CANCELS = "SELECT order_id FROM cancel_requests WHERE order_id = ANY(%s) AND handled_at IS NULL"
-_CANCELS_HANDLED = "UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%s) AND handled_at IS NULL"
 CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
 _NEW_ORDER_FIELDS = (
     ("order_id", "text"), ("account", "text"), ("instrument_id", "text"), ("side", "text"),
@@ -51,8 +51,7 @@ _NEW_ORDER_FIELDS = (
 # ledger (should the mark row be lost). A known order_id is left as it is (not returned).
 _RECORD_AND_RESERVE = f"""
 WITH input AS (
-    SELECT * FROM unnest({", ".join(f"%({name})s::{kind}[]" for name, kind in _NEW_ORDER_FIELDS)})
-        WITH ORDINALITY AS i({", ".join(name for name, _ in _NEW_ORDER_FIELDS)}, n)
+    SELECT * FROM {unnest_from(_NEW_ORDER_FIELDS, "i")}
 ), fresh AS (
     SELECT i.*, i.state = 'ACCEPTED' AND EXISTS (
         SELECT 1 FROM cancel_requests c WHERE c.order_id = i.order_id AND c.handled_at IS NULL
@@ -91,12 +90,26 @@ ORDER BY f.n
 ON CONFLICT (order_id) DO NOTHING
 RETURNING {_COLUMNS}
 """
-_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)"
-_UPDATE_STATUS = """
-UPDATE orders SET state = %(state)s, filled_quantity = %(filled_quantity)s,
-    remaining_quantity = %(remaining_quantity)s, avg_fill_price = %(avg_fill_price)s, ib_perm_id = %(ib_perm_id)s,
-    reason = %(reason)s, ib_error_code = %(ib_error_code)s, updated_at = now()
-WHERE order_id = %(order_id)s
+_CANCELS_HANDLED_WITH_OUTBOX = f"""
+WITH handled AS (
+    UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%(cancelled)s) AND handled_at IS NULL
+)
+{INSERT_MANY_SQL}
+"""
+_STATUS_FIELDS: tuple[Column, ...] = (
+    ("order_id", "text"), ("state", "text"), ("filled_quantity", "numeric"), ("remaining_quantity", "numeric"),
+    ("avg_fill_price", "numeric"), ("ib_perm_id", "bigint"), ("reason", "text"), ("ib_error_code", "integer"),
+)
+# The new states of many orders (each at most once) and their status records, in one statement.
+_UPDATE_STATUS_WITH_OUTBOX = f"""
+WITH changed AS (
+    UPDATE orders o SET state = u.state, filled_quantity = u.filled_quantity,
+        remaining_quantity = u.remaining_quantity, avg_fill_price = u.avg_fill_price, ib_perm_id = u.ib_perm_id,
+        reason = u.reason, ib_error_code = u.ib_error_code, updated_at = now()
+    FROM {unnest_from(_STATUS_FIELDS, "u")}
+    WHERE o.order_id = u.order_id
+)
+{INSERT_MANY_SQL}
 """
 # Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
 # id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
@@ -118,11 +131,26 @@ _FILL_COLUMNS = (
     "commission", "commission_currency", "ib_order_id", "ib_perm_id", "cumulative_quantity", "avg_price",
     "corrects_fill_id",
 )
-_INSERT_FILL = (
-    f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)}) VALUES ({', '.join('%(' + c + ')s' for c in _FILL_COLUMNS)}) "
-    "ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+_FILL_FIELDS: tuple[Column, ...] = (
+    ("fill_id", "text"), ("order_id", "text"), ("con_id", "bigint"), ("side", "text"), ("quantity", "numeric"),
+    ("price", "numeric"), ("currency", "text"), ("exchange", "text"), ("executed_at", "timestamptz"),
+    ("commission", "numeric"), ("commission_currency", "text"), ("ib_order_id", "integer"),
+    ("ib_perm_id", "bigint"), ("cumulative_quantity", "numeric"), ("avg_price", "numeric"),
+    ("corrects_fill_id", "text"),
 )
-_SET_COMMISSION = "UPDATE fills SET commission = %s, commission_currency = %s WHERE fill_id = %s"
+assert tuple(name for name, _ in _FILL_FIELDS) == _FILL_COLUMNS
+# A replayed execId inserts nothing; the new fill_ids come back.
+_INSERT_FILLS = (
+    f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)}) SELECT {', '.join(_FILL_COLUMNS)} "
+    f"FROM {unnest_from(_FILL_FIELDS, 'f')} ORDER BY n ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+)
+_COMMISSION_FIELDS: tuple[Column, ...] = (
+    ("fill_id", "text"), ("commission", "numeric"), ("commission_currency", "text"),
+)
+_SET_COMMISSIONS = (
+    "UPDATE fills SET commission = c.commission, commission_currency = c.commission_currency "
+    f"FROM {unnest_from(_COMMISSION_FIELDS, 'c')} WHERE fills.fill_id = c.fill_id"
+)
 
 
 @dataclass(frozen=True)
@@ -206,28 +234,19 @@ class OrderBatches:
         """
         if not orders:
             return []
-        params = [_insert_params(new, owner_client_id) for new in orders]
-        # One array per column; psycopg needs each array's values of one Python type.
-        columns: dict[str, object] = {
-            name: [None if p[name] is None else Decimal(p[name]) for p in params] if kind == "numeric"  # type: ignore[arg-type]
-            else [p[name] for p in params]
-            for name, kind in _NEW_ORDER_FIELDS
-        }
+        columns: dict[str, object] = dict(column_arrays([_insert_params(new) for new in orders], _NEW_ORDER_FIELDS))
         columns.update(reserve=reserve_next_valid_id is not None, next_valid_id=reserve_next_valid_id or 0,
                        client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
         position = {new.order.order_id: n for n, new in enumerate(orders)}
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._pool.connection() as conn, conn.transaction():
             async with conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.execute(_RECORD_AND_RESERVE, columns)
                 inserted = sorted((order_row(r) for r in await cursor.fetchall()),
                                   key=lambda row: position[row.order_id])
             if inserted:
-                messages = [status(row, None) for row in inserted]
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
-            cancelled = [row.order_id for row in inserted if row.state is OrderState.CANCELLED]
-            if cancelled:
-                await conn.execute(_CANCELS_HANDLED, (cancelled,))
+                cancelled = [row.order_id for row in inserted if row.state is OrderState.CANCELLED]
+                await conn.execute(_CANCELS_HANDLED_WITH_OUTBOX, {
+                    "cancelled": cancelled, **outbox_arrays([status(row, None) for row in inserted])})
         return inserted
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord) -> list[AppliedChange]:
@@ -235,7 +254,7 @@ class OrderBatches:
         if not changes:
             return []
         applied: list[AppliedChange] = []
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._pool.connection() as conn, conn.transaction():
             rows = await _rows(conn, _LOCK_MANY, sorted({c.order_id for c in changes}))
             touched: dict[str, OrderRow] = {}
             for change in changes:
@@ -249,10 +268,9 @@ class OrderBatches:
                 rows[change.order_id] = touched[change.order_id] = updated
             if not applied:
                 return []
-            async with conn.cursor() as cursor:
-                await cursor.executemany(_UPDATE_STATUS, [_update_params(row) for row in touched.values()])
-                messages = [status(a.row, a.previous) for a in applied]
-                await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
+            await conn.execute(_UPDATE_STATUS_WITH_OUTBOX, {
+                **column_arrays([_update_params(row) for row in touched.values()], _STATUS_FIELDS),
+                **outbox_arrays([status(a.row, a.previous) for a in applied])})
         return applied
 
     async def reserve_ib_order_ids(self, order_ids: Sequence[str], client_id: int,
@@ -271,24 +289,21 @@ class OrderBatches:
         """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
         if not fills:
             return []
-        params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)} for f in fills]
-        new: list[str] = []
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-            await cursor.executemany(_INSERT_FILL, params, returning=True)
-            while True:
-                row = await cursor.fetchone()
-                if row is not None:
-                    new.append(str(row[0]))
-                if not cursor.nextset():
-                    break
-        return new
+        unique = {f.fill_id: f for f in reversed(fills)}  # the first of a fill_id given twice
+        params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)}
+                  for f in fills if unique.get(f.fill_id) is f]
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_INSERT_FILLS, column_arrays(params, _FILL_FIELDS))
+            return [str(row[0]) for row in await cursor.fetchall()]
 
     async def set_commissions(self, commissions: Sequence[tuple[str, Decimal, str]]) -> None:
         """``(fill_id, commission, currency)`` for each commission report."""
         if not commissions:
             return
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
-            await cursor.executemany(_SET_COMMISSION, [(c, cur, fid) for fid, c, cur in commissions])
+        last = {fill_id: (commission, currency) for fill_id, commission, currency in commissions}
+        rows = [{"fill_id": fid, "commission": c, "commission_currency": cur} for fid, (c, cur) in last.items()]
+        async with self._pool.connection() as conn:
+            await conn.execute(_SET_COMMISSIONS, column_arrays(rows, _COMMISSION_FIELDS))
 
 
 async def _take_ids(conn: AsyncConnection[TupleRow], order_ids: Sequence[str], client_id: int,
@@ -316,7 +331,7 @@ async def _take_ids(conn: AsyncConnection[TupleRow], order_ids: Sequence[str], c
     return reserved
 
 
-def _insert_params(new: NewOrder, owner_client_id: int) -> dict[str, object]:
+def _insert_params(new: NewOrder) -> dict[str, object]:
     order = new.order
     return {
         "order_id": order.order_id, "account": order.account, "instrument_id": order.instrument_id,
@@ -326,8 +341,7 @@ def _insert_params(new: NewOrder, owner_client_id: int) -> dict[str, object]:
         "created_at": order.created_at, "state": str(new.state),
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
-        "source_offset": new.source_offset, "owner_client_id": owner_client_id,
-        "cancelled_reason": CANCELLED_FIRST_REASON,
+        "source_offset": new.source_offset,
     }
 
 

@@ -6,16 +6,34 @@ acknowledged it; a crash in between publishes the record again (at least once, i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
-from workers.adapters.postgres._query import Record, column_list, column_names, execute_count, fetch_all
+from workers.adapters.postgres._query import (
+    Column,
+    Record,
+    column_arrays,
+    column_list,
+    column_names,
+    execute_count,
+    fetch_all,
+    unnest_from,
+)
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OutboxMessage, OutboxRow
 
 _COLUMNS = column_list(column_names(OutboxRow))
 
 _INSERT = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s) RETURNING id"
+OUTBOX_COLUMNS: tuple[Column, ...] = (("topic", "text"), ("key", "text"), ("payload", "bytea"), ("writer", "text"))
+# In the messages' order (ids increase along it). A statement of its own, or the tail of a bigger one.
+INSERT_MANY_SQL = (
+    "INSERT INTO outbox (topic, key, payload, writer) "
+    f"SELECT topic, key, payload, writer FROM {unnest_from(OUTBOX_COLUMNS, 'm')} ORDER BY n"
+)
 _UNPUBLISHED = sql.SQL("SELECT {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT %s").format(
     _COLUMNS
 )
@@ -34,6 +52,18 @@ async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage)
     return int(row[0])
 
 
+def outbox_arrays(messages: Sequence[OutboxMessage]) -> dict[str, list[Any]]:
+    """The parameters of :data:`INSERT_MANY_SQL` for ``messages``."""
+    return column_arrays([{"topic": m.topic, "key": m.key, "payload": m.payload, "writer": m.writer}
+                          for m in messages], OUTBOX_COLUMNS)
+
+
+async def add_many_to_outbox(conn: AsyncConnection[TupleRow], messages: Sequence[OutboxMessage]) -> None:
+    """Write ``messages`` on ``conn`` in one statement (inside the caller's transaction, if any)."""
+    if messages:
+        await conn.execute(INSERT_MANY_SQL, outbox_arrays(messages))
+
+
 class Outbox:
     """Pending Kafka records in table ``outbox``."""
 
@@ -48,12 +78,10 @@ class Outbox:
             return await add_to_outbox(conn, message)
 
     async def add_many(self, messages: list[OutboxMessage]) -> None:
-        """Write ``messages`` in one transaction."""
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            await cursor.executemany(
-                "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)",
-                [(m.topic, m.key, m.payload, m.writer) for m in messages],
-            )
+        """Write ``messages`` in one statement."""
+        if messages:
+            async with self._pool.connection() as conn:
+                await add_many_to_outbox(conn, messages)
 
     async def unpublished(self, limit: int = 100) -> list[OutboxRow]:
         """Records not yet acknowledged by Kafka, oldest first."""

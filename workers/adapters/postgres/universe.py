@@ -35,7 +35,7 @@ from workers.adapters.postgres.instruments import (
     lock_instruments,
     write_instruments,
 )
-from workers.adapters.postgres.outbox import Outbox
+from workers.adapters.postgres.outbox import Outbox, add_many_to_outbox
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import (
     Deactivate,
@@ -184,7 +184,6 @@ _UNPUBLISHED_OF_TOPIC = sql.SQL(
     "SELECT {} FROM outbox WHERE published_at IS NULL AND topic = %s ORDER BY id LIMIT %s"
 ).format(_OUTBOX_COLUMNS)
 
-_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, payload, writer) VALUES (%s, %s, %s, %s)"
 _PENDING_OF_TOPIC = "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL AND topic = %s"
 
 
@@ -406,16 +405,14 @@ async def _retrying_races(attempt: Callable[[], Awaitable[_T]]) -> _T:
 
 async def _record(conn: AsyncConnection[TupleRow], pass_id: int | None, entries: Sequence[tuple[str, str]],
                   outcomes: Sequence[InstrumentUpsert], event: EventFactory) -> None:
-    """The outbox records of the real changes among ``outcomes``, and the entries' marks, in one round trip."""
+    """The outbox records of the real changes among ``outcomes``, and the entries' marks."""
     messages = [event(o) for o in outcomes if o.change is not InstrumentChange.UNCHANGED]
     mark = pass_id is not None and bool(entries)
     if not messages and not mark:
         return
-    async with conn.pipeline(), conn.cursor() as cursor:
-        if messages:
-            await cursor.executemany(_INSERT_OUTBOX, [(m.topic, m.key, m.payload, m.writer) for m in messages])
-        if mark:
-            await cursor.execute(_MARK_SYNCED, (pass_id, [e[0] for e in entries], [e[1] for e in entries]))
+    await add_many_to_outbox(conn, messages)
+    if mark:
+        await conn.execute(_MARK_SYNCED, (pass_id, [e[0] for e in entries], [e[1] for e in entries]))
 
 
 class TopicOutbox(Outbox):
