@@ -332,9 +332,11 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     await produce(setup, codec, warmup, rate=50)
     await wait_filled(watcher, warmup, timeout=60)
     orders = [market_order() for _ in range(count)]
+    cpu_before = cpu_seconds(process.pid)
     sent_at = await produce(setup, codec, orders, rate=rate)
     await wait_filled(watcher, orders, timeout=300)
     await asyncio.sleep(3)  # fills wait up to 2 s for commissions
+    cpu_per_order_ms = (cpu_seconds(process.pid) - cpu_before) / count * 1000
     stages = await stage_quantiles(health_port)
     rss = await stop_worker(process)
     by_ref = await executions_by_ref(setup.sim)
@@ -343,10 +345,13 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
                if by_ref[o.order_id][1] in watcher.fill_records]
     watcher.task.cancel()
     await setup.sim.stop()
+    if os.environ.get("BENCH_DUMP"):  # a path: every order's (order_id, sent at, produce->place ms)
+        Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(
+            [(o.order_id, sent_at[o.order_id], latency) for o, latency in zip(orders, to_place, strict=True)]))
     return {"orders": count, "rate": rate,
             "produce_to_place_ms": {"p50": statistics.median(to_place), "p99": percentile(to_place, 0.99)},
             "execution_to_fill_record_ms": {"p50": statistics.median(to_fill), "p99": percentile(to_fill, 0.99)},
-            "peak_rss_mb": rss, "worker_stages": stages}
+            "peak_rss_mb": rss, "worker_cpu_ms_per_order": round(cpu_per_order_ms, 3), "worker_stages": stages}
 
 
 async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
@@ -423,7 +428,7 @@ async def run_all(args: argparse.Namespace) -> None:
     server_url = os.environ["DATABASE_URL"]
     results: dict[str, Any] = {}
     if args.only_latency:
-        print(json.dumps(await bench_worker_latency(bootstrap, server_url, args.latency_orders, 200), indent=2))
+        print(json.dumps(await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate), indent=2))
         return
     if args.only_backlog:
         print(json.dumps(await bench_worker_backlog(bootstrap, server_url, args.orders), indent=2))
@@ -431,7 +436,7 @@ async def run_all(args: argparse.Namespace) -> None:
     results["bare_ib_insync"] = await bench_bare_ib(args.orders)
     results["bare_kafka_decode"] = await bench_bare_kafka(bootstrap, args.orders)
     results["worker_backlog"] = await bench_worker_backlog(bootstrap, server_url, args.orders)
-    results["worker_latency"] = await bench_worker_latency(bootstrap, server_url, args.latency_orders, 200)
+    results["worker_latency"] = await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate)
     if not args.skip_pacing:
         results["worker_pacing_on"] = await bench_worker_pacing(bootstrap, server_url, args.pacing_orders)
     results["ratio_worker_to_bare_ib"] = (results["worker_backlog"]["orders_per_s"]
@@ -443,6 +448,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--latency-orders", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=200.0, help="orders/s of the latency run (target: 200)")
     parser.add_argument("--pacing-orders", type=int, default=450)
     parser.add_argument("--skip-pacing", action="store_true")
     parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")

@@ -7,17 +7,22 @@ from datetime import datetime
 from decimal import Decimal
 
 from workers.adapters.postgres._query import fetch_all
-from workers.adapters.postgres.outbox import add_to_outbox
+from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_arrays
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OutboxMessage
 
 _UPSERT = """
 INSERT INTO positions (account, con_id, instrument_id, quantity, avg_cost, currency, as_of)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+VALUES (%(account)s, %(con_id)s, %(instrument_id)s, %(quantity)s, %(avg_cost)s, %(currency)s, %(as_of)s)
 ON CONFLICT (account, con_id) DO UPDATE SET
     instrument_id = EXCLUDED.instrument_id, quantity = EXCLUDED.quantity, avg_cost = EXCLUDED.avg_cost,
     currency = EXCLUDED.currency, as_of = EXCLUDED.as_of
 WHERE positions.as_of <= EXCLUDED.as_of
+"""
+# The position and its event in one statement (one round trip, atomic without a transaction block).
+_UPSERT_WITH_OUTBOX = f"""
+WITH stored AS ({_UPSERT})
+{INSERT_MANY_SQL}
 """
 _ALL = "SELECT account, con_id, instrument_id, quantity, avg_cost, currency, as_of FROM positions"
 
@@ -41,12 +46,14 @@ class PositionStore:
 
     async def upsert(self, position: PositionRow, outbox: OutboxMessage | None = None) -> None:
         """Store ``position`` (an older report never overwrites a newer one) and queue its event."""
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(_UPSERT, (position.account, position.con_id, position.instrument_id,
-                                         position.quantity, position.avg_cost, position.currency,
-                                         position.as_of))
-            if outbox is not None:
-                await add_to_outbox(conn, outbox)
+        values = {"account": position.account, "con_id": position.con_id, "instrument_id": position.instrument_id,
+                  "quantity": position.quantity, "avg_cost": position.avg_cost, "currency": position.currency,
+                  "as_of": position.as_of}
+        async with self._pool.connection() as conn:
+            if outbox is None:
+                await conn.execute(_UPSERT, values)
+            else:
+                await conn.execute(_UPSERT_WITH_OUTBOX, {**values, **outbox_arrays([outbox])})
 
     async def all(self) -> list[PositionRow]:
         async with self._pool.connection() as conn:
