@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, dict_row
 
 from workers.adapters.postgres._query import Column, column_arrays, column_names, unnest_from
-from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_arrays
+from workers.adapters.postgres.outbox import INSERT_MANY_SQL, OUTBOX_COLUMNS, outbox_arrays
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import FillFields, OrderRow, OutboxMessage
 from workers.domain.orders import (
@@ -44,12 +44,17 @@ _NEW_ORDER_FIELDS = (
     ("state", "text"), ("remaining_quantity", "numeric"), ("reason", "text"), ("source_topic", "text"),
     ("source_partition", "integer"), ("source_offset", "bigint"),
 )
-# Records a batch of orders and reserves the IBKR ids of the ones to place, in one statement (one round
-# trip before placeOrder can go): an ACCEPTED order whose cancel request came first is recorded CANCELLED;
-# with %(reserve)s the other ACCEPTED ones are recorded PLACING with ids taken in input order, above
-# nextValidId, above every id ever reserved (the mark, whose row stays locked) and above every id in the
-# ledger (should the mark row be lost). A known order_id is left as it is (not returned).
-_RECORD_AND_RESERVE = f"""
+# Records a batch of orders, reserves the IBKR ids of the ones to place and writes their status records,
+# in one statement (one round trip before placeOrder can go, atomic without a transaction block):
+# - an ACCEPTED order whose cancel request came first is recorded CANCELLED;
+# - with %(reserve)s the other ACCEPTED ones are recorded PLACING with ids taken in input order, above
+#   nextValidId, above every id ever reserved (the mark, whose row stays locked) and above every id in the
+#   ledger (should the mark row be lost);
+# - a known order_id is left as it is (not returned);
+# - the status records were encoded beforehand for the state each order was expected to get
+#   (%(expected)s: ACCEPTED, which PLACING is published as, or REJECTED); an order that got another state
+#   (CANCELLED) gets none here.
+_RECORD_RESERVE_AND_ANNOUNCE = f"""
 WITH input AS (
     SELECT * FROM {unnest_from(_NEW_ORDER_FIELDS, "i")}
 ), fresh AS (
@@ -70,25 +75,34 @@ WITH input AS (
         SET last_order_id = GREATEST(mark.last_order_id, %(next_valid_id)s - 1) + (SELECT count(*) FROM to_place),
             updated_at = now()
     RETURNING last_order_id
+), inserted AS (
+    INSERT INTO orders (
+        order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
+        outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
+        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id
+    )
+    SELECT
+        f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
+        f.time_in_force, f.outside_rth, f.source, f.created_at,
+        CASE WHEN p.k IS NOT NULL THEN 'PLACING' WHEN f.cancelled_first THEN 'CANCELLED' ELSE f.state END, 0,
+        CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
+        CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
+        f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
+        CASE WHEN p.k IS NOT NULL THEN %(client_id)s END,
+        (SELECT last_order_id FROM mark) - p.total + p.k
+    FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
+    ORDER BY f.n
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING {_COLUMNS}
+), announced AS (
+    INSERT INTO outbox (topic, key, payload, writer)
+    SELECT m.topic, m.key, m.payload, m.writer
+    FROM {unnest_from((*OUTBOX_COLUMNS, ("expected", "text")), "m")}
+    JOIN inserted ON inserted.order_id = m.key
+        AND (CASE inserted.state WHEN 'PLACING' THEN 'ACCEPTED' ELSE inserted.state END) = m.expected
+    ORDER BY m.n
 )
-INSERT INTO orders (
-    order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
-    outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
-    source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id
-)
-SELECT
-    f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
-    f.time_in_force, f.outside_rth, f.source, f.created_at,
-    CASE WHEN p.k IS NOT NULL THEN 'PLACING' WHEN f.cancelled_first THEN 'CANCELLED' ELSE f.state END, 0,
-    CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
-    CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
-    f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
-    CASE WHEN p.k IS NOT NULL THEN %(client_id)s END,
-    (SELECT last_order_id FROM mark) - p.total + p.k
-FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
-ORDER BY f.n
-ON CONFLICT (order_id) DO NOTHING
-RETURNING {_COLUMNS}
+SELECT * FROM inserted
 """
 _CANCELS_HANDLED_WITH_OUTBOX = f"""
 WITH handled AS (
@@ -229,24 +243,31 @@ class OrderBatches:
         """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted.
 
         With ``reserve_next_valid_id`` the ACCEPTED ones also get their IBKR order ids in the same
-        statement (state PLACING, published as ACCEPTED). Two round trips in all: the statement, then the
-        outbox records with the commit. The rows come back in ``orders`` order, so ids increase along it.
+        statement (state PLACING, published as ACCEPTED). One statement, one round trip: the status records
+        are encoded before it, for the state the guards gave each order, and written for the orders that got
+        it. An order recorded CANCELLED (its cancel came first) gets its record in a second statement; should
+        the worker stop in between, the order's redelivery re-publishes its status. The rows come back in
+        ``orders`` order, so ids increase along it.
         """
         if not orders:
             return []
         columns: dict[str, object] = dict(column_arrays([_insert_params(new) for new in orders], _NEW_ORDER_FIELDS))
         columns.update(reserve=reserve_next_valid_id is not None, next_valid_id=reserve_next_valid_id or 0,
                        client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
+        expected = [provisional_row(new, owner_client_id) for new in orders]
+        columns.update(outbox_arrays([status(row, None) for row in expected]))
+        columns["expected"] = [str(row.state) for row in expected]
         position = {new.order.order_id: n for n, new in enumerate(orders)}
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(_RECORD_AND_RESERVE, columns)
+                await cursor.execute(_RECORD_RESERVE_AND_ANNOUNCE, columns)
                 inserted = sorted((order_row(r) for r in await cursor.fetchall()),
                                   key=lambda row: position[row.order_id])
-            if inserted:
-                cancelled = [row.order_id for row in inserted if row.state is OrderState.CANCELLED]
+            cancelled = [row for row in inserted if row.state is OrderState.CANCELLED]
+            if cancelled:
                 await conn.execute(_CANCELS_HANDLED_WITH_OUTBOX, {
-                    "cancelled": cancelled, **outbox_arrays([status(row, None) for row in inserted])})
+                    "cancelled": [row.order_id for row in cancelled],
+                    **outbox_arrays([status(row, None) for row in cancelled])})
         return inserted
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord) -> list[AppliedChange]:
@@ -329,6 +350,23 @@ async def _take_ids(conn: AsyncConnection[TupleRow], order_ids: Sequence[str], c
             if not rows.nextset():
                 break
     return reserved
+
+
+def provisional_row(new: NewOrder, owner_client_id: int) -> OrderRow:
+    """The row ``new`` is expected to become (before IBKR ids: those come with SUBMITTED)."""
+    order = new.order
+    now = datetime.now(UTC)
+    return OrderRow(
+        order_id=order.order_id, account=order.account, instrument_id=order.instrument_id, side=order.side,
+        quantity=order.quantity, order_type=order.order_type, limit_price=order.limit_price,
+        stop_price=order.stop_price, time_in_force=order.time_in_force, outside_rth=order.outside_rth,
+        source=order.source, created_at=order.created_at, state=new.state, ib_client_id=None, ib_order_id=None,
+        ib_perm_id=None, con_id=None, filled_quantity=Decimal(0),
+        remaining_quantity=order.quantity if new.state is OrderState.ACCEPTED else Decimal(0),
+        avg_fill_price=None, reason=new.reason, ib_error_code=None, source_topic=new.source_topic,
+        source_partition=new.source_partition, source_offset=new.source_offset, accepted_at=now,
+        updated_at=now, owner_client_id=owner_client_id,
+    )
 
 
 def _insert_params(new: NewOrder) -> dict[str, object]:
