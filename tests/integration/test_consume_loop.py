@@ -115,3 +115,54 @@ async def test_a_closed_gate_consumes_nothing_until_it_opens(kafka_bootstrap: st
     assert sorted(handled) == sorted(f"m{i}" for i in range(10))
     assert opened_at == [1.0]
     assert not loop.gate_closed
+
+
+async def test_a_batch_retried_after_a_failure_dead_letters_its_bad_record_once(kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    for value in (b"m0", b"bad one", b"m2"):
+        await producer.send_and_wait(topic, value, key=b"k")
+    await producer.stop()
+    handled: list[str] = []
+    calls = {"n": 0}
+    both_handled = asyncio.Event()
+
+    async def batch_handler(commands: list[tuple[str, RecordSource]]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the ledger is away")  # after the bad record went to the DLQ
+        handled.extend(command for command, _ in commands)
+        if handled == ["m0", "m2"]:
+            both_handled.set()
+
+    async def unused(command: str, source: RecordSource) -> None:
+        raise AssertionError("the batch handler handles every record")
+
+    dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await dlq_producer.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    loop = ConsumeLoop(consumer, decode, unused, DeadLetters(dlq_producer, topic + ".dlq"), retry_delay=0.05,
+                       batch_handler=batch_handler)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await asyncio.wait_for(both_handled.wait(), 30)
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+        await dlq_producer.stop()
+
+    assert calls["n"] >= 2 and loop.dead_letters.count == 1
+    reader = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        await asyncio.sleep(0.5)
+        records = [r for batch in (await reader.getmany(timeout_ms=2000)).values() for r in batch]
+    finally:
+        await reader.stop()
+    assert [r.value for r in records] == [b"bad one"]

@@ -92,6 +92,8 @@ class ConsumeLoop:
         self.last_error: str | None = None
         self.last_failed_offset: int | None = None
         self._pending_commit: asyncio.Task[None] | None = None
+        # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
+        self._dead_lettered: set[tuple[str, int, int]] = set()
 
     async def _wait_for_gate(self, stop: asyncio.Event) -> None:
         """While the gate is closed (IBKR down), pause every partition: consume nothing we cannot place."""
@@ -188,6 +190,7 @@ class ConsumeLoop:
                 self.consumer.seek(partition, records[0].offset)
             return False
         self.consumed += count
+        self._dead_lettered.clear()  # the batch is handled: none of its records comes again
         # The commit goes out while the next batch is fetched and handled. Commits stay in order (one
         # at a time, on one coordinator connection); a crash before one completes only redelivers
         # records the ledger already holds.
@@ -232,7 +235,10 @@ class ConsumeLoop:
                 raise Undecodable("record has no value (tombstone)")
             return await self.decode(record.topic, record.value), source
         except Undecodable as exc:
-            await self.dead_letters.send(record, exc.reason, exc.stage)
+            where = (record.topic, record.partition, record.offset)
+            if where not in self._dead_lettered:
+                await self.dead_letters.send(record, exc.reason, exc.stage)
+                self._dead_lettered.add(where)
             return None
 
     async def flush_commits(self) -> None:
