@@ -110,6 +110,9 @@ class OrderConsumerApp:
         tasks = [
             asyncio.create_task(self._supervise_connection(), name="ibkr-connection"),
             asyncio.create_task(self.service.run_placer(self.stop), name="placer"),
+            asyncio.create_task(self.service.run_placement_watchdog(
+                self.stop, answer_within=settings.ibkr_order_answer_timeout,
+                every=min(2.0, settings.ibkr_order_answer_timeout)), name="placement-watchdog"),
             asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
             asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),

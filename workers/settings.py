@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     ibkr_connect_timeout: float = Field(default=10.0, gt=0)
     ibkr_heartbeat_interval: float = Field(default=30.0, gt=0)
     ibkr_heartbeat_timeout: float = Field(default=10.0, gt=0)
+    # A placed order IBKR has not answered after this many seconds is looked up, and placed again if IB never got it.
+    ibkr_order_answer_timeout: float = Field(default=5.0, gt=0)
     ibkr_pacing_per_second: float = Field(default=45.0, gt=0)
 
     # Guards

@@ -140,3 +140,24 @@ async def test_paper_worker_refuses_to_trade_against_a_live_account(kafka_bootst
         assert harness.observed.last_status(request.order_id) is None  # not even consumed
     finally:
         await harness.stop()
+
+
+async def test_orders_ib_drops_over_its_pacing_limit_are_placed_again_exactly_once(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    # The worker's limiter far above IB's limit: IB drops placeOrders with error 100, naming none.
+    h = Harness(kafka_bootstrap, database_url, kafka_topics)
+    h.sim.config.pacing = True
+    h.sim.config.max_messages_per_second = 25
+    try:
+        await h.start(ibkr_pacing_per_second=1000, ibkr_order_answer_timeout=1.0)
+        assert h.app is not None
+        await h.wait_for(lambda: h.app is not None and h.app.service.reconciled, what="ready")
+        requests = [order() for _ in range(60)]
+        for request in requests:
+            await h.send(request)
+        for request in requests:
+            await h.wait_status(request.order_id, "FILLED", timeout=60)
+        assert h.sim.pacing_violations > 0, "IB dropped nothing: the test proves nothing"
+        assert_exactly_once(h, [r.order_id for r in requests])
+    finally:
+        await h.stop()

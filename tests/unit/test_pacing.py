@@ -46,3 +46,23 @@ async def test_a_cancelled_waiter_does_not_consume_a_slot() -> None:
     await limiter.acquire()
     assert time.monotonic() - started < 0.1
     assert doomed.cancelled()
+
+
+async def test_messages_sent_around_the_limiter_are_paid_back_first() -> None:
+    limiter = PacingLimiter(rate=100, burst=5)
+    limiter.charge(10)  # e.g. ib_insync's own requests at connect
+    started = time.monotonic()
+    await limiter.acquire(Priority.PLACE)
+    # 5 tokens in the bucket minus 10 sent: 6 more must accrue at 100/s before one may go.
+    assert time.monotonic() - started >= 0.055
+
+
+async def test_a_charge_while_waiting_delays_the_waiters() -> None:
+    limiter = PacingLimiter(rate=100, burst=1)
+    await limiter.acquire()
+    waiting = asyncio.create_task(limiter.acquire(Priority.PLACE))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    limiter.charge(5)
+    await waiting
+    assert time.monotonic() - started >= 0.045

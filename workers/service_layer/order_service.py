@@ -25,6 +25,7 @@ from ib_insync import Contract, Order
 
 from workers.adapters.ibkr.builders import contract_for, order_for, state_for_ib_status
 from workers.adapters.ibkr.gateway import (
+    PACING_VIOLATION,
     ConnectionChanged,
     IbCommission,
     IbError,
@@ -101,6 +102,9 @@ class OrderService:
         self.metrics = metrics
         self.positions = positions
         self._received_at: dict[str, float] = {}
+        # placeOrder sent, no word from IBKR yet: order_id -> when (see run_placement_watchdog).
+        self._sent_at: dict[str, float] = {}
+        self._pacing_violated = asyncio.Event()
         self._in_report_batch = False
         self._ids_in_order = asyncio.Lock()
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
@@ -323,6 +327,7 @@ class OrderService:
                                        reason=f"{RejectReason.UNKNOWN_INSTRUMENT}: {row.instrument_id}")
                 continue
             await self.broker.place(contract_for(instrument), order_for(_request_of(row), ib_order_id))
+            self._sent_at[row.order_id] = time.monotonic()
             self.placed += 1
             if self.metrics is not None:
                 received = self._received_at.pop(row.order_id, None)
@@ -376,6 +381,8 @@ class OrderService:
         self.on_published()
 
     def _on_error(self, error: IbError) -> None:
+        if error.code == PACING_VIOLATION:
+            self._pacing_violated.set()
         level = log.info if error.informational else log.warning
         level("ibkr message", code=error.code, req_id=error.req_id, message=error.message)
 
@@ -442,6 +449,7 @@ class OrderService:
     async def reconcile(self) -> None:
         """Settle every open order of this worker against IBKR, then let placement run."""
         self._reconciled.clear()
+        self._sent_at.clear()  # every open order is settled here
         at_ib = await self.broker.order_statuses()
         await self._on_executions(await self.broker.executions())
         open_rows = await self.ledger.open_orders_owned_by(self.client_id)
@@ -462,6 +470,55 @@ class OrderService:
         self._reconciled.set()
         self.on_fill()
         log.info("reconciled with IBKR", client_id=self.client_id, ib_orders=len(at_ib))
+
+    async def run_placement_watchdog(self, stop: asyncio.Event, *, answer_within: float = 5.0,
+                                     every: float = 2.0) -> None:
+        """Find placed orders IBKR never answered, and place them again.
+
+        IBKR answers a placeOrder within milliseconds (openOrder, orderStatus). One it dropped — IB drops a
+        message that exceeds its pacing limit, answering only error 100 without naming it — would stay
+        PLACING until the next reconnect. An order sent ``answer_within`` seconds ago and still PLACING is
+        looked up among IBKR's open and completed orders (asked on the same connection, so after the
+        placeOrder): found, its status is applied; not found, IBKR never received it and it is placed
+        again under a new id, as reconciliation does. Checked every ``every`` seconds, and soon after an
+        error 100.
+        """
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pacing_violated.wait(), every)
+            if self._pacing_violated.is_set():
+                self._pacing_violated.clear()
+                await asyncio.sleep(min(every, answer_within))  # let IBKR's answers to what went through arrive
+            try:
+                await self.check_unanswered(answer_within)
+            except Exception:
+                log.exception("placement check failed; will try again")
+
+    async def check_unanswered(self, answer_within: float) -> int:
+        """One pass of :meth:`run_placement_watchdog`; returns how many orders were placed again."""
+        now = time.monotonic()
+        due = [order_id for order_id, sent in self._sent_at.items() if now - sent >= answer_within]
+        if not due or not self.broker.connected or not self._reconciled.is_set():
+            return 0
+        rows = await self.batches.get_many(due)
+        placing = [rows[i] for i in due if i in rows and rows[i].state is OrderState.PLACING]
+        for order_id in due:
+            if order_id not in rows or rows[order_id].state is not OrderState.PLACING:
+                self._sent_at.pop(order_id, None)
+        if not placing:
+            return 0
+        # A query can be dropped over the pacing limit as well: never wait for an answer forever.
+        at_ib = await asyncio.wait_for(self.broker.order_statuses(), max(2 * answer_within, 5.0))
+        answered = [at_ib[row.order_id] for row in placing if row.order_id in at_ib]
+        if answered:
+            await self._on_statuses(answered)
+        retried = 0
+        for row in placing:
+            self._sent_at.pop(row.order_id, None)
+            if row.order_id not in at_ib:
+                await self._retry_unplaced(row)
+                retried += 1
+        return retried
 
     async def _retry_unplaced(self, row: OrderRow) -> None:
         log.warning("order never reached IBKR; placing it again", order_id=row.order_id,

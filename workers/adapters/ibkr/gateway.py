@@ -81,6 +81,12 @@ class IbCommission:
     currency: str
 
 
+# ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
+_LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
+# IB drops a message over its pacing limit and says so with this code, naming no request.
+PACING_VIOLATION = 100
+
+
 @dataclass(frozen=True)
 class IbError:
     """An error or notice from IB; ``req_id`` is an order id when it concerns an order."""
@@ -207,6 +213,9 @@ class IbkrGateway:
                                    timeout=self.connect_timeout, readonly=self.readonly,
                                    account=self.account)
         self.next_valid_id_at_connect = int(self.ib.client._reqIdSeq)
+        # ib_insync's start-up requests (positions, open and completed orders, executions, account
+        # updates) go out without the limiter: they count against the same per-second budget at IB.
+        self.limiter.charge(int(getattr(self.ib.client.conn, "numMsgSent", 0)))
         log.info("ibkr connected", host=self.host, port=self.port, client_id=self.client_id,
                  next_valid_id=self.next_valid_id_at_connect,
                  accounts=self.ib.wrapper.accounts)
@@ -332,7 +341,9 @@ class IbkrGateway:
         open_trades: list[Trade] = await self.ib.reqOpenOrdersAsync()
         result: dict[str, IbOrderStatus] = {}
         for trade in [*completed, *open_trades, *self.ib.openTrades()]:
-            if trade.order.orderRef:
+            # ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId,
+            # still PendingSubmit) is not known at IBKR: it may have been dropped.
+            if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
                 result[trade.order.orderRef] = _status_report(trade)
         return result
 

@@ -71,6 +71,18 @@ class PacingLimiter:
             self.waits += 1
             self.waited_seconds += time.monotonic() - started
 
+    def charge(self, messages: int) -> None:
+        """Count ``messages`` sent without :meth:`acquire` (ib_insync's own requests at connect) against
+        the budget: the bucket may go into debt, and waiters wait until it is paid back."""
+        if messages <= 0:
+            return
+        self._refill()
+        self._tokens -= messages
+        if self._waiters and self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+            self._schedule()
+
     def _schedule(self) -> None:
         if self._wakeup is not None:
             return
