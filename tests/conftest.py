@@ -98,10 +98,16 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    """A connection pool (4 connections) on this test's own schema, migrated to the latest version."""
+def pool_size() -> int:
+    """How many connections :func:`pool` opens at most (a module can override it)."""
+    return 4
+
+
+@pytest.fixture
+async def pool(database_url: str, pool_size: int) -> AsyncIterator[Pool]:
+    """A connection pool on this test's own schema, migrated to the latest version."""
     await migrate(database_url)
-    opened = await open_pool(database_url, max_size=4)
+    opened = await open_pool(database_url, max_size=pool_size)
     try:
         yield opened
     finally:

@@ -22,8 +22,7 @@ from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.kafka.records import INSTRUMENT_UPDATED
 from workers.adapters.postgres._query import fetch_all, fetch_one
 from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.migrate import migrate
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import InstrumentChange, InstrumentRow
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.domain.contracts import AmbiguousContract, ContractDetail, ContractSpec, UnknownContract
@@ -119,13 +118,8 @@ async def sim() -> AsyncIterator[SimGateway]:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    await migrate(database_url)
-    pool = await open_pool(database_url, max_size=12)
-    try:
-        yield pool
-    finally:
-        await close_pool(pool)
+def pool_size() -> int:
+    return 12  # the sync's workers, its committer and a read ahead
 
 
 @pytest.fixture
