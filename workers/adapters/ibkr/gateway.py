@@ -171,12 +171,15 @@ class IbkrGateway:
 
     def __init__(self, host: str, port: int, client_id: int, *, limiter: PacingLimiter,
                  connect_timeout: float = 10.0, readonly: bool = False, account: str = "",
-                 trading_mode: str = "paper") -> None:
+                 trading_mode: str = "paper", request_timeout: float = 30.0) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
         self.limiter = limiter
         self.connect_timeout = connect_timeout
+        # IB answers a query or drops it (over its pacing limit, with error 100 naming no request): the
+        # queries reconciliation depends on give up after this long, and the caller reconnects.
+        self.request_timeout = request_timeout
         self.readonly = readonly
         self.account = account
         self.ib = IB()
@@ -336,9 +339,10 @@ class IbkrGateway:
     async def order_statuses(self) -> dict[str, IbOrderStatus]:
         """IB's open and completed orders of this client, keyed by orderRef (our order_id)."""
         await self.limiter.acquire(Priority.QUERY)
-        completed: list[Trade] = await self.ib.reqCompletedOrdersAsync(apiOnly=True)
+        completed: list[Trade] = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(apiOnly=True),
+                                                        self.request_timeout)
         await self.limiter.acquire(Priority.QUERY)
-        open_trades: list[Trade] = await self.ib.reqOpenOrdersAsync()
+        open_trades: list[Trade] = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
         result: dict[str, IbOrderStatus] = {}
         for trade in [*completed, *open_trades, *self.ib.openTrades()]:
             # ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId,
@@ -350,12 +354,12 @@ class IbkrGateway:
     async def executions(self) -> list[IbExecution]:
         """Today's executions (IB replays them with the same execIds), with commissions where known."""
         await self.limiter.acquire(Priority.QUERY)
-        fills: list[Fill] = await self.ib.reqExecutionsAsync()
+        fills: list[Fill] = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
         return [_execution_report(fill, fill.execution.orderRef) for fill in fills]
 
     async def positions(self) -> list[IbPosition]:
         await self.limiter.acquire(Priority.QUERY)
-        positions: list[Position] = await self.ib.reqPositionsAsync()
+        positions: list[Position] = await asyncio.wait_for(self.ib.reqPositionsAsync(), self.request_timeout)
         return [self._position_report(p) for p in positions]
 
     # -- events -----------------------------------------------------------------------------------
