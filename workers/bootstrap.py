@@ -116,6 +116,7 @@ class OrderConsumerApp:
             asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
             asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
+            asyncio.create_task(self.gateway.run_pruning(self.stop), name="ib-pruning"),
             asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
                                                            settings.ibkr_heartbeat_timeout), name="heartbeat"),
         ]

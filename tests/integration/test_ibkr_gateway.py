@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from ib_insync import Contract, LimitOrder, MarketOrder
 
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.sim import SimConfig, SimGateway
 
 pytestmark = pytest.mark.integration
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -37,5 +48,34 @@ async def test_queries_ibkr_does_not_answer_give_up_after_the_request_timeout(si
                 await query()
             assert time.monotonic() - started < 2.0
         sim.unfreeze()
+    finally:
+        await gateway.close()
+
+
+async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 22, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    try:
+        refs = [f"ref-{n}" for n in range(5)]
+        for ref in refs:
+            order = MarketOrder("BUY", 1, orderRef=ref, orderId=gateway.ib.client.getReqId())
+            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+        await eventually(lambda: all(t.isDone() for t in gateway.ib.trades())
+                         and len(gateway.ib.fills()) == len(refs))
+        resting = LimitOrder("BUY", 1, 1.0, orderRef="resting", orderId=gateway.ib.client.getReqId())
+        await gateway.place(Contract(conId=265598, exchange="SMART"), resting)
+        await eventually(lambda: any(t.order.orderRef == "resting" and t.order.permId
+                                     for t in gateway.ib.openTrades()))
+
+        assert gateway.prune_done(older_than=3600) == 0  # recent: kept
+        assert gateway.prune_done(older_than=0) == len(refs)
+
+        left = gateway.ib.wrapper.trades.values()
+        assert [t.order.orderRef for t in left] == ["resting"]  # an open order is never forgotten
+        assert gateway.ib.wrapper.fills == {}
+        statuses = await gateway.order_statuses()  # IBKR still knows them all
+        assert set(refs) <= set(statuses) and statuses[refs[0]].ib_status == "Filled"
+        assert {e.order_ref for e in await gateway.executions()} == set(refs)
     finally:
         await gateway.close()

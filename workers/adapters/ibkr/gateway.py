@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -271,6 +271,39 @@ class IbkrGateway:
             raise
         self.last_error = None
 
+    def prune_done(self, older_than: float) -> int:
+        """Forget ib_insync's trades that are done and untouched for ``older_than`` seconds, with their fills.
+
+        ib_insync keeps every trade and fill of a session in memory, so a connection
+        that lives for weeks would grow without bound. The ledger is the record; what reconciliation asks
+        IBKR for comes back from IBKR. Returns how many trades were forgotten.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        wrapper = self.ib.wrapper
+        done = [key for key, trade in wrapper.trades.items() if trade.isDone() and _last_touched(trade) <= cutoff]
+        for key in done:
+            trade = wrapper.trades.pop(key)
+            if trade.order.permId:
+                wrapper.permId2Trade.pop(trade.order.permId, None)
+            for fill in trade.fills:
+                wrapper.fills.pop(fill.execution.execId, None)
+        # Fills of trades this session never held (another client's, or replayed) age out the same way.
+        for exec_id in [e for e, fill in wrapper.fills.items() if fill.time <= cutoff]:
+            fill = wrapper.fills[exec_id]
+            key = (fill.execution.clientId, fill.execution.orderId)
+            if key not in wrapper.trades:
+                del wrapper.fills[exec_id]
+        return len(done)
+
+    async def run_pruning(self, stop: asyncio.Event, *, every: float = 60.0, older_than: float = 600.0) -> None:
+        """:meth:`prune_done` every ``every`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            forgotten = self.prune_done(older_than)
+            if forgotten:
+                log.debug("done trades forgotten", count=forgotten, kept=len(self.ib.wrapper.trades))
+
     async def run_heartbeat(self, stop: asyncio.Event, interval: float, timeout: float) -> None:
         """Ask for the current time every ``interval`` s; no answer within ``timeout`` means a dead link.
 
@@ -420,3 +453,11 @@ class IbkrGateway:
 
 
 ReportHandler = Callable[[IbReport], Awaitable[None]]
+
+
+def _last_touched(trade: Trade) -> datetime:
+    """When IBKR last said something about ``trade`` (the time of its last log entry)."""
+    if not trade.log:
+        return datetime.min.replace(tzinfo=UTC)
+    last: datetime = trade.log[-1].time
+    return last if last.tzinfo is not None else last.replace(tzinfo=UTC)
