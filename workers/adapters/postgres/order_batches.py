@@ -34,7 +34,6 @@ _COLUMNS = ", ".join(column_names(OrderRow))
 _FINAL = [str(state) for state in FINAL_STATES]
 
 _SELECT_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s)"
-_LOCK_MANY = f"SELECT {_COLUMNS} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE"
 _PENDING_CANCELS = "SELECT order_id FROM cancel_requests WHERE order_id = ANY(%s) AND handled_at IS NULL"
 CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
 _NEW_ORDER_FIELDS = (
@@ -114,16 +113,27 @@ _STATUS_FIELDS: tuple[Column, ...] = (
     ("order_id", "text"), ("state", "text"), ("filled_quantity", "numeric"), ("remaining_quantity", "numeric"),
     ("avg_fill_price", "numeric"), ("ib_perm_id", "bigint"), ("reason", "text"), ("ib_error_code", "integer"),
 )
-# The new states of many orders (each at most once) and their status records, in one statement.
+_VERSIONED_STATUS_FIELDS: tuple[Column, ...] = (*_STATUS_FIELDS, ("version", "text"))
+_SELECT_MANY_VERSIONED = f"SELECT {_COLUMNS}, xmin::text AS version FROM orders WHERE order_id = ANY(%s)"
+_APPLY_ATTEMPTS = 5
+# The new states of many orders (each at most once), each written only if the row is still the version
+# read, and the status records of the orders written, in one statement; returns the orders written.
 _UPDATE_STATUS_WITH_OUTBOX = f"""
 WITH changed AS (
     UPDATE orders o SET state = u.state, filled_quantity = u.filled_quantity,
         remaining_quantity = u.remaining_quantity, avg_fill_price = u.avg_fill_price, ib_perm_id = u.ib_perm_id,
         reason = u.reason, ib_error_code = u.ib_error_code, updated_at = now()
-    FROM {unnest_from(_STATUS_FIELDS, "u")}
-    WHERE o.order_id = u.order_id
+    FROM {unnest_from(_VERSIONED_STATUS_FIELDS, "u")}
+    WHERE o.order_id = u.order_id AND o.xmin::text = u.version
+    RETURNING o.order_id
+), announced AS (
+    INSERT INTO outbox (topic, key, payload, writer)
+    SELECT m.topic, m.key, m.payload, m.writer
+    FROM {unnest_from((*OUTBOX_COLUMNS, ("of_order", "text")), "m")}
+    JOIN changed ON changed.order_id = m.of_order
+    ORDER BY m.n
 )
-{INSERT_MANY_SQL}
+SELECT order_id FROM changed
 """
 # Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
 # id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
@@ -215,6 +225,39 @@ def order_row(record: dict[str, object]) -> OrderRow:
     return OrderRow(**values)  # type: ignore[arg-type]
 
 
+async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
+                      status: StatusRecord) -> tuple[list[AppliedChange], list[StatusChange]]:
+    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile)."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_SELECT_MANY_VERSIONED, (sorted({c.order_id for c in changes}),))
+        records = await cursor.fetchall()
+    versions = {str(r["order_id"]): str(r.pop("version")) for r in records}
+    rows = {row.order_id: row for row in map(order_row, records)}
+    applied: list[AppliedChange] = []
+    touched: dict[str, OrderRow] = {}
+    for change in changes:
+        row = rows.get(change.order_id)
+        if row is None:
+            continue
+        updated = _changed(row, change)
+        if updated is None:
+            continue
+        applied.append(AppliedChange(updated, row.state))
+        rows[change.order_id] = touched[change.order_id] = updated
+    if not applied:
+        return [], []
+    params = column_arrays([_update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
+                           _VERSIONED_STATUS_FIELDS)
+    params |= outbox_arrays([status(a.row, a.previous) for a in applied])
+    params["of_order"] = [a.row.order_id for a in applied]
+    async with conn.cursor() as cursor:
+        await cursor.execute(_UPDATE_STATUS_WITH_OUTBOX, params)
+        written = {str(r[0]) for r in await cursor.fetchall()}
+    lost = set(touched) - written
+    return ([a for a in applied if a.row.order_id in written],
+            [c for c in changes if c.order_id in lost])
+
+
 async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence[str]) -> dict[str, OrderRow]:
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(query, (list(order_ids),))
@@ -271,27 +314,26 @@ class OrderBatches:
         return inserted
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord) -> list[AppliedChange]:
-        """Apply ``changes`` in order; illegal or empty ones are skipped. One status record per change."""
+        """Apply ``changes`` in order; illegal or empty ones are skipped. One status record per change.
+
+        Optimistic: the rows are read, the changes worked out, and the new rows written with their status
+        records in one statement that writes an order only if it is still the version read (``xmin``);
+        an order changed meanwhile (a cancel on the order path) has its changes worked out again. Two round
+        trips, no transaction block, no row lock held across them.
+        """
         if not changes:
             return []
         applied: list[AppliedChange] = []
-        async with self._pool.connection() as conn, conn.transaction():
-            rows = await _rows(conn, _LOCK_MANY, sorted({c.order_id for c in changes}))
-            touched: dict[str, OrderRow] = {}
-            for change in changes:
-                row = rows.get(change.order_id)
-                if row is None:
-                    continue
-                updated = _changed(row, change)
-                if updated is None:
-                    continue
-                applied.append(AppliedChange(updated, row.state))
-                rows[change.order_id] = touched[change.order_id] = updated
-            if not applied:
-                return []
-            await conn.execute(_UPDATE_STATUS_WITH_OUTBOX, {
-                **column_arrays([_update_params(row) for row in touched.values()], _STATUS_FIELDS),
-                **outbox_arrays([status(a.row, a.previous) for a in applied])})
+        pending = list(changes)
+        async with self._pool.connection() as conn:
+            for _ in range(_APPLY_ATTEMPTS):
+                done, pending = await _apply_once(conn, pending, status)
+                applied.extend(done)
+                if not pending:
+                    break
+            else:
+                raise RuntimeError(f"orders kept changing while their status was applied: "
+                                   f"{sorted({c.order_id for c in pending})}")
         return applied
 
     async def reserve_ib_order_ids(self, order_ids: Sequence[str], client_id: int,
