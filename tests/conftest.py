@@ -26,6 +26,8 @@ import pytest
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.settings import TopicNames
+from workers.sim.config import SimConfig
+from workers.sim.server import SimGateway
 
 HOW_TO_START = (
     "no {what} available: set {var}, or run `scripts/dev-services up` and export the lines it prints, "
@@ -112,6 +114,22 @@ async def pool(database_url: str, pool_size: int) -> AsyncIterator[Pool]:
         yield opened
     finally:
         await close_pool(opened)
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    """The in-process sim's configuration; override it in a test module (or parametrize) to start it differently."""
+    return SimConfig()
+
+
+@pytest.fixture
+async def sim(sim_config: SimConfig) -> AsyncIterator[SimGateway]:
+    gateway = SimGateway(sim_config)
+    await gateway.start("127.0.0.1", 0)
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
 
 
 @pytest.fixture

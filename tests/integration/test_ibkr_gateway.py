@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from ib_insync import Contract, LimitOrder, MarketOrder
@@ -26,13 +26,8 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimGateway]:
-    gateway = SimGateway(SimConfig(pacing=False))
-    await gateway.start("127.0.0.1", 0)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
+def sim_config() -> SimConfig:
+    return SimConfig(pacing=False)
 
 
 async def test_queries_ibkr_does_not_answer_give_up_after_the_request_timeout(sim: SimGateway) -> None:

@@ -108,13 +108,8 @@ class World:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimGateway]:
-    gateway = SimGateway(SimConfig(pacing=False))
-    await gateway.start("127.0.0.1", 0)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
+def sim_config() -> SimConfig:
+    return SimConfig(pacing=False)
 
 
 @pytest.fixture

@@ -37,13 +37,8 @@ UNIVERSE: list[dict[str, Any]] = [{"instrument_id": f"STK:{s}:USD"} for s in STO
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimGateway]:
-    gateway = SimGateway(SimConfig(pacing=False))
-    await gateway.start("127.0.0.1", 0)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
+def sim_config() -> SimConfig:
+    return SimConfig(pacing=False)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import os
 import pty
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +47,8 @@ async def paper_check(port: int, *args: str, timeout: float = 60, **env: str) ->
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimGateway]:
-    gateway = SimGateway(SimConfig(accounts=(ACCOUNT,)))
-    await gateway.start("127.0.0.1", 0)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
+def sim_config() -> SimConfig:
+    return SimConfig(accounts=(ACCOUNT,))
 
 
 def aapl_position(sim: SimGateway, account: str = ACCOUNT) -> float:

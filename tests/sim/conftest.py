@@ -10,24 +10,7 @@ import pytest
 from ib_insync import IB, Contract, Stock
 
 from tests.sim.helpers import Connect
-from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway
-
-
-@pytest.fixture
-def sim_config() -> SimConfig:
-    """Override in a test module (or parametrize) to start the sim differently."""
-    return SimConfig()
-
-
-@pytest.fixture
-async def sim(sim_config: SimConfig) -> AsyncIterator[SimGateway]:
-    gateway = SimGateway(sim_config)
-    await gateway.start("127.0.0.1", 0)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
 
 
 @pytest.fixture
