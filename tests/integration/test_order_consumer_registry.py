@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,19 +23,37 @@ from workers.settings import TopicNames
 pytestmark = pytest.mark.integration
 
 
-async def test_events_are_confluent_framed_and_registered_under_topic_subjects(
-        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+@pytest.fixture
+async def registry() -> AsyncIterator[tuple[FakeRegistry, str]]:
+    """A schema registry in the test (an HTTP server on a free port) and its URL."""
     fake = FakeRegistry()
     server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    harness = Harness(kafka_bootstrap, database_url, kafka_topics)
-    # The test reads the topics with a codec of its own that knows both framings.
-    reader = RegistryFramedCodec(RegistryCodec(SchemaRegistryClient(url)), {
-        ORDER_STATUS_CHANGED: kafka_topics.orders_status, FILL_EXECUTED: kafka_topics.fills_executed,
-        ORDER_REQUESTED: kafka_topics.orders_requested, POSITION_UPDATED: kafka_topics.positions_updated,
-        WORKER_HEALTH: kafka_topics.workers_health})
+    try:
+        yield fake, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def reading_harness(url: str, kafka_bootstrap: str, database_url: str, topics: TopicNames, *,
+                          reads_requests: bool) -> Harness:
+    """A harness reading the topics with a codec of its own that knows both framings; with
+    ``reads_requests`` it registers the orders.requested schema itself, before anyone writes one."""
+    harness = Harness(kafka_bootstrap, database_url, topics)
+    schemas = {ORDER_STATUS_CHANGED: topics.orders_status, FILL_EXECUTED: topics.fills_executed,
+               POSITION_UPDATED: topics.positions_updated, WORKER_HEALTH: topics.workers_health}
+    if reads_requests:
+        schemas[ORDER_REQUESTED] = topics.orders_requested
+    reader = RegistryFramedCodec(RegistryCodec(SchemaRegistryClient(url)), schemas)
     await reader.prepare()
     harness.codec = reader
+    return harness
+
+
+async def test_events_are_confluent_framed_and_registered_under_topic_subjects(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames,
+        registry: tuple[FakeRegistry, str]) -> None:
+    fake, url = registry
+    harness = await reading_harness(url, kafka_bootstrap, database_url, kafka_topics, reads_requests=True)
     try:
         await harness.start(True, schema_registry_url=url)
         request = order()
@@ -49,24 +68,18 @@ async def test_events_are_confluent_framed_and_registered_under_topic_subjects(
         assert raw and all(value[0] == 0 and int.from_bytes(value[1:5], "big") == status_id for value in raw)
     finally:
         await harness.stop()
-        server.close()
 
 
 async def test_the_order_client_from_settings_writes_the_confluent_framing(
-        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames,
+        registry: tuple[FakeRegistry, str]) -> None:
     from decimal import Decimal
 
     from workers.client import OrderClient
 
-    fake = FakeRegistry()
-    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    harness = Harness(kafka_bootstrap, database_url, kafka_topics)
-    reader = RegistryFramedCodec(RegistryCodec(SchemaRegistryClient(url)), {
-        ORDER_STATUS_CHANGED: kafka_topics.orders_status, FILL_EXECUTED: kafka_topics.fills_executed,
-        POSITION_UPDATED: kafka_topics.positions_updated, WORKER_HEALTH: kafka_topics.workers_health})
-    await reader.prepare()
-    harness.codec = reader
+    fake, url = registry
+    # The client registers orders.requested: the reader must not have done it first.
+    harness = await reading_harness(url, kafka_bootstrap, database_url, kafka_topics, reads_requests=False)
     try:
         await harness.start(True, schema_registry_url=url)
         settings = harness.settings(schema_registry_url=url)
@@ -80,4 +93,3 @@ async def test_the_order_client_from_settings_writes_the_confluent_framing(
         assert raw and all(value[0] == 0 for value in raw)
     finally:
         await harness.stop()
-        server.close()
