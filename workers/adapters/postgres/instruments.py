@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow, TupleRow, dict_row
@@ -246,6 +246,21 @@ async def write_instruments(
     return await apply_planned(conn, locked.plan(writes))
 
 
+_RACE_ATTEMPTS = 3
+_T = TypeVar("_T")
+
+
+async def retrying_races(attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``attempt()`` (a whole transaction) again when it lost an insert race: the next attempt sees the
+    other transaction's row under its lock. Raises :class:`InstrumentRace` after the last attempt."""
+    for _ in range(_RACE_ATTEMPTS - 1):
+        try:
+            return await attempt()
+        except InstrumentRace:
+            continue
+    return await attempt()
+
+
 class InstrumentMapper:
     """Instruments by ``instrument_id`` and by IBKR ``con_id``."""
 
@@ -305,11 +320,9 @@ class InstrumentMapper:
         return [InstrumentRow(**r) for r in records]
 
     async def _write_one(self, write: InstrumentWrite) -> InstrumentUpsert:
-        for _ in range(3):
-            try:
-                async with self._pool.connection() as conn, conn.transaction():
-                    (outcome,) = await write_instruments(conn, [write])
-                    return outcome
-            except InstrumentRace:
-                continue  # the row exists now: the next attempt sees it under its lock
-        raise InstrumentRace([write.instrument_id])
+        async def attempt() -> InstrumentUpsert:
+            async with self._pool.connection() as conn, conn.transaction():
+                (outcome,) = await write_instruments(conn, [write])
+                return outcome
+
+        return await retrying_races(attempt)

@@ -9,10 +9,9 @@ entries not marked yet and no row is ever half written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -33,6 +32,7 @@ from workers.adapters.postgres.instruments import (
     InstrumentRace,
     apply_planned,
     lock_instruments,
+    retrying_races,
     write_instruments,
 )
 from workers.adapters.postgres.outbox import Outbox, add_many_to_outbox
@@ -49,8 +49,6 @@ from workers.domain.universe import UniverseEntry, entry_from_dict, entry_to_dic
 
 InstrumentWrite = Instrument | Deactivate
 EventFactory = Callable[[InstrumentUpsert], OutboxMessage]
-_T = TypeVar("_T")
-_RACE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -334,7 +332,7 @@ class UniverseStore:
                 await _record(conn, pass_id, [entry] if entry is not None else [], outcomes, event)
                 return outcomes
 
-        return await _retrying_races(attempt)
+        return await retrying_races(attempt)
 
     async def commit_entries(self, pass_id: int, batch: Sequence[EntryWrites],
                              event: EventFactory) -> list[EntryCommitted]:
@@ -346,7 +344,7 @@ class UniverseStore:
         its error, and the others are committed; an entry is never half written. Results are in batch order.
         """
         try:
-            results = await _retrying_races(lambda: self._commit_batch(pass_id, batch, event))
+            results = await retrying_races(lambda: self._commit_batch(pass_id, batch, event))
         except (psycopg.IntegrityError, psycopg.DataError) as exc:
             if len(batch) == 1:
                 return [EntryCommitted([], error=str(exc).splitlines()[0])]
@@ -391,16 +389,6 @@ class UniverseStore:
                     committed.append(one.entry)
             await _record(conn, pass_id, committed, all_outcomes, event)
         return results
-
-
-async def _retrying_races(attempt: Callable[[], Awaitable[_T]]) -> _T:
-    """``attempt()`` again when it lost an insert race (it then sees the other transaction's row)."""
-    for _ in range(_RACE_ATTEMPTS - 1):
-        try:
-            return await attempt()
-        except InstrumentRace:
-            continue
-    return await attempt()
 
 
 async def _record(conn: AsyncConnection[TupleRow], pass_id: int | None, entries: Sequence[tuple[str, str]],
