@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.ledger_history import seed_history
 from tests.conftest import with_search_path
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import (
@@ -55,6 +56,16 @@ from workers.sim.control import control_call
 ACCOUNT = "DU0000001"
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
                   currency="USD", min_tick=Decimal("0.01"), primary_exchange="NASDAQ")
+
+
+@dataclass
+class History:
+    """How many finished orders the ledger holds before a run (see bench/ledger_history.py)."""
+
+    orders: int = 50_000
+
+
+HISTORY = History()
 
 BARE_IB = """
 import asyncio, sys, time
@@ -155,6 +166,9 @@ async def prepare(bootstrap: str, server_url: str, pacing: bool) -> Setup:
         await InstrumentMapper(pool).upsert(AAPL)
     finally:
         await close_pool(pool)
+    if HISTORY.orders:
+        seed_history(database_url, HISTORY.orders, account=ACCOUNT, instrument_id=AAPL.instrument_id,
+                     con_id=AAPL.con_id)
     sim = SimProcess(pacing)
     port = await sim.start()
     return Setup(bootstrap, database_url, topics, sim, port)
@@ -416,6 +430,7 @@ async def bench_bare_kafka(bootstrap: str, count: int) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    HISTORY.orders = args.history
     try:
         await run_all(args)
     finally:
@@ -466,6 +481,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0, help="orders/s of the latency run (target: 200)")
     parser.add_argument("--latency-runs", type=int, default=1, help="repeat the latency run; report the medians")
     parser.add_argument("--pacing-orders", type=int, default=450)
+    parser.add_argument("--history", type=int, default=HISTORY.orders,
+                        help="finished orders in the ledger before each run (0: empty tables)")
     parser.add_argument("--skip-pacing", action="store_true")
     parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")
     parser.add_argument("--only-latency", action="store_true", help="only the worker's latency at 200/s")
