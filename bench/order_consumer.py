@@ -335,7 +335,11 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
             "worker_cpu_ms_per_order": worker_cpu / count * 1000}
 
 
-async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float) -> dict[str, Any]:
+async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float,
+                               ramp_seconds: float) -> dict[str, Any]:
+    """Latency at ``rate`` orders/s, steady state: one stream of orders at that rate, of which the first
+    ``ramp_seconds`` are not counted in the figures but reported on their own (the moment load starts,
+    the broker, PostgreSQL and the worker all warm up on the same two cores)."""
     setup = await prepare(bootstrap, server_url, pacing=False)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
@@ -345,27 +349,42 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     warmup = [market_order() for _ in range(20)]
     await produce(setup, codec, warmup, rate=50)
     await wait_filled(watcher, warmup, timeout=60)
+    ramp = [market_order() for _ in range(int(rate * ramp_seconds))]
     orders = [market_order() for _ in range(count)]
     cpu_before = cpu_seconds(process.pid)
-    sent_at = await produce(setup, codec, orders, rate=rate)
-    await wait_filled(watcher, orders, timeout=300)
+    sent_at = await produce(setup, codec, ramp + orders, rate=rate)
+    await wait_filled(watcher, ramp + orders, timeout=300)
     await asyncio.sleep(3)  # fills wait up to 2 s for commissions
-    cpu_per_order_ms = (cpu_seconds(process.pid) - cpu_before) / count * 1000
+    cpu_per_order_ms = (cpu_seconds(process.pid) - cpu_before) / (len(ramp) + count) * 1000
     stages = await stage_quantiles(health_port)
     rss = await stop_worker(process)
     by_ref = await executions_by_ref(setup.sim)
-    to_place = [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in orders]
+
+    def to_place(batch: list[OrderRequested]) -> list[float]:
+        return [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in batch]
+
+    measured = to_place(orders)
     to_fill = [(watcher.fill_records[by_ref[o.order_id][1]] - by_ref[o.order_id][0]) * 1000 for o in orders
                if by_ref[o.order_id][1] in watcher.fill_records]
     watcher.task.cancel()
     await setup.sim.stop()
     if os.environ.get("BENCH_DUMP"):  # a path: every order's (order_id, sent at, produce->place ms)
+        everything = ramp + orders
         Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(
-            [(o.order_id, sent_at[o.order_id], latency) for o, latency in zip(orders, to_place, strict=True)]))
-    return {"orders": count, "rate": rate,
-            "produce_to_place_ms": {"p50": statistics.median(to_place), "p99": percentile(to_place, 0.99)},
-            "execution_to_fill_record_ms": {"p50": statistics.median(to_fill), "p99": percentile(to_fill, 0.99)},
-            "peak_rss_mb": rss, "worker_cpu_ms_per_order": round(cpu_per_order_ms, 3), "worker_stages": stages}
+            [(o.order_id, sent_at[o.order_id], latency)
+             for o, latency in zip(everything, to_place(everything), strict=True)]))
+    result: dict[str, Any] = {
+        "orders": count, "rate": rate,
+        "produce_to_place_ms": {"p50": statistics.median(measured), "p99": percentile(measured, 0.99)},
+        "execution_to_fill_record_ms": {"p50": statistics.median(to_fill), "p99": percentile(to_fill, 0.99)},
+        "peak_rss_mb": rss, "worker_cpu_ms_per_order": round(cpu_per_order_ms, 3), "worker_stages": stages,
+    }
+    if ramp:
+        ramp_latency = to_place(ramp)
+        result["ramp"] = {"orders": len(ramp), "produce_to_place_ms": {
+            "p50": statistics.median(ramp_latency), "p99": percentile(ramp_latency, 0.99),
+            "max": max(ramp_latency)}}
+    return result
 
 
 async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> dict[str, Any]:
@@ -441,7 +460,7 @@ async def main(args: argparse.Namespace) -> None:
 async def latency_runs(bootstrap: str, server_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """``--latency-runs`` runs of the latency bench; with more than one, the medians of their p50 and p99
     as well (identical runs differ widely on a shared machine)."""
-    runs = [await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate)
+    runs = [await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate, args.ramp)
             for _ in range(max(1, args.latency_runs))]
     if len(runs) == 1:
         return runs[0]
@@ -450,6 +469,7 @@ async def latency_runs(bootstrap: str, server_url: str, args: argparse.Namespace
         "median_p50_ms": statistics.median(r["produce_to_place_ms"]["p50"] for r in runs),
         "median_p99_ms": statistics.median(r["produce_to_place_ms"]["p99"] for r in runs),
         "p99_ms_each_run": [round(r["produce_to_place_ms"]["p99"], 1) for r in runs],
+        "ramp_p99_ms_each_run": [round(r["ramp"]["produce_to_place_ms"]["p99"], 1) for r in runs if "ramp" in r],
     }
 
 
@@ -479,6 +499,8 @@ if __name__ == "__main__":
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--latency-orders", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0, help="orders/s of the latency run (target: 200)")
+    parser.add_argument("--ramp", type=float, default=2.0,
+                        help="seconds of orders at --rate before the measured ones (reported apart)")
     parser.add_argument("--latency-runs", type=int, default=1, help="repeat the latency run; report the medians")
     parser.add_argument("--pacing-orders", type=int, default=450)
     parser.add_argument("--history", type=int, default=HISTORY.orders,

@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
@@ -166,3 +166,63 @@ async def test_a_batch_retried_after_a_failure_dead_letters_its_bad_record_once(
     finally:
         await reader.stop()
     assert [r.value for r in records] == [b"bad one"]
+
+
+class GatedCommits(AIOKafkaConsumer):
+    """A real consumer whose offset commits wait for ``gate`` (a slow group coordinator)."""
+
+    def __init__(self, *topics: str, gate: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*topics, **kwargs)
+        self.gate = gate
+        self.commits: list[dict[Any, int]] = []
+
+    async def commit(self, offsets: Any = None) -> None:
+        self.commits.append(dict(offsets))
+        await self.gate.wait()
+        await super().commit(offsets)
+
+
+async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile_go_in_one(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    for n in range(30):
+        await producer.send_and_wait(topic, f"m{n}".encode(), key=b"k")
+    handled: list[str] = []
+    commits_may_complete = asyncio.Event()
+
+    async def batch_handler(commands: list[tuple[str, RecordSource]]) -> None:
+        await asyncio.sleep(0)  # like a real handler's I/O: lets the commit of the batch before start
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 30:
+            commits_may_complete.set()  # only now: had the loop waited for the first commit, never
+
+    async def unused(command: str, source: RecordSource) -> None:
+        raise AssertionError("the batch handler handles every record")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = GatedCommits(topic, gate=commits_may_complete, bootstrap_servers=kafka_bootstrap, group_id=group,
+                            enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    loop = ConsumeLoop(consumer, decode, unused, DeadLetters(producer, topic + ".dlq"), batch_size=5,
+                       batch_handler=batch_handler)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await asyncio.wait_for(commits_may_complete.wait(), 30)
+    finally:
+        stop.set()
+        await task  # the loop commits everything handled before it returns
+        await consumer.stop()
+        await producer.stop()
+
+    assert handled == [f"m{n}" for n in range(30)]
+    # The first batch's commit waited while the other batches were handled; their offsets went together.
+    assert [list(c.values()) for c in consumer.commits] == [[5], [30]]
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await reader.start()
+    try:
+        assert await reader.committed(TopicPartition(topic, 0)) == 30
+    finally:
+        await reader.stop()

@@ -46,6 +46,7 @@ async def test_gateway_dropped_mid_stream_loses_and_duplicates_nothing(harness: 
                            timeout=20, what="one fill per order")
     assert_exactly_once(harness, [r.order_id for r in requests])
     assert harness.app is not None and harness.app.gateway.reconnects >= 3
+    assert harness.app.service.unanswered == 0
 
 
 async def test_gateway_restart_with_refused_connections_then_reconciles(harness: Harness) -> None:
@@ -159,5 +160,7 @@ async def test_orders_ib_drops_over_its_pacing_limit_are_placed_again_exactly_on
             await h.wait_status(request.order_id, "FILLED", timeout=60)
         assert h.sim.pacing_violations > 0, "IB dropped nothing: the test proves nothing"
         assert_exactly_once(h, [r.order_id for r in requests])
+        # Every order got an answer in the end: none is left for the watchdog to look up again.
+        assert h.app.service.unanswered == 0
     finally:
         await h.stop()

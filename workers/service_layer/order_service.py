@@ -113,6 +113,11 @@ class OrderService:
         self.rejected: dict[str, int] = {}
 
     @property
+    def unanswered(self) -> int:
+        """Orders sent to IBKR that IBKR has said nothing about yet (what the placement watchdog checks)."""
+        return len(self._sent_at)
+
+    @property
     def reconciled(self) -> bool:
         """True once reconciliation has settled the ledger with IBKR since the last (re)connect."""
         return self._reconciled.is_set()
@@ -344,6 +349,9 @@ class OrderService:
 
     async def on_reports(self, reports: Sequence[IbReport]) -> None:
         """Handle a batch of IBKR reports: fills first, then commissions, statuses and positions."""
+        for report in reports:
+            if isinstance(report, IbOrderStatus | IbExecution) and report.order_ref:
+                self._sent_at.pop(report.order_ref, None)  # IBKR answered: the watchdog can forget it
         executions = [r for r in reports if isinstance(r, IbExecution)]
         commissions = [(r.exec_id, r.commission, r.currency) for r in reports if isinstance(r, IbCommission)]
         if executions:

@@ -91,7 +91,9 @@ class ConsumeLoop:
         self.gate_closed = False
         self.last_error: str | None = None
         self.last_failed_offset: int | None = None
-        self._pending_commit: asyncio.Task[None] | None = None
+        # Offsets handled but not committed yet, and the task committing them (one commit at a time).
+        self._offsets_to_commit: dict[TopicPartition, int] = {}
+        self._committer: asyncio.Task[None] | None = None
         # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
         self._dead_lettered: set[tuple[str, int, int]] = set()
 
@@ -191,13 +193,26 @@ class ConsumeLoop:
             return False
         self.consumed += count
         self._dead_lettered.clear()  # the batch is handled: none of its records comes again
-        # The commit goes out while the next batch is fetched and handled. Commits stay in order (one
-        # at a time, on one coordinator connection); a crash before one completes only redelivers
-        # records the ledger already holds.
-        await self.flush_commits()
-        offsets = {partition: records[-1].offset + 1 for partition, records in batches}
-        self._pending_commit = asyncio.create_task(self._commit_many(offsets), name="offset-commit")
+        self._commit_later({partition: records[-1].offset + 1 for partition, records in batches})
         return True
+
+    def _commit_later(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` in the background, without holding up the next batch.
+
+        One commit is in flight at a time; offsets handled meanwhile wait and go together in the next one
+        (the latest offset of each partition), so commits never go backwards and a slow group coordinator
+        never stalls consumption. A crash before a commit completes only redelivers records the ledger
+        already holds.
+        """
+        for partition, offset in offsets.items():
+            self._offsets_to_commit[partition] = max(offset, self._offsets_to_commit.get(partition, 0))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
+
+    async def _commit_pending(self) -> None:
+        while self._offsets_to_commit:
+            offsets, self._offsets_to_commit = self._offsets_to_commit, {}
+            await self._commit_many(offsets)
 
     async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
                                 stop: asyncio.Event) -> int:
@@ -242,10 +257,11 @@ class ConsumeLoop:
             return None
 
     async def flush_commits(self) -> None:
-        """Wait for the offset commit in flight, if any."""
-        pending, self._pending_commit = self._pending_commit, None
-        if pending is not None:
-            await pending
+        """Wait until every handled offset is committed (or its commit has failed)."""
+        if self._offsets_to_commit and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
+        if self._committer is not None:
+            await self._committer
 
     async def _commit(self, partition: TopicPartition, offset: int) -> None:
         await self._commit_many({partition: offset})
