@@ -182,8 +182,10 @@ class GatedCommits(AIOKafkaConsumer):
         await super().commit(offsets)
 
 
+@pytest.mark.parametrize("commit_interval", [0.0, 60.0])
 async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile_go_in_one(
-        kafka_bootstrap: str) -> None:
+        kafka_bootstrap: str, commit_interval: float) -> None:
+    """With no interval between commits, and with one far longer than the test: stopping commits at once."""
     topic = await make_topic(kafka_bootstrap, 1)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
@@ -206,14 +208,14 @@ async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile
                             enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     loop = ConsumeLoop(consumer, decode, unused, DeadLetters(producer, topic + ".dlq"), batch_size=5,
-                       batch_handler=batch_handler)
+                       batch_handler=batch_handler, commit_interval=commit_interval)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     try:
         await asyncio.wait_for(commits_may_complete.wait(), 30)
     finally:
         stop.set()
-        await task  # the loop commits everything handled before it returns
+        await asyncio.wait_for(task, 20)  # the loop commits everything handled before it returns
         await consumer.stop()
         await producer.stop()
 

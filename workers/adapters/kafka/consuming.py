@@ -76,7 +76,7 @@ class ConsumeLoop:
     def __init__(self, consumer: AIOKafkaConsumer, decode: Decoder, handler: Handler,
                  dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
                  max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True,
-                 batch_handler: BatchHandler | None = None) -> None:
+                 batch_handler: BatchHandler | None = None, commit_interval: float = 0.1) -> None:
         self.consumer = consumer
         self.decode = decode
         self.handler = handler
@@ -94,6 +94,9 @@ class ConsumeLoop:
         # Offsets handled but not committed yet, and the task committing them (one commit at a time).
         self._offsets_to_commit: dict[TopicPartition, int] = {}
         self._committer: asyncio.Task[None] | None = None
+        self.commit_interval = commit_interval
+        self._last_commit = float("-inf")
+        self._commit_now = asyncio.Event()  # set while flushing: the interval is not waited for
         # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
         self._dead_lettered: set[tuple[str, int, int]] = set()
 
@@ -199,10 +202,11 @@ class ConsumeLoop:
     def _commit_later(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` in the background, without holding up the next batch.
 
-        One commit is in flight at a time; offsets handled meanwhile wait and go together in the next one
-        (the latest offset of each partition), so commits never go backwards and a slow group coordinator
-        never stalls consumption. A crash before a commit completes only redelivers records the ledger
-        already holds.
+        One commit is in flight at a time, and commits are at least ``commit_interval`` seconds apart;
+        offsets handled meanwhile wait and go together in the next one (the latest offset of each
+        partition). So commits never go backwards, a slow group coordinator never stalls consumption,
+        and the broker gets a few commits a second rather than one per batch. A crash or a rebalance
+        before a commit completes only redelivers records the ledger already holds.
         """
         for partition, offset in offsets.items():
             self._offsets_to_commit[partition] = max(offset, self._offsets_to_commit.get(partition, 0))
@@ -210,8 +214,14 @@ class ConsumeLoop:
             self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
 
     async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._offsets_to_commit:
+            wait = self._last_commit + self.commit_interval - loop.time()
+            if wait > 0 and not self._commit_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_now.wait(), wait)
             offsets, self._offsets_to_commit = self._offsets_to_commit, {}
+            self._last_commit = loop.time()
             await self._commit_many(offsets)
 
     async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
@@ -257,11 +267,15 @@ class ConsumeLoop:
             return None
 
     async def flush_commits(self) -> None:
-        """Wait until every handled offset is committed (or its commit has failed)."""
-        if self._offsets_to_commit and (self._committer is None or self._committer.done()):
-            self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
-        if self._committer is not None:
-            await self._committer
+        """Commit every handled offset now and wait for it (or for its commit to fail)."""
+        self._commit_now.set()
+        try:
+            if self._offsets_to_commit and (self._committer is None or self._committer.done()):
+                self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
+            if self._committer is not None:
+                await self._committer
+        finally:
+            self._commit_now.clear()
 
     async def _commit(self, partition: TopicPartition, offset: int) -> None:
         await self._commit_many({partition: offset})
