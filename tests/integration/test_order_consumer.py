@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import psycopg
 import pytest
 
 from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL, Harness, order, running_harness
+from workers.adapters.ibkr.gateway import IbCommission, IbExecution
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.domain.orders import OrderType, Side, TimeInForce
 from workers.settings import TopicNames
@@ -317,3 +319,40 @@ async def test_informational_ibkr_messages_never_cancel_a_working_order(harness:
     assert harness.app is not None
     assert (await harness.app.service.ledger.get(resting.order_id)).state.value == "SUBMITTED"  # type: ignore[union-attr]
     assert [o.request.order_ref for o in harness.sim.open_orders()] == [resting.order_id]
+
+
+async def test_a_commission_in_the_report_batch_of_its_execution_is_kept_also_for_a_replayed_one(
+        harness: Harness) -> None:
+    request = order(quantity="3")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
+    assert harness.app is not None
+    fills = harness.app.service.fills
+    recorded = await fills.get(harness.observed.fills[request.order_id][0]["fill_id"])
+    assert recorded is not None
+    # As if its commission report had been lost with the connection: IBKR replays both after a reconnect.
+    with psycopg.connect(harness.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE fills SET commission = NULL, commission_currency = NULL WHERE fill_id = %s",
+                     (recorded.fill_id,))
+
+    def execution(exec_id: str) -> IbExecution:
+        return IbExecution(
+            exec_id=exec_id, order_ref=request.order_id, ib_order_id=recorded.ib_order_id,
+            perm_id=recorded.ib_perm_id, con_id=recorded.con_id, side=str(recorded.side),
+            quantity=recorded.quantity, price=recorded.price, cumulative_quantity=recorded.cumulative_quantity,
+            avg_price=recorded.avg_price, account=request.account, exchange=recorded.exchange,
+            currency=recorded.currency, executed_at=recorded.executed_at)
+
+    new_exec_id = f"{recorded.fill_id}-more.01"
+    await harness.app.service.on_reports([
+        execution(recorded.fill_id), IbCommission(recorded.fill_id, Decimal("1.25"), "USD"),
+        execution(new_exec_id), IbCommission(new_exec_id, Decimal("0.75"), "EUR"),
+    ])
+
+    replayed, new = await fills.get(recorded.fill_id), await fills.get(new_exec_id)
+    assert replayed is not None and (replayed.commission, replayed.commission_currency) == (Decimal("1.25"), "USD")
+    assert new is not None and (new.commission, new.commission_currency) == (Decimal("0.75"), "EUR")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 2, what="the new fill")
+    published = harness.observed.fills[request.order_id][1]
+    assert (published["fill_id"], published["commission"]) == (new_exec_id, Decimal("0.75"))

@@ -407,3 +407,28 @@ async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
     assert [m.payload for m in await outbox.unpublished()
             if m.key == order.order_id and m.payload.startswith(b"CANCEL")] == [b"CANCEL_PENDING->FILLED"]
     assert not [m for m in await outbox.unpublished() if m.payload == b"SUBMITTED->FILLED"]
+
+
+async def test_a_status_applied_from_rows_read_before_the_order_changed_is_worked_out_again(
+        ledger: OrderLedger, pool: Pool, database_url: str) -> None:
+    order = an_order()
+    await placed(ledger, order)
+    await ledger.transition(order.order_id, OrderState.SUBMITTED)
+    batches = OrderBatches(pool)
+    read = await batches.read_versions([order.order_id, "not-in-the-ledger"])
+    assert set(read) == {order.order_id} and read[order.order_id][0].state is OrderState.SUBMITTED
+    # After the read, the order path asks for a cancel: the rows read are stale.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET state = 'CANCEL_PENDING' WHERE order_id = %s", (order.order_id,))
+
+    def status(row: OrderRow, previous: OrderState | None) -> OutboxMessage:
+        return OutboxMessage("orders.status", row.order_id, f"{previous}->{row.state}".encode())
+
+    applied = await batches.apply([StatusChange(order.order_id, OrderState.FILLED, filled=Decimal(100),
+                                                remaining=Decimal(0))], status, read)
+
+    assert [(a.previous, a.row.state) for a in applied] == [(OrderState.CANCEL_PENDING, OrderState.FILLED)]
+    row = await ledger.get(order.order_id)
+    assert row is not None and row.state is OrderState.FILLED
+    payloads = [m.payload for m in await Outbox(pool).unpublished() if m.key == order.order_id]
+    assert b"CANCEL_PENDING->FILLED" in payloads and b"SUBMITTED->FILLED" not in payloads

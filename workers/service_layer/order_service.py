@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Protocol
 
 from ib_insync import Contract, Order
@@ -36,7 +37,7 @@ from workers.adapters.ibkr.gateway import (
 )
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.order_batches import NewOrder, OrderBatches, StatusChange
+from workers.adapters.postgres.order_batches import NewOrder, OrderBatches, StatusChange, VersionedRows
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.positions import PositionRow, PositionStore
 from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
@@ -353,21 +354,28 @@ class OrderService:
             if isinstance(report, IbOrderStatus | IbExecution) and report.order_ref:
                 self._sent_at.pop(report.order_ref, None)  # IBKR answered: the watchdog can forget it
         executions = [r for r in reports if isinstance(r, IbExecution)]
-        commissions = [(r.exec_id, r.commission, r.currency) for r in reports if isinstance(r, IbCommission)]
+        commissions = {r.exec_id: (r.commission, r.currency) for r in reports if isinstance(r, IbCommission)}
+        statuses = [r for r in reports if isinstance(r, IbOrderStatus)]
+        # The orders the batch is about, read once for the fills and the status changes alike.
+        about = {e.order_ref for e in executions if e.order_ref} | {s.order_ref for s in statuses if s.order_ref}
+        read = await self.batches.read_versions(sorted(about))
         if executions:
             # The fill relay is woken once the batch's commissions are in too, not before.
             self._in_report_batch = True
             try:
-                await self._on_executions(executions)
+                # A commission that came with its execution is written with the new fill.
+                with_fill = await self._on_executions(executions, {k: row for k, (row, _) in read.items()},
+                                                      commissions)
             finally:
                 self._in_report_batch = False
+            for exec_id in with_fill:
+                commissions.pop(exec_id, None)
         if commissions:
-            await self.batches.set_commissions(commissions)
+            await self.batches.set_commissions([(e, c, cur) for e, (c, cur) in commissions.items()])
         if executions or commissions:
             self.on_fill()
-        statuses = [r for r in reports if isinstance(r, IbOrderStatus)]
         if statuses:
-            await self._on_statuses(statuses)
+            await self._on_statuses(statuses, read)
         latest_positions = {(r.account, r.con_id): r for r in reports if isinstance(r, IbPosition)}
         for position in latest_positions.values():
             await self._on_position(position)
@@ -394,12 +402,12 @@ class OrderService:
         level = log.info if error.informational else log.warning
         level("ibkr message", code=error.code, req_id=error.req_id, message=error.message)
 
-    async def _on_statuses(self, statuses: Sequence[IbOrderStatus]) -> None:
-        await self._apply([change for change in map(_status_change, statuses) if change is not None])
+    async def _on_statuses(self, statuses: Sequence[IbOrderStatus], read: VersionedRows | None = None) -> None:
+        await self._apply([change for change in map(_status_change, statuses) if change is not None], read)
 
-    async def _apply(self, changes: Sequence[StatusChange]) -> int:
+    async def _apply(self, changes: Sequence[StatusChange], read: VersionedRows | None = None) -> int:
         """Write the legal ones of ``changes`` (with their status records); return how many were written."""
-        applied = await self.batches.apply(changes, self.events.status)
+        applied = await self.batches.apply(changes, self.events.status, read)
         if not applied:
             return 0
         self.on_published()
@@ -412,8 +420,16 @@ class OrderService:
                      previous=change.previous.value)
         return len(applied)
 
-    async def _on_executions(self, executions: Sequence[IbExecution]) -> None:
-        rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
+    async def _on_executions(self, executions: Sequence[IbExecution], rows: dict[str, OrderRow] | None = None,
+                             commissions: dict[str, tuple[Decimal, str]] | None = None) -> set[str]:
+        """Record the fills of ledger orders among ``executions``; ``rows``: those orders, if read already.
+
+        A commission in ``commissions`` (by execId) goes in with its fill; returns the execIds of new fills
+        written with one (a replayed execution writes nothing, so its commission must be set apart).
+        """
+        if rows is None:
+            rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
+        commissions = commissions or {}
         fills: list[Fill] = []
         for execution in executions:
             row = rows.get(execution.order_ref)
@@ -423,6 +439,7 @@ class OrderService:
             if corrects is not None:
                 log.warning("execution corrected", fill_id=execution.exec_id, corrects_fill_id=corrects,
                             order_id=row.order_id)
+            commission, commission_currency = _commission_of(execution, commissions)
             fills.append(Fill(
                 corrects_fill_id=corrects,
                 fill_id=execution.exec_id, order_id=row.order_id, con_id=execution.con_id,
@@ -430,13 +447,14 @@ class OrderService:
                 currency=execution.currency, exchange=execution.exchange, executed_at=execution.executed_at,
                 ib_order_id=execution.ib_order_id, ib_perm_id=execution.perm_id,
                 cumulative_quantity=execution.cumulative_quantity, avg_price=execution.avg_price,
-                commission=execution.commission, commission_currency=execution.commission_currency,
+                commission=commission, commission_currency=commission_currency,
             ))
         new = await self.batches.insert_fills(fills)
         if new:
             log.info("fills recorded", count=len(new))
             if not self._in_report_batch:
                 self.on_fill()
+        return {fill_id for fill_id in new if fill_id in commissions}
 
     async def _corrected_fill(self, order_id: str, exec_id: str) -> str | None:
         """The execId that ``exec_id`` corrects: same execution, lower last part (``.01`` -> ``.02``)."""
@@ -567,6 +585,15 @@ def _status_change(status: IbOrderStatus) -> StatusChange | None:
     return StatusChange(status.order_ref, state, filled=status.filled, remaining=status.remaining,
                         avg_price=status.avg_fill_price, perm_id=status.perm_id or None,
                         reason="cancelled at IBKR" if state is OrderState.CANCELLED else None)
+
+
+def _commission_of(execution: IbExecution,
+                   commissions: dict[str, tuple[Decimal, str]]) -> tuple[Decimal | None, str | None]:
+    """The commission of the fill of ``execution`` and its currency: its own, else the report that came
+    with it."""
+    if execution.commission is None and execution.exec_id in commissions:
+        return commissions[execution.exec_id]
+    return execution.commission, execution.commission_currency
 
 
 def _request_of(row: OrderRow) -> OrderRequested:

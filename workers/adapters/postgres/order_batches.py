@@ -214,6 +214,8 @@ class AppliedChange:
 
 
 StatusRecord = Callable[[OrderRow, OrderState | None], OutboxMessage]
+# Ledger rows as read, each with its version (xmin), by order_id: what an optimistic write checks against.
+VersionedRows = dict[str, tuple[OrderRow, str]]
 
 
 def order_row(record: dict[str, object]) -> OrderRow:
@@ -225,14 +227,26 @@ def order_row(record: dict[str, object]) -> OrderRow:
     return OrderRow(**values)  # type: ignore[arg-type]
 
 
-async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
-                      status: StatusRecord) -> tuple[list[AppliedChange], list[StatusChange]]:
-    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile)."""
+async def _read_versions(conn: AsyncConnection[TupleRow], order_ids: Sequence[str]) -> VersionedRows:
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(_SELECT_MANY_VERSIONED, (sorted({c.order_id for c in changes}),))
+        await cursor.execute(_SELECT_MANY_VERSIONED, (sorted(set(order_ids)),))
         records = await cursor.fetchall()
     versions = {str(r["order_id"]): str(r.pop("version")) for r in records}
-    rows = {row.order_id: row for row in map(order_row, records)}
+    return {row.order_id: (row, versions[row.order_id]) for row in map(order_row, records)}
+
+
+async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange], status: StatusRecord,
+                      read: VersionedRows | None = None) -> tuple[list[AppliedChange], list[StatusChange]]:
+    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile).
+
+    ``read``: rows (with versions) read just before, by the caller; only orders missing there are read.
+    """
+    current = dict(read or {})
+    missing = [c.order_id for c in changes if c.order_id not in current]
+    if missing:
+        current |= await _read_versions(conn, missing)
+    versions = {order_id: version for order_id, (_, version) in current.items()}
+    rows = {order_id: row for order_id, (row, _) in current.items()}
     applied: list[AppliedChange] = []
     touched: dict[str, OrderRow] = {}
     for change in changes:
@@ -313,21 +327,30 @@ class OrderBatches:
                     **outbox_arrays([status(row, None) for row in cancelled])})
         return inserted
 
-    async def apply(self, changes: Sequence[StatusChange], status: StatusRecord) -> list[AppliedChange]:
+    async def read_versions(self, order_ids: Sequence[str]) -> VersionedRows:
+        """The rows of ``order_ids`` with their versions, for :meth:`apply` (unknown ids are left out)."""
+        if not order_ids:
+            return {}
+        async with self._pool.connection() as conn:
+            return await _read_versions(conn, order_ids)
+
+    async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
+                    read: VersionedRows | None = None) -> list[AppliedChange]:
         """Apply ``changes`` in order; illegal or empty ones are skipped. One status record per change.
 
         Optimistic: the rows are read, the changes worked out, and the new rows written with their status
         records in one statement that writes an order only if it is still the version read (``xmin``);
         an order changed meanwhile (a cancel on the order path) has its changes worked out again. Two round
-        trips, no transaction block, no row lock held across them.
+        trips, no transaction block, no row lock held across them; one when the caller passes the rows
+        it read already (``read``, from :meth:`read_versions`): a stale one is caught like any other.
         """
         if not changes:
             return []
         applied: list[AppliedChange] = []
         pending = list(changes)
         async with self._pool.connection() as conn:
-            for _ in range(_APPLY_ATTEMPTS):
-                done, pending = await _apply_once(conn, pending, status)
+            for attempt in range(_APPLY_ATTEMPTS):
+                done, pending = await _apply_once(conn, pending, status, read if attempt == 0 else None)
                 applied.extend(done)
                 if not pending:
                     break
