@@ -20,6 +20,7 @@ from ib_insync import IB, Contract, ContractDetails, Order, Trade
 from ib_insync.objects import CommissionReport, Fill, Position
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
+from workers.adapters.ibkr import compact_repr
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
 from workers.domain.trading_mode import ModeMismatch, check_accounts
 from workers.logs import get_logger
@@ -197,6 +198,7 @@ class IbkrGateway:
         self.last_error: str | None = None
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
+        compact_repr.install()
 
     # -- life cycle -------------------------------------------------------------------------------
 
