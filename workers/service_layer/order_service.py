@@ -107,7 +107,11 @@ class OrderService:
         self._sent_at: dict[str, float] = {}
         self._pacing_violated = asyncio.Event()
         self._in_report_batch = False
-        self._ids_in_order = asyncio.Lock()
+        # IBKR order ids are handed out here, in increasing order, from above the highest id ever reserved
+        # (set by reconcile). Each batch takes its ids and its place in the line of batches sending to
+        # IBKR in one step, so ids reach IBKR in increasing order while batches record concurrently.
+        self._next_ib_order_id: int | None = None
+        self._last_in_line: asyncio.Future[None] | None = None
         self._to_place: asyncio.Queue[str] = asyncio.Queue()
         self._reconciled = asyncio.Event()
         self.placed = 0
@@ -143,19 +147,23 @@ class OrderService:
                     self.metrics.order_stage("queued", wall - source.timestamp)
         new, republish, loose, rejections = await self._check(items)
         # Connected and reconciled (the consume gate makes sure of it): the IBKR ids are reserved in the
-        # recording transaction and the orders placed at once; otherwise the placer reserves them later.
-        # The lock keeps reservation and sending together, so ids reach IBKR in increasing order.
-        place_now = not self.readonly and self.broker.connected and self._reconciled.is_set()
-        async with self._ids_in_order if place_now else contextlib.nullcontext():
+        # recording statement and the orders placed at once; otherwise the placer reserves them later.
+        place_now = (not self.readonly and self.broker.connected and self._reconciled.is_set()
+                     and self._next_ib_order_id is not None)
+        to_place = [n.order.order_id for n in new if n.state is OrderState.ACCEPTED] if place_now else []
+        ids, turn = self._take_ib_order_ids(to_place) if to_place else ({}, None)
+        try:
             # A cancel that came first turns an ACCEPTED order CANCELLED inside the insert.
-            inserted = await self.batches.record_new(
-                new, self.client_id, self.events.status,
-                reserve_next_valid_id=self.broker.next_valid_id_at_connect if place_now else None,
-            )
+            inserted = await self.batches.record_new(new, self.client_id, self.events.status, ids)
             if self.metrics is not None:
                 self.metrics.order_stage("record", time.monotonic() - started)
             self.on_published()
+            if turn is not None:
+                await turn.wait()
             await self._place_recorded(inserted)
+        finally:
+            if turn is not None:
+                turn.done()
         # An order_id the ledger knew already was not inserted: a redelivery, its status goes out again.
         inserted_ids = {row.order_id for row in inserted}
         republish.extend(n.order.order_id for n in new if n.order.order_id not in inserted_ids)
@@ -260,16 +268,16 @@ class OrderService:
             return
         if row.ib_order_id is None or not self.broker.connected:
             return  # stays pending; the sweep retries once connected
-        # An order being reserved and sent holds this lock: the cancel must reach IBKR after its placeOrder,
-        # or IBKR would refuse it (10147) and the order would then go out uncancelled.
-        async with self._ids_in_order:
-            current = await self.ledger.get(row.order_id)
-            if current is None or current.state.is_final or current.ib_order_id is None:
-                await self.ledger.mark_cancel_handled(row.order_id)
-                return
-            if current.state is not OrderState.CANCEL_PENDING:
-                await self._transition(row.order_id, OrderState.CANCEL_PENDING, reason=text)
-            await self.broker.cancel(current.ib_order_id)
+        # The batch that reserved the order's id may still be sending: the cancel must reach IBKR after its
+        # placeOrder, or IBKR would refuse it (10147) and the order would then go out uncancelled.
+        await self._sends_settled()
+        current = await self.ledger.get(row.order_id)
+        if current is None or current.state.is_final or current.ib_order_id is None:
+            await self.ledger.mark_cancel_handled(row.order_id)
+            return
+        if current.state is not OrderState.CANCEL_PENDING:
+            await self._transition(row.order_id, OrderState.CANCEL_PENDING, reason=text)
+        await self.broker.cancel(current.ib_order_id)
         await self.ledger.mark_cancel_handled(row.order_id)
 
     async def sweep_cancels(self) -> None:
@@ -303,18 +311,40 @@ class OrderService:
                 log.exception("placing failed; the orders stay for reconciliation", count=len(order_ids))
 
     async def _place(self, order_ids: list[str]) -> None:
-        if not self.broker.connected:
+        if not self.broker.connected or self._next_ib_order_id is None:
             return  # still ACCEPTED: reconciliation queues them again after the reconnect
-        async with self._ids_in_order:
-            reserved = await self.batches.reserve_ib_order_ids(order_ids, self.client_id,
-                                                                self.broker.next_valid_id_at_connect)
+        ids, turn = self._take_ib_order_ids(list(dict.fromkeys(order_ids)))
+        try:
+            reserved = await self.batches.reserve_ib_order_ids(ids, self.client_id)
             now = time.monotonic()
             if self.metrics is not None:
                 for row, _ in reserved:
                     received = self._received_at.get(row.order_id)
                     if received is not None:
                         self.metrics.order_stage("waiting", now - received)
+            await turn.wait()
             await self._send(reserved)
+        finally:
+            turn.done()
+
+    def _take_ib_order_ids(self, order_ids: Sequence[str]) -> tuple[dict[str, int], SendingTurn]:
+        """Fresh IBKR order ids for ``order_ids`` (in order) and the batch's turn to send them.
+
+        No await between the two: batches send in the order they took their ids, so ids reach IBKR in
+        increasing order. Ids are above IB's nextValidId and every id handed out since reconciliation
+        (which starts above the highest the ledger ever reserved); an id never sent is a gap IB allows.
+        """
+        assert self._next_ib_order_id is not None, "ids are handed out only once reconciled"
+        first = max(self._next_ib_order_id, self.broker.next_valid_id_at_connect)
+        self._next_ib_order_id = first + len(order_ids)
+        turn = SendingTurn(self._last_in_line)
+        self._last_in_line = turn.finished
+        return {order_id: first + n for n, order_id in enumerate(order_ids)}, turn
+
+    async def _sends_settled(self) -> None:
+        """Wait until every batch that took ids so far has sent its orders (or given up)."""
+        if self._last_in_line is not None:
+            await asyncio.shield(self._last_in_line)
 
     async def _send(self, reserved: Sequence[tuple[OrderRow, int]]) -> None:
         """placeOrder for each reserved order, in id order (none while the kill switch is on)."""
@@ -476,6 +506,9 @@ class OrderService:
         """Settle every open order of this worker against IBKR, then let placement run."""
         self._reconciled.clear()
         self._sent_at.clear()  # every open order is settled here
+        # IB's nextValidId can be lower after a gateway restart: ids go on from above every id ever reserved.
+        self._next_ib_order_id = max(self.broker.next_valid_id_at_connect, self._next_ib_order_id or 0,
+                                     await self.batches.highest_ib_order_id(self.client_id) + 1)
         at_ib = await self.broker.order_statuses()
         await self._on_executions(await self.broker.executions())
         open_rows = await self.ledger.open_orders_owned_by(self.client_id)
@@ -552,6 +585,32 @@ class OrderService:
         await self.ledger.release_unplaced(row.order_id)
         if not self.readonly:
             self._to_place.put_nowait(row.order_id)
+
+
+class SendingTurn:
+    """A batch's place in the line of batches sending orders to IBKR.
+
+    :meth:`wait` returns once every batch ahead has sent (or given up); :meth:`done` (always called, also
+    on failure) lets the next batch go, but never before the ones ahead are done.
+    """
+
+    def __init__(self, ahead: asyncio.Future[None] | None) -> None:
+        self.ahead = ahead
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> None:
+        if self.ahead is not None:
+            await asyncio.shield(self.ahead)  # shielded: a cancelled batch must not cancel the line
+
+    def done(self) -> None:
+        if self.ahead is None or self.ahead.done():
+            self._finish()
+        else:
+            self.ahead.add_done_callback(lambda _: self._finish())
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
 
 
 @dataclass(frozen=True)

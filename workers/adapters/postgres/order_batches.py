@@ -8,7 +8,7 @@ written together with its outbox record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -41,14 +41,14 @@ _NEW_ORDER_FIELDS = (
     ("quantity", "numeric"), ("order_type", "text"), ("limit_price", "numeric"), ("stop_price", "numeric"),
     ("time_in_force", "text"), ("outside_rth", "boolean"), ("source", "text"), ("created_at", "timestamptz"),
     ("state", "text"), ("remaining_quantity", "numeric"), ("reason", "text"), ("source_topic", "text"),
-    ("source_partition", "integer"), ("source_offset", "bigint"),
+    ("source_partition", "integer"), ("source_offset", "bigint"), ("ib_order_id", "integer"),
 )
 # Records a batch of orders, reserves the IBKR ids of the ones to place and writes their status records,
 # in one statement (one round trip before placeOrder can go, atomic without a transaction block):
 # - an ACCEPTED order whose cancel request came first is recorded CANCELLED;
-# - with %(reserve)s the other ACCEPTED ones are recorded PLACING with ids taken in input order, above
-#   nextValidId, above every id ever reserved (the mark, whose row stays locked) and above every id in the
-#   ledger (should the mark row be lost);
+# - an ACCEPTED order given an IBKR id (i.ib_order_id, handed out by the worker) is recorded PLACING with
+#   it; the mark (the highest id ever reserved for the client id) rises to the batch's highest id, and the
+#   unique (ib_client_id, ib_order_id) refuses an id the ledger holds already;
 # - a known order_id is left as it is (not returned);
 # - the status records were encoded beforehand for the state each order was expected to get
 #   (%(expected)s: ACCEPTED, which PLACING is published as, or REJECTED); an order that got another state
@@ -63,17 +63,13 @@ WITH input AS (
     FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = i.order_id)
 ), to_place AS (
-    SELECT order_id, row_number() OVER (ORDER BY n) AS k, count(*) OVER () AS total
-    FROM fresh WHERE %(reserve)s AND state = 'ACCEPTED' AND NOT cancelled_first
+    SELECT order_id, ib_order_id FROM fresh
+    WHERE ib_order_id IS NOT NULL AND state = 'ACCEPTED' AND NOT cancelled_first
 ), mark AS (
     INSERT INTO ib_order_ids AS mark (client_id, last_order_id)
-    SELECT %(client_id)s, GREATEST(%(next_valid_id)s - 1,
-           COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0)) + count(*)
-    FROM to_place HAVING count(*) > 0
+    SELECT %(client_id)s, max(ib_order_id) FROM to_place HAVING count(*) > 0
     ON CONFLICT (client_id) DO UPDATE
-        SET last_order_id = GREATEST(mark.last_order_id, %(next_valid_id)s - 1) + (SELECT count(*) FROM to_place),
-            updated_at = now()
-    RETURNING last_order_id
+        SET last_order_id = GREATEST(mark.last_order_id, EXCLUDED.last_order_id), updated_at = now()
 ), inserted AS (
     INSERT INTO orders (
         order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
@@ -83,12 +79,11 @@ WITH input AS (
     SELECT
         f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
         f.time_in_force, f.outside_rth, f.source, f.created_at,
-        CASE WHEN p.k IS NOT NULL THEN 'PLACING' WHEN f.cancelled_first THEN 'CANCELLED' ELSE f.state END, 0,
-        CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
+        CASE WHEN p.order_id IS NOT NULL THEN 'PLACING' WHEN f.cancelled_first THEN 'CANCELLED' ELSE f.state END,
+        0, CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
         CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
         f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
-        CASE WHEN p.k IS NOT NULL THEN %(client_id)s END,
-        (SELECT last_order_id FROM mark) - p.total + p.k
+        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id
     FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
     ORDER BY f.n
     ON CONFLICT (order_id) DO NOTHING
@@ -137,13 +132,14 @@ SELECT order_id FROM changed
 """
 # Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
 # id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
-_TAKE_IDS = """
-INSERT INTO ib_order_ids AS mark (client_id, last_order_id)
-VALUES (%(client_id)s, GREATEST(%(next_valid_id)s - 1,
-        COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0)) + %(count)s)
+_RAISE_MARK = """
+INSERT INTO ib_order_ids AS mark (client_id, last_order_id) VALUES (%(client_id)s, %(last_order_id)s)
 ON CONFLICT (client_id) DO UPDATE
-    SET last_order_id = GREATEST(mark.last_order_id, %(next_valid_id)s - 1) + %(count)s, updated_at = now()
-RETURNING last_order_id
+    SET last_order_id = GREATEST(mark.last_order_id, EXCLUDED.last_order_id), updated_at = now()
+"""
+_HIGHEST_IB_ORDER_ID = """
+SELECT GREATEST((SELECT last_order_id FROM ib_order_ids WHERE client_id = %(client_id)s),
+                (SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s))
 """
 _SET_PLACING = f"""
 UPDATE orders SET state = 'PLACING', ib_client_id = %(client_id)s, ib_order_id = %(ib_order_id)s, updated_at = now()
@@ -296,21 +292,24 @@ class OrderBatches:
             return {str(row[0]) for row in await cursor.fetchall()}
 
     async def record_new(self, orders: Sequence[NewOrder], owner_client_id: int, status: StatusRecord,
-                         reserve_next_valid_id: int | None = None) -> list[OrderRow]:
+                         ib_order_ids: Mapping[str, int] | None = None) -> list[OrderRow]:
         """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted.
 
-        With ``reserve_next_valid_id`` the ACCEPTED ones also get their IBKR order ids in the same
-        statement (state PLACING, published as ACCEPTED). One statement, one round trip: the status records
+        An ACCEPTED order given an IBKR order id in ``ib_order_ids`` is recorded with it (state PLACING,
+        published as ACCEPTED), and the client id's mark rises to it, in the same statement; an id the
+        ledger holds already fails the statement. One statement, one round trip: the status records
         are encoded before it, for the state the guards gave each order, and written for the orders that got
         it. An order recorded CANCELLED (its cancel came first) gets its record in a second statement; should
         the worker stop in between, the order's redelivery re-publishes its status. The rows come back in
-        ``orders`` order, so ids increase along it.
+        ``orders`` order.
         """
         if not orders:
             return []
-        columns: dict[str, object] = dict(column_arrays([_insert_params(new) for new in orders], _NEW_ORDER_FIELDS))
-        columns.update(reserve=reserve_next_valid_id is not None, next_valid_id=reserve_next_valid_id or 0,
-                       client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
+        ids = ib_order_ids or {}
+        columns: dict[str, object] = dict(column_arrays(
+            [_insert_params(new) | {"ib_order_id": ids.get(new.order.order_id)} for new in orders],
+            _NEW_ORDER_FIELDS))
+        columns.update(client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
         expected = [provisional_row(new, owner_client_id) for new in orders]
         columns.update(outbox_arrays([status(row, None) for row in expected]))
         columns["expected"] = [str(row.state) for row in expected]
@@ -359,17 +358,39 @@ class OrderBatches:
                                    f"{sorted({c.order_id for c in pending})}")
         return applied
 
-    async def reserve_ib_order_ids(self, order_ids: Sequence[str], client_id: int,
-                                   next_valid_id: int) -> list[tuple[OrderRow, int]]:
-        """Give each still-ACCEPTED order a fresh IBKR order id, in ``order_ids`` order, and make it PLACING.
+    async def highest_ib_order_id(self, client_id: int) -> int:
+        """The highest IBKR order id ever reserved for ``client_id`` (the mark, or the ledger's), or 0."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_HIGHEST_IB_ORDER_ID, {"client_id": client_id})
+            record = await cursor.fetchone()
+        return int(record[0]) if record is not None and record[0] is not None else 0
 
-        Ids are above both ``next_valid_id`` and every id ever reserved for ``client_id``. An id taken for
-        an order that is no longer ACCEPTED (cancelled meanwhile) is simply never used: IB allows gaps.
+    async def reserve_ib_order_ids(self, ib_order_ids: Mapping[str, int],
+                                   client_id: int) -> list[tuple[OrderRow, int]]:
+        """Give each still-ACCEPTED order its IBKR order id (from ``ib_order_ids``) and make it PLACING.
+
+        The ids are handed out by the worker, above every id ever reserved for ``client_id``; the mark
+        rises to the highest. An id given to an order that is no longer ACCEPTED (cancelled meanwhile) is
+        simply never used: IB allows gaps. Returns the orders reserved, in ``ib_order_ids`` order.
         """
-        if not order_ids:
+        if not ib_order_ids:
             return []
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            return await _take_ids(conn, order_ids, client_id, next_valid_id)
+        params = [{"client_id": client_id, "ib_order_id": ib_id, "order_id": order_id}
+                  for order_id, ib_id in ib_order_ids.items()]
+        reserved: list[tuple[OrderRow, int]] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(_RAISE_MARK, {"client_id": client_id, "last_order_id": max(ib_order_ids.values())})
+            async with conn.cursor(row_factory=dict_row) as rows:
+                await rows.executemany(_SET_PLACING, params, returning=True)
+                while True:
+                    record = await rows.fetchone()
+                    if record is not None:
+                        row = order_row(record)
+                        assert row.ib_order_id is not None
+                        reserved.append((row, row.ib_order_id))
+                    if not rows.nextset():
+                        break
+        return reserved
 
     async def insert_fills(self, fills: Sequence[FillFields]) -> list[str]:
         """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
@@ -390,31 +411,6 @@ class OrderBatches:
         rows = [{"fill_id": fid, "commission": c, "commission_currency": cur} for fid, (c, cur) in last.items()]
         async with self._pool.connection() as conn:
             await conn.execute(_SET_COMMISSIONS, column_arrays(rows, _COMMISSION_FIELDS))
-
-
-async def _take_ids(conn: AsyncConnection[TupleRow], order_ids: Sequence[str], client_id: int,
-                    next_valid_id: int) -> list[tuple[OrderRow, int]]:
-    """Within the caller's transaction: reserve ids for the ACCEPTED ones of ``order_ids`` (PLACING)."""
-    unique = list(dict.fromkeys(order_ids))
-    cursor = await conn.execute(_TAKE_IDS, {"client_id": client_id, "next_valid_id": next_valid_id,
-                                            "count": len(unique)})
-    last = await cursor.fetchone()
-    assert last is not None  # INSERT ... RETURNING always returns the row
-    first_id = int(last[0]) - len(unique) + 1
-    params = [{"client_id": client_id, "ib_order_id": first_id + i, "order_id": order_id}
-              for i, order_id in enumerate(unique)]
-    reserved: list[tuple[OrderRow, int]] = []
-    async with conn.cursor(row_factory=dict_row) as rows:
-        await rows.executemany(_SET_PLACING, params, returning=True)
-        while True:
-            record = await rows.fetchone()
-            if record is not None:
-                row = order_row(record)
-                assert row.ib_order_id is not None
-                reserved.append((row, row.ib_order_id))
-            if not rows.nextset():
-                break
-    return reserved
 
 
 def provisional_row(new: NewOrder, owner_client_id: int) -> OrderRow:
