@@ -144,6 +144,20 @@ class Setup:
     topics: TopicNames
     sim: SimProcess
     port: int
+    server_url: str
+    schema: str
+
+    async def tear_down(self) -> None:
+        """Stop the sim; drop the run's schema (its history is tens of megabytes) and topics."""
+        await self.sim.stop()
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([getattr(self.topics, f) for f in self.topics.__dataclass_fields__])
+        finally:
+            await admin.close()
 
 
 async def prepare(bootstrap: str, server_url: str, pacing: bool) -> Setup:
@@ -171,7 +185,7 @@ async def prepare(bootstrap: str, server_url: str, pacing: bool) -> Setup:
                      con_id=AAPL.con_id)
     sim = SimProcess(pacing)
     port = await sim.start()
-    return Setup(bootstrap, database_url, topics, sim, port)
+    return Setup(bootstrap, database_url, topics, sim, port, server_url, schema)
 
 
 def free_port() -> int:
@@ -336,7 +350,7 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
     epochs = sorted(by_ref[o.order_id][0] for o in orders)
     rate = (count - 1) / (epochs[-1] - epochs[0])
     watcher.task.cancel()
-    await setup.sim.stop()
+    await setup.tear_down()
     return {"orders": count, "orders_per_s": rate, "peak_rss_mb": rss,
             "worker_cpu_ms_per_order": worker_cpu / count * 1000}
 
@@ -373,7 +387,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     to_fill = [(watcher.fill_records[by_ref[o.order_id][1]] - by_ref[o.order_id][0]) * 1000 for o in orders
                if by_ref[o.order_id][1] in watcher.fill_records]
     watcher.task.cancel()
-    await setup.sim.stop()
+    await setup.tear_down()
     if os.environ.get("BENCH_DUMP"):  # a path: every order's (order_id, sent at, produce->place ms)
         everything = ramp + orders
         Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(
@@ -408,7 +422,7 @@ async def bench_worker_pacing(bootstrap: str, server_url: str, count: int) -> di
     rate = (count - 1) / (epochs[-1] - epochs[0])
     violations = (await setup.sim.call("stats"))["pacing_violations"]
     watcher.task.cancel()
-    await setup.sim.stop()
+    await setup.tear_down()
     return {"orders": count, "budget_per_s": 45, "orders_per_s": rate, "pacing_violations": violations}
 
 
