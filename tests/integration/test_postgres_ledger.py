@@ -380,19 +380,29 @@ async def test_status_record_is_written_with_the_change_and_not_without_it(
     ]
 
 
-async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
-        ledger: OrderLedger, pool: Pool, database_url: str) -> None:
+async def submitted(ledger: OrderLedger) -> OrderRequested:
     order = an_order()
     await placed(ledger, order)
     await ledger.transition(order.order_id, OrderState.SUBMITTED)
+    return order
+
+
+def cancel_pending_behind_the_ledgers_back(database_url: str, order_id: str) -> None:
+    """What the order path does when a cancel comes, from another connection."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET state = 'CANCEL_PENDING' WHERE order_id = %s", (order_id,))
+
+
+async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
+        ledger: OrderLedger, pool: Pool, database_url: str) -> None:
+    order = await submitted(ledger)
     outbox = Outbox(pool)
     encoded: list[tuple[OrderState | None, OrderState]] = []
 
     def status(row: OrderRow, previous: OrderState | None) -> OutboxMessage:
         if not encoded:
             # Between the read and the write, the order path asks for a cancel: the first write loses.
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute("UPDATE orders SET state = 'CANCEL_PENDING' WHERE order_id = %s", (row.order_id,))
+            cancel_pending_behind_the_ledgers_back(database_url, row.order_id)
         encoded.append((previous, row.state))
         return OutboxMessage("orders.status", row.order_id, f"{previous}->{row.state}".encode())
 
@@ -411,15 +421,12 @@ async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
 
 async def test_a_status_applied_from_rows_read_before_the_order_changed_is_worked_out_again(
         ledger: OrderLedger, pool: Pool, database_url: str) -> None:
-    order = an_order()
-    await placed(ledger, order)
-    await ledger.transition(order.order_id, OrderState.SUBMITTED)
+    order = await submitted(ledger)
     batches = OrderBatches(pool)
     read = await batches.read_versions([order.order_id, "not-in-the-ledger"])
     assert set(read) == {order.order_id} and read[order.order_id][0].state is OrderState.SUBMITTED
     # After the read, the order path asks for a cancel: the rows read are stale.
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE orders SET state = 'CANCEL_PENDING' WHERE order_id = %s", (order.order_id,))
+    cancel_pending_behind_the_ledgers_back(database_url, order.order_id)
 
     def status(row: OrderRow, previous: OrderState | None) -> OutboxMessage:
         return OutboxMessage("orders.status", row.order_id, f"{previous}->{row.state}".encode())
