@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
 from workers.adapters.avro import AvroCodec, DecodeError
 from workers.adapters.kafka.records import FILL_EXECUTED, fill_record
@@ -143,18 +145,38 @@ class FillRelay(_Relay):
         return len(found)
 
 
+async def topic_partitions(topic: str, client_kwargs: dict[str, Any]) -> list[int]:
+    """The partition ids of ``topic``, asked of the brokers ([] when the topic does not exist).
+
+    Not from a new consumer's metadata, which may hold no topic it was not subscribed to: read back from
+    no partition, a recovery would find nothing on the topic and publish every pending fill again.
+    Raises ``KafkaError`` when the brokers cannot say.
+    """
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    code = int(described["error_code"])
+    if code == UnknownTopicOrPartitionError.errno:
+        return []
+    if code:
+        raise for_code(code)(f"cannot describe topic {topic}")
+    return sorted(int(p["partition"]) for p in described["partitions"])
+
+
 async def fill_ids_on_topic(topic: str, since: datetime, codec: AvroCodec,
                             consumer_kwargs: dict[str, Any]) -> set[str]:
     """The ``fill_id`` of every record on ``topic`` written at or after ``since`` (read to the end)."""
+    found: set[str] = set()
+    partitions = await topic_partitions(topic, consumer_kwargs)
+    if not partitions:
+        return found  # no such topic: nothing was ever published to it
+    tps = [TopicPartition(topic, p) for p in partitions]
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **consumer_kwargs)
     await consumer.start()
-    found: set[str] = set()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return found
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
