@@ -56,6 +56,17 @@ async def run_loop(bootstrap: str, topic: str, handler: Any, gate: Any = lambda:
     return loop, producer
 
 
+async def run_until_set(loop: ConsumeLoop, done: asyncio.Event) -> None:
+    """Run ``loop`` until ``done`` is set, then stop it (it commits what it handled before returning)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
 async def test_a_failing_record_is_retried_and_nothing_after_it_is_skipped(kafka_bootstrap: str) -> None:
     topic = await make_topic(kafka_bootstrap, 3)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -146,13 +157,9 @@ async def test_a_batch_retried_after_a_failure_dead_letters_its_bad_record_once(
     await consumer.start()
     loop = ConsumeLoop(consumer, decode, unused, DeadLetters(dlq_producer, topic + ".dlq"), retry_delay=0.05,
                        batch_handler=batch_handler)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
     try:
-        await asyncio.wait_for(both_handled.wait(), 30)
+        await run_until_set(loop, both_handled)
     finally:
-        stop.set()
-        await task
         await consumer.stop()
         await dlq_producer.stop()
 
@@ -209,13 +216,9 @@ async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile
     await consumer.start()
     loop = ConsumeLoop(consumer, decode, unused, DeadLetters(producer, topic + ".dlq"), batch_size=5,
                        batch_handler=batch_handler, commit_interval=commit_interval)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
     try:
-        await asyncio.wait_for(commits_may_complete.wait(), 30)
+        await run_until_set(loop, commits_may_complete)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)  # the loop commits everything handled before it returns
         await consumer.stop()
         await producer.stop()
 
