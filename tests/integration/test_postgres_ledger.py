@@ -439,3 +439,26 @@ async def test_a_status_applied_from_rows_read_before_the_order_changed_is_worke
     assert row is not None and row.state is OrderState.FILLED
     payloads = [m.payload for m in await Outbox(pool).unpublished() if m.key == order.order_id]
     assert b"CANCEL_PENDING->FILLED" in payloads and b"SUBMITTED->FILLED" not in payloads
+
+
+async def test_the_highest_ib_order_id_is_the_mark_or_the_ledgers_whichever_is_higher(
+        ledger: OrderLedger, pool: Pool, database_url: str) -> None:
+    batches = OrderBatches(pool)
+    client_id = 40 + uuid.uuid4().int % 1000  # a client id no other test uses
+    assert await batches.highest_ib_order_id(client_id) == 0
+    orders = [an_order() for _ in range(3)]
+    for order in orders:
+        assert await ledger.insert_accepted(order)
+
+    reserved = await batches.reserve_ib_order_ids({orders[0].order_id: 17, orders[1].order_id: 18}, client_id)
+
+    assert [(row.order_id, row.state, ib_id) for row, ib_id in reserved] == [
+        (orders[0].order_id, OrderState.PLACING, 17), (orders[1].order_id, OrderState.PLACING, 18)]
+    assert await batches.highest_ib_order_id(client_id) == 18
+    # The mark row lost (restored from an old backup, say): the ledger's own ids still count.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM ib_order_ids WHERE client_id = %s", (client_id,))
+    assert await batches.highest_ib_order_id(client_id) == 18
+    # An id handed out again is refused by the ledger, whatever the mark says.
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await batches.reserve_ib_order_ids({orders[2].order_id: 18}, client_id)
