@@ -9,8 +9,9 @@ It measures, in one run on this machine:
   * p50/p99 latency produce → placeOrder at the sim and execution → fills.executed record, at 200 orders/s;
   * the worker's peak RSS;
   * with pacing on (worker 45 msg/s, sim enforcing 50/s): throughput vs the budget and pacing violations.
-The sim, the worker and the bare ib_insync client each run in a process of their own, as in production;
-the sim's executions (with their times) are read over its control port.
+The sim, the worker, the load generator (bench/load_generator.py) and the bare ib_insync client each run
+in a process of their own, as in production; the sim's executions (with their times) are read over its
+control port.
 """
 
 from __future__ import annotations
@@ -272,24 +273,22 @@ class Watcher:
 
 
 async def produce(setup: Setup, codec: AvroCodec, orders: list[OrderRequested], rate: float | None) -> dict[str, float]:
-    producer = AIOKafkaProducer(bootstrap_servers=setup.bootstrap, linger_ms=1)
-    await producer.start()
-    sent_at: dict[str, float] = {}
+    """Produce ``orders`` to orders.requested at ``rate`` per second (None: all at once) from the load
+    generator's own process (bench/load_generator.py); their send times by order_id."""
+    spec = {"bootstrap": setup.bootstrap, "topic": setup.topics.orders_requested, "rate": rate,
+            "records": [[o.order_id, codec.encode(ORDER_REQUESTED, order_requested_record(o)).hex()]
+                        for o in orders]}
+    path = Path(f"/tmp/bench-load-{uuid.uuid4().hex[:8]}.json")
+    path.write_text(json.dumps(spec))
     try:
-        started = time.perf_counter()
-        futures = []
-        for i, request in enumerate(orders):
-            if rate is not None:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            sent_at[request.order_id] = time.time()
-            payload = codec.encode(ORDER_REQUESTED, order_requested_record(request))
-            futures.append(await producer.send(setup.topics.orders_requested, payload,
-                                               key=request.order_id.encode()))
-        await asyncio.gather(*futures)
+        process = await asyncio.create_subprocess_exec(sys.executable, str(REPO / "bench" / "load_generator.py"),
+                                                       str(path), stdout=asyncio.subprocess.PIPE, cwd=REPO)
+        out, _ = await process.communicate()
     finally:
-        await producer.stop()
+        path.unlink()
+    if process.returncode != 0:
+        raise SystemExit(f"load generator failed (exit {process.returncode})")
+    sent_at: dict[str, float] = json.loads(out)
     return sent_at
 
 
