@@ -57,9 +57,16 @@ from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.order_service import OrderService, OrderSource
+from workers.service_layer.orders_first import OrdersFirst
 from workers.settings import Settings
 
 log = get_logger(__name__)
+
+# Statuses and positions go out in at most one relay pass per 50 ms (at once when a pass was full): fewer,
+# bigger produce requests and outbox reads while orders flow. Fills go out as soon as they are recorded.
+OUTBOX_PASS_INTERVAL = 0.05
+# IBKR's reports and the relays' passes wait for the order batches in progress, for 20 ms at most.
+ORDERS_FIRST_MAX_WAIT = 0.02
 
 
 @dataclass(frozen=True)
@@ -275,15 +282,16 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     instruments = InstrumentCache(mapper, resolver=on_demand_resolver(gateway, mapper)
                                   if settings.instrument_resolve_on_demand else None)
     switches = RuntimeSwitches()
-    outbox_relay = OutboxRelay(outbox, producer)
+    orders_first = OrdersFirst(max_wait=ORDERS_FIRST_MAX_WAIT)
+    outbox_relay = OutboxRelay(outbox, producer, pass_interval=OUTBOX_PASS_INTERVAL, turn=orders_first.turn)
     fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,
-                           owner_client_id=settings.ibkr_client_id)
+                           owner_client_id=settings.ibkr_client_id, turn=orders_first.turn)
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
         ledger=ledger, batches=OrderBatches(pool), fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
-        metrics=metrics, positions=PositionStore(pool),
+        metrics=metrics, positions=PositionStore(pool), orders_first=orders_first,
     )
     gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)

@@ -51,6 +51,7 @@ from workers.domain.orders import (
 from workers.logs import get_logger
 from workers.metrics import Metrics
 from workers.service_layer.instrument_cache import InstrumentCache
+from workers.service_layer.orders_first import OrdersFirst
 
 log = get_logger(__name__)
 
@@ -87,7 +88,7 @@ class OrderService:
                  policy: Callable[[], GuardPolicy], readonly: bool = False,
                  on_published: Callable[[], None] = lambda: None,
                  on_fill: Callable[[], None] = lambda: None, metrics: Metrics | None = None,
-                 positions: PositionStore | None = None) -> None:
+                 positions: PositionStore | None = None, orders_first: OrdersFirst | None = None) -> None:
         self.ledger = ledger
         self.batches = batches
         self.fills = fills
@@ -116,6 +117,8 @@ class OrderService:
         self._reconciled = asyncio.Event()
         self.placed = 0
         self.rejected: dict[str, int] = {}
+        # IBKR's reports wait (boundedly) while a batch of orders is on its way to IBKR.
+        self.orders_first = orders_first or OrdersFirst(max_wait=0.0)
 
     @property
     def unanswered(self) -> int:
@@ -139,6 +142,10 @@ class OrderService:
 
         A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status.
         """
+        with self.orders_first.order_batch():
+            await self._on_orders_requested(items)
+
+    async def _on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
         started = time.monotonic()
         if self.metrics is not None:
             wall = time.time()
@@ -240,6 +247,10 @@ class OrderService:
 
     async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
+        with self.orders_first.order_batch():
+            await self._on_cancel_requested(cancel)
+
+    async def _on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         await self.ledger.record_cancel_request(cancel)
         row = await self.ledger.get(cancel.order_id)
         if row is None:
@@ -380,6 +391,7 @@ class OrderService:
 
     async def on_reports(self, reports: Sequence[IbReport]) -> None:
         """Handle a batch of IBKR reports: fills first, then commissions, statuses and positions."""
+        await self.orders_first.turn()
         for report in reports:
             if isinstance(report, IbOrderStatus | IbExecution) and report.order_ref:
                 self._sent_at.pop(report.order_ref, None)  # IBKR answered: the watchdog can forget it

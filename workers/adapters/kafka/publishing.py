@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,11 +34,21 @@ log = get_logger(__name__)
 
 
 class _Relay:
-    """A loop woken by :meth:`notify` (or every ``idle`` seconds) that publishes what is pending."""
+    """A loop woken by :meth:`notify` (or every ``idle`` seconds) that publishes what is pending.
 
-    def __init__(self, idle: float) -> None:
+    ``pass_interval``: at least this many seconds between the starts of two passes, unless the last pass
+    left more behind (a full batch), so a busy worker publishes in fewer, bigger passes.
+    ``turn``: awaited before each pass (the worker's orders-first rule: a pass waits while orders are on
+    their way to IBKR).
+    """
+
+    def __init__(self, idle: float, *, pass_interval: float = 0.0,
+                 turn: Callable[[], Awaitable[None]] | None = None) -> None:
         self._wake = asyncio.Event()
         self.idle = idle
+        self.pass_interval = pass_interval
+        self.turn = turn
+        self.passes = 0
         self.published = 0
         self.last_error: str | None = None
 
@@ -46,8 +56,13 @@ class _Relay:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._wake.clear()
+            if self.turn is not None:
+                await self.turn()
+            started = loop.time()
+            self.passes += 1
             try:
                 more = await self.publish_pending()
             except Exception as exc:  # Kafka or PostgreSQL away: keep the records, try again
@@ -60,6 +75,9 @@ class _Relay:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle)
+            rest = started + self.pass_interval - loop.time()
+            if rest > 0 and not stop.is_set():
+                await asyncio.sleep(rest)
 
     async def publish_pending(self) -> bool:
         """Publish one batch; True when there may be more right away."""
@@ -70,8 +88,9 @@ class OutboxRelay(_Relay):
     """Publishes the ``outbox`` table's records in id order (at least once)."""
 
     def __init__(self, outbox: Outbox, producer: AIOKafkaProducer, *, batch: int = 500,
-                 idle: float = 0.5) -> None:
-        super().__init__(idle)
+                 idle: float = 0.5, pass_interval: float = 0.0,
+                 turn: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(idle, pass_interval=pass_interval, turn=turn)
         self.outbox = outbox
         self.producer = producer
         self.batch = batch
@@ -95,8 +114,9 @@ class FillRelay(_Relay):
 
     def __init__(self, fills: FillStore, producer: AIOKafkaProducer, codec: AvroCodec, topic: str, *,
                  owner_client_id: int | None = None, commission_wait: float = 2.0, batch: int = 500,
-                 idle: float = 0.25) -> None:
-        super().__init__(idle)
+                 idle: float = 0.25, pass_interval: float = 0.0,
+                 turn: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(idle, pass_interval=pass_interval, turn=turn)
         self.fills = fills
         self.producer = producer
         self.codec = codec
