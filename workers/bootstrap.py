@@ -65,6 +65,8 @@ log = get_logger(__name__)
 # Statuses and positions go out in at most one relay pass per 50 ms (at once when a pass was full): fewer,
 # bigger produce requests and outbox reads while orders flow. Fills go out as soon as they are recorded.
 OUTBOX_PASS_INTERVAL = 0.05
+# Positions (IBKR reports one after each fill) are written at most every 100 ms, each at its latest.
+POSITION_WRITE_INTERVAL = 0.1
 # IBKR's reports and the relays' passes wait for the order batches in progress, for 20 ms at most.
 ORDERS_FIRST_MAX_WAIT = 0.02
 
@@ -122,6 +124,8 @@ class OrderConsumerApp:
                 every=min(2.0, settings.ibkr_order_answer_timeout)), name="placement-watchdog"),
             asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
             asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
+            asyncio.create_task(self.service.run_position_writer(self.stop, every=POSITION_WRITE_INTERVAL),
+                                name="position-writer"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
             asyncio.create_task(self.gateway.run_pruning(self.stop), name="ib-pruning"),
             asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
@@ -145,6 +149,7 @@ class OrderConsumerApp:
             await self.close()
 
     async def _drain(self) -> None:
+        await self.service.write_positions()
         while await self.outbox_relay.publish_pending():
             pass
         self.fill_relay.commission_wait = self.fill_relay.commission_wait * 0

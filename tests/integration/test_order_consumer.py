@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL, Harness, order, running_harness
-from workers.adapters.ibkr.gateway import IbCommission, IbExecution
+from workers.adapters.ibkr.gateway import IbCommission, IbExecution, IbPosition
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.domain.orders import OrderType, Side, TimeInForce
 from workers.settings import TopicNames
@@ -290,6 +290,47 @@ async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fi
         assert rows[ES.con_id].instrument_id == ES.instrument_id
     finally:
         await close_pool(pool)
+
+
+async def stored_positions(harness: Harness, account: str) -> dict[int, Decimal]:
+    from workers.adapters.postgres.positions import PositionStore
+
+    pool = await open_pool(harness.database_url)
+    try:
+        return {row.con_id: row.quantity for row in await PositionStore(pool).all() if row.account == account}
+    finally:
+        await close_pool(pool)
+
+
+async def test_a_position_reported_again_before_the_next_write_is_written_once_at_its_latest(
+        harness: Harness) -> None:
+    assert harness.app is not None
+    app = harness.app
+    await harness.wait_for(lambda: app.service.reconciled, what="the worker running")
+    account, con_id = "DU0000042", 990_001  # not one the sim trades: only these reports move it
+    for quantity in ("1", "2", "3"):  # three report batches, as three fills would bring
+        await harness.app.service.on_reports([IbPosition(account, con_id, Decimal(quantity), Decimal("10.5"), "USD")])
+
+    await harness.wait_for(lambda: any(p["account"] == account for p in harness.observed.positions),
+                           what="the position's record")
+    await asyncio.sleep(0.5)  # several write intervals: anything else would have gone out by now
+
+    published = [p for p in harness.observed.positions if p["account"] == account]
+    assert [(p["con_id"], p["quantity"]) for p in published] == [(con_id, Decimal(3))]
+    assert await stored_positions(harness, account) == {con_id: Decimal(3)}
+
+
+async def test_positions_noted_just_before_shutdown_are_written_and_published(harness: Harness) -> None:
+    assert harness.app is not None
+    app = harness.app
+    await harness.wait_for(lambda: app.service.reconciled, what="the worker running")
+    account, con_id = "DU0000043", 990_002
+    await harness.app.service.on_reports([IbPosition(account, con_id, Decimal(-4), Decimal("99"), "USD")])
+    await harness.stop_consumer()  # within the write interval: the shutdown's drain writes it
+
+    assert await stored_positions(harness, account) == {con_id: Decimal(-4)}
+    await harness.wait_for(lambda: any(p["account"] == account for p in harness.observed.positions),
+                           what="the position's record")
 
 
 async def test_unknown_instrument_in_the_id_convention_is_resolved_on_demand_when_allowed(

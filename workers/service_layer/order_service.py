@@ -117,6 +117,10 @@ class OrderService:
         self._reconciled = asyncio.Event()
         self.placed = 0
         self.rejected: dict[str, int] = {}
+        # IBKR's latest position report (and when it came) per (account, con_id), not written yet.
+        self._positions_due: dict[tuple[str, int], tuple[IbPosition, datetime]] = {}
+        self._positions_arrived = asyncio.Event()
+        self._position_writer_running = False
         # IBKR's reports wait (boundedly) while a batch of orders is on its way to IBKR.
         self.orders_first = orders_first or OrdersFirst(max_wait=0.0)
 
@@ -418,25 +422,71 @@ class OrderService:
             self.on_fill()
         if statuses:
             await self._on_statuses(statuses, read)
-        latest_positions = {(r.account, r.con_id): r for r in reports if isinstance(r, IbPosition)}
-        for position in latest_positions.values():
-            await self._on_position(position)
+        positions = [r for r in reports if isinstance(r, IbPosition)]
+        if positions:
+            await self._on_positions(positions)
         for report in reports:
             if isinstance(report, IbError):
                 self._on_error(report)
             elif isinstance(report, ConnectionChanged) and not report.connected:
                 self._reconciled.clear()
 
-    async def _on_position(self, report: IbPosition) -> None:
-        instrument_id = await self.instruments.instrument_id_for(report.con_id)
-        row = PositionRow(account=report.account, con_id=report.con_id, instrument_id=instrument_id,
-                          quantity=report.quantity, avg_cost=report.avg_cost, currency=report.currency,
-                          as_of=datetime.now(UTC))
-        if self.positions is not None:
-            await self.positions.upsert(row, self.events.position(report, instrument_id))
+    async def _on_positions(self, reports: Sequence[IbPosition]) -> None:
+        """Note IBKR's latest positions; written at once, or by :meth:`run_position_writer` when it runs."""
+        received = datetime.now(UTC)
+        for report in reports:
+            self._positions_due[(report.account, report.con_id)] = (report, received)
+        if self._position_writer_running:
+            self._positions_arrived.set()
         else:
-            await self.outbox.add(self.events.position(report, instrument_id))
+            await self.write_positions()
+
+    async def write_positions(self) -> None:
+        """Store the latest position of each account and contract noted since the last write, with their
+        ``positions.updated`` records, in one statement. On failure they stay due (newer reports win)."""
+        due, self._positions_due = self._positions_due, {}
+        if not due:
+            return
+        rows: list[PositionRow] = []
+        events: list[OutboxMessage] = []
+        try:
+            for report, received in due.values():
+                instrument_id = await self.instruments.instrument_id_for(report.con_id)
+                rows.append(PositionRow(account=report.account, con_id=report.con_id, instrument_id=instrument_id,
+                                        quantity=report.quantity, avg_cost=report.avg_cost,
+                                        currency=report.currency, as_of=received))
+                events.append(self.events.position(report, instrument_id))
+            if self.positions is not None:
+                await self.positions.upsert_many(rows, events)
+            else:
+                await self.outbox.add_many(events)
+        except BaseException:
+            for key, noted in due.items():
+                self._positions_due.setdefault(key, noted)
+            raise
         self.on_published()
+
+    async def run_position_writer(self, stop: asyncio.Event, every: float) -> None:
+        """Write noted positions at most once per ``every`` seconds: a position reported again meanwhile
+        (each fill moves it) is written once, at its latest. Orders first: a write waits its turn."""
+        self._position_writer_running = True
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._positions_arrived.wait(), 0.5)
+                if not self._positions_arrived.is_set():
+                    continue
+                self._positions_arrived.clear()
+                await asyncio.sleep(every)
+                await self.orders_first.turn()
+                try:
+                    await self.write_positions()
+                except Exception as exc:  # PostgreSQL away: the positions stay due; try again
+                    log.warning("positions not written; will retry", error=f"{type(exc).__name__}: {exc}")
+                    self._positions_arrived.set()
+                    await asyncio.sleep(1.0)
+        finally:
+            self._position_writer_running = False
 
     def _on_error(self, error: IbError) -> None:
         if error.code == PACING_VIOLATION:

