@@ -10,9 +10,10 @@ from datetime import date
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration.topic_reading import records_on_partition
 from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
@@ -148,22 +149,8 @@ class Topic:
 
     async def records(self) -> list[tuple[str, dict[str, Any]]]:
         """Every record on the topic, decoded, in order (one partition)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            partition = TopicPartition(self.name, 0)
-            consumer.assign([partition])
-            await consumer.seek_to_beginning(partition)
-            end = (await consumer.end_offsets([partition]))[partition]
-            seen: list[tuple[str, dict[str, Any]]] = []
-            while await consumer.position(partition) < end:
-                batch = await consumer.getmany(partition, timeout_ms=1000)
-                for record in batch.get(partition, []):
-                    assert record.key is not None
-                    seen.append((record.key.decode(), self.codec.decode(record.value, INSTRUMENT_UPDATED)))
-            return seen
-        finally:
-            await consumer.stop()
+        return [(record.key.decode(), self.codec.decode(record.value, INSTRUMENT_UPDATED))
+                for record in await records_on_partition(self.bootstrap, self.name)]
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration.topic_reading import records_on_partition
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
@@ -140,20 +140,7 @@ async def load(database_url: str, items: list[dict[str, Any]]) -> None:
 
 
 async def topic_keys(bootstrap: str, topic: str) -> list[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        end = (await consumer.end_offsets([partition]))[partition]
-        keys: list[str] = []
-        while await consumer.position(partition) < end:
-            for record in (await consumer.getmany(partition, timeout_ms=1000)).get(partition, []):
-                keys.append(record.key.decode())
-        return keys
-    finally:
-        await consumer.stop()
+    return [record.key.decode() for record in await records_on_partition(bootstrap, topic)]
 
 
 # -- instruments load ----------------------------------------------------------------------------------------

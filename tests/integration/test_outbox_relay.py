@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration.topic_reading import records_on_partition
 from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
@@ -47,21 +48,7 @@ class Relaying:
         await self.outbox.add(OutboxMessage(self.topic, key, key.encode()))
 
     async def keys_on_topic(self) -> list[str]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            partition = TopicPartition(self.topic, 0)
-            consumer.assign([partition])
-            await consumer.seek_to_beginning(partition)
-            end = (await consumer.end_offsets([partition]))[partition]
-            keys: list[str] = []
-            while await consumer.position(partition) < end:
-                for record in (await consumer.getmany(partition, timeout_ms=1000)).get(partition, []):
-                    assert record.key is not None
-                    keys.append(record.key.decode())
-            return keys
-        finally:
-            await consumer.stop()
+        return [record.key.decode() for record in await records_on_partition(self.bootstrap, self.topic)]
 
 
 @pytest.fixture

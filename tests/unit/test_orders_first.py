@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from workers.service_layer.orders_first import OrdersFirst
+
+
+@contextlib.asynccontextmanager
+async def an_order_batch_in_progress(orders_first: OrdersFirst) -> AsyncIterator[None]:
+    """An order batch that stays in progress until the ``async with`` block ends."""
+    released = asyncio.Event()
+
+    async def endless_orders() -> None:
+        with orders_first.order_batch():
+            await released.wait()
+
+    orders = asyncio.create_task(endless_orders())
+    await asyncio.sleep(0)  # the batch has started
+    try:
+        yield
+    finally:
+        released.set()
+        await orders
 
 
 async def test_a_turn_with_no_order_batch_in_progress_is_taken_at_once() -> None:
@@ -35,20 +55,11 @@ async def test_background_work_goes_after_every_order_batch_in_progress() -> Non
 
 async def test_a_steady_stream_of_orders_holds_background_work_back_for_max_wait_at_most() -> None:
     orders_first = OrdersFirst(max_wait=0.05)
-    released = asyncio.Event()
-
-    async def endless_orders() -> None:
-        with orders_first.order_batch():
-            await released.wait()
-
-    orders = asyncio.create_task(endless_orders())
-    await asyncio.sleep(0)
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    await asyncio.wait_for(orders_first.turn(), 5)
-    waited = loop.time() - started
-    released.set()
-    await orders
+    async with an_order_batch_in_progress(orders_first):
+        started = loop.time()
+        await asyncio.wait_for(orders_first.turn(), 5)
+        waited = loop.time() - started
 
     assert 0.04 <= waited < 1.0
 
@@ -68,14 +79,5 @@ async def test_a_batch_that_fails_still_ends_its_turn() -> None:
 
 async def test_no_bound_means_no_waiting() -> None:
     orders_first = OrdersFirst(max_wait=0.0)
-    released = asyncio.Event()
-
-    async def endless_orders() -> None:
-        with orders_first.order_batch():
-            await released.wait()
-
-    orders = asyncio.create_task(endless_orders())
-    await asyncio.sleep(0)
-    await asyncio.wait_for(orders_first.turn(), 0.5)
-    released.set()
-    await orders
+    async with an_order_batch_in_progress(orders_first):
+        await asyncio.wait_for(orders_first.turn(), 0.5)
