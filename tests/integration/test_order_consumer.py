@@ -11,8 +11,10 @@ import pytest
 
 from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL, Harness, order, running_harness
 from workers.adapters.ibkr.gateway import IbCommission, IbExecution, IbPosition
+from workers.adapters.kafka.event_sink import AvroEventSink
+from workers.adapters.postgres.order_batches import NewOrder, OrderBatches
 from workers.adapters.postgres.pool import close_pool, open_pool
-from workers.domain.orders import OrderType, Side, TimeInForce
+from workers.domain.orders import OrderState, OrderType, Side, TimeInForce
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -98,6 +100,34 @@ async def test_redelivered_order_is_placed_once(harness: Harness) -> None:
     assert harness.sim.place_count(request.order_id) == 1
     await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) >= 1, what="the fill")
     assert len(harness.observed.fills[request.order_id]) == 1
+
+
+async def test_an_order_recorded_but_never_sent_is_placed_once_when_its_batch_comes_again(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, ibkr_order_answer_timeout=1) as h:
+        assert h.app is not None
+        service = h.app.service
+        await h.wait_for(lambda: service.reconciled, what="the worker running")
+        request = order(quantity="3")
+        # The state a recording statement leaves when it commits and its answer is lost (the database
+        # connection breaks): PLACING, with an IBKR id, never sent. The consume loop then handles the
+        # batch again, which the ledger sees as a redelivery.
+        pool = await open_pool(database_url)
+        try:
+            sink = AvroEventSink(h.codec, h.topics, f"order-consumer:{service.client_id}")
+            assert service._next_ib_order_id is not None
+            far_above = service._next_ib_order_id + 100_000  # clear of the ids the worker hands out
+            [row] = await OrderBatches(pool).record_new([NewOrder(request, OrderState.ACCEPTED)], service.client_id,
+                                                       sink.status, {request.order_id: far_above})
+        finally:
+            await close_pool(pool)
+        assert row.state is OrderState.PLACING and h.sim.place_count(request.order_id) == 0
+
+        await h.send(request)
+        await h.wait_status(request.order_id, "FILLED")
+
+        assert h.sim.place_count(request.order_id) == 1
+        assert service.unanswered == 0
 
 
 @pytest.mark.parametrize(("changes", "reason"), [

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -185,6 +185,7 @@ class OrderService:
             rows = await self.batches.get_many(republish)
             loose.extend(self.events.status(rows[i], None) for i in republish if i in rows)
             log.info("orders redelivered; re-publishing their status", count=len(republish))
+            self._watch_unsent(rows.values())
         if loose:
             await self.outbox.add_many(loose)
             self.on_published()
@@ -241,6 +242,25 @@ class OrderService:
             # Recorded and reserved: reconciliation finds IBKR never got them and places them again.
             log.warning("placing failed: not connected; the orders stay for reconciliation",
                         count=len(reserved), error=str(exc))
+
+    def _watch_unsent(self, rows: Iterable[OrderRow]) -> None:
+        """Hand this worker's PLACING orders that it has not sent to the placement watchdog.
+
+        A recording statement can commit and its answer be lost (the database connection breaks): the
+        batch is then handled again as a redelivery, which inserts nothing, so the orders it recorded
+        PLACING would wait, unsent, for the next reconnect's reconciliation. The watchdog looks them up
+        at IBKR once their answer is overdue and places again only those IBKR never received, so an order
+        that did reach IBKR (sent before a restart, say) is never placed twice.
+        """
+        if self.readonly:
+            return
+        now = time.monotonic()
+        for row in rows:
+            if (row.state is OrderState.PLACING and row.ib_client_id == self.client_id
+                    and row.order_id not in self._sent_at):
+                self._sent_at[row.order_id] = now
+                log.warning("redelivered order is PLACING but was not sent by this worker; "
+                            "the placement watchdog checks it at IBKR", order_id=row.order_id)
 
     def _count_rejection(self, order: OrderRequested, rejection: OrderRejected) -> None:
         self.rejected[rejection.reason.value] = self.rejected.get(rejection.reason.value, 0) + 1
