@@ -13,9 +13,10 @@ from psycopg import errors
 
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
+from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.pool import Pool
 from workers.adapters.postgres.rows import Fill
-from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
+from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,8 @@ async def order_id(pool: Pool) -> str:
     )
     ledger = OrderLedger(pool)
     assert await ledger.insert_accepted(order)
-    assert await ledger.reserve_ib_order_id(order.order_id, 1, 1) == 1
+    [(row, _)] = await OrderBatches(pool).reserve_ib_order_ids({order.order_id: 1}, 1)
+    assert row.state is OrderState.PLACING
     return order.order_id
 
 

@@ -60,9 +60,10 @@ def an_order(**changes: object) -> OrderRequested:
     return replace(order, **changes)  # type: ignore[arg-type]
 
 
-async def placed(ledger: OrderLedger, order: OrderRequested, ib_order_id: int = 1) -> None:
+async def placed(ledger: OrderLedger, pool: Pool, order: OrderRequested, ib_order_id: int = 1) -> None:
     assert await ledger.insert_accepted(order)
-    assert await ledger.reserve_ib_order_id(order.order_id, 1, ib_order_id) == ib_order_id
+    [(row, reserved)] = await OrderBatches(pool).reserve_ib_order_ids({order.order_id: ib_order_id}, 1)
+    assert (row.state, row.ib_client_id, reserved) == (OrderState.PLACING, 1, ib_order_id)
 
 
 async def test_new_order_is_recorded_as_accepted(ledger: OrderLedger) -> None:
@@ -141,9 +142,9 @@ async def test_unknown_state_is_refused(ledger: OrderLedger, database_url: str) 
             await conn.execute("UPDATE orders SET state = 'LOST' WHERE order_id = %s", (order.order_id,))
 
 
-async def test_filled_quantity_cannot_exceed_quantity(ledger: OrderLedger) -> None:
+async def test_filled_quantity_cannot_exceed_quantity(ledger: OrderLedger, pool: Pool) -> None:
     order = an_order()
-    await placed(ledger, order)
+    await placed(ledger, pool, order)
     before = await ledger.get(order.order_id)
 
     with pytest.raises(errors.CheckViolation, match="orders_filled_quantity_range"):
@@ -156,9 +157,9 @@ async def test_unknown_order_is_none(ledger: OrderLedger) -> None:
     assert await ledger.get(str(uuid.uuid4())) is None
 
 
-async def test_order_goes_through_its_life_cycle_to_filled(ledger: OrderLedger) -> None:
+async def test_order_goes_through_its_life_cycle_to_filled(ledger: OrderLedger, pool: Pool) -> None:
     order = an_order()
-    await placed(ledger, order, ib_order_id=7)
+    await placed(ledger, pool, order, ib_order_id=7)
 
     submitted = await ledger.transition(order.order_id, OrderState.SUBMITTED, ib_perm_id=99001, con_id=265598)
     partial = await ledger.transition(
@@ -193,9 +194,9 @@ async def test_order_goes_through_its_life_cycle_to_filled(ledger: OrderLedger) 
     assert await ledger.get(order.order_id) == filled
 
 
-async def test_filled_order_cannot_go_back_to_submitted(ledger: OrderLedger) -> None:
+async def test_filled_order_cannot_go_back_to_submitted(ledger: OrderLedger, pool: Pool) -> None:
     order = an_order()
-    await placed(ledger, order)
+    await placed(ledger, pool, order)
     await ledger.transition(
         order.order_id, OrderState.FILLED, filled_quantity=Decimal("100"), remaining_quantity=Decimal("0")
     )
@@ -243,9 +244,9 @@ async def test_racing_transitions_take_exactly_one_path(ledger: OrderLedger) -> 
     assert row == winners[0]
 
 
-async def test_update_sets_fields_without_changing_state(ledger: OrderLedger) -> None:
+async def test_update_sets_fields_without_changing_state(ledger: OrderLedger, pool: Pool) -> None:
     order = an_order()
-    await placed(ledger, order)
+    await placed(ledger, pool, order)
 
     row = await ledger.update(order.order_id, ib_perm_id=123456, con_id=265598)
 
@@ -253,65 +254,49 @@ async def test_update_sets_fields_without_changing_state(ledger: OrderLedger) ->
     assert await ledger.find_by_ib_perm_id(123456) == row
 
 
-async def test_reserved_ib_order_ids_are_never_handed_out_twice(ledger: OrderLedger) -> None:
-    orders = [an_order() for _ in range(4)]
+async def test_ib_order_ids_are_unique_per_client_id(ledger: OrderLedger, pool: Pool) -> None:
+    batches = OrderBatches(pool)
+    orders = [an_order() for _ in range(3)]
     for order in orders:
         assert await ledger.insert_accepted(order)
 
-    first = await ledger.reserve_ib_order_id(orders[0].order_id, 7, next_valid_id=10)
-    # After a reconnect IBKR may report a lower nextValidId: the stored mark wins.
-    second = await ledger.reserve_ib_order_id(orders[1].order_id, 7, next_valid_id=5)
-    third = await ledger.reserve_ib_order_id(orders[2].order_id, 7, next_valid_id=100)
-    other_client = await ledger.reserve_ib_order_id(orders[3].order_id, 8, next_valid_id=5)
+    await batches.reserve_ib_order_ids({orders[0].order_id: 5}, 7)
+    await batches.reserve_ib_order_ids({orders[1].order_id: 5}, 8)  # the same number, another client id
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await batches.reserve_ib_order_ids({orders[2].order_id: 5}, 7)
 
-    assert (first, second, third) == (10, 11, 100)
-    assert other_client == 5
-    assert await ledger.last_ib_order_id(7) == 100
-    assert await ledger.last_ib_order_id(8) == 5
-    assert await ledger.last_ib_order_id(9) is None
-    row = await ledger.get(orders[1].order_id)
-    assert row is not None
-    assert (row.state, row.ib_client_id, row.ib_order_id) == (OrderState.PLACING, 7, 11)
-    assert await ledger.find_by_ib_order_id(7, 11) == row
-    assert await ledger.find_by_ib_order_id(8, 11) is None
+    assert await ledger.find_by_ib_order_id(7, 5) == await ledger.get(orders[0].order_id)
+    assert await ledger.find_by_ib_order_id(8, 5) == await ledger.get(orders[1].order_id)
+    third = await ledger.get(orders[2].order_id)
+    assert third is not None and (third.state, third.ib_order_id) == (OrderState.ACCEPTED, None)
 
 
-async def test_concurrent_reservations_get_distinct_ids(ledger: OrderLedger) -> None:
-    orders = [an_order() for _ in range(12)]
-    for order in orders:
-        assert await ledger.insert_accepted(order)
-
-    ids = await asyncio.gather(*(ledger.reserve_ib_order_id(o.order_id, 3, next_valid_id=1) for o in orders))
-
-    assert sorted(ids) == list(range(1, 13))
-
-
-async def test_an_order_is_reserved_an_ib_order_id_only_once(ledger: OrderLedger) -> None:
+async def test_an_order_is_reserved_an_ib_order_id_only_once(ledger: OrderLedger, pool: Pool) -> None:
+    batches = OrderBatches(pool)
     order = an_order()
     assert await ledger.insert_accepted(order)
-    assert await ledger.reserve_ib_order_id(order.order_id, 1, next_valid_id=50) == 50
+    assert [ib_id for _, ib_id in await batches.reserve_ib_order_ids({order.order_id: 50}, 1)] == [50]
 
-    with pytest.raises(IllegalTransition):
-        await ledger.reserve_ib_order_id(order.order_id, 1, next_valid_id=60)
+    assert await batches.reserve_ib_order_ids({order.order_id: 60}, 1) == []  # PLACING already
 
     row = await ledger.get(order.order_id)
     assert row is not None
-    assert row.ib_order_id == 50
-    assert await ledger.last_ib_order_id(1) == 50
+    assert (row.state, row.ib_order_id) == (OrderState.PLACING, 50)
 
 
-async def test_reserving_for_an_unknown_order_raises(ledger: OrderLedger) -> None:
-    with pytest.raises(UnknownOrder):
-        await ledger.reserve_ib_order_id(str(uuid.uuid4()), 1, next_valid_id=1)
+async def test_reserving_for_an_unknown_order_reserves_nothing(ledger: OrderLedger, pool: Pool) -> None:
+    unknown = str(uuid.uuid4())
 
-    assert await ledger.last_ib_order_id(1) is None
+    assert await OrderBatches(pool).reserve_ib_order_ids({unknown: 1}, 1) == []
+
+    assert await ledger.get(unknown) is None
 
 
-async def test_open_orders_leave_out_final_ones(ledger: OrderLedger) -> None:
+async def test_open_orders_leave_out_final_ones(ledger: OrderLedger, pool: Pool) -> None:
     accepted, placing, rejected = an_order(), an_order(), an_order()
     for order in (accepted, placing, rejected):
         assert await ledger.insert_accepted(order)
-    await ledger.reserve_ib_order_id(placing.order_id, 1, next_valid_id=1)
+    await OrderBatches(pool).reserve_ib_order_ids({placing.order_id: 1}, 1)
     await ledger.transition(rejected.order_id, OrderState.REJECTED, reason="unknown instrument")
 
     open_ids = {row.order_id for row in await ledger.open_orders()}
@@ -380,9 +365,9 @@ async def test_status_record_is_written_with_the_change_and_not_without_it(
     ]
 
 
-async def submitted(ledger: OrderLedger) -> OrderRequested:
+async def submitted(ledger: OrderLedger, pool: Pool) -> OrderRequested:
     order = an_order()
-    await placed(ledger, order)
+    await placed(ledger, pool, order)
     await ledger.transition(order.order_id, OrderState.SUBMITTED)
     return order
 
@@ -395,7 +380,7 @@ def cancel_pending_behind_the_ledgers_back(database_url: str, order_id: str) -> 
 
 async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
         ledger: OrderLedger, pool: Pool, database_url: str) -> None:
-    order = await submitted(ledger)
+    order = await submitted(ledger, pool)
     outbox = Outbox(pool)
     encoded: list[tuple[OrderState | None, OrderState]] = []
 
@@ -421,7 +406,7 @@ async def test_a_status_applied_while_the_order_changes_is_worked_out_again(
 
 async def test_a_status_applied_from_rows_read_before_the_order_changed_is_worked_out_again(
         ledger: OrderLedger, pool: Pool, database_url: str) -> None:
-    order = await submitted(ledger)
+    order = await submitted(ledger, pool)
     batches = OrderBatches(pool)
     read = await batches.read_versions([order.order_id, "not-in-the-ledger"])
     assert set(read) == {order.order_id} and read[order.order_id][0].state is OrderState.SUBMITTED

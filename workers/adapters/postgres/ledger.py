@@ -80,29 +80,6 @@ _SELECT_PENDING_CANCELS_OWNED = sql.SQL(
     "(SELECT order_id FROM cancel_requests WHERE handled_at IS NULL) ORDER BY accepted_at"
 ).format(_ORDER_COLUMNS)
 
-# The new id is above everything this client id was ever given: nextValidId from IBKR, the stored mark
-# and (should the mark be missing) any id already in the ledger. The row lock of the upsert serialises
-# concurrent reservations for one client id.
-_RESERVE_IB_ORDER_ID = """
-INSERT INTO ib_order_ids AS mark (client_id, last_order_id)
-VALUES (
-    %(client_id)s,
-    GREATEST(
-        %(next_valid_id)s,
-        COALESCE((SELECT max(ib_order_id) FROM orders WHERE ib_client_id = %(client_id)s), 0) + 1
-    )
-)
-ON CONFLICT (client_id) DO UPDATE
-    SET last_order_id = GREATEST(EXCLUDED.last_order_id, mark.last_order_id + 1), updated_at = now()
-RETURNING last_order_id
-"""
-_SET_PLACING = """
-UPDATE orders
-   SET ib_client_id = %(client_id)s, ib_order_id = %(ib_order_id)s, state = %(state)s, updated_at = now()
- WHERE order_id = %(order_id)s
-"""
-_LAST_IB_ORDER_ID = "SELECT last_order_id FROM ib_order_ids WHERE client_id = %s"
-
 _INSERT_CANCEL = """
 INSERT INTO cancel_requests (order_id, account, requested_at, reason)
 VALUES (%s, %s, %s, %s)
@@ -239,40 +216,6 @@ class OrderLedger:
             if not changes:
                 return current
             return await _update(conn, order_id, changes)
-
-    async def reserve_ib_order_id(self, order_id: str, client_id: int, next_valid_id: int) -> int:
-        """Give order ``order_id`` a fresh IBKR order id and move it to PLACING; return the id.
-
-        The id is the larger of ``next_valid_id`` and one above the highest id ever reserved for
-        ``client_id``, so an id is never handed out twice, even when IBKR's nextValidId goes backwards.
-        Raises :class:`~workers.domain.orders.IllegalTransition` unless the order may become PLACING.
-        """
-        async with self._pool.connection() as conn, conn.transaction():
-            current = await _lock(conn, order_id)
-            check_transition(order_id, current.state, OrderState.PLACING)
-            cursor = await conn.execute(
-                _RESERVE_IB_ORDER_ID, {"client_id": client_id, "next_valid_id": next_valid_id}
-            )
-            reserved = await cursor.fetchone()
-            assert reserved is not None  # INSERT ... RETURNING always returns the row
-            ib_order_id = int(reserved[0])
-            await conn.execute(
-                _SET_PLACING,
-                {
-                    "client_id": client_id,
-                    "ib_order_id": ib_order_id,
-                    "state": str(OrderState.PLACING),
-                    "order_id": order_id,
-                },
-            )
-            return ib_order_id
-
-    async def last_ib_order_id(self, client_id: int) -> int | None:
-        """The highest IBKR order id ever reserved for ``client_id``, or None before the first one."""
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(_LAST_IB_ORDER_ID, (client_id,))
-            row = await cursor.fetchone()
-        return None if row is None else int(row[0])
 
     async def find_by_ib_order_id(self, client_id: int, ib_order_id: int) -> OrderRow | None:
         """The order placed by API client ``client_id`` under IBKR order id ``ib_order_id``."""
