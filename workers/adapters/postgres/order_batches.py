@@ -51,7 +51,7 @@ _NEW_ORDER_FIELDS = (
 #   unique (ib_client_id, ib_order_id) refuses an id the ledger holds already;
 # - a known order_id is left as it is (not returned);
 # - the status records were encoded beforehand for the state each order was expected to get
-#   (%(expected)s: ACCEPTED, which PLACING is published as, or REJECTED); an order that got another state
+#   (m.expected: ACCEPTED, which PLACING is published as, or REJECTED); an order that got another state
 #   (CANCELLED) gets none here.
 _ANNOUNCED_AS: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("expected", "text"))
 _RECORD_RESERVE_AND_ANNOUNCE = f"""
