@@ -14,8 +14,10 @@ each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -46,12 +48,42 @@ def _docker_answers() -> bool:
         return False
 
 
+# Topics the tests of this session named (``kafka_topics``, :func:`noted_topic`): deleted from a broker
+# given by the environment when the session ends, so a long-lived development broker does not collect
+# them. Only these names: never a pattern, the broker may be shared.
+TEST_TOPICS: set[str] = set()
+
+
+def noted_topic(name: str) -> str:
+    """Note ``name`` as a topic of this test session (deleted when the session ends); return it."""
+    TEST_TOPICS.add(name)
+    return name
+
+
+async def _delete_test_topics(bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = TEST_TOPICS & set(await admin.list_topics())
+        for start in range(0, len(existing), 100):
+            await admin.delete_topics(sorted(existing)[start:start + 100])
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a real Kafka broker."""
     from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if from_env:
         yield from_env
+        if TEST_TOPICS:
+            try:
+                asyncio.run(asyncio.wait_for(_delete_test_topics(from_env), 60))
+            except Exception as exc:  # cleanup only: never fail a session over it
+                warnings.warn(f"test topics not deleted: {exc!r}", stacklevel=1)
         return
     if _docker_answers():
         from testcontainers.kafka import KafkaContainer
@@ -137,7 +169,8 @@ def kafka_topics() -> TopicNames:
     """Topic names unique to this test (the contract's names with a random suffix)."""
     suffix = uuid.uuid4().hex[:10]
     defaults = TopicNames()
-    return TopicNames(**{field: f"{getattr(defaults, field)}.{suffix}" for field in defaults.__dataclass_fields__})
+    return TopicNames(**{field: noted_topic(f"{getattr(defaults, field)}.{suffix}")
+                         for field in defaults.__dataclass_fields__})
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tests.conftest import noted_topic
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import FILL_EXECUTED, ORDER_REQUESTED
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 async def test_codec_records_survive_the_broker_byte_for_byte_and_decode(kafka_admin: AIOKafkaAdminClient,
                                                                          kafka_bootstrap: str) -> None:
     codec = AvroCodec()
-    topic = f"codec.{uuid.uuid4().hex[:10]}"
+    topic = noted_topic(f"codec.{uuid.uuid4().hex[:10]}")
     now = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
     order = {"order_id": str(uuid.uuid4()), "account": "DU0000001", "instrument_id": "STK:AAPL:USD",
              "side": "BUY", "quantity": Decimal("12.5"), "order_type": "LIMIT", "limit_price": Decimal("187.25"),

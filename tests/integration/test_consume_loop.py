@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.conftest import noted_topic
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,8 @@ async def decode(topic: str, value: bytes) -> str:
 
 
 async def make_topic(bootstrap: str, partitions: int) -> str:
-    name = f"loop.{uuid.uuid4().hex[:10]}"
+    name = noted_topic(f"loop.{uuid.uuid4().hex[:10]}")
+    noted_topic(name + ".dlq")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

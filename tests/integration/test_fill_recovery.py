@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.conftest import noted_topic
 from tests.integration.test_postgres_fills import a_fill, order_id  # noqa: F401  (a fixture)
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.publishing import FillRelay, fill_ids_on_topic
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 async def new_topic(bootstrap: str, partitions: int) -> str:
-    name = f"fills.recovery.{uuid.uuid4().hex[:10]}"
+    name = noted_topic(f"fills.recovery.{uuid.uuid4().hex[:10]}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -86,7 +87,7 @@ async def test_recovery_from_a_topic_that_does_not_exist_marks_nothing(
     await fills.insert(fill)
     since = datetime.now(UTC) - timedelta(minutes=5)
 
-    found = await fill_ids_on_topic(f"no.such.topic.{uuid.uuid4().hex[:8]}", since, AvroCodec(),
+    found = await fill_ids_on_topic(noted_topic(f"no.such.topic.{uuid.uuid4().hex[:8]}"), since, AvroCodec(),
                                     {"bootstrap_servers": kafka_bootstrap})
 
     assert found == set()

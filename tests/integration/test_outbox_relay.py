@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.conftest import noted_topic
 from tests.integration.topic_reading import records_on_partition
 from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.postgres.outbox import Outbox
@@ -53,7 +54,7 @@ class Relaying:
 
 @pytest.fixture
 async def relaying(kafka_bootstrap: str, pool: Pool) -> AsyncIterator[Relaying]:
-    topic = f"outbox.relay.{uuid.uuid4().hex[:10]}"
+    topic = noted_topic(f"outbox.relay.{uuid.uuid4().hex[:10]}")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     await admin.create_topics([NewTopic(topic, 1, 1)])
