@@ -121,7 +121,8 @@ class OrderService:
         self._positions_due: dict[tuple[str, int], tuple[IbPosition, datetime]] = {}
         self._positions_arrived = asyncio.Event()
         self._position_writer_running = False
-        # IBKR's reports wait (boundedly) while a batch of orders is on its way to IBKR.
+        # IBKR's reports wait (boundedly) while a batch of orders is on its way to IBKR; without an
+        # OrdersFirst given (tests, tools), they never wait.
         self.orders_first = orders_first or OrdersFirst(max_wait=0.0)
 
     @property

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 class OrdersFirst:
     """Counts order batches in progress; lets background work wait (boundedly) until there are none."""
 
-    def __init__(self, max_wait: float = 0.02) -> None:
+    def __init__(self, max_wait: float) -> None:
         self.max_wait = max_wait
         self._in_progress = 0
         self._idle = asyncio.Event()
