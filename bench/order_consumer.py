@@ -230,6 +230,9 @@ def worker_env(setup: Setup, pacing: float, health_port: int = 0) -> dict[str, s
         "IBKR_PACING_PER_SECOND": str(pacing), "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
         "HEALTH_PORT": str(health_port), "LOG_LEVEL": "WARNING",
         **{f"TOPIC_{f.upper()}": getattr(setup.topics, f) for f in setup.topics.__dataclass_fields__},
+        # BENCH_WORKER_X=v runs the worker with X=v (to try a setting without editing the bench).
+        **{name.removeprefix("BENCH_WORKER_"): value for name, value in os.environ.items()
+           if name.startswith("BENCH_WORKER_")},
     }
 
 

@@ -69,6 +69,9 @@ OUTBOX_PASS_INTERVAL = 0.05
 POSITION_WRITE_INTERVAL = 0.1
 # IBKR's reports and the relays' passes wait for the order batches in progress, for 20 ms at most.
 ORDERS_FIRST_MAX_WAIT = 0.02
+# The ledger rows the worker wrote last that it keeps (with their versions), so IBKR's reports about its
+# recent orders are applied without reading them first: a few MB, many seconds of orders at full speed.
+REMEMBERED_ORDERS = 4096
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            owner_client_id=settings.ibkr_client_id, turn=orders_first.turn)
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
-        ledger=ledger, batches=OrderBatches(pool), fills=fills, outbox=outbox, instruments=instruments, broker=gateway,
+        ledger=ledger, batches=OrderBatches(pool, remember=REMEMBERED_ORDERS), fills=fills, outbox=outbox,
+        instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
         metrics=metrics, positions=PositionStore(pool), orders_first=orders_first,

@@ -666,6 +666,7 @@ class OrderService:
         log.warning("order never reached IBKR; placing it again", order_id=row.order_id,
                     reserved_ib_order_id=row.ib_order_id)
         await self.ledger.release_unplaced(row.order_id)
+        self.batches.forget([row.order_id])
         if not self.readonly:
             self._to_place.put_nowait(row.order_id)
 

@@ -8,7 +8,8 @@ written together with its outbox record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -88,7 +89,7 @@ WITH input AS (
     FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
     ORDER BY f.n
     ON CONFLICT (order_id) DO NOTHING
-    RETURNING {_COLUMNS}
+    RETURNING {_COLUMNS}, xmin::text AS version
 ), announced AS (
     INSERT INTO outbox (topic, key, payload, writer)
     SELECT m.topic, m.key, m.payload, m.writer
@@ -122,7 +123,7 @@ WITH changed AS (
         reason = u.reason, ib_error_code = u.ib_error_code, updated_at = now()
     FROM {rows_from(_VERSIONED_STATUS_FIELDS, "u")}
     WHERE o.order_id = u.order_id AND o.xmin::text = u.version
-    RETURNING o.order_id
+    RETURNING o.order_id, o.xmin::text AS version
 ), announced AS (
     INSERT INTO outbox (topic, key, payload, writer)
     SELECT m.topic, m.key, m.payload, m.writer
@@ -130,7 +131,7 @@ WITH changed AS (
     JOIN changed ON changed.order_id = m.of_order
     ORDER BY m.n
 )
-SELECT order_id FROM changed
+SELECT order_id, version FROM changed
 """
 # Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
 # id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
@@ -146,7 +147,7 @@ SELECT GREATEST((SELECT last_order_id FROM ib_order_ids WHERE client_id = %(clie
 _SET_PLACING = f"""
 UPDATE orders SET state = 'PLACING', ib_client_id = %(client_id)s, ib_order_id = %(ib_order_id)s, updated_at = now()
 WHERE order_id = %(order_id)s AND state = 'ACCEPTED'
-RETURNING {_COLUMNS}
+RETURNING {_COLUMNS}, xmin::text AS version
 """
 _FILL_COLUMNS = (
     "fill_id", "order_id", "con_id", "side", "quantity", "price", "currency", "exchange", "executed_at",
@@ -225,19 +226,27 @@ def order_row(record: dict[str, object]) -> OrderRow:
     return OrderRow(**values)  # type: ignore[arg-type]
 
 
+def versioned_row(record: dict[str, object]) -> tuple[OrderRow, str]:
+    """A ledger row read with its version (the record's ``version`` column, ``xmin``)."""
+    values = dict(record)
+    version = str(values.pop("version"))
+    return order_row(values), version
+
+
 async def _read_versions(conn: AsyncConnection[TupleRow], order_ids: Sequence[str]) -> VersionedRows:
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(_SELECT_MANY_VERSIONED, (sorted(set(order_ids)),))
         records = await cursor.fetchall()
-    versions = {str(r["order_id"]): str(r.pop("version")) for r in records}
-    return {row.order_id: (row, versions[row.order_id]) for row in map(order_row, records)}
+    return {row.order_id: (row, version) for row, version in map(versioned_row, records)}
 
 
 async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange], status: StatusRecord,
-                      read: VersionedRows | None = None) -> tuple[list[AppliedChange], list[StatusChange]]:
-    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile).
+                      read: VersionedRows | None = None,
+                      ) -> tuple[list[AppliedChange], list[StatusChange], VersionedRows]:
+    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile,
+    the rows written with their new versions).
 
-    ``read``: rows (with versions) read just before, by the caller; only orders missing there are read.
+    ``read``: rows (with versions) read before, by the caller; only orders missing there are read.
     """
     current = dict(read or {})
     missing = [c.order_id for c in changes if c.order_id not in current]
@@ -257,7 +266,7 @@ async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusC
         applied.append(AppliedChange(updated, row.state))
         rows[change.order_id] = touched[change.order_id] = updated
     if not applied:
-        return [], []
+        return [], [], {}
     params = {
         "u": rows_param([_update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
                         _VERSIONED_STATUS_FIELDS),
@@ -266,10 +275,10 @@ async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusC
     }
     async with conn.cursor() as cursor:
         await cursor.execute(_UPDATE_STATUS_WITH_OUTBOX, params)
-        written = {str(r[0]) for r in await cursor.fetchall()}
-    lost = set(touched) - written
+        written = {str(r[0]): (touched[str(r[0])], str(r[1])) for r in await cursor.fetchall()}
+    lost = set(touched) - set(written)
     return ([a for a in applied if a.row.order_id in written],
-            [c for c in changes if c.order_id in lost])
+            [c for c in changes if c.order_id in lost], written)
 
 
 async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence[str]) -> dict[str, OrderRow]:
@@ -279,10 +288,38 @@ async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence
 
 
 class OrderBatches:
-    """Batch reads and writes of the order ledger, fills and cancel requests."""
+    """Batch reads and writes of the order ledger, fills and cancel requests.
 
-    def __init__(self, pool: Pool) -> None:
+    ``remember``: how many of the rows it wrote last (with their versions) it keeps, so that
+    :meth:`read_versions` of an order it just recorded or changed needs no read. A remembered row is only
+    ever the base of an optimistic write: should the order have changed elsewhere since, the write finds
+    another version and the change is worked out again on the row read anew. The worker's own rows are
+    changed by itself only (one owner per order), and what it changes through other paths it forgets
+    (:meth:`forget`), so a change that looks empty on a remembered row is empty.
+    """
+
+    def __init__(self, pool: Pool, *, remember: int = 0) -> None:
         self._pool = pool
+        self._remember = remember
+        self._remembered: OrderedDict[str, tuple[OrderRow, str]] = OrderedDict()
+
+    def _note(self, rows: Iterable[tuple[OrderRow, str]]) -> None:
+        if not self._remember:
+            return
+        for row, version in rows:
+            self._remembered[row.order_id] = (row, version)
+            self._remembered.move_to_end(row.order_id)
+        while len(self._remembered) > self._remember:
+            self._remembered.popitem(last=False)
+
+    def forget(self, order_ids: Iterable[str]) -> None:
+        """Read these orders from the ledger next time (they were changed by another path)."""
+        for order_id in order_ids:
+            self._remembered.pop(order_id, None)
+
+    @property
+    def remembered(self) -> int:
+        return len(self._remembered)
 
     async def get_many(self, order_ids: Sequence[str]) -> dict[str, OrderRow]:
         if not order_ids:
@@ -322,8 +359,10 @@ class OrderBatches:
         async with self._pool.connection() as conn:
             async with conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.execute(_RECORD_RESERVE_AND_ANNOUNCE, columns)
-                inserted = sorted((order_row(r) for r in await cursor.fetchall()),
-                                  key=lambda row: position[row.order_id])
+                written = sorted(map(versioned_row, await cursor.fetchall()),
+                                 key=lambda versioned: position[versioned[0].order_id])
+            self._note(written)
+            inserted = [row for row, _ in written]
             cancelled = [row for row in inserted if row.state is OrderState.CANCELLED]
             if cancelled:
                 await conn.execute(_CANCELS_HANDLED_WITH_OUTBOX, {
@@ -332,11 +371,16 @@ class OrderBatches:
         return inserted
 
     async def read_versions(self, order_ids: Sequence[str]) -> VersionedRows:
-        """The rows of ``order_ids`` with their versions, for :meth:`apply` (unknown ids are left out)."""
-        if not order_ids:
-            return {}
-        async with self._pool.connection() as conn:
-            return await _read_versions(conn, order_ids)
+        """The rows of ``order_ids`` with their versions, for :meth:`apply` (unknown ids are left out);
+        remembered ones from memory, the others read in one query."""
+        found = {i: self._remembered[i] for i in order_ids if i in self._remembered}
+        missing = [i for i in order_ids if i not in found]
+        if missing:
+            async with self._pool.connection() as conn:
+                read = await _read_versions(conn, missing)
+            self._note(read.values())
+            found |= read
+        return found
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
                     read: VersionedRows | None = None) -> list[AppliedChange]:
@@ -354,7 +398,9 @@ class OrderBatches:
         pending = list(changes)
         async with self._pool.connection() as conn:
             for attempt in range(_APPLY_ATTEMPTS):
-                done, pending = await _apply_once(conn, pending, status, read if attempt == 0 else None)
+                done, pending, written = await _apply_once(conn, pending, status, read if attempt == 0 else None)
+                self._note(written.values())
+                self.forget(c.order_id for c in pending)
                 applied.extend(done)
                 if not pending:
                     break
@@ -383,6 +429,7 @@ class OrderBatches:
         params = [{"client_id": client_id, "ib_order_id": ib_id, "order_id": order_id}
                   for order_id, ib_id in ib_order_ids.items()]
         reserved: list[tuple[OrderRow, int]] = []
+        versions: list[tuple[OrderRow, str]] = []
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(_RAISE_MARK, {"client_id": client_id, "last_order_id": max(ib_order_ids.values())})
             async with conn.cursor(row_factory=dict_row) as rows:
@@ -390,11 +437,13 @@ class OrderBatches:
                 while True:
                     record = await rows.fetchone()
                     if record is not None:
-                        row = order_row(record)
+                        row, version = versioned_row(record)
                         assert row.ib_order_id is not None
                         reserved.append((row, row.ib_order_id))
+                        versions.append((row, version))
                     if not rows.nextset():
                         break
+        self._note(versions)  # committed
         return reserved
 
     async def insert_fills(self, fills: Sequence[FillFields]) -> list[str]:
