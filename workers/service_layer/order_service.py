@@ -37,7 +37,7 @@ from workers.adapters.ibkr.gateway import (
 )
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.order_batches import NewOrder, OrderBatches, StatusChange, VersionedRows
+from workers.adapters.postgres.order_batches import AppliedChange, NewOrder, OrderBatches, StatusChange
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.positions import PositionRow, PositionStore
 from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
@@ -107,7 +107,6 @@ class OrderService:
         # placeOrder sent, no word from IBKR yet: order_id -> when (see run_placement_watchdog).
         self._sent_at: dict[str, float] = {}
         self._pacing_violated = asyncio.Event()
-        self._in_report_batch = False
         # IBKR order ids are handed out here, in increasing order, from above the highest id ever reserved
         # (set by reconcile). Each batch takes its ids and its place in the line of batches sending to
         # IBKR in one step, so ids reach IBKR in increasing order while batches record concurrently.
@@ -426,23 +425,22 @@ class OrderService:
         # The orders the batch is about, read once for the fills and the status changes alike.
         about = {e.order_ref for e in executions if e.order_ref} | {s.order_ref for s in statuses if s.order_ref}
         read = await self.batches.read_versions(sorted(about))
-        if executions:
-            # The fill relay is woken once the batch's commissions are in too, not before.
-            self._in_report_batch = True
-            try:
-                # A commission that came with its execution is written with the new fill.
-                with_fill = await self._on_executions(executions, {k: row for k, (row, _) in read.items()},
-                                                      commissions)
-            finally:
-                self._in_report_batch = False
-            for exec_id in with_fill:
-                commissions.pop(exec_id, None)
-        if commissions:
-            await self.batches.set_commissions([(e, c, cur) for e, (c, cur) in commissions.items()])
+        # A commission that came with its execution is written with the new fill.
+        fills = await self._fills_of(executions, {k: row for k, (row, _) in read.items()}, commissions)
+        in_batch = {fill.fill_id for fill in fills}
+        changes = [change for change in map(_status_change, statuses) if change is not None]
+        of_earlier_fills = [(e, c, cur) for e, (c, cur) in commissions.items() if e not in in_batch]
+        if fills or of_earlier_fills or changes:
+            # The batch's fills, commissions and status changes: one statement.
+            recorded = await self.batches.record_reports(fills, of_earlier_fills, changes, self.events.status, read)
+            # A replayed execution wrote nothing: a commission that came with it is set on the fill recorded before.
+            replayed = set(in_batch) - set(recorded.new_fill_ids)
+            await self.batches.set_commissions([(e, c, cur) for e, (c, cur) in commissions.items() if e in replayed])
+            if recorded.new_fill_ids:
+                log.info("fills recorded", count=len(recorded.new_fill_ids))
+            self._applied(recorded.applied)
         if executions or commissions:
-            self.on_fill()
-        if statuses:
-            await self._on_statuses(statuses, read)
+            self.on_fill()  # once the batch's commissions are in too, not before
         positions = [r for r in reports if isinstance(r, IbPosition)]
         if positions:
             await self._on_positions(positions)
@@ -515,14 +513,19 @@ class OrderService:
         level = log.info if error.informational else log.warning
         level("ibkr message", code=error.code, req_id=error.req_id, message=error.message)
 
-    async def _on_statuses(self, statuses: Sequence[IbOrderStatus], read: VersionedRows | None = None) -> None:
-        await self._apply([change for change in map(_status_change, statuses) if change is not None], read)
+    async def _on_statuses(self, statuses: Sequence[IbOrderStatus]) -> None:
+        await self._apply([change for change in map(_status_change, statuses) if change is not None])
 
-    async def _apply(self, changes: Sequence[StatusChange], read: VersionedRows | None = None) -> int:
+    async def _apply(self, changes: Sequence[StatusChange]) -> int:
         """Write the legal ones of ``changes`` (with their status records); return how many were written."""
-        applied = await self.batches.apply(changes, self.events.status, read)
+        applied = await self.batches.apply(changes, self.events.status)
+        self._applied(applied)
+        return len(applied)
+
+    def _applied(self, applied: Sequence[AppliedChange]) -> None:
+        """Status changes written: wake the outbox relay; count and log them."""
         if not applied:
-            return 0
+            return
         self.on_published()
         for change in applied:
             if self.metrics is not None:
@@ -531,18 +534,19 @@ class OrderService:
                     self.metrics.order_cancelled()
             log.info("order status", order_id=change.row.order_id, state=change.row.state.value,
                      previous=change.previous.value)
-        return len(applied)
 
-    async def _on_executions(self, executions: Sequence[IbExecution], rows: dict[str, OrderRow] | None = None,
-                             commissions: dict[str, tuple[Decimal, str]] | None = None) -> set[str]:
-        """Record the fills of ledger orders among ``executions``; ``rows``: those orders, if read already.
+    async def _on_executions(self, executions: Sequence[IbExecution]) -> None:
+        """Record the fills of ledger orders among ``executions`` (IBKR's, fetched on reconciliation)."""
+        rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
+        new = await self.batches.insert_fills(await self._fills_of(executions, rows, {}))
+        if new:
+            log.info("fills recorded", count=len(new))
+            self.on_fill()
 
-        A commission in ``commissions`` (by execId) goes in with its fill; returns the execIds of new fills
-        written with one (a replayed execution writes nothing, so its commission must be set apart).
-        """
-        if rows is None:
-            rows = await self.batches.get_many([e.order_ref for e in executions if e.order_ref])
-        commissions = commissions or {}
+    async def _fills_of(self, executions: Sequence[IbExecution], rows: dict[str, OrderRow],
+                        commissions: dict[str, tuple[Decimal, str]]) -> list[Fill]:
+        """The fills of the ledger orders (``rows``) among ``executions``; a commission in ``commissions``
+        (by execId) goes in with its fill."""
         fills: list[Fill] = []
         for execution in executions:
             row = rows.get(execution.order_ref)
@@ -562,12 +566,7 @@ class OrderService:
                 cumulative_quantity=execution.cumulative_quantity, avg_price=execution.avg_price,
                 commission=commission, commission_currency=commission_currency,
             ))
-        new = await self.batches.insert_fills(fills)
-        if new:
-            log.info("fills recorded", count=len(new))
-            if not self._in_report_batch:
-                self.on_fill()
-        return {fill_id for fill_id in new if fill_id in commissions}
+        return fills
 
     async def _corrected_fill(self, order_id: str, exec_id: str) -> str | None:
         """The execId that ``exec_id`` corrects: same execution, lower last part (``.01`` -> ``.02``)."""

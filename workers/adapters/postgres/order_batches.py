@@ -115,9 +115,9 @@ _ANNOUNCED_FOR: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("of_order", "text"))
 _SELECT_MANY_VERSIONED = f"SELECT {_COLUMNS}, xmin::text AS version FROM orders WHERE order_id = ANY(%s)"
 _APPLY_ATTEMPTS = 5
 # The new states of many orders (each at most once), each written only if the row is still the version
-# read, and the status records of the orders written, in one statement; returns the orders written.
-_UPDATE_STATUS_WITH_OUTBOX = f"""
-WITH changed AS (
+# read, and the status records of the orders written (CTEs ``changed`` and ``announced``).
+_STATUS_CHANGES = f"""
+changed AS (
     UPDATE orders o SET state = u.state, filled_quantity = u.filled_quantity,
         remaining_quantity = u.remaining_quantity, avg_fill_price = u.avg_fill_price, ib_perm_id = u.ib_perm_id,
         reason = u.reason, ib_error_code = u.ib_error_code, updated_at = now()
@@ -130,9 +130,9 @@ WITH changed AS (
     FROM {rows_from(_ANNOUNCED_FOR, "m")}
     JOIN changed ON changed.order_id = m.of_order
     ORDER BY m.n
-)
-SELECT order_id, version FROM changed
-"""
+)"""
+# In one statement; returns the orders written, with their new versions.
+_UPDATE_STATUS_WITH_OUTBOX = f"WITH {_STATUS_CHANGES}\nSELECT order_id, version FROM changed"
 # Takes ``count`` ids at once: above nextValidId, above every id ever reserved (the mark), and above every
 # id in the ledger (should the mark row be lost). Returns the last id taken; the row stays locked.
 _RAISE_MARK = """
@@ -174,6 +174,20 @@ _SET_COMMISSIONS = (
     "UPDATE fills SET commission = c.commission, commission_currency = c.commission_currency "
     f"FROM {rows_from(_COMMISSION_FIELDS, 'c')} WHERE fills.fill_id = c.fill_id"
 )
+# A batch of IBKR's reports in one statement: its new fills, the commissions of fills recorded before (a
+# statement's parts do not see each other's rows: a commission of a fill inserted here goes in with it),
+# and its orders' status changes with their status records. Returns ('fill', fill_id, NULL) for each new
+# fill and ('order', order_id, version) for each order written.
+_RECORD_REPORTS = f"""
+WITH new_fills AS (
+    {_INSERT_FILLS}
+), commissions AS (
+    {_SET_COMMISSIONS}
+), {_STATUS_CHANGES}
+SELECT 'fill', fill_id, NULL FROM new_fills
+UNION ALL
+SELECT 'order', order_id, version FROM changed
+"""
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,15 @@ class AppliedChange:
     previous: OrderState
 
 
+@dataclass(frozen=True)
+class RecordedReports:
+    """What :meth:`OrderBatches.record_reports` wrote: the new fills (a replayed execId is not new) and the
+    status changes applied."""
+
+    new_fill_ids: list[str]
+    applied: list[AppliedChange]
+
+
 StatusRecord = Callable[[OrderRow, OrderState | None], OutboxMessage]
 # Ledger rows as read, each with its version (xmin), by order_id: what an optimistic write checks against.
 VersionedRows = dict[str, tuple[OrderRow, str]]
@@ -240,18 +263,49 @@ async def _read_versions(conn: AsyncConnection[TupleRow], order_ids: Sequence[st
     return {row.order_id: (row, version) for row, version in map(versioned_row, records)}
 
 
-async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange], status: StatusRecord,
-                      read: VersionedRows | None = None,
-                      ) -> tuple[list[AppliedChange], list[StatusChange], VersionedRows]:
-    """One optimistic round of :meth:`OrderBatches.apply`: (applied, changes of orders changed meanwhile,
-    the rows written with their new versions).
+@dataclass(frozen=True)
+class _Plan:
+    """One optimistic round's status changes, worked out on rows read earlier: what to write, how."""
 
-    ``read``: rows (with versions) read before, by the caller; only orders missing there are read.
-    """
+    applied: list[AppliedChange]
+    touched: dict[str, OrderRow]  # the new row of each order changed
+    params: dict[str, object]  # the row sources "u" (versioned changes) and "m" (their status records)
+
+    def outcome(self, changes: Sequence[StatusChange], written: Mapping[str, str],
+                ) -> tuple[list[AppliedChange], list[StatusChange], VersionedRows]:
+        """(applied, changes of orders changed meanwhile, rows written with their new versions), given the
+        new version of each order the statement wrote."""
+        lost = set(self.touched) - set(written)
+        return ([a for a in self.applied if a.row.order_id in written],
+                [c for c in changes if c.order_id in lost],
+                {order_id: (self.touched[order_id], version) for order_id, version in written.items()})
+
+
+async def _current(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
+                   read: VersionedRows | None) -> VersionedRows:
+    """The rows ``changes`` are about: those in ``read`` (read before, by the caller), the others read now."""
     current = dict(read or {})
     missing = [c.order_id for c in changes if c.order_id not in current]
     if missing:
         current |= await _read_versions(conn, missing)
+    return current
+
+
+async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange], status: StatusRecord,
+                      read: VersionedRows | None = None,
+                      ) -> tuple[list[AppliedChange], list[StatusChange], VersionedRows]:
+    """One optimistic round of :meth:`OrderBatches.apply` (see :meth:`_Plan.outcome`)."""
+    plan = _plan(changes, status, await _current(conn, changes, read))
+    if not plan.applied:
+        return [], [], {}
+    async with conn.cursor() as cursor:
+        await cursor.execute(_UPDATE_STATUS_WITH_OUTBOX, plan.params)
+        written = {str(r[0]): str(r[1]) for r in await cursor.fetchall()}
+    return plan.outcome(changes, written)
+
+
+def _plan(changes: Sequence[StatusChange], status: StatusRecord, current: VersionedRows) -> _Plan:
+    """The legal ones of ``changes``, applied in order to the ``current`` rows, with their status records."""
     versions = {order_id: version for order_id, (_, version) in current.items()}
     rows = {order_id: row for order_id, (row, _) in current.items()}
     applied: list[AppliedChange] = []
@@ -265,20 +319,13 @@ async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusC
             continue
         applied.append(AppliedChange(updated, row.state))
         rows[change.order_id] = touched[change.order_id] = updated
-    if not applied:
-        return [], [], {}
-    params = {
+    params: dict[str, object] = {
         "u": rows_param([_update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
                         _VERSIONED_STATUS_FIELDS),
         "m": rows_param([message | {"of_order": a.row.order_id} for a, message in zip(
             applied, outbox_rows([status(a.row, a.previous) for a in applied]), strict=True)], _ANNOUNCED_FOR),
     }
-    async with conn.cursor() as cursor:
-        await cursor.execute(_UPDATE_STATUS_WITH_OUTBOX, params)
-        written = {str(r[0]): (touched[str(r[0])], str(r[1])) for r in await cursor.fetchall()}
-    lost = set(touched) - set(written)
-    return ([a for a in applied if a.row.order_id in written],
-            [c for c in changes if c.order_id in lost], written)
+    return _Plan(applied, touched, params)
 
 
 async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence[str]) -> dict[str, OrderRow]:
@@ -394,20 +441,50 @@ class OrderBatches:
         """
         if not changes:
             return []
+        async with self._pool.connection() as conn:
+            return await self._apply_rounds(conn, changes, status, read, rounds=_APPLY_ATTEMPTS)
+
+    async def _apply_rounds(self, conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
+                            status: StatusRecord, read: VersionedRows | None, *, rounds: int) -> list[AppliedChange]:
         applied: list[AppliedChange] = []
         pending = list(changes)
+        for attempt in range(rounds):
+            done, pending, written = await _apply_once(conn, pending, status, read if attempt == 0 else None)
+            self._settle(written, pending)
+            applied.extend(done)
+            if not pending:
+                return applied
+        raise RuntimeError(f"orders kept changing while their status was applied: "
+                           f"{sorted({c.order_id for c in pending})}")
+
+    def _settle(self, written: VersionedRows, lost: Sequence[StatusChange]) -> None:
+        """After a round: remember the rows written, forget those changed meanwhile (read them next time)."""
+        self._note(written.values())
+        self.forget(c.order_id for c in lost)
+
+    async def record_reports(self, fills: Sequence[FillFields], commissions: Sequence[tuple[str, Decimal, str]],
+                             changes: Sequence[StatusChange], status: StatusRecord,
+                             read: VersionedRows | None = None) -> RecordedReports:
+        """:meth:`insert_fills`, :meth:`set_commissions` and :meth:`apply` of one batch of IBKR's reports, in
+        one statement (one round trip when ``read`` holds the orders' rows); only the status changes of
+        orders changed meanwhile take more rounds, as in :meth:`apply`.
+
+        ``commissions`` are of fills recorded before: a fill's commission that came with it is in the fill.
+        """
         async with self._pool.connection() as conn:
-            for attempt in range(_APPLY_ATTEMPTS):
-                done, pending, written = await _apply_once(conn, pending, status, read if attempt == 0 else None)
-                self._note(written.values())
-                self.forget(c.order_id for c in pending)
-                applied.extend(done)
-                if not pending:
-                    break
-            else:
-                raise RuntimeError(f"orders kept changing while their status was applied: "
-                                   f"{sorted({c.order_id for c in pending})}")
-        return applied
+            plan = _plan(changes, status, await _current(conn, changes, read))
+            params = {"f": rows_param(_fill_params(fills), _FILL_FIELDS),
+                      "c": rows_param(_commission_rows(commissions), _COMMISSION_FIELDS), **plan.params}
+            async with conn.cursor() as cursor:
+                await cursor.execute(_RECORD_REPORTS, params)
+                result = await cursor.fetchall()
+            new_fills = [str(key) for kind, key, _ in result if kind == "fill"]
+            applied, pending, written = plan.outcome(
+                changes, {str(key): str(version) for kind, key, version in result if kind == "order"})
+            self._settle(written, pending)
+            if pending:
+                applied += await self._apply_rounds(conn, pending, status, None, rounds=_APPLY_ATTEMPTS - 1)
+        return RecordedReports(new_fills, applied)
 
     async def highest_ib_order_id(self, client_id: int) -> int:
         """The highest IBKR order id ever reserved for ``client_id`` (the mark, or the ledger's), or 0."""
@@ -450,21 +527,29 @@ class OrderBatches:
         """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
         if not fills:
             return []
-        unique = {f.fill_id: f for f in reversed(fills)}  # the first of a fill_id given twice
-        params = [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)}
-                  for f in fills if unique.get(f.fill_id) is f]
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(_INSERT_FILLS, {"f": rows_param(params, _FILL_FIELDS)})
+            cursor = await conn.execute(_INSERT_FILLS, {"f": rows_param(_fill_params(fills), _FILL_FIELDS)})
             return [str(row[0]) for row in await cursor.fetchall()]
 
     async def set_commissions(self, commissions: Sequence[tuple[str, Decimal, str]]) -> None:
         """``(fill_id, commission, currency)`` for each commission report."""
         if not commissions:
             return
-        last = {fill_id: (commission, currency) for fill_id, commission, currency in commissions}
-        rows = [{"fill_id": fid, "commission": c, "commission_currency": cur} for fid, (c, cur) in last.items()]
         async with self._pool.connection() as conn:
-            await conn.execute(_SET_COMMISSIONS, {"c": rows_param(rows, _COMMISSION_FIELDS)})
+            await conn.execute(_SET_COMMISSIONS, {"c": rows_param(_commission_rows(commissions), _COMMISSION_FIELDS)})
+
+
+def _fill_params(fills: Sequence[FillFields]) -> list[dict[str, object]]:
+    """The rows of :data:`_FILL_FIELDS` for ``fills``; the first of a ``fill_id`` given twice."""
+    unique = {f.fill_id: f for f in reversed(fills)}
+    return [{c: getattr(f, c) for c in _FILL_COLUMNS} | {"side": str(f.side)}
+            for f in fills if unique.get(f.fill_id) is f]
+
+
+def _commission_rows(commissions: Sequence[tuple[str, Decimal, str]]) -> list[dict[str, object]]:
+    """The rows of :data:`_COMMISSION_FIELDS`: the last commission of each fill."""
+    last = {fill_id: (commission, currency) for fill_id, commission, currency in commissions}
+    return [{"fill_id": fill_id, "commission": c, "commission_currency": cur} for fill_id, (c, cur) in last.items()]
 
 
 def provisional_row(new: NewOrder, owner_client_id: int) -> OrderRow:
