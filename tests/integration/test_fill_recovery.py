@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import noted_topic
 from tests.integration.test_postgres_fills import a_fill, order_id  # noqa: F401  (a fixture)
+from tests.integration.topic_reading import records_on_partition
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.publishing import FillRelay, fill_ids_on_topic
 from workers.adapters.kafka.records import FILL_EXECUTED, fill_record
@@ -92,3 +95,62 @@ async def test_recovery_from_a_topic_that_does_not_exist_marks_nothing(
 
     assert found == set()
     assert fill.fill_id in {r.fill_id for r in await fills.unpublished(100)}
+
+
+class MarkFailsOnce(FillStore):
+    """The real store, but PostgreSQL refuses the first mark (after Kafka acknowledged the records)."""
+
+    failed = False
+
+    async def mark_many_published(self, fill_ids: list[str]) -> int:
+        if not self.failed:
+            self.failed = True
+            raise psycopg.OperationalError("the connection broke before the mark")
+        return await super().mark_many_published(fill_ids)
+
+
+async def test_a_fill_acknowledged_but_not_marked_is_not_published_again_by_the_next_pass(
+        kafka_bootstrap: str, pool: Pool, order_id: str) -> None:  # noqa: F811
+    topic = await new_topic(kafka_bootstrap, 1)
+    codec = AvroCodec()
+    fills = MarkFailsOnce(pool)
+    fill = a_fill(order_id, fill_id=f"0000e0d5.{uuid.uuid4().hex[:8]}.01.01", commission=Decimal("1.00"),
+                  commission_currency="USD")
+    await fills.insert(fill)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        relay = FillRelay(fills, producer, codec, topic)
+        await relay.recover({"bootstrap_servers": kafka_bootstrap})  # as the worker does on start
+        with pytest.raises(psycopg.OperationalError):
+            await relay.publish_pending()
+        assert fills.failed and fill.fill_id in {r.fill_id for r in await fills.unpublished(100)}
+
+        await relay.publish_pending()  # the relay's next pass, once PostgreSQL answers again
+    finally:
+        await producer.stop()
+
+    records = await records_on_partition(kafka_bootstrap, topic)
+    on_topic = [codec.decode(r.value, FILL_EXECUTED)["fill_id"] for r in records]
+    assert on_topic.count(fill.fill_id) == 1
+    assert fill.fill_id not in {r.fill_id for r in await fills.unpublished(100)}
+
+
+async def test_a_failed_pass_with_nowhere_to_read_back_publishes_nothing_more(
+        kafka_bootstrap: str, pool: Pool, order_id: str) -> None:  # noqa: F811
+    topic = await new_topic(kafka_bootstrap, 1)
+    fills = MarkFailsOnce(pool)
+    await fills.insert(a_fill(order_id, fill_id=f"0000e0d5.{uuid.uuid4().hex[:8]}.01.01",
+                              commission=Decimal("1.00"), commission_currency="USD"))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        relay = FillRelay(fills, producer, AvroCodec(), topic)  # recover() never called
+        with pytest.raises(psycopg.OperationalError):
+            await relay.publish_pending()
+        with pytest.raises(RuntimeError, match="recover"):
+            await relay.publish_pending()
+    finally:
+        await producer.stop()
+
+    assert len(await records_on_partition(kafka_bootstrap, topic)) == 1

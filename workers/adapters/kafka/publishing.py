@@ -7,8 +7,10 @@ announces; a relay produces it and marks it published once Kafka acknowledged it
   again, which consumers of ``orders.status`` tolerate (it is the same state).
 * Fills are *exactly once per execId*: before its first pass the fill relay reads back the tail of
   ``fills.executed`` (from a little before the oldest unpublished fill) and marks every fill it finds
-  there as published, so a crash between acknowledgement and mark does not publish it twice. The
-  producer is idempotent, so its own retries add no duplicates either.
+  there as published, so a crash between acknowledgement and mark does not publish it twice. A pass that
+  fails once it may have published (a send whose outcome is unknown, a mark that PostgreSQL refused) is
+  followed by the same read-back before the next pass. The producer is idempotent, so its own retries
+  add no duplicates either.
 """
 
 from __future__ import annotations
@@ -125,8 +127,17 @@ class FillRelay(_Relay):
         self.batch = batch
         self.owner_client_id = owner_client_id
         self.on_published_fill: Callable[[FillRow], None] = lambda row: None
+        # Where recovery reads the topic from (given to recover); and whether a pass failed after it may
+        # have published, so that the topic must be read back before anything is published again.
+        self._consumer_kwargs: dict[str, Any] | None = None
+        self._unsure = False
 
     async def publish_pending(self) -> bool:
+        if self._unsure:
+            if self._consumer_kwargs is None:
+                raise RuntimeError("a fill relay pass failed and there is no topic to read back: call recover() first")
+            await self.recover(self._consumer_kwargs)
+            self._unsure = False
         rows = await self.fills.unpublished(self.batch, owner_client_id=self.owner_client_id)
         now = datetime.now(UTC)
         ready = [r for r in rows if r.commission is not None or now - r.recorded_at >= self.commission_wait]
@@ -137,9 +148,13 @@ class FillRelay(_Relay):
                     await asyncio.wait_for(self._wake.wait(), min(0.1, self.commission_wait.total_seconds()))
                 return True
             return False
-        sends = [await self._send(row) for row in ready]
-        await asyncio.gather(*sends)
-        await self.fills.mark_many_published([row.fill_id for row in ready])
+        try:
+            sends = [await self._send(row) for row in ready]
+            await asyncio.gather(*sends)
+            await self.fills.mark_many_published([row.fill_id for row in ready])
+        except BaseException:
+            self._unsure = True  # some may be on the topic, unmarked: read it back before the next pass
+            raise
         self.published += len(ready)
         for row in ready:
             self.on_published_fill(row)
@@ -152,7 +167,11 @@ class FillRelay(_Relay):
         return await self.producer.send(self.topic, value=payload, key=row.order_id.encode())
 
     async def recover(self, consumer_kwargs: dict[str, Any], margin: timedelta = timedelta(minutes=5)) -> int:
-        """Mark as published every unpublished fill already on the topic; return how many."""
+        """Mark as published every unpublished fill already on the topic; return how many.
+
+        ``consumer_kwargs`` (bootstrap servers, security) are kept for the read-back after a failed pass.
+        """
+        self._consumer_kwargs = consumer_kwargs
         pending = await self.fills.unpublished(100_000, owner_client_id=self.owner_client_id)
         if not pending:
             return 0
