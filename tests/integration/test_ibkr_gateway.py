@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from ib_insync import Contract, LimitOrder, MarketOrder
 
-from workers.adapters.ibkr.gateway import IbkrGateway
+from workers.adapters.ibkr.gateway import IbExecution, IbkrGateway, IbReport
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.sim import SimConfig, SimGateway
 
@@ -74,3 +74,31 @@ async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: Si
         assert {e.order_ref for e in await gateway.executions()} == set(refs)
     finally:
         await gateway.close()
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.5])
+async def test_reports_arriving_within_the_linger_are_delivered_in_one_batch(sim: SimGateway, linger: float) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 23, limiter=PacingLimiter(1000.0), connect_timeout=5, report_linger=linger)
+    batches: list[list[IbReport]] = []
+
+    async def listener(reports: Sequence[IbReport]) -> None:
+        batches.append(list(reports))
+
+    gateway.listen(listener)
+    await gateway.connect()
+    try:
+        for ref in ("first", "second"):  # the second placed 0.1 s after the first one's reports came
+            order = MarketOrder("BUY", 1, orderRef=ref, orderId=gateway.ib.client.getReqId())
+            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+            await asyncio.sleep(0.1)
+        await eventually(lambda: {r.order_ref for b in batches for r in b if isinstance(r, IbExecution)}
+                         == {"first", "second"})
+    finally:
+        await gateway.close()
+
+    batch_of = {r.order_ref: n for n, b in enumerate(batches) for r in b if isinstance(r, IbExecution)}
+    if linger:
+        assert batch_of["first"] == batch_of["second"]  # both within half a second of the first report
+    else:
+        assert batch_of["first"] < batch_of["second"]

@@ -172,7 +172,7 @@ class IbkrGateway:
 
     def __init__(self, host: str, port: int, client_id: int, *, limiter: PacingLimiter,
                  connect_timeout: float = 10.0, readonly: bool = False, account: str = "",
-                 trading_mode: str = "paper", request_timeout: float = 30.0) -> None:
+                 trading_mode: str = "paper", request_timeout: float = 30.0, report_linger: float = 0.0) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -181,6 +181,10 @@ class IbkrGateway:
         # IB answers a query or drops it (over its pacing limit, with error 100 naming no request): the
         # queries reconciliation depends on give up after this long, and the caller reconnects.
         self.request_timeout = request_timeout
+        # Reports are delivered this long after the first of a batch arrived, with all that came meanwhile:
+        # IBKR's messages about an order come over several milliseconds, and about the orders placed just
+        # after it; one bigger batch costs the worker less than several small ones.
+        self.report_linger = report_linger
         self.readonly = readonly
         self.account = account
         self.ib = IB()
@@ -207,7 +211,8 @@ class IbkrGateway:
         return bool(self.ib.isConnected())
 
     def listen(self, listener: IbkrListener) -> None:
-        """Deliver every report, in arrival order and in batches, to ``listener`` (one batch at a time)."""
+        """Deliver every report, in arrival order and in batches, to ``listener`` (one batch at a time; a
+        batch holds what arrived within ``report_linger`` seconds of its first report, and what was queued)."""
         self._listener = listener
         if self._pump is None:
             self._pump = asyncio.create_task(self._deliver(), name="ibkr-reports")
@@ -439,6 +444,8 @@ class IbkrGateway:
     async def _deliver(self, batch_size: int = 500) -> None:
         while True:
             reports = [await self._reports.get()]
+            if self.report_linger > 0:
+                await asyncio.sleep(self.report_linger)
             while not self._reports.empty() and len(reports) < batch_size:
                 reports.append(self._reports.get_nowait())
             try:
