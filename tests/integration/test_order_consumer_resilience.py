@@ -159,6 +159,9 @@ async def test_orders_ib_drops_over_its_pacing_limit_are_placed_again_exactly_on
         for request in requests:
             await h.wait_status(request.order_id, "FILLED", timeout=60)
         assert h.sim.pacing_violations > 0, "IB dropped nothing: the test proves nothing"
+        # Fills have a relay of their own: a FILLED status can be on its topic before the fill is on its.
+        await h.wait_for(lambda: {f["fill_id"] for fills in h.observed.fills.values() for f in fills}
+                         >= {e.exec_id for e in h.sim.executions()}, timeout=20, what="every execution's fill")
         assert_exactly_once(h, [r.order_id for r in requests])
         # Every order got an answer in the end: none is left for the watchdog to look up again.
         assert h.app.service.unanswered == 0
