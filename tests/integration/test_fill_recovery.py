@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -90,11 +91,19 @@ async def test_recovery_from_a_topic_that_does_not_exist_marks_nothing(
     await fills.insert(fill)
     since = datetime.now(UTC) - timedelta(minutes=5)
 
-    found = await fill_ids_on_topic(noted_topic(f"no.such.topic.{uuid.uuid4().hex[:8]}"), since, AvroCodec(),
-                                    {"bootstrap_servers": kafka_bootstrap})
+    missing = noted_topic(f"no.such.topic.{uuid.uuid4().hex[:8]}")
+    found = await fill_ids_on_topic(missing, since, AvroCodec(), {"bootstrap_servers": kafka_bootstrap})
 
     assert found == set()
     assert fill.fill_id in {r.fill_id for r in await fills.unpublished(100)}
+    # Looking for it did not create it (the dev broker creates a topic a metadata request names, shortly after).
+    await asyncio.sleep(2)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert missing not in await admin.list_topics()
+    finally:
+        await admin.close()
 
 
 class MarkFailsOnce(FillStore):

@@ -194,6 +194,10 @@ async def topic_partitions(topic: str, client_kwargs: dict[str, Any]) -> list[in
     admin = AIOKafkaAdminClient(**client_kwargs)
     await admin.start()
     try:
+        # Described only once listed: describing names the topic in a metadata request that lets a broker
+        # with auto.create.topics.enable create it.
+        if topic not in await admin.list_topics():
+            return []
         (described,) = await admin.describe_topics([topic])
     finally:
         await admin.close()
