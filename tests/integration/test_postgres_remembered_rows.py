@@ -68,6 +68,7 @@ async def test_rows_it_recorded_and_changed_are_remembered_with_their_current_ve
     batches = OrderBatches(pool, remember=100)
     order = await recorded(batches, ib_order_id=11)
 
+    assert batches.remembers(order.order_id)
     assert await remembered(batches, order.order_id) == await fresh(pool, order.order_id)
 
     applied = await batches.apply([StatusChange(order.order_id, OrderState.SUBMITTED, perm_id=5)], status,
@@ -112,6 +113,7 @@ async def test_a_forgotten_row_is_read_again(pool: Pool, database_url: str) -> N
 
     batches.forget([order.order_id])
 
+    assert not batches.remembers(order.order_id)
     row, version = await remembered(batches, order.order_id)
     assert row.state is OrderState.ACCEPTED and (row, version) == await fresh(pool, order.order_id)
 
@@ -120,9 +122,10 @@ async def test_it_remembers_the_latest_rows_up_to_its_bound_and_nothing_without_
     bounded = OrderBatches(pool, remember=2)
     orders = [await recorded(bounded, ib_order_id=20 + n) for n in range(3)]
     assert bounded.remembered == 2
-    # The oldest went; reading it (from the ledger) remembers it again, as the latest.
-    await bounded.read_versions([orders[0].order_id])
-    assert bounded.remembered == 2
+    assert [bounded.remembers(o.order_id) for o in orders] == [False, True, True]  # the oldest went
+    # Reading it finds it in the ledger, and does not remember a row it only read.
+    assert orders[0].order_id in await bounded.read_versions([orders[0].order_id])
+    assert not bounded.remembers(orders[0].order_id)
 
     unbounded_off = OrderBatches(pool)
     await recorded(unbounded_off, ib_order_id=30)

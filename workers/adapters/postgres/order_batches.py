@@ -366,7 +366,11 @@ class OrderBatches:
 
     @property
     def remembered(self) -> int:
+        """How many rows it remembers."""
         return len(self._remembered)
+
+    def remembers(self, order_id: str) -> bool:
+        return order_id in self._remembered
 
     async def get_many(self, order_ids: Sequence[str]) -> dict[str, OrderRow]:
         if not order_ids:
@@ -419,14 +423,13 @@ class OrderBatches:
 
     async def read_versions(self, order_ids: Sequence[str]) -> VersionedRows:
         """The rows of ``order_ids`` with their versions, for :meth:`apply` (unknown ids are left out);
-        remembered ones from memory, the others read in one query."""
+        remembered ones from memory, the others read in one query (and not remembered: only rows it wrote
+        are, see the class)."""
         found = {i: self._remembered[i] for i in order_ids if i in self._remembered}
         missing = [i for i in order_ids if i not in found]
         if missing:
             async with self._pool.connection() as conn:
-                read = await _read_versions(conn, missing)
-            self._note(read.values())
-            found |= read
+                found |= await _read_versions(conn, missing)
         return found
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
