@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from tests.integration.harness import Harness, order, running_harness
@@ -167,3 +168,28 @@ async def test_orders_ib_drops_over_its_pacing_limit_are_placed_again_exactly_on
         assert h.app.service.unanswered == 0
     finally:
         await h.stop()
+
+
+def drop_database_connections(database_url: str) -> int:
+    """What a PostgreSQL restart or a network cut does to the worker: every other connection is closed."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    return sum(1 for (terminated,) in rows if terminated)
+
+
+async def test_database_connections_dropped_mid_stream_lose_and_duplicate_nothing(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, ibkr_order_answer_timeout=1) as h:
+        await h.wait_for(lambda: h.app is not None and h.app.service.reconciled, what="ready")
+        requests = [order(quantity="1") for _ in range(60)]
+        for i, request in enumerate(requests):
+            await h.send(request)
+            if i in (20, 40):
+                await asyncio.sleep(0.05)  # some orders on their way: recording, placed, reported
+                assert drop_database_connections(database_url) >= 1
+        for request in requests:
+            await h.wait_status(request.order_id, "FILLED", timeout=60)
+        await h.wait_for(lambda: {f["fill_id"] for fills in h.observed.fills.values() for f in fills}
+                         >= {e.exec_id for e in h.sim.executions()}, timeout=30, what="every execution's fill")
+        assert_exactly_once(h, [r.order_id for r in requests])
