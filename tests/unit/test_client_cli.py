@@ -15,7 +15,8 @@ from workers.adapters.kafka.records import ORDER_STATUS_CHANGED
 from workers.adapters.postgres.rows import InstrumentRow
 from workers.cli import build_parser
 from workers.client import OrderStatusChanged
-from workers.entrypoints.demo import TEMPLATES, Board, on_tick, sample_orders
+from workers.entrypoints.demo_board import Board
+from workers.entrypoints.demo_orders import TEMPLATES, on_tick, sample_orders
 from workers.entrypoints.tail import UnknownTopic, describe_record, jsonable, readable_line, resolve_topic
 from workers.settings import TopicNames
 

@@ -1,0 +1,120 @@
+"""The demo's sample orders: every order type, both sides, each kind of instrument, a few invalid ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+from workers.adapters.postgres.instruments import InstrumentMapper
+from workers.adapters.postgres.rows import InstrumentRow
+
+# role -> instrument id; families (a future's months, an option chain) -> the prefix of their members.
+STOCKS_AND_FX = {"AAPL": "STK:AAPL:USD", "MSFT": "STK:MSFT:USD", "NVDA": "STK:NVDA:USD",
+                 "AMZN": "STK:AMZN:USD", "EURUSD": "CASH:EUR.USD"}
+FAMILIES = {"ES": "FUT:ES:", "SPY_OPT": "OPT:SPY:"}
+UNKNOWN_INSTRUMENT = "STK:NOPE:USD"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A kind of sample order; prices are factors of the instrument's price at the time it is sent."""
+
+    label: str
+    role: str
+    side: str
+    quantity: str
+    order_type: str = "MARKET"
+    limit: float | None = None
+    stop: float | None = None
+    tif: str = "DAY"
+    outside_rth: bool = False
+    invalid: str | None = None  # "account", "instrument" or "tick": the worker must reject it
+
+
+T = Template
+TEMPLATES = (
+    T("market buy", "AAPL", "BUY", "10"),
+    T("marketable limit buy", "MSFT", "BUY", "5", "LIMIT", limit=1.005, tif="GTC"),
+    T("resting limit sell", "NVDA", "SELL", "8", "LIMIT", limit=1.03, tif="GTC"),
+    T("triggered stop buy", "AMZN", "BUY", "4", "STOP", stop=0.99),
+    T("triggered stop-limit sell", "AAPL", "SELL", "6", "STOP_LIMIT", stop=1.01, limit=0.99),
+    T("future market buy", "ES", "BUY", "1"),
+    T("option marketable limit buy", "SPY_OPT", "BUY", "2", "LIMIT", limit=1.05),
+    T("fx market sell, outside RTH", "EURUSD", "SELL", "20000", outside_rth=True),
+    T("IOC limit, not marketable", "MSFT", "BUY", "3", "LIMIT", limit=0.97, tif="IOC"),
+    T("INVALID: unknown account", "AAPL", "BUY", "1", invalid="account"),
+    T("FOK market sell", "NVDA", "SELL", "7", tif="FOK"),
+    T("resting future limit buy", "ES", "BUY", "1", "LIMIT", limit=0.97, tif="GTC"),
+    T("resting stop sell", "AMZN", "SELL", "5", "STOP", stop=0.95, tif="GTC"),
+    T("INVALID: unknown instrument", "AAPL", "BUY", "1", invalid="instrument"),
+    T("fx marketable limit sell, IOC", "EURUSD", "SELL", "25000", "LIMIT", limit=0.995, tif="IOC"),
+    T("limit buy at the open (OPG)", "AAPL", "BUY", "3", "LIMIT", limit=1.01, tif="OPG"),
+    T("INVALID: off-tick limit", "AAPL", "BUY", "1", "LIMIT", limit=0.95, invalid="tick"),
+    T("option market buy", "SPY_OPT", "BUY", "1"),
+    T("resting stop-limit buy", "MSFT", "BUY", "2", "STOP_LIMIT", stop=1.04, limit=1.05, tif="GTC"),
+    T("market sell", "AAPL", "SELL", "10"),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample order: what it shows, the arguments of ``OrderClient.submit``, whether it is valid."""
+
+    label: str
+    fields: dict[str, Any]
+    valid: bool
+
+
+def on_tick(price: float, factor: float, tick: Decimal) -> Decimal:
+    """``price * factor`` on the tick grid, rounded away from ``price`` (so the factor's intent holds)."""
+    steps = (Decimal(str(price)) * Decimal(str(factor)) / tick).to_integral_value(
+        ROUND_CEILING if factor >= 1 else ROUND_FLOOR)
+    return (steps * tick).normalize()
+
+
+async def pick_instruments(mapper: InstrumentMapper) -> dict[str, InstrumentRow]:
+    """The mapper rows the samples use: fixed ids, the nearest future month, the nearest call."""
+    picked: dict[str, InstrumentRow] = {}
+    for role, instrument_id in STOCKS_AND_FX.items():
+        row = await mapper.get(instrument_id)
+        if row is not None and row.active:
+            picked[role] = row
+    for role, prefix in FAMILIES.items():
+        rows = [r for r in await mapper.with_prefix(prefix) if r.active]
+        if rows:
+            picked[role] = min(rows, key=lambda r: (r.last_trade_date or "", r.option_right not in (None, "C"),
+                                                    r.strike or 0, r.instrument_id))
+    return picked
+
+
+def sample_orders(count: int, instruments: dict[str, InstrumentRow],
+                  price: Callable[[InstrumentRow], float | None], account: str,
+                  accounts: set[str]) -> list[Sample]:
+    """``count`` samples cycling through :data:`TEMPLATES` (skipping those whose instrument is missing)."""
+    usable = [t for t in TEMPLATES if t.role in instruments]
+    stranger = next(a for a in ("DU0009999", "DU0009998", "DU0009997") if a not in accounts)
+    samples: list[Sample] = []
+    for index in range(count):
+        template = usable[index % len(usable)]
+        row = instruments[template.role]
+        current = price(row) if template.limit or template.stop else None
+        order_type, label = template.order_type, template.label
+        if (template.limit or template.stop) and current is None:
+            order_type, label = "MARKET", f"{label} (no price known: market)"
+        fields: dict[str, Any] = {
+            "account": stranger if template.invalid == "account" else account,
+            "instrument_id": UNKNOWN_INSTRUMENT if template.invalid == "instrument" else row.instrument_id,
+            "side": template.side, "quantity": Decimal(template.quantity), "order_type": order_type,
+            "tif": template.tif, "outside_rth": template.outside_rth,
+        }
+        if current is not None and order_type != "MARKET":
+            if template.limit:
+                fields["limit_price"] = on_tick(current, template.limit, row.min_tick)
+            if template.stop:
+                fields["stop_price"] = on_tick(current, template.stop, row.min_tick)
+            if template.invalid == "tick":
+                fields["limit_price"] += row.min_tick / 10
+        samples.append(Sample(label, fields, template.invalid is None))
+    return samples
