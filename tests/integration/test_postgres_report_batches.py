@@ -3,49 +3,21 @@ fills recorded before and its orders' status changes, with the same rules as eac
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
 import pytest
 
+from tests.integration.test_postgres_fills import a_fill
+from tests.integration.test_postgres_remembered_rows import recorded as placed_order
+from tests.integration.test_postgres_remembered_rows import status
 from workers.adapters.postgres.fills import FillStore
-from workers.adapters.postgres.order_batches import NewOrder, OrderBatches, StatusChange
+from workers.adapters.postgres.order_batches import OrderBatches, StatusChange
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Fill, OrderRow, OutboxMessage
-from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.domain.orders import OrderState
 
 pytestmark = pytest.mark.integration
-
-CLIENT_ID = 7
-EXECUTED_AT = datetime(2025, 3, 3, 14, 31, 5, tzinfo=UTC)
-
-
-def status(row: OrderRow, previous: OrderState | None) -> OutboxMessage:
-    return OutboxMessage("orders.status", row.order_id, f"{previous}->{row.state}".encode())
-
-
-async def placed_order(batches: OrderBatches, ib_order_id: int) -> str:
-    order = OrderRequested(
-        order_id=str(uuid.uuid4()), account="DU000001", instrument_id="AAPL", side=Side.BUY,
-        quantity=Decimal(2), order_type=OrderType.MARKET, limit_price=None, stop_price=None,
-        time_in_force=TimeInForce.DAY, outside_rth=False, created_at=EXECUTED_AT,
-    )
-    [row] = await batches.record_new([NewOrder(order, OrderState.ACCEPTED)], CLIENT_ID, status,
-                                     {order.order_id: ib_order_id})
-    assert row.state is OrderState.PLACING
-    return order.order_id
-
-
-def a_fill(order_id: str, fill_id: str, **changes: object) -> Fill:
-    fill = Fill(fill_id=fill_id, order_id=order_id, con_id=265598, side=Side.BUY, quantity=Decimal(1),
-                price=Decimal("187.25"), currency="USD", exchange="NASDAQ", executed_at=EXECUTED_AT, ib_order_id=1,
-                ib_perm_id=99, cumulative_quantity=Decimal(1), avg_price=Decimal("187.25"))
-    return replace(fill, **changes)  # type: ignore[arg-type]
-
 
 async def statuses_of(pool: Pool, order_id: str) -> list[bytes]:
     return [m.payload for m in await Outbox(pool).unpublished(1000) if m.key == order_id]
@@ -53,7 +25,7 @@ async def statuses_of(pool: Pool, order_id: str) -> list[bytes]:
 
 async def test_fills_commissions_and_statuses_of_a_batch_are_written_together(pool: Pool) -> None:
     batches = OrderBatches(pool, remember=100)
-    order_id = await placed_order(batches, ib_order_id=1)
+    order_id = (await placed_order(batches, ib_order_id=1)).order_id
     first = a_fill(order_id, "0000e0d5.0001.01.01")
     assert await batches.insert_fills([first]) == [first.fill_id]  # recorded earlier, commission to come
     second = a_fill(order_id, "0000e0d5.0002.01.01", cumulative_quantity=Decimal(2), commission=Decimal("1.05"),
@@ -81,7 +53,7 @@ async def test_fills_commissions_and_statuses_of_a_batch_are_written_together(po
 
 async def test_a_replayed_execution_is_not_new_and_illegal_changes_are_skipped(pool: Pool) -> None:
     batches = OrderBatches(pool)
-    order_id = await placed_order(batches, ib_order_id=2)
+    order_id = (await placed_order(batches, ib_order_id=2)).order_id
     fill = a_fill(order_id, "0000e0d5.0003.01.01")
     await batches.record_reports([fill], [], [StatusChange(order_id, OrderState.FILLED, filled=Decimal(2),
                                                            remaining=Decimal(0))], status)
@@ -96,7 +68,7 @@ async def test_a_replayed_execution_is_not_new_and_illegal_changes_are_skipped(p
 async def test_a_status_change_of_an_order_changed_meanwhile_is_worked_out_again_and_its_fill_kept_once(
         pool: Pool, database_url: str) -> None:
     batches = OrderBatches(pool, remember=100)
-    order_id = await placed_order(batches, ib_order_id=3)
+    order_id = (await placed_order(batches, ib_order_id=3)).order_id
     read = await batches.read_versions([order_id])
     with psycopg.connect(database_url, autocommit=True) as conn:  # the order path asks for a cancel
         conn.execute("UPDATE orders SET state = 'CANCEL_PENDING' WHERE order_id = %s", (order_id,))
@@ -115,7 +87,7 @@ async def test_a_status_change_of_an_order_changed_meanwhile_is_worked_out_again
 
 async def test_a_batch_of_fills_only_or_of_statuses_only(pool: Pool) -> None:
     batches = OrderBatches(pool)
-    order_id = await placed_order(batches, ib_order_id=4)
+    order_id = (await placed_order(batches, ib_order_id=4)).order_id
 
     only_fill = await batches.record_reports([a_fill(order_id, "0000e0d5.0005.01.01")], [], [], status)
     only_status = await batches.record_reports([], [], [StatusChange(order_id, OrderState.SUBMITTED)], status)
