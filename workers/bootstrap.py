@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from dataclasses import dataclass, field
-from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,7 +16,14 @@ from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.kafka.connection import kafka_client_kwargs
-from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
+from workers.adapters.kafka.consuming import (
+    ConsumeLoop,
+    DeadLetters,
+    Decoder,
+    RecordSource,
+    Subscription,
+    Undecodable,
+)
 from workers.adapters.kafka.event_sink import AvroEventSink
 from workers.adapters.kafka.health_publisher import (
     HealthPublisher,
@@ -40,23 +44,24 @@ from workers.adapters.kafka.records import (
     cancel_from_record,
     order_requested_from_record,
 )
+from workers.adapters.postgres.cancel_requests import CancelRequests
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.outbox import Outbox
-from workers.adapters.postgres.pool import Pool, close_pool, open_pool
+from workers.adapters.postgres.pool import open_pool
 from workers.adapters.postgres.positions import PositionStore
 from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.guards import GuardPolicy, OrderLimits
-from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
+from workers.order_consumer_app import OrderConsumerApp, RuntimeSwitches, flip_kill_switch
 from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
-from workers.service_layer.order_service import OrderService, OrderSource
+from workers.service_layer.orders.intake import OrderSource
+from workers.service_layer.orders.service import OrderService
 from workers.service_layer.orders_first import OrdersFirst
 from workers.settings import Settings
 
@@ -65,8 +70,6 @@ log = get_logger(__name__)
 # Statuses and positions go out in at most one relay pass per 50 ms (at once when a pass was full): fewer,
 # bigger produce requests and outbox reads while orders flow. Fills go out as soon as they are recorded.
 OUTBOX_PASS_INTERVAL = 0.05
-# Positions (IBKR reports one after each fill) are written at most every 100 ms, each at its latest.
-POSITION_WRITE_INTERVAL = 0.1
 # IBKR's reports and the relays' passes wait for the order batches in progress, for 20 ms at most.
 ORDERS_FIRST_MAX_WAIT = 0.02
 # IBKR's reports are handled in batches of what arrived within 10 ms of the first: at 200 orders/s that is
@@ -76,142 +79,6 @@ REPORT_LINGER = 0.01
 # The ledger rows the worker wrote last that it keeps (with their versions), so IBKR's reports about its
 # recent orders are applied without reading them first: a few MB, many seconds of orders at full speed.
 REMEMBERED_ORDERS = 4096
-
-
-@dataclass(frozen=True)
-class InstrumentChanged:
-    """An ``instruments.updated`` record: the cache forgets the instrument."""
-
-    instrument_id: str
-
-
-@dataclass
-class RuntimeSwitches:
-    """Switches an operator can flip without a restart."""
-
-    kill_switch: bool = False
-
-
-@dataclass
-class OrderConsumerApp:
-    """A wired order-consumer: run it with :meth:`run` until ``stop`` is set."""
-
-    settings: Settings
-    pool: Pool
-    producer: AIOKafkaProducer
-    consumer: AIOKafkaConsumer
-    gateway: IbkrGateway
-    service: OrderService
-    loop: ConsumeLoop
-    outbox_relay: OutboxRelay
-    fill_relay: FillRelay
-    switches: RuntimeSwitches
-    metrics: Metrics
-    monitor: HealthMonitor
-    health: HealthPublisher
-    probes: ProbeServer
-    instance_id: str
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    version: str = __version__
-
-    async def run(self) -> None:
-        """Connect, reconcile, consume; on ``stop``: stop consuming, drain, commit, disconnect."""
-        settings = self.settings
-        await self.probes.start()
-        health_task = asyncio.create_task(self.health.run(self.stop), name="health")
-        recovered = await self.fill_relay.recover(
-            {"bootstrap_servers": settings.kafka_bootstrap_servers, **kafka_client_kwargs(settings)}
-        )
-        log.info("fill recovery done", marked_published=recovered)
-        tasks = [
-            asyncio.create_task(self._supervise_connection(), name="ibkr-connection"),
-            asyncio.create_task(self.service.run_placer(self.stop), name="placer"),
-            asyncio.create_task(self.service.run_placement_watchdog(
-                self.stop, answer_within=settings.ibkr_order_answer_timeout,
-                every=min(2.0, settings.ibkr_order_answer_timeout)), name="placement-watchdog"),
-            asyncio.create_task(self.outbox_relay.run(self.stop), name="outbox-relay"),
-            asyncio.create_task(self.fill_relay.run(self.stop), name="fill-relay"),
-            asyncio.create_task(self.service.run_position_writer(self.stop, every=POSITION_WRITE_INTERVAL),
-                                name="position-writer"),
-            asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
-            asyncio.create_task(self.gateway.run_pruning(self.stop), name="ib-pruning"),
-            asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
-                                                           settings.ibkr_heartbeat_timeout), name="heartbeat"),
-        ]
-        try:
-            await self.loop.run(self.stop)
-        finally:
-            self.stop.set()
-            self.monitor.mark_stopping()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            # Publish what the last handled records produced before leaving.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain(), 3.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(health_task, 3.0)  # sends STOPPING
-            await self.close()
-
-    async def _drain(self) -> None:
-        await self.service.write_positions()
-        while await self.outbox_relay.publish_pending():
-            pass
-        self.fill_relay.commission_wait = self.fill_relay.commission_wait * 0
-        while await self.fill_relay.publish_pending():
-            pass
-
-    async def _supervise_connection(self) -> None:
-        while not self.stop.is_set():
-            if not self.gateway.connected:
-                if not await self.gateway.connect_with_retry(stop=self.stop):
-                    return
-                self.gateway.reconnects += 1
-                try:
-                    await self.service.reconcile()
-                except Exception:
-                    log.exception("reconciliation failed; reconnecting")
-                    self.gateway.disconnect()
-                    continue
-                if self.monitor.phase.name == "STARTING":
-                    self.monitor.mark_started()
-                self.health.notify()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 0.5)
-
-    async def _sweep_cancels(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 1.0)
-            try:
-                if self.gateway.connected:
-                    await self.service.sweep_cancels()
-            except Exception:
-                log.exception("cancel sweep failed")
-
-    async def set_kill_switch(self, on: bool) -> None:
-        await flip_kill_switch(self.switches, self.service, on)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.probes.stop()
-        with contextlib.suppress(Exception):
-            await self.consumer.stop()
-        await self.gateway.close()
-        with contextlib.suppress(Exception):
-            await self.producer.stop()
-        await close_pool(self.pool)
-
-
-async def flip_kill_switch(switches: RuntimeSwitches, service: OrderService, on: bool) -> None:
-    """The operator's runtime kill switch: reject new orders and cancel this worker's open ones."""
-    was_on = switches.kill_switch
-    switches.kill_switch = on
-    log.warning("kill switch flipped", on=on)
-    if on and not was_on:
-        await service.kill_switch_flipped()
 
 
 def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
@@ -237,24 +104,51 @@ def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
     )
 
 
-def _decoder(codec: AvroCodec, settings: Settings) -> Any:
-    topics = settings.topics
+def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[str, Any]], Any]) -> Decoder:
+    """Bytes to a command: decoded as ``record_name`` (a record that is not is undecodable), then converted
+    (a record whose values the domain refuses is undecodable at stage ``convert``)."""
 
-    async def decode(topic: str, value: bytes) -> OrderRequested | OrderCancelRequested | InstrumentChanged:
+    async def decode(value: bytes) -> Any:
         try:
-            if topic == topics.orders_requested:
-                return order_requested_from_record(await decode_any(codec, value, ORDER_REQUESTED))
-            if topic == topics.orders_cancel_requested:
-                return cancel_from_record(await decode_any(codec, value, ORDER_CANCEL_REQUESTED))
-            if topic == topics.instruments_updated:
-                return InstrumentChanged((await decode_any(codec, value, INSTRUMENT_UPDATED))["instrument_id"])
+            record = await decode_any(codec, value, record_name)
         except DecodeError as exc:
             raise Undecodable(f"{exc.kind}: {exc.reason}") from None
+        try:
+            return convert(record)
         except (KeyError, ValueError, TypeError) as exc:
             raise Undecodable(f"invalid record: {exc}", stage="convert") from None
-        raise Undecodable(f"no decoder for topic {topic}", stage="route")
 
     return decode
+
+
+def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, instruments: InstrumentCache,
+                  metrics: Metrics) -> dict[str, Subscription]:
+    """What the order-consumer reads: per topic, the record it holds, how it becomes a command, its handler."""
+
+    async def orders(commands: list[tuple[Any, RecordSource]]) -> None:
+        for _ in commands:
+            metrics.order_consumed()
+        await service.on_orders_requested(
+            [(order, OrderSource(s.topic, s.partition, s.offset, s.timestamp)) for order, s in commands])
+
+    async def cancels(commands: list[tuple[Any, RecordSource]]) -> None:
+        for cancel, _ in commands:
+            await service.on_cancel_requested(cancel)
+
+    async def instrument_changes(commands: list[tuple[Any, RecordSource]]) -> None:
+        for instrument_id, _ in commands:
+            instruments.invalidate(instrument_id)
+
+    topics = settings.topics
+    return {
+        topics.orders_requested: Subscription(
+            _avro_decoder(codec, ORDER_REQUESTED, order_requested_from_record), orders),
+        topics.orders_cancel_requested: Subscription(
+            _avro_decoder(codec, ORDER_CANCEL_REQUESTED, cancel_from_record), cancels),
+        topics.instruments_updated: Subscription(
+            _avro_decoder(codec, INSTRUMENT_UPDATED, lambda record: str(record["instrument_id"])),
+            instrument_changes),
+    }
 
 
 async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = None,
@@ -287,7 +181,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                           limiter=limiter, connect_timeout=settings.ibkr_connect_timeout,
                           readonly=settings.ibkr_readonly, trading_mode=settings.ibkr_trading_mode,
                           report_linger=REPORT_LINGER)
-    ledger = OrderLedger(pool)
+    ledger = OrderLedger(pool, remember=REMEMBERED_ORDERS)
     fills = FillStore(pool)
     writer = f"order-consumer:{settings.ibkr_client_id}"
     outbox = Outbox(pool, writer=writer)
@@ -301,40 +195,20 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            owner_client_id=settings.ibkr_client_id, turn=orders_first.turn)
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
-        ledger=ledger, batches=OrderBatches(pool, remember=REMEMBERED_ORDERS), fills=fills, outbox=outbox,
-        instruments=instruments, broker=gateway,
+        ledger=ledger, cancel_requests=CancelRequests(pool), fills=fills, outbox=outbox,
+        positions=PositionStore(pool), instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
-        metrics=metrics, positions=PositionStore(pool), orders_first=orders_first,
+        metrics=metrics, orders_first=orders_first,
     )
     gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)
 
-    async def handle_batch(commands: list[tuple[object, RecordSource]]) -> None:
-        orders = [(c, OrderSource(s.topic, s.partition, s.offset, s.timestamp)) for c, s in commands
-                  if isinstance(c, OrderRequested)]
-        if orders:
-            for _ in orders:
-                metrics.order_consumed()
-            await service.on_orders_requested(orders)
-        for command, source in commands:
-            if not isinstance(command, OrderRequested):
-                await handle(command, source)
-
-    async def handle(command: object, source: RecordSource) -> None:
-        if isinstance(command, OrderRequested):
-            metrics.order_consumed()
-            await service.on_order_requested(command, source.topic, source.partition, source.offset)
-        elif isinstance(command, OrderCancelRequested):
-            await service.on_cancel_requested(command)
-        elif isinstance(command, InstrumentChanged):
-            instruments.invalidate(command.instrument_id)
-
     await consumer.start()
-    loop = ConsumeLoop(consumer, _decoder(codec, settings), handle,
+    loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
                        DeadLetters(producer, topics.orders_requested_dlq),
-                       gate=lambda: gateway.connected and service.reconciled, batch_handler=handle_batch)
+                       gate=lambda: gateway.connected and service.reconciled)
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
                                                max_lag=settings.health_max_lag))
     facts = ProbeSet(
@@ -363,6 +237,3 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                             fill_relay=fill_relay, switches=switches, metrics=metrics, monitor=monitor,
                             health=health, probes=probes, instance_id=instance_id)
 
-
-def decimal_or_none(value: str | None) -> Decimal | None:
-    return Decimal(value) if value else None

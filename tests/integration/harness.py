@@ -31,8 +31,9 @@ from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.rows import Instrument as InstrumentFields
-from workers.bootstrap import OrderConsumerApp, build_order_consumer
+from workers.bootstrap import build_order_consumer
 from workers.domain.orders import OrderCancelRequested, OrderRequested, OrderType, Side, TimeInForce
+from workers.order_consumer_app import OrderConsumerApp
 from workers.settings import Settings, TopicNames
 from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway

@@ -12,12 +12,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import noted_topic
-from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Undecodable
+from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
 
 pytestmark = pytest.mark.integration
 
 
-async def decode(topic: str, value: bytes) -> str:
+async def decode(value: bytes) -> str:
     if value.startswith(b"bad"):
         raise Undecodable("starts with bad")
     return value.decode()
@@ -42,8 +42,8 @@ async def run_loop(bootstrap: str, topic: str, handler: Any, gate: Any = lambda:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
                                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=7)
     await consumer.start()
-    loop = ConsumeLoop(consumer, decode, handler, DeadLetters(producer, topic + ".dlq"), retry_delay=0.05,
-                       batch_size=7, gate=gate)
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(producer, topic + ".dlq"),
+                       retry_delay=0.05, batch_size=7, gate=gate)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     try:
@@ -82,11 +82,14 @@ async def test_a_failing_record_is_retried_and_nothing_after_it_is_skipped(kafka
     seen: dict[int, list[str]] = defaultdict(list)
     failures = {"m17": 2, "m33": 3}
 
-    async def handler(command: str, source: RecordSource) -> None:
-        if failures.get(command, 0) > 0:
-            failures[command] -= 1
-            raise RuntimeError(f"transient failure on {command}")
-        seen[source.partition].append(command)
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        # All or nothing, as the ledger's batch statements are: a failure leaves no trace of the batch.
+        for command, _ in commands:
+            if failures.get(command, 0) > 0:
+                failures[command] -= 1
+                raise RuntimeError(f"transient failure on {command}")
+        for command, source in commands:
+            seen[source.partition].append(command)
 
     loop, dlq_producer = await run_loop(kafka_bootstrap, topic, handler,
                                         until=lambda: sum(len(v) for v in seen.values()) >= 60)
@@ -110,9 +113,9 @@ async def test_a_closed_gate_consumes_nothing_until_it_opens(kafka_bootstrap: st
     gate = {"open": False}
     opened_at: list[float] = []
 
-    async def handler(command: str, source: RecordSource) -> None:
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
         assert gate["open"], "a record was handled while the gate was closed"
-        handled.append(command)
+        handled.extend(command for command, _ in commands)
 
     async def open_later() -> None:
         await asyncio.sleep(1.0)
@@ -149,16 +152,13 @@ async def test_a_batch_retried_after_a_failure_dead_letters_its_bad_record_once(
         if handled == ["m0", "m2"]:
             both_handled.set()
 
-    async def unused(command: str, source: RecordSource) -> None:
-        raise AssertionError("the batch handler handles every record")
-
     dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await dlq_producer.start()
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
-    loop = ConsumeLoop(consumer, decode, unused, DeadLetters(dlq_producer, topic + ".dlq"), retry_delay=0.05,
-                       batch_handler=batch_handler)
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, batch_handler)},
+                       DeadLetters(dlq_producer, topic + ".dlq"), retry_delay=0.05)
     try:
         await run_until_set(loop, both_handled)
     finally:
@@ -209,15 +209,12 @@ async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile
         if len(handled) == 30:
             commits_may_complete.set()  # only now: had the loop waited for the first commit, never
 
-    async def unused(command: str, source: RecordSource) -> None:
-        raise AssertionError("the batch handler handles every record")
-
     group = f"g-{uuid.uuid4().hex[:6]}"
     consumer = GatedCommits(topic, gate=commits_may_complete, bootstrap_servers=kafka_bootstrap, group_id=group,
                             enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
-    loop = ConsumeLoop(consumer, decode, unused, DeadLetters(producer, topic + ".dlq"), batch_size=5,
-                       batch_handler=batch_handler, commit_interval=commit_interval)
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, batch_handler)}, DeadLetters(producer, topic + ".dlq"),
+                       batch_size=5, commit_interval=commit_interval)
     try:
         await run_until_set(loop, commits_may_complete)
     finally:

@@ -5,13 +5,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
-from ib_insync import Contract, LimitOrder, MarketOrder
 
-from workers.adapters.ibkr.gateway import IbExecution, IbkrGateway, IbReport
+from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.domain.instruments import Instrument
+from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.ports.ibkr import IbExecution, IbReport
 from workers.sim import SimConfig, SimGateway
+
+AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
+                  currency="USD")
+
+
+def an_order(ref: str, limit_price: Decimal | None = None) -> Order:
+    """An order of one share of AAPL whose ``orderRef`` is ``ref``: a market order, or a limit order."""
+    request = OrderRequested(
+        order_id=ref, account="DU0000001", instrument_id=AAPL.instrument_id, side=Side.BUY, quantity=Decimal(1),
+        order_type=OrderType.LIMIT if limit_price is not None else OrderType.MARKET, limit_price=limit_price,
+        stop_price=None, time_in_force=TimeInForce.DAY, outside_rth=False, created_at=datetime.now(UTC))
+    return Order.recorded(NewOrder(request, OrderState.ACCEPTED), owner_client_id=22)
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +70,10 @@ async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: Si
     try:
         refs = [f"ref-{n}" for n in range(5)]
         for ref in refs:
-            order = MarketOrder("BUY", 1, orderRef=ref, orderId=gateway.ib.client.getReqId())
-            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+            await gateway.place(AAPL, an_order(ref), gateway.ib.client.getReqId())
         await eventually(lambda: all(t.isDone() for t in gateway.ib.trades())
                          and len(gateway.ib.fills()) == len(refs))
-        resting = LimitOrder("BUY", 1, 1.0, orderRef="resting", orderId=gateway.ib.client.getReqId())
-        await gateway.place(Contract(conId=265598, exchange="SMART"), resting)
+        await gateway.place(AAPL, an_order("resting", limit_price=Decimal(1)), gateway.ib.client.getReqId())
         await eventually(lambda: any(t.order.orderRef == "resting" and t.order.permId
                                      for t in gateway.ib.openTrades()))
 
@@ -89,8 +103,7 @@ async def test_reports_arriving_within_the_linger_are_delivered_in_one_batch(sim
     await gateway.connect()
     try:
         for ref in ("first", "second"):  # the second placed 0.1 s after the first one's reports came
-            order = MarketOrder("BUY", 1, orderRef=ref, orderId=gateway.ib.client.getReqId())
-            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+            await gateway.place(AAPL, an_order(ref), gateway.ib.client.getReqId())
             await asyncio.sleep(0.1)
         await eventually(lambda: {r.order_ref for b in batches for r in b if isinstance(r, IbExecution)}
                          == {"first", "second"})

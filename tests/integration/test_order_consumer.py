@@ -10,11 +10,13 @@ import psycopg
 import pytest
 
 from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL, Harness, order, running_harness
-from workers.adapters.ibkr.gateway import IbCommission, IbExecution, IbPosition
 from workers.adapters.kafka.event_sink import AvroEventSink
-from workers.adapters.postgres.order_batches import NewOrder, OrderBatches
+from workers.adapters.postgres.fills import FillStore
+from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.pool import close_pool, open_pool
-from workers.domain.orders import OrderState, OrderType, Side, TimeInForce
+from workers.domain.orders import NewOrder, OrderState, OrderType, Side, TimeInForce
+from workers.domain.positions import Position
+from workers.ports.ibkr import IbCommission, IbExecution, IbPosition
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -115,9 +117,9 @@ async def test_an_order_recorded_but_never_sent_is_placed_once_when_its_batch_co
         pool = await open_pool(database_url)
         try:
             sink = AvroEventSink(h.codec, h.topics, f"order-consumer:{service.client_id}")
-            assert service._next_ib_order_id is not None
-            far_above = service._next_ib_order_id + 100_000  # clear of the ids the worker hands out
-            [row] = await OrderBatches(pool).record_new([NewOrder(request, OrderState.ACCEPTED)], service.client_id,
+            assert service.placer.next_ib_order_id is not None
+            far_above = service.placer.next_ib_order_id + 100_000  # clear of the ids the worker hands out
+            [row] = await OrderLedger(pool).record_new([NewOrder(request, OrderState.ACCEPTED)], service.client_id,
                                                        sink.status, {request.order_id: far_above})
         finally:
             await close_pool(pool)
@@ -294,7 +296,7 @@ async def test_positions_are_published_after_fills(harness: Harness) -> None:
 
 
 async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fills(harness: Harness) -> None:
-    from workers.adapters.postgres.positions import PositionRow, PositionStore
+    from workers.adapters.postgres.positions import PositionStore
 
     sequence = [order(quantity="10"), order(quantity="4", side=Side.SELL), order(ES.instrument_id, quantity="3"),
                 order(quantity="6")]
@@ -310,7 +312,7 @@ async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fi
     pool = await open_pool(harness.database_url)
     try:
         store = PositionStore(pool)
-        rows: dict[int, PositionRow] = {}
+        rows: dict[int, Position] = {}
         deadline = asyncio.get_running_loop().time() + 15
         while {con_id: row.quantity for con_id, row in rows.items()} != at_sim:
             assert asyncio.get_running_loop().time() < deadline, f"positions table {rows} vs sim {at_sim}"
@@ -399,7 +401,7 @@ async def test_a_commission_in_the_report_batch_of_its_execution_is_kept_also_fo
     await harness.wait_status(request.order_id, "FILLED")
     await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 1, what="the fill")
     assert harness.app is not None
-    fills = harness.app.service.fills
+    fills = FillStore(harness.app.pool)
     recorded = await fills.get(harness.observed.fills[request.order_id][0]["fill_id"])
     assert recorded is not None
     # As if its commission report had been lost with the connection: IBKR replays both after a reconnect.

@@ -21,7 +21,7 @@ from tests.integration.topic_reading import records_on_partition
 from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import OutboxMessage
+from workers.ports.outbox import OutboxMessage
 from workers.service_layer.orders_first import OrdersFirst
 
 pytestmark = pytest.mark.integration

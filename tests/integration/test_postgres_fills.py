@@ -13,10 +13,10 @@ from psycopg import errors
 
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.ledger import OrderLedger
-from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Fill
-from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.domain.fills import Fill
+from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.ports.outbox import OutboxMessage
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +44,14 @@ async def order_id(pool: Pool) -> str:
         created_at=EXECUTED_AT - timedelta(seconds=5),
     )
     ledger = OrderLedger(pool)
-    assert await ledger.insert_accepted(order)
-    [(row, _)] = await OrderBatches(pool).reserve_ib_order_ids({order.order_id: 1}, 1)
+    assert await ledger.record_new([NewOrder(order, OrderState.ACCEPTED)], 1, status_record)
+    [(row, _)] = await ledger.reserve_ib_order_ids({order.order_id: 1}, 1)
     assert row.state is OrderState.PLACING
     return order.order_id
+
+
+def status_record(order: Order, previous: OrderState | None) -> OutboxMessage:
+    return OutboxMessage("orders.status", order.order_id, str(order.state).encode())
 
 
 def a_fill(order_id: str, fill_id: str = "0000e0d5.67c5a1b2.01.01", **changes: object) -> Fill:

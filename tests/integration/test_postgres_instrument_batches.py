@@ -18,9 +18,10 @@ from workers.adapters.postgres.instruments import (
     write_instruments,
 )
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Deactivate, Instrument, InstrumentChange, InstrumentUpsert, OutboxMessage
+from workers.adapters.postgres.rows import Deactivate, Instrument, InstrumentChange, InstrumentUpsert
 from workers.adapters.postgres.universe import EntryWrites, UniverseStore
 from workers.domain.universe import entries_from_document
+from workers.ports.outbox import OutboxMessage
 
 pytestmark = pytest.mark.integration
 

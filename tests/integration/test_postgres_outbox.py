@@ -6,7 +6,7 @@ import pytest
 
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import OutboxMessage
+from workers.ports.outbox import OutboxMessage
 
 pytestmark = pytest.mark.integration
 

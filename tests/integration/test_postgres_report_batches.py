@@ -12,10 +12,10 @@ from tests.integration.test_postgres_fills import a_fill
 from tests.integration.test_postgres_remembered_rows import recorded as placed_order
 from tests.integration.test_postgres_remembered_rows import status
 from workers.adapters.postgres.fills import FillStore
-from workers.adapters.postgres.order_batches import OrderBatches, StatusChange
+from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
-from workers.domain.orders import OrderState
+from workers.domain.orders import OrderState, StatusChange
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ async def statuses_of(pool: Pool, order_id: str) -> list[bytes]:
 
 
 async def test_fills_commissions_and_statuses_of_a_batch_are_written_together(pool: Pool) -> None:
-    batches = OrderBatches(pool, remember=100)
+    batches = OrderLedger(pool, remember=100)
     order_id = (await placed_order(batches, ib_order_id=1)).order_id
     first = a_fill(order_id, "0000e0d5.0001.01.01")
     assert await batches.insert_fills([first]) == [first.fill_id]  # recorded earlier, commission to come
@@ -39,11 +39,11 @@ async def test_fills_commissions_and_statuses_of_a_batch_are_written_together(po
         status, await batches.read_versions([order_id]))
 
     assert recorded.new_fill_ids == [second.fill_id]
-    assert [(a.previous, a.row.state) for a in recorded.applied] == [
+    assert [(a.previous, a.order.state) for a in recorded.applied] == [
         (OrderState.PLACING, OrderState.SUBMITTED), (OrderState.SUBMITTED, OrderState.FILLED)]
     fills = {f.fill_id: f for f in await FillStore(pool).for_order(order_id)}
     assert (fills[first.fill_id].commission, fills[second.fill_id].commission) == (Decimal("1.00"), Decimal("1.05"))
-    [row] = (await OrderBatches(pool).get_many([order_id])).values()
+    [row] = (await OrderLedger(pool).get_many([order_id])).values()
     assert row.state is OrderState.FILLED and row.filled_quantity == Decimal(2) and row.ib_perm_id == 99
     assert b"PLACING->SUBMITTED" in await statuses_of(pool, order_id)
     assert b"SUBMITTED->FILLED" in await statuses_of(pool, order_id)
@@ -52,7 +52,7 @@ async def test_fills_commissions_and_statuses_of_a_batch_are_written_together(po
 
 
 async def test_a_replayed_execution_is_not_new_and_illegal_changes_are_skipped(pool: Pool) -> None:
-    batches = OrderBatches(pool)
+    batches = OrderLedger(pool)
     order_id = (await placed_order(batches, ib_order_id=2)).order_id
     fill = a_fill(order_id, "0000e0d5.0003.01.01")
     await batches.record_reports([fill], [], [StatusChange(order_id, OrderState.FILLED, filled=Decimal(2),
@@ -67,7 +67,7 @@ async def test_a_replayed_execution_is_not_new_and_illegal_changes_are_skipped(p
 
 async def test_a_status_change_of_an_order_changed_meanwhile_is_worked_out_again_and_its_fill_kept_once(
         pool: Pool, database_url: str) -> None:
-    batches = OrderBatches(pool, remember=100)
+    batches = OrderLedger(pool, remember=100)
     order_id = (await placed_order(batches, ib_order_id=3)).order_id
     read = await batches.read_versions([order_id])
     with psycopg.connect(database_url, autocommit=True) as conn:  # the order path asks for a cancel
@@ -79,18 +79,18 @@ async def test_a_status_change_of_an_order_changed_meanwhile_is_worked_out_again
         status, read)
 
     assert recorded.new_fill_ids == [fill.fill_id]
-    assert [(a.previous, a.row.state) for a in recorded.applied] == [(OrderState.CANCEL_PENDING, OrderState.FILLED)]
+    assert [(a.previous, a.order.state) for a in recorded.applied] == [(OrderState.CANCEL_PENDING, OrderState.FILLED)]
     assert b"CANCEL_PENDING->FILLED" in await statuses_of(pool, order_id)
     assert b"PLACING->FILLED" not in await statuses_of(pool, order_id)
     assert [f.fill_id for f in await FillStore(pool).for_order(order_id)] == [fill.fill_id]
 
 
 async def test_a_batch_of_fills_only_or_of_statuses_only(pool: Pool) -> None:
-    batches = OrderBatches(pool)
+    batches = OrderLedger(pool)
     order_id = (await placed_order(batches, ib_order_id=4)).order_id
 
     only_fill = await batches.record_reports([a_fill(order_id, "0000e0d5.0005.01.01")], [], [], status)
     only_status = await batches.record_reports([], [], [StatusChange(order_id, OrderState.SUBMITTED)], status)
 
     assert only_fill.new_fill_ids == ["0000e0d5.0005.01.01"] and only_fill.applied == []
-    assert only_status.new_fill_ids == [] and [a.row.state for a in only_status.applied] == [OrderState.SUBMITTED]
+    assert only_status.new_fill_ids == [] and [a.order.state for a in only_status.applied] == [OrderState.SUBMITTED]

@@ -8,9 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from workers.adapters.ibkr.builders import contract_for, order_for, state_for_ib_status
+from workers.adapters.ibkr.builders import contract_for, order_for
+from workers.adapters.ibkr.status_mapping import state_for_ib_status, status_change
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.ports.ibkr import IbOrderStatus
 
 
 def request(order_type: OrderType, limit: str | None, stop: str | None) -> OrderRequested:
@@ -66,3 +68,32 @@ def test_contracts_are_identified_by_con_id_for_each_sec_type() -> None:
 def test_ib_statuses_map_to_our_states(ib_status: str, filled: float, remaining: float,
                                        state: OrderState | None) -> None:
     assert state_for_ib_status(ib_status, filled, remaining) is state
+
+
+def a_status(ib_status: str, *, order_ref: str = "o-1", filled: str = "0", remaining: str = "10",
+             error_code: int | None = None) -> IbOrderStatus:
+    return IbOrderStatus(order_ref=order_ref, ib_order_id=5, perm_id=77, ib_status=ib_status,
+                         filled=Decimal(filled), remaining=Decimal(remaining), avg_fill_price=None,
+                         error_code=error_code, error_message="Order rejected" if error_code else None)
+
+
+def test_an_error_about_an_order_is_a_rejection_only_while_ibkr_has_not_acknowledged_it() -> None:
+    change = status_change(a_status("Cancelled", error_code=201))
+
+    assert change is not None
+    assert (change.state, change.error_code, change.only_from) == (
+        OrderState.REJECTED, 201, frozenset({OrderState.PLACING}))
+    assert change.reason == "IBKR_REJECTED: Order rejected (IBKR error 201)"
+
+
+def test_a_status_without_our_order_ref_or_in_a_transient_state_asks_nothing() -> None:
+    assert status_change(a_status("Submitted", order_ref="")) is None
+    assert status_change(a_status("PendingSubmit")) is None
+
+
+def test_a_fill_status_carries_ibkrs_quantities_and_perm_id() -> None:
+    change = status_change(a_status("Filled", filled="10", remaining="0"))
+
+    assert change is not None
+    assert (change.state, change.filled, change.remaining, change.perm_id) == (
+        OrderState.FILLED, Decimal(10), Decimal(0), 77)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from workers.service_layer.order_service import SendingTurn
+from workers.service_layer.orders.placing import SendingTurn
 
 
 async def test_each_batch_sends_after_the_ones_ahead_even_when_they_give_up() -> None:

@@ -1,14 +1,18 @@
-"""The order life cycle: states, legal transitions, and the commands that start it.
+"""The order life cycle: the commands that start it, the :class:`Order`, its states and legal transitions.
 
-Plain Python only: nothing here knows about Kafka, SQL or the TWS socket.
+Plain Python only: nothing here knows about Kafka, SQL or the TWS socket. The ledger stores :class:`Order`
+as it is; every change of one goes through :meth:`Order.after`, so the rules are tested without a database.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class Side(enum.StrEnum):
@@ -131,3 +135,146 @@ class OrderCancelRequested:
     account: str
     requested_at: datetime
     reason: str | None = None
+
+
+# The reason of an order recorded CANCELLED because its cancel request arrived first.
+CANCELLED_FIRST_REASON = "CANCELLED_BEFORE_PLACED: a cancel request arrived before the order"
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order request to record, in the state the guards decided (ACCEPTED or REJECTED), and where it
+    was read from."""
+
+    order: OrderRequested
+    state: OrderState
+    reason: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """A requested state change of one order, with the fields IBKR reported (None keeps a field)."""
+
+    order_id: str
+    state: OrderState
+    filled: Decimal | None = None
+    remaining: Decimal | None = None
+    avg_price: Decimal | None = None
+    perm_id: int | None = None
+    reason: str | None = None
+    error_code: int | None = None
+    # Apply only when the order is in one of these states (None: wherever the state machine allows).
+    only_from: frozenset[OrderState] | None = None
+
+
+@dataclass(frozen=True)
+class Order:
+    """One order as the ledger holds it: its terms, where its request came from, its state and IBKR's ids.
+
+    Immutable: a change gives a new ``Order`` (:meth:`after`); the ledger writes it only if the stored
+    order is still the one the change was worked out on.
+    """
+
+    order_id: str
+    account: str
+    instrument_id: str
+    side: Side
+    quantity: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: TimeInForce
+    outside_rth: bool
+    source: str | None
+    created_at: datetime
+    state: OrderState
+    ib_client_id: int | None
+    ib_order_id: int | None
+    ib_perm_id: int | None
+    con_id: int | None
+    filled_quantity: Decimal
+    remaining_quantity: Decimal
+    avg_fill_price: Decimal | None
+    reason: str | None
+    ib_error_code: int | None
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    accepted_at: datetime
+    updated_at: datetime
+    owner_client_id: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+    @classmethod
+    def recorded(cls, new: NewOrder, owner_client_id: int, now: datetime | None = None) -> Order:
+        """The order ``new`` becomes when recorded (before IBKR's ids: those come with SUBMITTED)."""
+        request = new.order
+        now = now or datetime.now(UTC)
+        return cls(
+            order_id=request.order_id, account=request.account, instrument_id=request.instrument_id,
+            side=request.side, quantity=request.quantity, order_type=request.order_type,
+            limit_price=request.limit_price, stop_price=request.stop_price,
+            time_in_force=request.time_in_force, outside_rth=request.outside_rth, source=request.source,
+            created_at=request.created_at, state=new.state, ib_client_id=None, ib_order_id=None,
+            ib_perm_id=None, con_id=None, filled_quantity=Decimal(0),
+            remaining_quantity=request.quantity if new.state is OrderState.ACCEPTED else Decimal(0),
+            avg_fill_price=None, reason=new.reason, ib_error_code=None, source_topic=new.source_topic,
+            source_partition=new.source_partition, source_offset=new.source_offset, accepted_at=now,
+            updated_at=now, owner_client_id=owner_client_id,
+        )
+
+    @property
+    def request(self) -> OrderRequested:
+        """The request this order was recorded from (its terms)."""
+        return OrderRequested(
+            order_id=self.order_id, account=self.account, instrument_id=self.instrument_id, side=self.side,
+            quantity=self.quantity, order_type=self.order_type, limit_price=self.limit_price,
+            stop_price=self.stop_price, time_in_force=self.time_in_force, outside_rth=self.outside_rth,
+            created_at=self.created_at, source=self.source,
+        )
+
+    def after(self, change: StatusChange, now: datetime | None = None) -> Order | None:
+        """This order after ``change``, or None when the change is illegal or changes nothing.
+
+        Staying in a state is no change, except a PARTIALLY_FILLED order whose filled quantity moved.
+        """
+        if change.order_id != self.order_id:
+            raise ValueError(f"change of order {change.order_id} applied to order {self.order_id}")
+        if change.only_from is not None and self.state not in change.only_from:
+            return None
+        same_state = change.state is self.state
+        if same_state and change.state is not OrderState.PARTIALLY_FILLED:
+            return None
+        if same_state and (change.filled is None or change.filled == self.filled_quantity):
+            return None
+        if not same_state and not can_transition(self.state, change.state):
+            return None
+        return replace(
+            self,
+            state=change.state,
+            filled_quantity=_given(change.filled, self.filled_quantity),
+            remaining_quantity=_given(change.remaining, self.remaining_quantity),
+            avg_fill_price=_given(change.avg_price, self.avg_fill_price),
+            ib_perm_id=_given(change.perm_id, self.ib_perm_id),
+            reason=_given(change.reason, self.reason),
+            ib_error_code=_given(change.error_code, self.ib_error_code),
+            updated_at=now or datetime.now(UTC),
+        )
+
+
+def _given(value: _T | None, current: _T) -> _T:
+    return current if value is None else value
+
+
+@dataclass(frozen=True)
+class AppliedChange:
+    """A change the ledger accepted: the order as written and the state it left."""
+
+    order: Order
+    previous: OrderState

@@ -47,7 +47,7 @@ from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.rows import InstrumentRow
 from workers.adapters.postgres.universe import UniverseStore
-from workers.bootstrap import OrderConsumerApp, build_order_consumer
+from workers.bootstrap import build_order_consumer
 from workers.client import OrderClient
 from workers.domain.orders import OrderState
 from workers.entrypoints.demo_board import Board
@@ -55,6 +55,7 @@ from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_ord
 from workers.entrypoints.instrument_sync import StartupFailed, build_instrument_sync
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger
+from workers.order_consumer_app import OrderConsumerApp
 from workers.settings import Settings, load_settings
 from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig
 from workers.sim.server import SimGateway

@@ -47,7 +47,7 @@ from workers.adapters.avro import AvroCodec, RegistryError
 from workers.adapters.avro.wire import codec_for
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-from workers.adapters.ibkr.gateway import ConnectionChanged, IbkrGateway, IbReport
+from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.health_publisher import (
@@ -65,6 +65,7 @@ from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.metrics import Metrics
+from workers.ports.ibkr import ConnectionChanged, IbReport
 from workers.service_layer.health import HealthMonitor, HealthThresholds
 from workers.service_layer.instrument_sync import InstrumentSync, PassSummary, run_passes
 from workers.settings import Settings, load_settings

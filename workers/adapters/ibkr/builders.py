@@ -1,11 +1,11 @@
-"""Translate our orders and instruments into ib_insync objects, and IB's statuses into ours."""
+"""Translate our orders and instruments into ib_insync objects."""
 
 from __future__ import annotations
 
 from ib_insync import Contract, Order
 
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested, OrderState, OrderType
+from workers.domain.orders import OrderRequested, OrderType
 
 IB_ORDER_TYPES: dict[OrderType, str] = {
     OrderType.MARKET: "MKT",
@@ -54,20 +54,3 @@ def order_for(request: OrderRequested, ib_order_id: int) -> Order:
     if request.stop_price is not None:
         order.auxPrice = float(request.stop_price)
     return order
-
-
-def state_for_ib_status(ib_status: str, filled: float, remaining: float) -> OrderState | None:
-    """Our state for an IB order status; ``None`` for IB's transient states that change nothing."""
-    if ib_status in ("PendingSubmit", "ApiPending"):
-        return None
-    if ib_status in ("PreSubmitted", "Submitted"):
-        return OrderState.PARTIALLY_FILLED if filled > 0 else OrderState.SUBMITTED
-    if ib_status == "PendingCancel":
-        return OrderState.CANCEL_PENDING
-    if ib_status in ("Cancelled", "ApiCancelled"):
-        return OrderState.FILLED if filled > 0 and remaining <= 0 else OrderState.CANCELLED
-    if ib_status == "Filled":
-        return OrderState.FILLED if remaining <= 0 else OrderState.PARTIALLY_FILLED
-    if ib_status == "Inactive":
-        return OrderState.REJECTED
-    return None

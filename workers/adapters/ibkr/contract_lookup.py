@@ -14,8 +14,9 @@ from typing import Any
 
 from ib_insync import Contract, ContractDetails
 
-from workers.adapters.ibkr.gateway import IbError, IbkrGateway, to_decimal
+from workers.adapters.ibkr.gateway import IbkrGateway, to_decimal
 from workers.domain.contracts import ContractDetail, ContractSpec, LookupRejected, LookupUnavailable
+from workers.ports.ibkr import IbError
 
 NO_SECURITY_DEFINITION = 200
 _RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}

@@ -10,118 +10,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from ib_insync import IB, Contract, ContractDetails, Order, Trade
+from ib_insync import IB, Contract, ContractDetails, Trade
 from ib_insync.objects import CommissionReport, Fill, Position
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from workers.adapters.ibkr import compact_repr
+from workers.adapters.ibkr.builders import contract_for, order_for
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
+from workers.adapters.ibkr.status_mapping import status_change
+from workers.domain.instruments import Instrument
+from workers.domain.orders import Order
 from workers.domain.trading_mode import ModeMismatch, check_accounts
 from workers.logs import get_logger
+from workers.ports.ibkr import (
+    ConnectionChanged,
+    IbCommission,
+    IbError,
+    IbExecution,
+    IbkrListener,
+    IbOrderStatus,
+    IbPosition,
+    IbReport,
+)
 
 log = get_logger(__name__)
-
-# IB error codes that are notices, not failures of a request: connectivity, farms, and the like.
-INFORMATIONAL_CODES = frozenset({202, 1100, 1101, 1102, 2100, 2103, 2104, 2105, 2106, 2107, 2108, 2119,
-                                 2137, 2157, 2158, 10349, 399, 404})
-
 
 def to_decimal(value: float) -> Decimal:
     """A float from ib_insync as the shortest exact decimal that prints the same."""
     return Decimal(repr(float(value)))
 
 
-@dataclass(frozen=True)
-class IbOrderStatus:
-    """IB's view of one of our orders (from openOrder / orderStatus / completed orders)."""
-
-    order_ref: str
-    ib_order_id: int
-    perm_id: int
-    ib_status: str
-    filled: Decimal
-    remaining: Decimal
-    avg_fill_price: Decimal | None
-    # Set when ib_insync inferred the status from an error message rather than from an orderStatus.
-    error_code: int | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True)
-class IbExecution:
-    """One IBKR execution; ``exec_id`` is its identity, stable across replays."""
-
-    exec_id: str
-    order_ref: str
-    ib_order_id: int
-    perm_id: int
-    con_id: int
-    side: str
-    quantity: Decimal
-    price: Decimal
-    cumulative_quantity: Decimal
-    avg_price: Decimal
-    account: str
-    exchange: str
-    currency: str
-    executed_at: datetime
-    commission: Decimal | None = None
-    commission_currency: str | None = None
-
-
-@dataclass(frozen=True)
-class IbCommission:
-    exec_id: str
-    commission: Decimal
-    currency: str
-
-
 # ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
 _LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
-# IB drops a message over its pacing limit and says so with this code, naming no request.
-PACING_VIOLATION = 100
-
-
-@dataclass(frozen=True)
-class IbError:
-    """An error or notice from IB; ``req_id`` is an order id when it concerns an order."""
-
-    req_id: int
-    code: int
-    message: str
-
-    @property
-    def informational(self) -> bool:
-        return self.code in INFORMATIONAL_CODES or 2100 <= self.code <= 2199
-
-
-@dataclass(frozen=True)
-class IbPosition:
-    account: str
-    con_id: int
-    quantity: Decimal
-    avg_cost: Decimal
-    currency: str
-
-
-@dataclass(frozen=True)
-class ConnectionChanged:
-    connected: bool
-
-
-IbReport = IbOrderStatus | IbExecution | IbCommission | IbError | IbPosition | ConnectionChanged
-
-
-class IbkrListener(Protocol):
-    """Receives the reports in arrival order, in batches of whatever had queued up."""
-
-    async def __call__(self, reports: list[IbReport]) -> None: ...
 
 
 def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
@@ -154,7 +79,7 @@ def _status_report(trade: Trade) -> IbOrderStatus:
     avg = status.avgFillPrice
     last = trade.log[-1] if trade.log else None
     inferred = last is not None and last.errorCode and last.status == status.status
-    return IbOrderStatus(
+    report = IbOrderStatus(
         order_ref=trade.order.orderRef,
         ib_order_id=trade.order.orderId,
         perm_id=trade.order.permId or status.permId,
@@ -165,6 +90,7 @@ def _status_report(trade: Trade) -> IbOrderStatus:
         error_code=last.errorCode if inferred and last is not None else None,
         error_message=last.message if inferred and last is not None else None,
     )
+    return replace(report, change=status_change(report))
 
 
 class IbkrGateway:
@@ -354,9 +280,11 @@ class IbkrGateway:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    async def place(self, contract: Contract, order: Order) -> None:
+    async def place(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+        """Send ``order`` for ``instrument`` under ``ib_order_id`` (its ``orderRef``: our ``order_id``)."""
+        contract, ib_order = contract_for(instrument), order_for(order.request, ib_order_id)
         await self.limiter.acquire(Priority.PLACE)
-        self.ib.placeOrder(contract, order)
+        self.ib.placeOrder(contract, ib_order)
 
     async def cancel(self, ib_order_id: int) -> None:
         await self.limiter.acquire(Priority.CANCEL)
@@ -459,9 +387,6 @@ class IbkrGateway:
             finally:
                 for _ in reports:
                     self._reports.task_done()
-
-
-ReportHandler = Callable[[IbReport], Awaitable[None]]
 
 
 def _last_touched(trade: Trade) -> datetime:

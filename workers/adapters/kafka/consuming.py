@@ -1,21 +1,24 @@
 """The consume loop: decode, hand to a typed handler, dead-letter what cannot be decoded, commit.
 
-Handlers never see bytes or offsets. Offsets are committed only after the handler returned for every
-record up to them, so a crash re-delivers rather than loses. A handler that fails (a database outage,
-say) makes the loop seek back to that record and retry it after a back-off: a record is never skipped
-unless it is undecodable, and then it is on the dead-letter topic first.
+Each subscribed topic has a :class:`Subscription`: its decoder (bytes to a command) and its handler, which
+takes the topic's commands of a fetched batch at once. Handlers never see bytes or offsets.
+
+Acknowledgement: a fetched batch is handled all or nothing. Its offsets are committed (in the background)
+only after every topic's handler returned, so a crash re-delivers rather than loses. A handler that fails
+(a database outage, say) makes the loop seek back to the batch's first records and retry them after a
+back-off: a record is never skipped unless it is undecodable, and then it is on the dead-letter topic first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from workers.logs import get_logger
@@ -43,9 +46,16 @@ class Undecodable(Exception):
         self.stage = stage
 
 
-Decoder = Callable[[str, bytes], Awaitable[Any]]
-Handler = Callable[[Any, RecordSource], Awaitable[None]]
+Decoder = Callable[[bytes], Awaitable[Any]]
 BatchHandler = Callable[[list[tuple[Any, RecordSource]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A topic's decoder (raises :class:`Undecodable`) and the handler of its commands, a batch at a time."""
+
+    decode: Decoder
+    handle: BatchHandler
 
 
 class DeadLetters:
@@ -73,13 +83,12 @@ class DeadLetters:
 class ConsumeLoop:
     """Runs ``handler`` over every record of the subscribed topics until ``stop`` is set."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, decode: Decoder, handler: Handler,
+    def __init__(self, consumer: AIOKafkaConsumer, subscriptions: Mapping[str, Subscription],
                  dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
                  max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True,
-                 batch_handler: BatchHandler | None = None, commit_interval: float = 0.1) -> None:
+                 commit_interval: float = 0.1) -> None:
         self.consumer = consumer
-        self.decode = decode
-        self.handler = handler
+        self.subscriptions = subscriptions
         self.dead_letters = dead_letters
         self.batch_size = batch_size
         self.retry_delay = retry_delay
@@ -87,7 +96,6 @@ class ConsumeLoop:
         self.consumed = 0
         self.paused = False
         self.gate = gate
-        self.batch_handler = batch_handler
         self.gate_closed = False
         self.last_error: str | None = None
         self.last_failed_offset: int | None = None
@@ -133,11 +141,7 @@ class ConsumeLoop:
             batches = list((await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)).items())
             if not batches:
                 continue
-            if self.batch_handler is not None:
-                failed = not await self._handle_all(batches, stop) and self.last_failed_offset is not None
-            else:
-                failed = await self._handle_each(batches, stop)
-            if failed:
+            if not await self._handle_all(batches, stop) and self.last_failed_offset is not None:
                 failures += 1
                 self.paused = True
                 delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures - 1, 6))
@@ -150,20 +154,6 @@ class ConsumeLoop:
                 self.paused = False
         await self.flush_commits()
 
-    async def _handle_each(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
-                           stop: asyncio.Event) -> bool:
-        """Record by record, partition by partition; True when a handler failed."""
-        for index, (partition, records) in enumerate(batches):
-            done = await self._handle_partition(partition, records, stop)
-            if done < len(records):
-                # Stopped, gated or failed part-way: every record not handled is fetched again
-                # (this partition from the first unhandled one, the rest of the batch from its start).
-                self.consumer.seek(partition, records[done].offset)
-                for later_partition, later_records in batches[index + 1:]:
-                    self.consumer.seek(later_partition, later_records[0].offset)
-                return not stop.is_set() and self.gate() and self.last_failed_offset is not None
-        return False
-
     async def _handle_all(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
                           stop: asyncio.Event) -> bool:
         """All partitions' records at once (one call of the batch handler per topic); one commit.
@@ -171,7 +161,6 @@ class ConsumeLoop:
         All or nothing: on a failure, a stop or a closed gate every partition is fetched again from its
         first record of the batch. Returns True when the batch was handled and committed.
         """
-        assert self.batch_handler is not None
         self.last_failed_offset = None
         if stop.is_set() or not self.gate():
             for partition, records in batches:
@@ -185,8 +174,8 @@ class ConsumeLoop:
                     decoded = await self._decode_or_dead_letter(record)
                     if decoded is not None:
                         by_topic.setdefault(record.topic, []).append(decoded)
-            for commands in by_topic.values():
-                await self.batch_handler(commands)
+            for topic, commands in by_topic.items():
+                await self.subscriptions[topic].handle(commands)
         except Exception as exc:
             self.last_failed_offset = batches[0][1][0].offset
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -224,33 +213,6 @@ class ConsumeLoop:
             self._last_commit = loop.time()
             await self._commit_many(offsets)
 
-    async def _handle_partition(self, partition: TopicPartition, records: list[ConsumerRecord],
-                                stop: asyncio.Event) -> int:
-        """Handle ``records`` in order; commit what was handled; return how many were handled."""
-        handled = 0
-        self.last_failed_offset = None
-        for record in records:
-            if stop.is_set() or not self.gate():
-                break  # stopping, or IBKR went away mid-batch: the rest waits
-            try:
-                await self._handle_record(record)
-            except Exception as exc:
-                self.last_failed_offset = record.offset
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("handler failed; will retry the record", topic=record.topic,
-                              partition=record.partition, offset=record.offset)
-                break
-            handled += 1
-        if handled:
-            try:
-                await self.consumer.commit({partition: records[handled - 1].offset + 1})
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The partition moved to another member during a rebalance: it will see these records
-                # again, and the ledger makes the redelivery harmless.
-                log.warning("offset commit failed after a rebalance", partition=partition.partition,
-                            error=str(exc))
-        return handled
-
     async def _decode_or_dead_letter(self, record: ConsumerRecord) -> tuple[Any, RecordSource] | None:
         key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
         source = RecordSource(record.topic, record.partition, record.offset, key,
@@ -258,7 +220,10 @@ class ConsumeLoop:
         try:
             if record.value is None:
                 raise Undecodable("record has no value (tombstone)")
-            return await self.decode(record.topic, record.value), source
+            subscription = self.subscriptions.get(record.topic)
+            if subscription is None:
+                raise Undecodable(f"no decoder for topic {record.topic}", stage="route")
+            return await subscription.decode(record.value), source
         except Undecodable as exc:
             where = (record.topic, record.partition, record.offset)
             if where not in self._dead_lettered:
@@ -277,9 +242,6 @@ class ConsumeLoop:
         finally:
             self._commit_now.clear()
 
-    async def _commit(self, partition: TopicPartition, offset: int) -> None:
-        await self._commit_many({partition: offset})
-
     async def _commit_many(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self.consumer.commit(offsets)
@@ -288,16 +250,3 @@ class ConsumeLoop:
             # and the ledger makes the redelivery harmless.
             log.warning("offset commit failed; the records will be redelivered", partitions=len(offsets),
                         error=str(exc))
-
-    async def _handle_record(self, record: ConsumerRecord) -> None:
-        self.consumed += 1
-        key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
-        source = RecordSource(record.topic, record.partition, record.offset, key)
-        try:
-            if record.value is None:
-                raise Undecodable("record has no value (tombstone)")
-            command = await self.decode(record.topic, record.value)
-        except Undecodable as exc:
-            await self.dead_letters.send(record, exc.reason, exc.stage)
-            return
-        await self.handler(command, source)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from workers.adapters.avro import AvroCodec
-from workers.adapters.ibkr.gateway import IbPosition
 from workers.adapters.kafka.records import (
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
@@ -13,8 +12,9 @@ from workers.adapters.kafka.records import (
     rejection_record,
     status_record,
 )
-from workers.adapters.postgres.rows import OrderRow, OutboxMessage
-from workers.domain.orders import OrderRequested, OrderState
+from workers.domain.orders import Order, OrderRequested, OrderState
+from workers.ports.ibkr import IbPosition
+from workers.ports.outbox import OutboxMessage
 from workers.settings import TopicNames
 
 
@@ -26,7 +26,7 @@ class AvroEventSink:
         self.topics = topics
         self.writer = writer
 
-    def status(self, row: OrderRow, previous: OrderState | None) -> OutboxMessage:
+    def status(self, row: Order, previous: OrderState | None) -> OutboxMessage:
         payload = self.codec.encode(ORDER_STATUS_CHANGED, status_record(row, datetime.now(UTC), previous))
         return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload, writer=self.writer)
 

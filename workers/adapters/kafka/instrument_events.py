@@ -8,7 +8,8 @@ from typing import Any
 
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import INSTRUMENT_UPDATED, d8
-from workers.adapters.postgres.rows import InstrumentChange, InstrumentUpsert, OutboxMessage
+from workers.adapters.postgres.rows import InstrumentChange, InstrumentUpsert
+from workers.ports.outbox import OutboxMessage
 
 
 def last_trade_day(last_trade_date: str | None) -> date | None:

@@ -6,8 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from workers.adapters.postgres.rows import FillRow, OrderRow
+from workers.adapters.postgres.rows import FillRow
 from workers.domain.orders import (
+    Order,
     OrderCancelRequested,
     OrderRequested,
     OrderState,
@@ -88,7 +89,7 @@ def cancel_record(cancel: OrderCancelRequested) -> dict[str, Any]:
     }
 
 
-def status_record(row: OrderRow, event_time: datetime, previous: OrderState | None = None) -> dict[str, Any]:
+def status_record(row: Order, event_time: datetime, previous: OrderState | None = None) -> dict[str, Any]:
     """The ``OrderStatusChanged`` record announcing ``row``'s current state."""
     return {
         "order_id": row.order_id,

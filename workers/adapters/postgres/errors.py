@@ -7,14 +7,6 @@ class MigrationError(Exception):
     """The schema cannot be migrated (an applied migration was edited, a file is misnamed, ...)."""
 
 
-class UnknownOrder(LookupError):
-    """No order with this ``order_id`` is in the ledger."""
-
-    def __init__(self, order_id: str) -> None:
-        super().__init__(f"order {order_id} is not in the ledger")
-        self.order_id = order_id
-
-
 class UnknownInstrument(LookupError):
     """No instrument with this ``instrument_id`` is in the mapper."""
 

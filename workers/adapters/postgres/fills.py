@@ -20,7 +20,8 @@ from workers.adapters.postgres._query import (
     fetch_one,
 )
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import FillFields, FillRow
+from workers.adapters.postgres.rows import FillRow
+from workers.domain.fills import Fill
 from workers.domain.orders import Side
 
 _FROM_ORDER = ("account", "instrument_id")
@@ -56,7 +57,7 @@ class FillStore:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def insert(self, fill: FillFields) -> bool:
+    async def insert(self, fill: Fill) -> bool:
         """Record ``fill``; False when its ``fill_id`` (execId) is known already.
 
         Its order must be in the ledger (the foreign key refuses a fill of an unknown order).
@@ -77,6 +78,10 @@ class FillStore:
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _FOR_ORDER, (order_id,))
         return [_fill_row(r) for r in records]
+
+    async def fill_ids_of(self, order_id: str) -> list[str]:
+        """The execIds of every fill of order ``order_id``."""
+        return [fill.fill_id for fill in await self.for_order(order_id)]
 
     async def unpublished(self, limit: int = 100, *, owner_client_id: int | None = None) -> list[FillRow]:
         """Fills whose ``fills.executed`` record Kafka has not acknowledged yet, oldest first.

@@ -1,312 +1,370 @@
 """The order ledger (table ``orders``): every order is recorded here before it reaches IBKR.
 
-The ledger enforces the life cycle of :mod:`workers.domain.orders`: a state change locks the row
-(``SELECT ... FOR UPDATE``), checks the transition and writes it in one transaction, so two handlers racing
-on the same order cannot take it through an illegal path.
+One repository for orders, built for batches: the order-consumer handles Kafka records and IBKR's reports
+in batches, and one statement per batch (rather than several per order) is what lets it keep up with the
+client library. The rules are the domain's (:meth:`~workers.domain.orders.Order.after`): a change is
+worked out on the order as read and written only if the stored order is still that version (``xmin``),
+IBKR order ids are never reused, and every change is written together with its status record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import Decimal
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from psycopg import AsyncConnection, sql
-from psycopg.rows import TupleRow
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow, dict_row
 
-from workers.adapters.postgres._query import (
-    Record,
-    assignments,
-    column_list,
-    column_names,
-    execute_count,
-    fetch_all,
-    fetch_one,
+from workers.adapters.postgres._query import rows_param
+from workers.adapters.postgres.order_statements import (
+    ANNOUNCED_AS,
+    ANNOUNCED_FOR,
+    CANCELS_HANDLED_WITH_OUTBOX,
+    COMMISSION_FIELDS,
+    COUNT_OPEN_OWNED,
+    FILL_FIELDS,
+    FINAL,
+    HIGHEST_IB_ORDER_ID,
+    INSERT_FILLS,
+    NEW_ORDER_FIELDS,
+    RAISE_MARK,
+    RECORD_REPORTS,
+    RECORD_RESERVE_AND_ANNOUNCE,
+    RELEASE_UNPLACED,
+    SELECT_MANY,
+    SELECT_MANY_VERSIONED,
+    SELECT_OPEN_OWNED,
+    SELECT_OPEN_OWNED_WITH_PENDING_CANCEL,
+    SET_COMMISSIONS,
+    SET_PLACING,
+    UPDATE_STATUS_WITH_OUTBOX,
+    VERSIONED_STATUS_FIELDS,
+    commission_rows,
+    fill_params,
+    insert_params,
+    order_from_record,
+    update_params,
+    versioned_order,
 )
-from workers.adapters.postgres.errors import UnknownOrder
-from workers.adapters.postgres.outbox import add_to_outbox
+from workers.adapters.postgres.outbox import outbox_params, outbox_rows
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import CancelRequestRow, OrderRow, OutboxMessage
-from workers.domain.orders import (
-    FINAL_STATES,
-    OrderCancelRequested,
-    OrderRequested,
-    OrderState,
-    OrderType,
-    Side,
-    TimeInForce,
-    check_transition,
-)
+from workers.domain.fills import Fill
+from workers.domain.orders import CANCELLED_FIRST_REASON, AppliedChange, NewOrder, Order, OrderState, StatusChange
+from workers.ports.orders import Commission, RecordedReports, StatusRecord, VersionedOrders
 
-OutboxFor = Callable[[OrderRow], OutboxMessage]
-"""Builds the Kafka record announcing an order's new row; written in the same transaction."""
+# Rounds of an optimistic status write before giving up (an order changing under it every time).
+_APPLY_ATTEMPTS = 5
 
-_ORDER_COLUMNS = column_list(column_names(OrderRow))
-_CANCEL_COLUMNS = column_list(column_names(CancelRequestRow))
-_FINAL = tuple(str(state) for state in FINAL_STATES)
 
-_INSERT = sql.SQL(
-    """
-    INSERT INTO orders (
-        order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price,
-        time_in_force, outside_rth, source, created_at, state, filled_quantity, remaining_quantity,
-        source_topic, source_partition, source_offset, owner_client_id
-    ) VALUES (
-        %(order_id)s, %(account)s, %(instrument_id)s, %(side)s, %(quantity)s, %(order_type)s,
-        %(limit_price)s, %(stop_price)s, %(time_in_force)s, %(outside_rth)s, %(source)s, %(created_at)s,
-        %(state)s, 0, %(quantity)s, %(source_topic)s, %(source_partition)s, %(source_offset)s,
-        %(owner_client_id)s
-    )
-    ON CONFLICT (order_id) DO NOTHING
-    RETURNING {}
-    """
-).format(_ORDER_COLUMNS)
-_SELECT_BY_ID = sql.SQL("SELECT {} FROM orders WHERE order_id = %s").format(_ORDER_COLUMNS)
-_SELECT_FOR_UPDATE = sql.SQL("SELECT {} FROM orders WHERE order_id = %s FOR UPDATE").format(_ORDER_COLUMNS)
-_SELECT_BY_IB_ORDER_ID = sql.SQL("SELECT {} FROM orders WHERE ib_client_id = %s AND ib_order_id = %s").format(
-    _ORDER_COLUMNS
-)
-_SELECT_BY_PERM_ID = sql.SQL(
-    "SELECT {} FROM orders WHERE ib_perm_id = %s ORDER BY accepted_at DESC LIMIT 1"
-).format(_ORDER_COLUMNS)
-_SELECT_OPEN = sql.SQL("SELECT {} FROM orders WHERE state <> ALL(%s) ORDER BY accepted_at, order_id").format(
-    _ORDER_COLUMNS
-)
-_SELECT_OPEN_OWNED = sql.SQL(
-    "SELECT {} FROM orders WHERE owner_client_id = %s AND state <> ALL(%s) ORDER BY accepted_at, order_id"
-).format(_ORDER_COLUMNS)
-_COUNT_OPEN_OWNED = "SELECT count(*) FROM orders WHERE owner_client_id = %s AND state <> ALL(%s)"
-_SELECT_PENDING_CANCELS_OWNED = sql.SQL(
-    "SELECT {} FROM orders WHERE owner_client_id = %s AND state <> ALL(%s) AND order_id IN "
-    "(SELECT order_id FROM cancel_requests WHERE handled_at IS NULL) ORDER BY accepted_at"
-).format(_ORDER_COLUMNS)
+async def _read_versions(conn: AsyncConnection[TupleRow], order_ids: Sequence[str]) -> VersionedOrders:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(SELECT_MANY_VERSIONED, (sorted(set(order_ids)),))
+        records = await cursor.fetchall()
+    return {row.order_id: (row, version) for row, version in map(versioned_order, records)}
 
-_INSERT_CANCEL = """
-INSERT INTO cancel_requests (order_id, account, requested_at, reason)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (order_id) DO NOTHING
-"""
-_PENDING_CANCEL = sql.SQL("SELECT {} FROM cancel_requests WHERE order_id = %s AND handled_at IS NULL").format(
-    _CANCEL_COLUMNS
-)
-# Recovery only: IBKR never received the order, so the id reserved for it was never used and the order
-# goes back to ACCEPTED to be placed again under a new id (the high-water mark keeps the old one spent).
-_RELEASE_UNPLACED = sql.SQL(
-    "UPDATE orders SET state = 'ACCEPTED', ib_client_id = NULL, ib_order_id = NULL, updated_at = now() "
-    "WHERE order_id = %s AND state = 'PLACING'"
-)
-_MARK_CANCEL_HANDLED = (
-    "UPDATE cancel_requests SET handled_at = now() WHERE order_id = %s AND handled_at IS NULL"
-)
+
+@dataclass(frozen=True)
+class _Plan:
+    """One optimistic round's status changes, worked out on rows read earlier: what to write, how."""
+
+    applied: list[AppliedChange]
+    touched: dict[str, Order]  # the new row of each order changed
+    params: dict[str, object]  # the row sources "u" (versioned changes) and "m" (their status records)
+
+    def outcome(self, changes: Sequence[StatusChange], written: Mapping[str, str],
+                ) -> tuple[list[AppliedChange], list[StatusChange], VersionedOrders]:
+        """(applied, changes of orders changed meanwhile, rows written with their new versions), given the
+        new version of each order the statement wrote."""
+        lost = set(self.touched) - set(written)
+        return ([a for a in self.applied if a.order.order_id in written],
+                [c for c in changes if c.order_id in lost],
+                {order_id: (self.touched[order_id], version) for order_id, version in written.items()})
+
+
+async def _current(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
+                   read: VersionedOrders | None) -> VersionedOrders:
+    """The rows ``changes`` are about: those in ``read`` (read before, by the caller), the others read now."""
+    current = dict(read or {})
+    missing = [c.order_id for c in changes if c.order_id not in current]
+    if missing:
+        current |= await _read_versions(conn, missing)
+    return current
+
+
+async def _apply_once(conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange], status: StatusRecord,
+                      read: VersionedOrders | None = None,
+                      ) -> tuple[list[AppliedChange], list[StatusChange], VersionedOrders]:
+    """One optimistic round of :meth:`OrderLedger.apply` (see :meth:`_Plan.outcome`)."""
+    plan = _plan(changes, status, await _current(conn, changes, read))
+    if not plan.applied:
+        return [], [], {}
+    async with conn.cursor() as cursor:
+        await cursor.execute(UPDATE_STATUS_WITH_OUTBOX, plan.params)
+        written = {str(r[0]): str(r[1]) for r in await cursor.fetchall()}
+    return plan.outcome(changes, written)
+
+
+def _plan(changes: Sequence[StatusChange], status: StatusRecord, current: VersionedOrders) -> _Plan:
+    """The legal ones of ``changes``, applied in order to the ``current`` rows, with their status records."""
+    versions = {order_id: version for order_id, (_, version) in current.items()}
+    rows = {order_id: row for order_id, (row, _) in current.items()}
+    applied: list[AppliedChange] = []
+    touched: dict[str, Order] = {}
+    for change in changes:
+        row = rows.get(change.order_id)
+        if row is None:
+            continue
+        updated = row.after(change)
+        if updated is None:
+            continue
+        applied.append(AppliedChange(updated, row.state))
+        rows[change.order_id] = touched[change.order_id] = updated
+    params: dict[str, object] = {
+        "u": rows_param([update_params(row) | {"version": versions[row.order_id]} for row in touched.values()],
+                        VERSIONED_STATUS_FIELDS),
+        "m": rows_param([message | {"of_order": a.order.order_id} for a, message in zip(
+            applied, outbox_rows([status(a.order, a.previous) for a in applied]), strict=True)], ANNOUNCED_FOR),
+    }
+    return _Plan(applied, touched, params)
+
+
+async def _rows(conn: AsyncConnection[TupleRow], query: str, order_ids: Sequence[str]) -> dict[str, Order]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, (list(order_ids),))
+        return {row.order_id: row for row in map(order_from_record, await cursor.fetchall())}
+
 
 
 class OrderLedger:
-    """Orders, their IBKR ids and cancel requests, in PostgreSQL."""
+    """Orders, their IBKR ids and fills, read and written in batches.
 
-    def __init__(self, pool: Pool) -> None:
+    ``remember``: how many of the rows it wrote last (with their versions) it keeps, so that
+    :meth:`read_versions` of an order it just recorded or changed needs no read. A remembered row is only
+    ever the base of an optimistic write: should the order have changed elsewhere since, the write finds
+    another version and the change is worked out again on the row read anew. The worker's own rows are
+    changed by itself only (one owner per order), and what it changes through other paths it forgets
+    (:meth:`forget`), so a change that looks empty on a remembered row is empty.
+    """
+
+    def __init__(self, pool: Pool, *, remember: int = 0) -> None:
         self._pool = pool
+        self._remember = remember
+        self._remembered: OrderedDict[str, tuple[Order, str]] = OrderedDict()
 
-    async def insert_accepted(
-        self,
-        order: OrderRequested,
-        *,
-        source_topic: str | None = None,
-        source_partition: int | None = None,
-        source_offset: int | None = None,
-        owner_client_id: int | None = None,
-        outbox: OutboxFor | None = None,
-    ) -> bool:
-        """Record ``order`` as ACCEPTED; False when its ``order_id`` is known already (a redelivery).
+    def _note(self, rows: Iterable[tuple[Order, str]]) -> None:
+        if not self._remember:
+            return
+        for row, version in rows:
+            self._remembered[row.order_id] = (row, version)
+            self._remembered.move_to_end(row.order_id)
+        while len(self._remembered) > self._remember:
+            self._remembered.popitem(last=False)
 
-        ``outbox``, when given, builds the status record to publish; it is written only when the order is new.
-        """
-        params = {
-            "order_id": order.order_id,
-            "account": order.account,
-            "instrument_id": order.instrument_id,
-            "side": str(order.side),
-            "quantity": order.quantity,
-            "order_type": str(order.order_type),
-            "limit_price": order.limit_price,
-            "stop_price": order.stop_price,
-            "time_in_force": str(order.time_in_force),
-            "outside_rth": order.outside_rth,
-            "source": order.source,
-            "created_at": order.created_at,
-            "state": str(OrderState.ACCEPTED),
-            "source_topic": source_topic,
-            "source_partition": source_partition,
-            "source_offset": source_offset,
-            "owner_client_id": owner_client_id,
-        }
-        async with self._pool.connection() as conn, conn.transaction():
-            record = await fetch_one(conn, _INSERT, params)
-            if record is None:
-                return False
-            if outbox is not None:
-                await add_to_outbox(conn, outbox(_order_row(record)))
-            return True
+    def forget(self, order_ids: Iterable[str]) -> None:
+        """Read these orders from the ledger next time (they were changed by another path)."""
+        for order_id in order_ids:
+            self._remembered.pop(order_id, None)
 
-    async def get(self, order_id: str) -> OrderRow | None:
+    @property
+    def remembered(self) -> int:
+        """How many rows it remembers."""
+        return len(self._remembered)
+
+    def remembers(self, order_id: str) -> bool:
+        return order_id in self._remembered
+
+    async def get(self, order_id: str) -> Order | None:
         """The order ``order_id``, or None when the ledger has never seen it."""
+        return (await self.get_many([order_id])).get(order_id)
+
+    async def get_many(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        if not order_ids:
+            return {}
         async with self._pool.connection() as conn:
-            record = await fetch_one(conn, _SELECT_BY_ID, (order_id,))
-        return None if record is None else _order_row(record)
+            return await _rows(conn, SELECT_MANY, order_ids)
 
-    async def transition(
-        self,
-        order_id: str,
-        new_state: OrderState,
-        *,
-        filled_quantity: Decimal | None = None,
-        remaining_quantity: Decimal | None = None,
-        avg_fill_price: Decimal | None = None,
-        ib_perm_id: int | None = None,
-        con_id: int | None = None,
-        reason: str | None = None,
-        ib_error_code: int | None = None,
-        outbox: OutboxFor | None = None,
-    ) -> OrderRow:
-        """Move order ``order_id`` to ``new_state``, setting the fields given (None leaves a field as is).
+    async def record_new(self, orders: Sequence[NewOrder], owner_client_id: int, status: StatusRecord,
+                         ib_order_ids: Mapping[str, int] | None = None) -> list[Order]:
+        """Insert ``orders`` (ignoring known ids) with their status records; return the rows inserted.
 
-        Raises :class:`~workers.domain.orders.IllegalTransition` (nothing is written) when the life cycle
-        forbids the change, and :class:`UnknownOrder` when the order is not in the ledger. Returns the row
-        as written. ``outbox``, when given, builds the status record written in the same transaction.
+        An ACCEPTED order given an IBKR order id in ``ib_order_ids`` is recorded with it (state PLACING,
+        published as ACCEPTED), and the client id's mark rises to it, in the same statement; an id the
+        ledger holds already fails the statement. One statement, one round trip: the status records
+        are encoded before it, for the state the guards gave each order, and written for the orders that got
+        it. An order recorded CANCELLED (its cancel came first) gets its record in a second statement; should
+        the worker stop in between, the order's redelivery re-publishes its status. The rows come back in
+        ``orders`` order.
         """
-        changes = _changes(
-            filled_quantity=filled_quantity,
-            remaining_quantity=remaining_quantity,
-            avg_fill_price=avg_fill_price,
-            ib_perm_id=ib_perm_id,
-            con_id=con_id,
-            reason=reason,
-            ib_error_code=ib_error_code,
-        )
+        if not orders:
+            return []
+        ids = ib_order_ids or {}
+        expected = [Order.recorded(new, owner_client_id) for new in orders]
+        columns: dict[str, object] = {
+            "i": rows_param([insert_params(new) | {"ib_order_id": ids.get(new.order.order_id)} for new in orders],
+                            NEW_ORDER_FIELDS),
+            "m": rows_param([message | {"expected": str(row.state)} for row, message in zip(
+                expected, outbox_rows([status(row, None) for row in expected]), strict=True)], ANNOUNCED_AS),
+            "client_id": owner_client_id, "cancelled_reason": CANCELLED_FIRST_REASON,
+        }
+        position = {new.order.order_id: n for n, new in enumerate(orders)}
+        async with self._pool.connection() as conn:
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(RECORD_RESERVE_AND_ANNOUNCE, columns)
+                written = sorted(map(versioned_order, await cursor.fetchall()),
+                                 key=lambda versioned: position[versioned[0].order_id])
+            self._note(written)
+            inserted = [row for row, _ in written]
+            cancelled = [row for row in inserted if row.state is OrderState.CANCELLED]
+            if cancelled:
+                await conn.execute(CANCELS_HANDLED_WITH_OUTBOX, {
+                    "cancelled": [row.order_id for row in cancelled],
+                    **outbox_params([status(row, None) for row in cancelled])})
+        return inserted
+
+    async def read_versions(self, order_ids: Sequence[str]) -> VersionedOrders:
+        """The rows of ``order_ids`` with their versions, for :meth:`apply` (unknown ids are left out);
+        remembered ones from memory, the others read in one query (and not remembered: only rows it wrote
+        are, see the class)."""
+        found = {i: self._remembered[i] for i in order_ids if i in self._remembered}
+        missing = [i for i in order_ids if i not in found]
+        if missing:
+            async with self._pool.connection() as conn:
+                found |= await _read_versions(conn, missing)
+        return found
+
+    async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
+                    read: VersionedOrders | None = None) -> list[AppliedChange]:
+        """Apply ``changes`` in order; illegal or empty ones are skipped. One status record per change.
+
+        Optimistic: the rows are read, the changes worked out, and the new rows written with their status
+        records in one statement that writes an order only if it is still the version read (``xmin``);
+        an order changed meanwhile (a cancel on the order path) has its changes worked out again. Two round
+        trips, no transaction block, no row lock held across them; one when the caller passes the rows
+        it read already (``read``, from :meth:`read_versions`): a stale one is caught like any other.
+        """
+        if not changes:
+            return []
+        async with self._pool.connection() as conn:
+            return await self._apply_rounds(conn, changes, status, read, rounds=_APPLY_ATTEMPTS)
+
+    async def _apply_rounds(self, conn: AsyncConnection[TupleRow], changes: Sequence[StatusChange],
+                            status: StatusRecord, read: VersionedOrders | None, *, rounds: int) -> list[AppliedChange]:
+        applied: list[AppliedChange] = []
+        pending = list(changes)
+        for attempt in range(rounds):
+            done, pending, written = await _apply_once(conn, pending, status, read if attempt == 0 else None)
+            self._settle(written, pending)
+            applied.extend(done)
+            if not pending:
+                return applied
+        raise RuntimeError(f"orders kept changing while their status was applied: "
+                           f"{sorted({c.order_id for c in pending})}")
+
+    def _settle(self, written: VersionedOrders, lost: Sequence[StatusChange]) -> None:
+        """After a round: remember the rows written, forget those changed meanwhile (read them next time)."""
+        self._note(written.values())
+        self.forget(c.order_id for c in lost)
+
+    async def record_reports(self, fills: Sequence[Fill], commissions: Sequence[Commission],
+                             changes: Sequence[StatusChange], status: StatusRecord,
+                             read: VersionedOrders | None = None) -> RecordedReports:
+        """:meth:`insert_fills`, :meth:`set_commissions` and :meth:`apply` of one batch of IBKR's reports, in
+        one statement (one round trip when ``read`` holds the orders' rows); only the status changes of
+        orders changed meanwhile take more rounds, as in :meth:`apply`.
+
+        ``commissions`` are of fills recorded before: a fill's commission that came with it is in the fill.
+        """
+        async with self._pool.connection() as conn:
+            plan = _plan(changes, status, await _current(conn, changes, read))
+            params = {"f": rows_param(fill_params(fills), FILL_FIELDS),
+                      "c": rows_param(commission_rows(commissions), COMMISSION_FIELDS), **plan.params}
+            async with conn.cursor() as cursor:
+                await cursor.execute(RECORD_REPORTS, params)
+                result = await cursor.fetchall()
+            new_fills = [str(key) for kind, key, _ in result if kind == "fill"]
+            applied, pending, written = plan.outcome(
+                changes, {str(key): str(version) for kind, key, version in result if kind == "order"})
+            self._settle(written, pending)
+            if pending:
+                applied += await self._apply_rounds(conn, pending, status, None, rounds=_APPLY_ATTEMPTS - 1)
+        return RecordedReports(new_fills, applied)
+
+    async def highest_ib_order_id(self, client_id: int) -> int:
+        """The highest IBKR order id ever reserved for ``client_id`` (the mark, or the ledger's), or 0."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(HIGHEST_IB_ORDER_ID, {"client_id": client_id})
+            record = await cursor.fetchone()
+        return int(record[0]) if record is not None and record[0] is not None else 0
+
+    async def reserve_ib_order_ids(self, ib_order_ids: Mapping[str, int],
+                                   client_id: int) -> list[tuple[Order, int]]:
+        """Give each still-ACCEPTED order its IBKR order id (from ``ib_order_ids``) and make it PLACING.
+
+        The ids are handed out by the worker, above every id ever reserved for ``client_id``; the mark
+        rises to the highest. An id given to an order that is no longer ACCEPTED (cancelled meanwhile) is
+        simply never used: IB allows gaps. Returns the orders reserved, in ``ib_order_ids`` order.
+        """
+        if not ib_order_ids:
+            return []
+        params = [{"client_id": client_id, "ib_order_id": ib_id, "order_id": order_id}
+                  for order_id, ib_id in ib_order_ids.items()]
+        reserved: list[tuple[Order, int]] = []
+        versions: list[tuple[Order, str]] = []
         async with self._pool.connection() as conn, conn.transaction():
-            current = await _lock(conn, order_id)
-            check_transition(order_id, current.state, new_state)
-            row = await _update(conn, order_id, {"state": str(new_state), **changes})
-            if outbox is not None:
-                await add_to_outbox(conn, outbox(row))
-            return row
+            await conn.execute(RAISE_MARK, {"client_id": client_id, "last_order_id": max(ib_order_ids.values())})
+            async with conn.cursor(row_factory=dict_row) as rows:
+                await rows.executemany(SET_PLACING, params, returning=True)
+                while True:
+                    record = await rows.fetchone()
+                    if record is not None:
+                        row, version = versioned_order(record)
+                        assert row.ib_order_id is not None
+                        reserved.append((row, row.ib_order_id))
+                        versions.append((row, version))
+                    if not rows.nextset():
+                        break
+        self._note(versions)  # committed
+        return reserved
 
-    async def update(
-        self,
-        order_id: str,
-        *,
-        filled_quantity: Decimal | None = None,
-        remaining_quantity: Decimal | None = None,
-        avg_fill_price: Decimal | None = None,
-        ib_perm_id: int | None = None,
-        con_id: int | None = None,
-        reason: str | None = None,
-        ib_error_code: int | None = None,
-    ) -> OrderRow:
-        """Set the fields given on order ``order_id`` without changing its state (e.g. a late permId)."""
-        changes = _changes(
-            filled_quantity=filled_quantity,
-            remaining_quantity=remaining_quantity,
-            avg_fill_price=avg_fill_price,
-            ib_perm_id=ib_perm_id,
-            con_id=con_id,
-            reason=reason,
-            ib_error_code=ib_error_code,
-        )
-        async with self._pool.connection() as conn, conn.transaction():
-            current = await _lock(conn, order_id)
-            if not changes:
-                return current
-            return await _update(conn, order_id, changes)
-
-    async def find_by_ib_order_id(self, client_id: int, ib_order_id: int) -> OrderRow | None:
-        """The order placed by API client ``client_id`` under IBKR order id ``ib_order_id``."""
+    async def insert_fills(self, fills: Sequence[Fill]) -> list[str]:
+        """Record ``fills``; return the ids that were new (a replayed execId inserts nothing)."""
+        if not fills:
+            return []
         async with self._pool.connection() as conn:
-            record = await fetch_one(conn, _SELECT_BY_IB_ORDER_ID, (client_id, ib_order_id))
-        return None if record is None else _order_row(record)
+            cursor = await conn.execute(INSERT_FILLS, {"f": rows_param(fill_params(fills), FILL_FIELDS)})
+            return [str(row[0]) for row in await cursor.fetchall()]
 
-    async def find_by_ib_perm_id(self, ib_perm_id: int) -> OrderRow | None:
-        """The order IBKR knows by permanent id ``ib_perm_id``."""
+    async def set_commissions(self, commissions: Sequence[Commission]) -> None:
+        """``(fill_id, commission, currency)`` for each commission report."""
+        if not commissions:
+            return
         async with self._pool.connection() as conn:
-            record = await fetch_one(conn, _SELECT_BY_PERM_ID, (ib_perm_id,))
-        return None if record is None else _order_row(record)
+            await conn.execute(SET_COMMISSIONS, {"c": rows_param(commission_rows(commissions), COMMISSION_FIELDS)})
 
-    async def open_orders(self) -> list[OrderRow]:
-        """Every order not in a final state, oldest first."""
+    async def release_unplaced(self, order_id: str) -> bool:
+        """PLACING back to ACCEPTED for an order reconciliation proved IBKR never received (and forget it)."""
+        self.forget([order_id])
         async with self._pool.connection() as conn:
-            records = await fetch_all(conn, _SELECT_OPEN, (list(_FINAL),))
-        return [_order_row(r) for r in records]
+            cursor = await conn.execute(RELEASE_UNPLACED, (order_id,))
+            return cursor.rowcount == 1
 
-    async def open_orders_owned_by(self, client_id: int) -> list[OrderRow]:
+    async def open_orders_owned_by(self, client_id: int) -> list[Order]:
         """The orders not in a final state that the worker with ``client_id`` accepted, oldest first."""
-        async with self._pool.connection() as conn:
-            records = await fetch_all(conn, _SELECT_OPEN_OWNED, (client_id, list(_FINAL)))
-        return [_order_row(r) for r in records]
+        return await self._open(SELECT_OPEN_OWNED, client_id)
+
+    async def open_with_pending_cancel(self, client_id: int) -> list[Order]:
+        """Open orders of ``client_id`` with a cancel request nobody has acted on yet, oldest first."""
+        return await self._open(SELECT_OPEN_OWNED_WITH_PENDING_CANCEL, client_id)
 
     async def count_open_owned_by(self, client_id: int) -> int:
         """How many orders of ``client_id`` are not in a final state (the worker's orders in flight)."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(_COUNT_OPEN_OWNED, (client_id, list(_FINAL)))
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+            cursor = await conn.execute(COUNT_OPEN_OWNED, {"client_id": client_id, "final": FINAL})
+            record = await cursor.fetchone()
+        return int(record[0]) if record else 0
 
-    async def owned_with_pending_cancel(self, client_id: int) -> list[OrderRow]:
-        """Open orders of ``client_id`` with a cancel request nobody has acted on yet."""
-        async with self._pool.connection() as conn:
-            records = await fetch_all(conn, _SELECT_PENDING_CANCELS_OWNED, (client_id, list(_FINAL)))
-        return [_order_row(r) for r in records]
-
-    async def release_unplaced(self, order_id: str) -> bool:
-        """PLACING back to ACCEPTED for an order reconciliation proved IBKR never received."""
-        async with self._pool.connection() as conn:
-            return await execute_count(conn, _RELEASE_UNPLACED, (order_id,)) == 1
-
-    async def record_cancel_request(self, cancel: OrderCancelRequested) -> bool:
-        """Remember a cancel request (its order may not have arrived); False when one is known already."""
-        async with self._pool.connection() as conn:
-            inserted = await execute_count(
-                conn, _INSERT_CANCEL, (cancel.order_id, cancel.account, cancel.requested_at, cancel.reason)
-            )
-        return inserted == 1
-
-    async def pending_cancel(self, order_id: str) -> CancelRequestRow | None:
-        """The cancel request for ``order_id`` not yet acted on, or None."""
-        async with self._pool.connection() as conn:
-            record = await fetch_one(conn, _PENDING_CANCEL, (order_id,))
-        return None if record is None else CancelRequestRow(**record)
-
-    async def mark_cancel_handled(self, order_id: str) -> bool:
-        """Record that the cancel request for ``order_id`` was acted on; False when none was pending."""
-        async with self._pool.connection() as conn:
-            return await execute_count(conn, _MARK_CANCEL_HANDLED, (order_id,)) == 1
-
-
-def _changes(**fields: object) -> dict[str, object]:
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-async def _lock(conn: AsyncConnection[TupleRow], order_id: str) -> OrderRow:
-    record = await fetch_one(conn, _SELECT_FOR_UPDATE, (order_id,))
-    if record is None:
-        raise UnknownOrder(order_id)
-    return _order_row(record)
-
-
-async def _update(conn: AsyncConnection[TupleRow], order_id: str, changes: dict[str, object]) -> OrderRow:
-    query = sql.SQL(
-        "UPDATE orders SET {}, updated_at = now() WHERE order_id = %(order_id)s RETURNING {}"
-    ).format(assignments(changes), _ORDER_COLUMNS)
-    record = await fetch_one(conn, query, {**changes, "order_id": order_id})
-    if record is None:
-        raise UnknownOrder(order_id)
-    return _order_row(record)
-
-
-def _order_row(record: Record) -> OrderRow:
-    return OrderRow(
-        **{
-            **record,
-            "side": Side(record["side"]),
-            "order_type": OrderType(record["order_type"]),
-            "time_in_force": TimeInForce(record["time_in_force"]),
-            "state": OrderState(record["state"]),
-        }
-    )
+    async def _open(self, query: str, client_id: int) -> list[Order]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(query, {"client_id": client_id, "final": FINAL})
+            return [order_from_record(record) for record in await cursor.fetchall()]

@@ -23,7 +23,8 @@ from workers.adapters.postgres._query import (
     rows_param,
 )
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import OutboxMessage, OutboxRow
+from workers.adapters.postgres.rows import OutboxRow
+from workers.ports.outbox import OutboxMessage
 
 _COLUMNS = column_list(column_names(OutboxRow))
 
@@ -81,7 +82,7 @@ class Outbox:
         async with self._pool.connection() as conn, conn.transaction():
             return await add_to_outbox(conn, message)
 
-    async def add_many(self, messages: list[OutboxMessage]) -> None:
+    async def add_many(self, messages: Sequence[OutboxMessage]) -> None:
         """Write ``messages`` in one statement."""
         if messages:
             async with self._pool.connection() as conn:

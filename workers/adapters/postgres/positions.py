@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import asdict
 
 from workers.adapters.postgres._query import Column, fetch_all, rows_from, rows_param
 from workers.adapters.postgres.outbox import INSERT_MANY_SQL, outbox_params
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import OutboxMessage
+from workers.domain.positions import Position
+from workers.ports.outbox import OutboxMessage
 
 _POSITION_FIELDS: tuple[Column, ...] = (
     ("account", "text"), ("con_id", "bigint"), ("instrument_id", "text"), ("quantity", "numeric"),
@@ -32,24 +31,13 @@ WITH stored AS (
 _ALL = "SELECT account, con_id, instrument_id, quantity, avg_cost, currency, as_of FROM positions"
 
 
-@dataclass(frozen=True)
-class PositionRow:
-    account: str
-    con_id: int
-    instrument_id: str | None
-    quantity: Decimal
-    avg_cost: Decimal
-    currency: str
-    as_of: datetime
-
-
 class PositionStore:
     """Upserts positions, with their ``positions.updated`` record in the same transaction."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def upsert_many(self, positions: Sequence[PositionRow], outbox: Sequence[OutboxMessage]) -> None:
+    async def upsert_many(self, positions: Sequence[Position], outbox: Sequence[OutboxMessage]) -> None:
         """Store ``positions`` (at most one per account and contract; an older report never overwrites a
         newer one) and queue ``outbox`` (their events), in one statement."""
         if len({(p.account, p.con_id) for p in positions}) != len(positions):
@@ -58,6 +46,6 @@ class PositionStore:
         async with self._pool.connection() as conn:
             await conn.execute(_UPSERT_MANY_WITH_OUTBOX, params)
 
-    async def all(self) -> list[PositionRow]:
+    async def all(self) -> list[Position]:
         async with self._pool.connection() as conn:
-            return [PositionRow(**record) for record in await fetch_all(conn, _ALL)]
+            return [Position(**record) for record in await fetch_all(conn, _ALL)]

@@ -37,15 +37,9 @@ from workers.adapters.postgres.instruments import (
 )
 from workers.adapters.postgres.outbox import Outbox, add_many_to_outbox
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import (
-    Deactivate,
-    Instrument,
-    InstrumentChange,
-    InstrumentUpsert,
-    OutboxMessage,
-    OutboxRow,
-)
+from workers.adapters.postgres.rows import Deactivate, Instrument, InstrumentChange, InstrumentUpsert, OutboxRow
 from workers.domain.universe import UniverseEntry, entry_from_dict, entry_to_dict, spec_hash
+from workers.ports.outbox import OutboxMessage
 
 InstrumentWrite = Instrument | Deactivate
 EventFactory = Callable[[InstrumentUpsert], OutboxMessage]

@@ -1,0 +1,504 @@
+"""The order service on in-memory ports: intake, redelivery, cancels, IBKR's reports, reconciliation and the
+placement watchdog, without Kafka, PostgreSQL or a TWS socket (those are crossed in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+
+from tests.unit.order_service_fakes import (
+    AAPL,
+    ACCOUNT,
+    FakeIbkr,
+    InMemoryCancelRequests,
+    InMemoryLedger,
+    InMemoryOutbox,
+    InMemoryPositions,
+    KnownInstruments,
+    PlainEvents,
+    an_execution,
+    an_order,
+    ib_status,
+)
+from workers.domain.guards import GuardPolicy
+from workers.domain.orders import (
+    NewOrder,
+    OrderCancelRequested,
+    OrderRequested,
+    OrderState,
+    StatusChange,
+)
+from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbPosition
+from workers.service_layer.orders.intake import OrderSource
+from workers.service_layer.orders.service import OrderService
+
+
+@dataclass
+class World:
+    """An order service wired to in-memory ports, and the switches a test flips."""
+
+    service: OrderService
+    ledger: InMemoryLedger
+    cancels: InMemoryCancelRequests
+    ibkr: FakeIbkr
+    positions: InMemoryPositions
+    kill_switch: dict[str, bool] = field(default_factory=lambda: {"on": False})
+
+
+def a_world(*, readonly: bool = False, next_valid_id: int = 1) -> World:
+    cancels = InMemoryCancelRequests()
+    ledger = InMemoryLedger(cancels)
+    ibkr = FakeIbkr(next_valid_id_at_connect=next_valid_id)
+    positions = InMemoryPositions()
+    kill = {"on": False}
+    service = OrderService(
+        ledger=ledger, cancel_requests=cancels, fills=ledger, outbox=InMemoryOutbox(ledger), positions=positions,
+        instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(),
+        policy=lambda: GuardPolicy(allowed_accounts=frozenset({ACCOUNT}), kill_switch=kill["on"]),
+        readonly=readonly,
+    )
+    return World(service, ledger, cancels, ibkr, positions, kill)
+
+
+async def receive(world: World, *orders: OrderRequested) -> None:
+    await world.service.on_orders_requested([(order, OrderSource("orders.requested", 0, n))
+                                             for n, order in enumerate(orders)])
+
+
+@asynccontextmanager
+async def placer_running(world: World) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(world.service.run_placer(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: object, what: str) -> None:
+    for _ in range(200):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- intake -----------------------------------------------------------------------------------------------
+
+
+async def test_an_order_is_recorded_before_it_is_placed_and_placed_once() -> None:
+    world = a_world(next_valid_id=100)
+    await world.service.reconcile()
+    order = an_order()
+
+    await receive(world, order)
+
+    stored = world.ledger.orders[order.order_id]
+    assert (stored.state, stored.ib_client_id, stored.ib_order_id) == (OrderState.PLACING, 7, 100)
+    assert world.ibkr.placed == [(order.order_id, 100)]
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED"]
+    assert world.service.unanswered == 1
+
+
+async def test_a_redelivered_order_is_not_placed_again_and_its_status_is_published_again() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+
+    await receive(world, order)
+
+    assert world.ibkr.placements_of(order.order_id) == [1]
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "ACCEPTED"]
+
+
+async def test_an_order_twice_in_one_batch_is_recorded_and_placed_once() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+
+    await receive(world, order, order)
+
+    assert world.ibkr.placements_of(order.order_id) == [1]
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "ACCEPTED"]
+
+
+async def test_orders_of_one_batch_take_increasing_ib_order_ids_in_their_order() -> None:
+    world = a_world(next_valid_id=40)
+    await world.service.reconcile()
+    orders = [an_order(n) for n in range(1, 6)]
+
+    await receive(world, *orders)
+
+    assert world.ibkr.placed == [(order.order_id, 40 + n) for n, order in enumerate(orders)]
+
+
+async def test_an_order_for_an_account_not_allowed_is_rejected_and_never_placed() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order(account="DU9999999")
+
+    await receive(world, order)
+
+    stored = world.ledger.orders[order.order_id]
+    assert stored.state is OrderState.REJECTED
+    assert stored.reason is not None and stored.reason.startswith("ACCOUNT_NOT_ALLOWED")
+    assert world.ibkr.placed == []
+    assert world.ledger.statuses_of(order.order_id) == ["REJECTED"]
+
+
+async def test_an_order_whose_id_is_not_a_uuid_is_announced_rejected_and_not_recorded() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order(order_id="not-a-uuid")
+
+    await receive(world, order)
+
+    assert order.order_id not in world.ledger.orders
+    [record] = world.ledger.statuses_of(order.order_id)
+    assert record.startswith("REJECTED INVALID_ORDER_ID")
+    assert world.ibkr.placed == []
+
+
+async def test_orders_received_before_reconciliation_are_placed_once_it_has_run() -> None:
+    world = a_world(next_valid_id=5)
+    order = an_order()
+    async with placer_running(world):
+        await receive(world, order)
+        assert world.ledger.orders[order.order_id].state is OrderState.ACCEPTED
+        await asyncio.sleep(0.02)
+        assert world.ibkr.placed == []
+
+        await world.service.reconcile()
+        await until(lambda: world.ibkr.placed, "the order placed")
+
+    assert world.ibkr.placed == [(order.order_id, 5)]
+
+
+async def test_a_readonly_worker_records_orders_and_never_places_them() -> None:
+    world = a_world(readonly=True)
+    await world.service.reconcile()
+    order = an_order()
+
+    async with placer_running(world):
+        await receive(world, order)
+        await asyncio.sleep(0.02)
+
+    assert world.ledger.orders[order.order_id].state is OrderState.ACCEPTED
+    assert world.ibkr.placed == []
+
+
+async def test_orders_reserved_when_the_kill_switch_goes_on_are_cancelled_unsent() -> None:
+    world = a_world()
+    order = an_order()
+    async with placer_running(world):
+        await receive(world, order)  # not reconciled yet: queued ACCEPTED
+        world.kill_switch["on"] = True
+        await world.service.reconcile()
+        await until(lambda: world.ledger.orders[order.order_id].state is OrderState.CANCELLED, "the cancel")
+
+    stored = world.ledger.orders[order.order_id]
+    assert stored.reason is not None and stored.reason.startswith("KILL_SWITCH")
+    assert world.ibkr.placed == []
+
+
+# -- cancels ----------------------------------------------------------------------------------------------
+
+
+def a_cancel(order: OrderRequested, account: str = ACCOUNT) -> OrderCancelRequested:
+    return OrderCancelRequested(order.order_id, account, order.created_at, reason="strategy stopped")
+
+
+async def test_a_cancel_before_its_order_cancels_the_order_when_it_arrives() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+
+    await world.service.on_cancel_requested(a_cancel(order))
+    await receive(world, order)
+
+    assert world.ledger.orders[order.order_id].state is OrderState.CANCELLED
+    assert world.ibkr.placed == []
+    assert world.ledger.statuses_of(order.order_id) == ["CANCELLED"]
+
+
+async def test_a_cancel_of_a_placed_order_goes_to_ibkr_after_the_order_is_cancel_pending() -> None:
+    world = a_world(next_valid_id=30)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+
+    await world.service.on_cancel_requested(a_cancel(order))
+
+    assert world.ibkr.cancelled == [30]
+    assert world.ledger.orders[order.order_id].state is OrderState.CANCEL_PENDING
+    assert await world.cancels.pending(order.order_id) is None
+
+
+async def test_a_cancel_naming_another_account_is_ignored() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+
+    await world.service.on_cancel_requested(a_cancel(order, account="DU7777777"))
+
+    assert world.ibkr.cancelled == []
+    assert world.ledger.orders[order.order_id].state is OrderState.PLACING
+
+
+async def test_a_cancel_of_another_workers_order_is_left_pending_for_its_owner() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+    await world.ledger.record_new([NewOrder(order, OrderState.ACCEPTED)], 99, PlainEvents().status)
+    await world.ledger.reserve_ib_order_ids({order.order_id: 500}, 99)
+
+    await world.service.on_cancel_requested(a_cancel(order))
+    await world.service.sweep_cancels()
+
+    assert world.ibkr.cancelled == []
+    assert await world.cancels.pending(order.order_id) is not None
+
+
+async def test_a_cancel_while_ibkr_is_away_is_sent_by_the_sweep_once_connected() -> None:
+    world = a_world(next_valid_id=60)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    world.ibkr.connected = False
+
+    await world.service.on_cancel_requested(a_cancel(order))
+    assert world.ibkr.cancelled == []
+    world.ibkr.connected = True
+    await world.service.sweep_cancels()
+
+    assert world.ibkr.cancelled == [60]
+
+
+async def test_the_kill_switch_cancels_every_open_order_at_ibkr() -> None:
+    world = a_world()
+
+    await world.service.kill_switch_flipped()
+
+    assert world.ibkr.global_cancels == 1
+
+
+# -- IBKR's reports ---------------------------------------------------------------------------------------
+
+
+async def test_ibkr_reports_take_an_order_to_filled_with_its_fill_recorded_once() -> None:
+    world = a_world(next_valid_id=10)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    execution = an_execution(order.order_id, 10, "0001.01")
+
+    await world.service.on_reports([
+        ib_status(order.order_id, 10, StatusChange(order.order_id, OrderState.SUBMITTED, perm_id=9010)),
+        execution, IbCommission("0001.01", Decimal("1.25"), "USD"),
+        ib_status(order.order_id, 10, StatusChange(order.order_id, OrderState.FILLED, filled=Decimal(10),
+                                                   remaining=Decimal(0), avg_price=Decimal("187.5")),
+                  "Filled", Decimal(10), Decimal(0)),
+    ])
+    await world.service.on_reports([execution])  # replayed after a reconnect
+
+    stored = world.ledger.orders[order.order_id]
+    assert (stored.state, stored.filled_quantity, stored.ib_perm_id) == (OrderState.FILLED, Decimal(10), 9010)
+    assert list(world.ledger.fills) == ["0001.01"]
+    assert world.ledger.fills["0001.01"].commission == Decimal("1.25")
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "SUBMITTED", "FILLED"]
+    assert world.service.unanswered == 0
+
+
+async def test_a_late_status_never_takes_a_filled_order_back() -> None:
+    world = a_world(next_valid_id=10)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    await world.service.on_reports([ib_status(order.order_id, 10, StatusChange(
+        order.order_id, OrderState.FILLED, filled=Decimal(10), remaining=Decimal(0)), "Filled")])
+
+    await world.service.on_reports([ib_status(order.order_id, 10, StatusChange(order.order_id,
+                                                                                OrderState.SUBMITTED))])
+
+    assert world.ledger.orders[order.order_id].state is OrderState.FILLED
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "FILLED"]
+
+
+async def test_a_corrected_execution_names_the_fill_it_corrects() -> None:
+    world = a_world(next_valid_id=10)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    await world.service.on_reports([an_execution(order.order_id, 10, "0002.01")])
+
+    await world.service.on_reports([an_execution(order.order_id, 10, "0002.02")])
+
+    assert world.ledger.fills["0002.02"].corrects_fill_id == "0002.01"
+    assert world.ledger.fills["0002.01"].corrects_fill_id is None
+
+
+async def test_executions_of_orders_not_in_the_ledger_are_not_recorded() -> None:
+    world = a_world()
+    await world.service.reconcile()
+
+    await world.service.on_reports([an_execution("someone-elses", 3, "0003.01")])
+
+    assert world.ledger.fills == {}
+
+
+async def test_positions_are_stored_with_their_instrument() -> None:
+    world = a_world()
+
+    await world.service.on_reports([IbPosition(ACCOUNT, AAPL.con_id, Decimal(7), Decimal("187"), "USD"),
+                                    IbPosition(ACCOUNT, 1, Decimal(2), Decimal("5"), "USD")])
+
+    assert world.positions.positions[(ACCOUNT, AAPL.con_id)].instrument_id == AAPL.instrument_id
+    assert world.positions.positions[(ACCOUNT, AAPL.con_id)].quantity == Decimal(7)
+    assert world.positions.positions[(ACCOUNT, 1)].instrument_id is None
+
+
+async def test_losing_the_connection_closes_placement_until_reconciled_again() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    assert world.service.reconciled
+
+    await world.service.on_reports([ConnectionChanged(connected=False)])
+
+    assert not world.service.reconciled
+
+
+# -- reconciliation ---------------------------------------------------------------------------------------
+
+
+async def test_ib_order_ids_start_above_every_id_ever_reserved_and_above_ibkrs_next_valid_id() -> None:
+    world = a_world(next_valid_id=3)
+    world.ledger.marks[7] = 41  # reserved before a restart, never used
+    await world.service.reconcile()
+    order = an_order()
+
+    await receive(world, order)
+
+    assert world.ibkr.placements_of(order.order_id) == [42]
+
+
+async def test_reconciliation_places_again_under_a_new_id_an_order_ibkr_never_received() -> None:
+    world = a_world(next_valid_id=20)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    assert world.ibkr.placements_of(order.order_id) == [20]
+    world.ibkr.placed.clear()  # IBKR never got it (say the gateway restarted): it knows no such order
+
+    async with placer_running(world):
+        await world.service.reconcile()
+        await until(lambda: world.ibkr.placed, "the order placed again")
+
+    assert world.ibkr.placements_of(order.order_id) == [21]
+    assert world.ledger.orders[order.order_id].ib_order_id == 21
+
+
+async def test_reconciliation_applies_ibkrs_status_and_never_places_an_order_ibkr_knows() -> None:
+    world = a_world(next_valid_id=20)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    world.ibkr.at_ibkr[order.order_id] = ib_status(order.order_id, 20, StatusChange(
+        order.order_id, OrderState.FILLED, filled=Decimal(10), remaining=Decimal(0)), "Filled")
+    world.ibkr.executions_at_ibkr.append(an_execution(order.order_id, 20, "0004.01"))
+
+    async with placer_running(world):
+        await world.service.reconcile()
+        await asyncio.sleep(0.02)
+
+    assert world.ibkr.placements_of(order.order_id) == [20]
+    assert world.ledger.orders[order.order_id].state is OrderState.FILLED
+    assert list(world.ledger.fills) == ["0004.01"]
+
+
+async def test_a_working_order_ibkr_does_not_know_is_left_as_it_is_for_an_operator() -> None:
+    world = a_world(next_valid_id=20)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    await world.service.on_reports([ib_status(order.order_id, 20, StatusChange(order.order_id,
+                                                                                OrderState.SUBMITTED))])
+
+    async with placer_running(world):
+        await world.service.reconcile()
+        await asyncio.sleep(0.02)
+
+    assert world.ledger.orders[order.order_id].state is OrderState.SUBMITTED
+    assert world.ibkr.placements_of(order.order_id) == [20]
+
+
+# -- the placement watchdog -------------------------------------------------------------------------------
+
+
+async def test_the_watchdog_places_again_an_order_ibkr_never_answered_nor_received() -> None:
+    world = a_world(next_valid_id=70)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+
+    async with placer_running(world):
+        assert await world.service.check_unanswered(answer_within=0.0) == 1
+        await until(lambda: len(world.ibkr.placed) == 2, "the order placed again")
+
+    assert world.ibkr.placements_of(order.order_id) == [70, 71]
+
+
+async def test_the_watchdog_applies_ibkrs_status_of_an_order_ibkr_received_but_did_not_answer() -> None:
+    world = a_world(next_valid_id=70)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    world.ibkr.at_ibkr[order.order_id] = ib_status(order.order_id, 70, StatusChange(order.order_id,
+                                                                                     OrderState.SUBMITTED))
+
+    assert await world.service.check_unanswered(answer_within=0.0) == 0
+
+    assert world.ledger.orders[order.order_id].state is OrderState.SUBMITTED
+    assert world.ibkr.placements_of(order.order_id) == [70]
+    assert world.service.unanswered == 0
+
+
+async def test_a_redelivered_order_left_placing_and_unsent_goes_to_the_watchdog() -> None:
+    world = a_world(next_valid_id=70)
+    await world.service.reconcile()
+    order = an_order()
+    # Recorded PLACING by a statement whose answer was lost: never sent.
+    await world.ledger.record_new([NewOrder(order, OrderState.ACCEPTED)], 7, PlainEvents().status,
+                                  {order.order_id: 500})
+
+    await receive(world, order)
+
+    assert world.ibkr.placed == []
+    assert world.service.unanswered == 1
+
+
+async def test_an_error_100_makes_the_watchdog_look_soon() -> None:
+    world = a_world(next_valid_id=70)
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    stop = asyncio.Event()
+    watchdog = asyncio.create_task(world.service.run_placement_watchdog(stop, answer_within=0.01, every=60))
+    async with placer_running(world):
+        await world.service.on_reports([IbError(-1, 100, "Max rate of messages per second has been exceeded")])
+        await until(lambda: len(world.ibkr.placed) == 2, "the order placed again")
+    stop.set()
+    watchdog.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watchdog
+
+    assert world.ibkr.placements_of(order.order_id) == [70, 71]

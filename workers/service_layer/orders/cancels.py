@@ -1,0 +1,80 @@
+"""Cancels: a cancel request may arrive before its order; only the worker that placed an order cancels it."""
+
+from __future__ import annotations
+
+from workers.domain.orders import Order, OrderCancelRequested, OrderState
+from workers.logs import get_logger
+from workers.ports.ibkr import IbkrConnection
+from workers.ports.orders import CancelRequestStore, OrderRepository
+from workers.service_layer.orders.placing import Placer
+from workers.service_layer.orders.status_writer import StatusWriter
+
+log = get_logger(__name__)
+
+
+class Cancels:
+    """Acts on cancel requests: before an order is placed it is simply CANCELLED; once placed, IBKR is asked."""
+
+    def __init__(self, *, ledger: OrderRepository, requests: CancelRequestStore, broker: IbkrConnection,
+                 status: StatusWriter, placer: Placer) -> None:
+        self.ledger = ledger
+        self.requests = requests
+        self.broker = broker
+        self.status = status
+        self.placer = placer
+        self.client_id = broker.client_id
+
+    async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
+        """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
+        await self.requests.record(cancel)
+        order = await self.ledger.get(cancel.order_id)
+        if order is None:
+            log.info("cancel recorded before its order", order_id=cancel.order_id)
+            return
+        if order.account != cancel.account:
+            log.warning("cancel ignored: account does not match the order", order_id=cancel.order_id)
+            await self.requests.mark_handled(cancel.order_id)
+            return
+        await self._cancel(order, cancel.reason)
+
+    async def _cancel(self, order: Order, reason: str | None) -> None:
+        text = f"cancel requested: {reason}" if reason else "cancel requested"
+        if order.state.is_final:
+            await self.requests.mark_handled(order.order_id)
+            return
+        if order.state is OrderState.ACCEPTED:
+            await self.status.transition(order.order_id, OrderState.CANCELLED, reason=text)
+            await self.requests.mark_handled(order.order_id)
+            return
+        if order.owner_client_id != self.client_id:
+            # Only the client id that placed an order may cancel it at IBKR; its owner picks the request up
+            # from the cancel requests (see sweep).
+            log.info("cancel left for the owning worker", order_id=order.order_id,
+                     owner_client_id=order.owner_client_id)
+            return
+        if order.ib_order_id is None or not self.broker.connected:
+            return  # stays pending; the sweep retries once connected
+        # The batch that reserved the order's id may still be sending: the cancel must reach IBKR after its
+        # placeOrder, or IBKR would refuse it (10147) and the order would then go out uncancelled.
+        await self.placer.sends_settled()
+        current = await self.ledger.get(order.order_id)
+        if current is None or current.state.is_final or current.ib_order_id is None:
+            await self.requests.mark_handled(order.order_id)
+            return
+        if current.state is not OrderState.CANCEL_PENDING:
+            await self.status.transition(order.order_id, OrderState.CANCEL_PENDING, reason=text)
+        await self.broker.cancel(current.ib_order_id)
+        await self.requests.mark_handled(order.order_id)
+
+    async def sweep(self) -> None:
+        """Act on cancel requests for orders this worker owns that nobody has acted on yet."""
+        for order in await self.ledger.open_with_pending_cancel(self.client_id):
+            cancel = await self.requests.pending(order.order_id)
+            if cancel is not None:
+                await self._cancel(order, cancel.reason)
+
+    async def kill_switch_flipped(self) -> None:
+        """The kill switch went on: cancel this worker's open orders at IBKR."""
+        log.warning("kill switch on: cancelling open orders", client_id=self.client_id)
+        if self.broker.connected:
+            await self.broker.global_cancel()

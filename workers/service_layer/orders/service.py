@@ -1,0 +1,123 @@
+"""The order-consumer's service: order and cancel requests in, IBKR's reports in, ledger and events out.
+
+The rules that make "one event = at most one IBKR order" hold are stated where they are kept: recording
+before placing (:mod:`.intake`), ids reserved and never reused (:mod:`.placing`), orders IBKR never
+answered (:mod:`.watchdog`), settling with IBKR after a (re)connect (:mod:`.reconciliation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from workers.domain.guards import GuardPolicy
+from workers.domain.orders import OrderCancelRequested, OrderRequested
+from workers.ports.ibkr import IbkrConnection, IbReport
+from workers.ports.orders import (
+    CancelRequestStore,
+    EventSink,
+    FillHistory,
+    InstrumentSource,
+    NoMetrics,
+    OrderMetrics,
+    OrderRepository,
+    PositionWriter,
+)
+from workers.ports.outbox import OutboxWriter
+from workers.service_layer.orders.cancels import Cancels
+from workers.service_layer.orders.ibkr_reports import ReportHandler
+from workers.service_layer.orders.intake import OrderIntake, OrderSource
+from workers.service_layer.orders.placing import Placer
+from workers.service_layer.orders.positions import PositionBook
+from workers.service_layer.orders.reconciliation import Reconciler
+from workers.service_layer.orders.status_writer import StatusWriter
+from workers.service_layer.orders.watchdog import PlacementWatchdog
+from workers.service_layer.orders_first import OrdersFirst
+
+
+class OrderService:
+    """Handles commands from Kafka and reports from IBKR for one worker (one IBKR client id)."""
+
+    def __init__(self, *, ledger: OrderRepository, cancel_requests: CancelRequestStore, fills: FillHistory,
+                 outbox: OutboxWriter, positions: PositionWriter, instruments: InstrumentSource,
+                 broker: IbkrConnection, events: EventSink, policy: Callable[[], GuardPolicy],
+                 readonly: bool = False, on_published: Callable[[], None] = lambda: None,
+                 on_fill: Callable[[], None] = lambda: None, metrics: OrderMetrics | None = None,
+                 orders_first: OrdersFirst | None = None) -> None:
+        self.ledger = ledger
+        self.client_id = broker.client_id
+        metrics = metrics or NoMetrics()
+        # IBKR's reports wait (boundedly) while a batch of orders is on its way to IBKR; without an
+        # OrdersFirst given (tests, tools), they never wait.
+        self.orders_first = orders_first or OrdersFirst(max_wait=0.0)
+        self._reconciled = asyncio.Event()
+        status = StatusWriter(ledger, events, metrics, on_published)
+        self.watchdog = PlacementWatchdog(ledger=ledger, broker=broker, status=status,
+                                          reconciled=self._reconciled, readonly=readonly)
+        self.placer = Placer(ledger=ledger, broker=broker, instruments=instruments, status=status,
+                             watchdog=self.watchdog, metrics=metrics,
+                             kill_switch=lambda: policy().kill_switch, reconciled=self._reconciled,
+                             readonly=readonly)
+        self.watchdog.retry = self.placer.retry_unplaced
+        self.intake = OrderIntake(ledger=ledger, instruments=instruments, events=events, outbox=outbox,
+                                  placer=self.placer, watchdog=self.watchdog, policy=policy, metrics=metrics,
+                                  on_published=on_published)
+        self.cancels = Cancels(ledger=ledger, requests=cancel_requests, broker=broker, status=status,
+                               placer=self.placer)
+        self.positions = PositionBook(store=positions, instruments=instruments, events=events,
+                                      orders_first=self.orders_first, on_published=on_published)
+        self.reports = ReportHandler(ledger=ledger, fills=fills, events=events, status=status,
+                                     watchdog=self.watchdog, positions=self.positions,
+                                     orders_first=self.orders_first, reconciled=self._reconciled,
+                                     on_fill=on_fill)
+        self.reconciler = Reconciler(ledger=ledger, broker=broker, placer=self.placer, watchdog=self.watchdog,
+                                     reports=self.reports, status=status, reconciled=self._reconciled,
+                                     on_fill=on_fill)
+
+    @property
+    def reconciled(self) -> bool:
+        """True once reconciliation has settled the ledger with IBKR since the last (re)connect."""
+        return self._reconciled.is_set()
+
+    @property
+    def unanswered(self) -> int:
+        """Orders sent to IBKR that IBKR has said nothing about yet (what the placement watchdog checks)."""
+        return self.watchdog.unanswered
+
+    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
+        """Record, check and place a batch of orders (see :class:`~.intake.OrderIntake`)."""
+        with self.orders_first.order_batch():
+            await self.intake.on_orders_requested(items)
+
+    async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
+        """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
+        with self.orders_first.order_batch():
+            await self.cancels.on_cancel_requested(cancel)
+
+    async def on_reports(self, reports: Sequence[IbReport]) -> None:
+        await self.reports.on_reports(reports)
+
+    async def reconcile(self) -> None:
+        await self.reconciler.reconcile()
+
+    async def sweep_cancels(self) -> None:
+        await self.cancels.sweep()
+
+    async def kill_switch_flipped(self) -> None:
+        await self.cancels.kill_switch_flipped()
+
+    async def write_positions(self) -> None:
+        await self.positions.write()
+
+    async def run_placer(self, stop: asyncio.Event, batch: int = 200) -> None:
+        await self.placer.run(stop, batch)
+
+    async def run_placement_watchdog(self, stop: asyncio.Event, *, answer_within: float = 5.0,
+                                     every: float = 2.0) -> None:
+        await self.watchdog.run(stop, answer_within=answer_within, every=every)
+
+    async def check_unanswered(self, answer_within: float) -> int:
+        return await self.watchdog.check_unanswered(answer_within)
+
+    async def run_position_writer(self, stop: asyncio.Event, every: float) -> None:
+        await self.positions.run_writer(stop, every)
