@@ -47,13 +47,13 @@ from workers.adapters.postgres.order_batches import OrderBatches
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
-from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
+from workers.ports.instruments import InstrumentRow
 from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.order_service import OrderService, OrderSource
