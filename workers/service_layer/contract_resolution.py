@@ -31,7 +31,7 @@ def utc_today() -> date:
 
 
 def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: ContractSpec) -> Instrument:
-    """The instrument ``detail`` is under ``instrument_id`` (active)."""
+    """The active instrument ``instrument_id`` for IBKR's contract ``detail``."""
     if detail.min_tick <= 0:
         raise ResolutionError(spec, f"{spec.describe()}: IBKR gives no minimum tick for {detail.describe()}")
     is_option = detail.strike is not None

@@ -125,7 +125,7 @@ class PlannedWrite:
         return tuple(self.values) if self.action is _Action.UPDATE else ()
 
 
-def instrument_row(record: Record) -> InstrumentRow:
+def _instrument_row(record: Record) -> InstrumentRow:
     """The mapper row of one ``SELECT`` of :data:`_COLUMNS`."""
     instrument = Instrument(**{name: record[name] for name in _WRITTEN})
     return InstrumentRow(instrument, created_at=record["created_at"], updated_at=record["updated_at"])
@@ -193,7 +193,7 @@ async def lock_instruments(conn: AsyncConnection[TupleRow], writes: Sequence[Ins
     ids = sorted({w.instrument_id for w in writes})
     con_ids = sorted({w.con_id for w in writes if not isinstance(w, Deactivate)})
     records = await fetch_all(conn, _LOCK, {"ids": ids, "con_ids": con_ids}) if ids else []
-    return LockedInstruments(instrument_row(r) for r in records)
+    return LockedInstruments(_instrument_row(r) for r in records)
 
 
 async def apply_planned(conn: AsyncConnection[TupleRow], planned: Sequence[PlannedWrite]) -> list[InstrumentUpsert]:
@@ -221,13 +221,13 @@ async def apply_planned(conn: AsyncConnection[TupleRow], planned: Sequence[Plann
             if inserts:
                 while True:
                     for record in await insert_cursor.fetchall():
-                        stored[record["instrument_id"]] = instrument_row(record)
+                        stored[record["instrument_id"]] = _instrument_row(record)
                     if not insert_cursor.nextset():
                         break
             for cursor in update_cursors:
                 updated = await cursor.fetchone()
                 if updated is not None:
-                    stored[updated["instrument_id"]] = instrument_row(updated)
+                    stored[updated["instrument_id"]] = _instrument_row(updated)
         finally:
             await insert_cursor.close()
             for cursor in update_cursors:
@@ -277,7 +277,7 @@ class InstrumentMapper:
         """The instrument ``instrument_id`` (active or not), or None."""
         async with self._pool.connection() as conn:
             record = await fetch_one(conn, _SELECT_BY_ID, (instrument_id,))
-        return None if record is None else instrument_row(record)
+        return None if record is None else _instrument_row(record)
 
     async def get_many(self, instrument_ids: Sequence[str]) -> dict[str, InstrumentRow]:
         """The instruments among ``instrument_ids`` that the mapper knows (active or not), by id."""
@@ -285,19 +285,19 @@ class InstrumentMapper:
             return {}
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_MANY, (list(instrument_ids),))
-        return {r["instrument_id"]: instrument_row(r) for r in records}
+        return {r["instrument_id"]: _instrument_row(r) for r in records}
 
     async def get_by_con_id(self, con_id: int) -> InstrumentRow | None:
         """The instrument mapped to IBKR contract ``con_id`` (active or not), or None."""
         async with self._pool.connection() as conn:
             record = await fetch_one(conn, _SELECT_BY_CON_ID, (con_id,))
-        return None if record is None else instrument_row(record)
+        return None if record is None else _instrument_row(record)
 
     async def active(self) -> list[InstrumentRow]:
         """Every active instrument, by ``instrument_id``."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_ACTIVE)
-        return [instrument_row(r) for r in records]
+        return [_instrument_row(r) for r in records]
 
     async def upsert(self, instrument: Instrument) -> InstrumentUpsert:
         """Create or update ``instrument``; report CREATED, UPDATED (with the changed fields) or UNCHANGED.
@@ -317,13 +317,13 @@ class InstrumentMapper:
         """Every instrument whose id starts with ``prefix`` (active or not), by ``instrument_id``."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_BY_PREFIX, (prefix,))
-        return [instrument_row(r) for r in records]
+        return [_instrument_row(r) for r in records]
 
     async def expired(self, day: str) -> list[InstrumentRow]:
         """Active instruments whose last trading day is before ``day`` (YYYYMMDD)."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_EXPIRED, {"day": day})
-        return [instrument_row(r) for r in records]
+        return [_instrument_row(r) for r in records]
 
     async def _write_one(self, write: InstrumentWrite) -> InstrumentUpsert:
         async def attempt() -> InstrumentUpsert:
