@@ -49,7 +49,7 @@ from workers.adapters.kafka.records import (
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
-from workers.adapters.postgres.rows import Instrument
+from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
 from workers.settings import TopicNames
 from workers.sim.control import control_call

@@ -51,14 +51,14 @@ from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import open_pool
 from workers.adapters.postgres.positions import PositionStore
-from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.guards import GuardPolicy, OrderLimits
+from workers.domain.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
 from workers.order_consumer_app import OrderConsumerApp, RuntimeSwitches, flip_kill_switch
+from workers.ports.instruments import InstrumentRow
 from workers.service_layer.contract_resolution import resolve_on_demand
-from workers.service_layer.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService

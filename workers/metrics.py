@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.service_layer.health import HealthAssessment, HealthStatus
+from workers.domain.health import HealthAssessment, HealthStatus
 
 PREFIX = "ibkr_workers_"
 

@@ -16,9 +16,9 @@ from workers.adapters.kafka.consuming import ConsumeLoop
 from workers.adapters.kafka.health_publisher import HealthPublisher
 from workers.adapters.kafka.publishing import FillRelay, OutboxRelay
 from workers.adapters.postgres.pool import Pool, close_pool
+from workers.domain.health import HealthMonitor
 from workers.logs import get_logger
 from workers.metrics import Metrics
-from workers.service_layer.health import HealthMonitor
 from workers.service_layer.orders.service import OrderService
 from workers.settings import Settings
 

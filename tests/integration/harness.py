@@ -30,8 +30,8 @@ from workers.adapters.kafka.records import (
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
-from workers.adapters.postgres.rows import Instrument as InstrumentFields
 from workers.bootstrap import build_order_consumer
+from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderCancelRequested, OrderRequested, OrderType, Side, TimeInForce
 from workers.order_consumer_app import OrderConsumerApp
 from workers.settings import Settings, TopicNames
@@ -39,19 +39,19 @@ from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway
 
 ACCOUNT = "DU0000001"
-AAPL = InstrumentFields(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK",
+AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK",
                         exchange="SMART", primary_exchange="NASDAQ", currency="USD", local_symbol="AAPL",
                         trading_class="NMS", multiplier=None, min_tick=Decimal("0.01"),
                         last_trade_date=None, long_name="APPLE INC", active=True)
-ES = InstrumentFields(instrument_id="FUT:ES:202612", con_id=90100001, symbol="ES", sec_type="FUT",
+ES = Instrument(instrument_id="FUT:ES:202612", con_id=90100001, symbol="ES", sec_type="FUT",
                       exchange="CME", primary_exchange="", currency="USD", local_symbol="ESZ6",
                       trading_class="ES", multiplier=Decimal(50), min_tick=Decimal("0.25"),
                       last_trade_date="20261218", long_name="E-mini S&P 500", active=True)
-EURUSD = InstrumentFields(instrument_id="CASH:EUR.USD", con_id=12087792, symbol="EUR", sec_type="CASH",
+EURUSD = Instrument(instrument_id="CASH:EUR.USD", con_id=12087792, symbol="EUR", sec_type="CASH",
                           exchange="IDEALPRO", primary_exchange="", currency="USD", local_symbol="EUR.USD",
                           trading_class="EUR.USD", multiplier=None, min_tick=Decimal("0.00005"),
                           last_trade_date=None, long_name="European Monetary Union Euro", active=True)
-SPY_CALL = InstrumentFields(instrument_id="OPT:SPY:20261218:600:C", con_id=90200005, symbol="SPY",
+SPY_CALL = Instrument(instrument_id="OPT:SPY:20261218:600:C", con_id=90200005, symbol="SPY",
                             sec_type="OPT", exchange="SMART", primary_exchange="", currency="USD",
                             local_symbol="SPY   261218C00600000", trading_class="SPY",
                             multiplier=Decimal(100), min_tick=Decimal("0.01"), last_trade_date="20261218",

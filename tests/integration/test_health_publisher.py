@@ -27,8 +27,8 @@ from workers.adapters.kafka.health_publisher import (
 from workers.adapters.kafka.lag import consumer_lag, partition_lags
 from workers.adapters.kafka.records import WORKER_HEALTH
 from workers.adapters.postgres.pool import build_pool, close_pool, open_pool
+from workers.domain.health import HealthFacts, HealthMonitor, HealthStatus, HealthThresholds
 from workers.metrics import Metrics
-from workers.service_layer.health import HealthFacts, HealthMonitor, HealthStatus, HealthThresholds
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration

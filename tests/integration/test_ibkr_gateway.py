@@ -18,7 +18,7 @@ from workers.ports.ibkr import IbExecution, IbReport
 from workers.sim import SimConfig, SimGateway
 
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
-                  currency="USD")
+                  currency="USD", min_tick=Decimal("0.01"))
 
 
 def an_order(ref: str, limit_price: Decimal | None = None) -> Order:

@@ -24,12 +24,13 @@ from workers.adapters.kafka.records import INSTRUMENT_UPDATED
 from workers.adapters.postgres._query import fetch_all, fetch_one
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import InstrumentChange, InstrumentRow
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.domain.contracts import AmbiguousContract, ContractDetail, ContractSpec, UnknownContract
 from workers.domain.instrument_ids import InvalidInstrumentId
+from workers.domain.instruments import Instrument
 from workers.domain.universe import entries_from_document
-from workers.service_layer.contract_resolution import ContractLookup, resolve_on_demand
+from workers.ports.instruments import ContractLookup, InstrumentChange, InstrumentRow
+from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.instrument_sync import InstrumentSync, PassSummary
 from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway
@@ -93,6 +94,12 @@ class World:
         async with self.pool.connection() as conn:
             ids = [r["instrument_id"] for r in await fetch_all(conn, "SELECT instrument_id FROM instruments")]
         return {i: await self.row(i) for i in ids}
+
+    async def instrument(self, instrument_id: str) -> Instrument:
+        return (await self.row(instrument_id)).instrument
+
+    async def instruments(self) -> dict[str, Instrument]:
+        return {i: row.instrument for i, row in (await self.rows()).items()}
 
     async def row_versions(self) -> dict[str, str]:
         """Each row's xmin: it changes with any write to the row, even one that changes no value."""
@@ -181,7 +188,7 @@ async def test_first_sync_of_a_mixed_universe_maps_and_announces_every_instrumen
 
     assert summary.ok, summary.describe()
     assert (summary.entries_done, summary.created, summary.updated, summary.deactivated) == (7, 9, 0, 0)
-    rows = await world.rows()
+    rows = await world.instruments()
     assert set(rows) == MIXED_IDS
     aapl = rows["STK:AAPL:USD"]
     assert (aapl.con_id, aapl.symbol, aapl.sec_type, aapl.exchange, aapl.primary_exchange, aapl.currency) == (
@@ -241,7 +248,7 @@ async def test_symbol_change_at_ibkr_updates_the_same_row_and_emits_updated(worl
     await kafka.publish()
 
     assert (summary.created, summary.updated, summary.deactivated) == (0, 1, 0)
-    meta = await world.row("STK:META:USD")
+    meta = await world.instrument("STK:META:USD")
     assert (meta.con_id, meta.symbol, meta.local_symbol, meta.active) == (META, "MVRS", "MVRS", True)
     published = await kafka.records()
     assert len(published) == published_before + 1
@@ -264,7 +271,7 @@ async def test_expired_future_and_delisted_stock_become_inactive_never_deleted(w
     summary = await world.sync_pass()
 
     assert summary.ok, summary.describe()
-    rows = await world.rows()
+    rows = await world.instruments()
     assert set(rows) == {"STK:AAPL:USD", "FUT:ES:202612", "FUT:ES:202703", "FUT:ES:202706"}
     assert not rows["STK:AAPL:USD"].active
     assert not rows["FUT:ES:202612"].active
@@ -284,13 +291,13 @@ async def test_contracts_that_expired_before_they_were_ever_mapped_are_skipped_n
     summary = await world.sync_pass()
     assert summary.ok, summary.describe()
     assert (summary.entries_done, summary.created) == (2, 0)
-    assert await world.rows() == {}
+    assert await world.instruments() == {}
 
 
 async def test_future_months_roll_forward_as_new_months_list(world: World) -> None:
     await world.load([{"instrument_id": "FUT:ES", "exchange": "CME", "months": 4}])
     await world.sync_pass()
-    assert {i for i, r in (await world.rows()).items() if r.active} == {
+    assert {i for i, r in (await world.instruments()).items() if r.active} == {
         "FUT:ES:202612", "FUT:ES:202703", "FUT:ES:202706", "FUT:ES:202709"}
 
     world.sim.universe.add(SimInstrument(
@@ -301,7 +308,7 @@ async def test_future_months_roll_forward_as_new_months_list(world: World) -> No
     summary = await world.sync_pass()
 
     assert (summary.created, summary.deactivated) == (1, 1)
-    rows = await world.rows()
+    rows = await world.instruments()
     assert {i for i, r in rows.items() if r.active} == {
         "FUT:ES:202703", "FUT:ES:202706", "FUT:ES:202709", "FUT:ES:202712"}
     assert (rows["FUT:ES:202712"].con_id, rows["FUT:ES:202712"].local_symbol) == (90100005, "ESZ7")
@@ -317,7 +324,7 @@ async def test_unknown_symbol_is_reported_and_not_inserted(world: World) -> None
     (failure,) = summary.failures
     assert failure.instrument_id == "STK:NOPE:USD"
     assert "no security definition (error 200)" in failure.error
-    assert set(await world.rows()) == {"STK:AAPL:USD"}
+    assert set(await world.instruments()) == {"STK:AAPL:USD"}
     assert "STK:NOPE:USD" in summary.describe()
     (unknown,) = [r for r in await world.store.entries() if r.instrument_id == "STK:NOPE:USD"]
     assert unknown.last_error == failure.error
@@ -331,7 +338,7 @@ async def test_ambiguous_symbol_is_resolved_by_primary_exchange_and_reported_whe
     ])
     summary = await world.sync_pass()
 
-    rows = await world.rows()
+    rows = await world.instruments()
     assert (rows["SHOP.US"].con_id, rows["SHOP.US"].currency) == (SHOP_NYSE, "USD")
     assert (rows["STK:SHOP:TSE:CAD"].con_id, rows["STK:SHOP:TSE:CAD"].currency) == (SHOP_TSE, "CAD")
     assert "SHOP" not in rows
@@ -344,13 +351,13 @@ async def test_ambiguous_symbol_is_resolved_by_primary_exchange_and_reported_whe
 async def test_an_entry_changed_by_the_operator_is_resolved_again_from_its_spec(world: World) -> None:
     await world.load([{"instrument_id": "SHOP", "secType": "STK", "symbol": "SHOP", "currency": "USD"}])
     await world.sync_pass()
-    assert (await world.row("SHOP")).con_id == SHOP_NYSE
+    assert (await world.instrument("SHOP")).con_id == SHOP_NYSE
 
     await world.load([{"instrument_id": "SHOP", "secType": "STK", "symbol": "SHOP", "currency": "CAD"}])
     summary = await world.sync_pass()
 
     assert summary.updated == 1
-    shop = await world.row("SHOP")
+    shop = await world.instrument("SHOP")
     assert (shop.con_id, shop.primary_exchange, shop.currency) == (SHOP_TSE, "TSE", "CAD")
     _, record = (await world.events())[-1]
     assert {"con_id", "currency", "primary_exchange"} <= set(record["changed_fields"])
@@ -394,7 +401,7 @@ async def test_a_lost_connection_interrupts_the_pass_and_the_next_run_resumes_it
     assert (resumed.pass_id, resumed.resumed) == (interrupted.pass_id, True)
     assert resumed.entries_skipped == interrupted.entries_done
     assert resumed.created == len(stocks) - interrupted.created
-    assert len(await world.rows()) == len(stocks)
+    assert len(await world.instruments()) == len(stocks)
     assert len(await world.events()) == len(stocks)
     async with world.pool.connection() as conn:
         record = await fetch_one(conn, "SELECT count(*) AS n, max(resumes) AS r, bool_and(finished_at "
@@ -427,7 +434,7 @@ async def test_an_id_in_the_convention_can_be_resolved_on_demand(world: World) -
     outcome = await resolve_on_demand("FUT:ES:202703", lookup, world.mapper, today=world.clock.today,
                                       store=world.store, events=world.sync.events)
     assert outcome.change is InstrumentChange.CREATED
-    assert (outcome.row.con_id, outcome.row.local_symbol) == (ES_H7, "ESH7")
+    assert (outcome.row.instrument.con_id, outcome.row.instrument.local_symbol) == (ES_H7, "ESH7")
     assert [key for key, _ in await world.events()] == ["FUT:ES:202703"]
 
     again = await resolve_on_demand("FUT:ES:202703", lookup, world.mapper)
@@ -440,4 +447,4 @@ async def test_an_id_in_the_convention_can_be_resolved_on_demand(world: World) -
         await resolve_on_demand("STK:SHOP:USD", lookup, world.mapper)
     with pytest.raises(InvalidInstrumentId):
         await resolve_on_demand("ES MARCH", lookup, world.mapper)
-    assert set(await world.rows()) == {"FUT:ES:202703"}
+    assert set(await world.instruments()) == {"FUT:ES:202703"}

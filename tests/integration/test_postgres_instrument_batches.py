@@ -18,9 +18,10 @@ from workers.adapters.postgres.instruments import (
     write_instruments,
 )
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Deactivate, Instrument, InstrumentChange, InstrumentUpsert
-from workers.adapters.postgres.universe import EntryWrites, UniverseStore
+from workers.adapters.postgres.universe import UniverseStore
+from workers.domain.instruments import Instrument
 from workers.domain.universe import entries_from_document
+from workers.ports.instruments import Deactivate, EntryWrites, InstrumentChange, InstrumentUpsert
 from workers.ports.outbox import OutboxMessage
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def stock(symbol: str, con_id: int) -> Instrument:
 def event(outcome: InstrumentUpsert) -> OutboxMessage:
     """An outbox record that names the change, so tests can read back what was announced."""
     text = f"{outcome.change.value}:{','.join(outcome.changed_fields)}"
-    return OutboxMessage(topic=TOPIC, key=outcome.row.instrument_id, payload=text.encode())
+    return OutboxMessage(topic=TOPIC, key=outcome.row.instrument.instrument_id, payload=text.encode())
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def test_one_batch_writes_every_entry_with_its_events_and_marks(pool: Pool
     assert await announced(pool) == [("STK:AAPL:USD", "CREATED:"), ("STK:MSFT:USD", "CREATED:")]
     assert await synced(pool, pass_id) == {"STK:AAPL:USD", "STK:IBM:USD", "STK:MSFT:USD"}
     row = await mapper.get("STK:MSFT:USD")
-    assert row is not None and (row.con_id, row.symbol) == (2, "MSFT")
+    assert row is not None and (row.instrument.con_id, row.instrument.symbol) == (2, "MSFT")
 
 
 async def test_an_entry_whose_con_id_another_instrument_holds_is_left_out_the_rest_commit(
@@ -130,13 +131,13 @@ async def test_two_entries_of_one_batch_claiming_one_con_id_the_second_fails(
 
 async def test_a_value_postgresql_refuses_fails_only_its_entry(pool: Pool, store: UniverseStore) -> None:
     pass_id = await open_pass(store)
-    bad = replace(stock("MSFT", 2), min_tick=Decimal("0"))  # violates instruments_min_tick_positive
+    bad = replace(stock("MSFT", 2), sec_type="SPACESHIP")  # violates instruments_sec_type_known
 
     results = await store.commit_entries(
         pass_id, [entry(stock("AAPL", 1)), entry(bad), entry(stock("ORCL", 4))], event)
 
     assert results[0].error is None and results[2].error is None
-    assert results[1].error is not None and "instruments_min_tick_positive" in results[1].error
+    assert results[1].error is not None and "instruments_sec_type_known" in results[1].error
     assert [key for key, _ in await announced(pool)] == ["STK:AAPL:USD", "STK:ORCL:USD"]
     assert await synced(pool, pass_id) == {"STK:AAPL:USD", "STK:ORCL:USD"}
 
@@ -169,7 +170,7 @@ async def test_an_instrument_two_entries_write_is_written_in_batch_order(pool: P
                                                                   [InstrumentChange.UPDATED]]
     assert set(results[1].outcomes[0].changed_fields) == {"symbol", "long_name"}
     row = await mapper.get("STK:AAPL:USD")
-    assert row is not None and row.symbol == "APPL"
+    assert row is not None and row.instrument.symbol == "APPL"
     assert await announced(pool) == [("STK:AAPL:USD", "CREATED:"), ("STK:AAPL:USD", "UPDATED:symbol,long_name")]
 
 
@@ -184,7 +185,7 @@ async def test_deactivations_in_a_batch_and_an_unknown_one_failing_alone(pool: P
     assert [o.change for o in results[0].outcomes] == [InstrumentChange.DEACTIVATED]
     assert results[1].error is not None and "not in the mapper" in results[1].error
     row = await mapper.get("STK:IBM:USD")
-    assert row is not None and row.active is False
+    assert row is not None and row.instrument.active is False
     assert await announced(pool) == [("STK:IBM:USD", "DEACTIVATED:active")]
 
 

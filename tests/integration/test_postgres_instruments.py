@@ -13,7 +13,8 @@ from psycopg import errors
 from workers.adapters.postgres.errors import ConIdConflict, UnknownInstrument
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Instrument, InstrumentChange
+from workers.domain.instruments import Instrument
+from workers.ports.instruments import InstrumentChange
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,7 @@ async def test_upsert_reports_created_then_unchanged_then_updated_fields(mapper:
     assert unchanged.row == created.row
     assert updated.change is InstrumentChange.UPDATED
     assert set(updated.changed_fields) == {"min_tick", "long_name"}
-    assert (updated.row.min_tick, updated.row.long_name) == (Decimal("0.5"), "E-mini S&P 500 Index")
+    assert updated.row.instrument == replace(ES, min_tick=Decimal("0.5"), long_name="E-mini S&P 500 Index")
     assert updated.row.updated_at >= created.row.updated_at
     assert updated.row.created_at == created.row.created_at
     assert await mapper.get("ESH5") == updated.row
@@ -73,7 +74,7 @@ async def test_stored_instrument_keeps_every_contract_field(mapper: InstrumentMa
     row = await mapper.get(ES.instrument_id)
 
     assert row is not None
-    assert {name: getattr(row, name) for name in ES.__dataclass_fields__} == ES.__dict__
+    assert row.instrument == ES
 
 
 async def test_instrument_is_found_by_con_id(mapper: InstrumentMapper) -> None:
@@ -83,7 +84,7 @@ async def test_instrument_is_found_by_con_id(mapper: InstrumentMapper) -> None:
     by_con_id = await mapper.get_by_con_id(265598)
 
     assert by_con_id is not None
-    assert by_con_id.instrument_id == "AAPL"
+    assert by_con_id.instrument.instrument_id == "AAPL"
     assert await mapper.get_by_con_id(1) is None
     assert await mapper.get("MSFT") is None
 
@@ -100,7 +101,7 @@ async def test_a_con_id_belongs_to_one_instrument(mapper: InstrumentMapper) -> N
     assert await mapper.get("AAPL.US") is None
     es = await mapper.get("ESH5")
     assert es is not None
-    assert es.con_id == ES.con_id
+    assert es.instrument.con_id == ES.con_id
 
 
 async def test_deactivation_is_reported_once_and_reactivation_is_an_update(mapper: InstrumentMapper) -> None:
@@ -109,11 +110,11 @@ async def test_deactivation_is_reported_once_and_reactivation_is_an_update(mappe
 
     deactivated = await mapper.deactivate("ESH5")
     again = await mapper.deactivate("ESH5")
-    active = [row.instrument_id for row in await mapper.active()]
+    active = [row.instrument.instrument_id for row in await mapper.active()]
     reactivated = await mapper.upsert(ES)
 
     assert (deactivated.change, deactivated.changed_fields) == (InstrumentChange.DEACTIVATED, ("active",))
-    assert deactivated.row.active is False
+    assert deactivated.row.instrument.active is False
     assert again.change is InstrumentChange.UNCHANGED
     assert active == ["AAPL"]
     assert (reactivated.change, reactivated.changed_fields) == (InstrumentChange.UPDATED, ("active",))

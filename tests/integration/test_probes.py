@@ -14,14 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workers.adapters.http import LoopHeartbeat, ProbeServer, parse_switch
 from workers.domain.guards import RejectReason
-from workers.metrics import Metrics
-from workers.service_layer.health import (
+from workers.domain.health import (
     HealthFacts,
     HealthMonitor,
     HealthStatus,
     HealthThresholds,
     ProgressWatch,
 )
+from workers.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import ORDER_STATUS_CHANGED
-from workers.adapters.postgres.rows import InstrumentRow
 from workers.cli import build_parser
 from workers.client import OrderStatusChanged
+from workers.domain.instruments import Instrument
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import TEMPLATES, on_tick, sample_orders
 from workers.entrypoints.tail import UnknownTopic, describe_record, jsonable, readable_line, resolve_topic
@@ -100,11 +100,9 @@ def test_an_undecodable_record_on_a_decoded_topic_says_why() -> None:
     assert "error=undecodable" in readable_line(shown)
 
 
-def row(instrument_id: str, con_id: int, sec_type: str, tick: str) -> InstrumentRow:
-    return InstrumentRow(instrument_id=instrument_id, con_id=con_id, symbol=instrument_id.split(":")[1],
-                         sec_type=sec_type, exchange="SMART", primary_exchange="", currency="USD",
-                         local_symbol="", trading_class="", multiplier=None, min_tick=Decimal(tick),
-                         last_trade_date=None, long_name="", active=True, created_at=NOW, updated_at=NOW)
+def row(instrument_id: str, con_id: int, sec_type: str, tick: str) -> Instrument:
+    return Instrument(instrument_id=instrument_id, con_id=con_id, symbol=instrument_id.split(":")[1],
+                      sec_type=sec_type, exchange="SMART", currency="USD", min_tick=Decimal(tick))
 
 
 INSTRUMENTS = {"AAPL": row("STK:AAPL:USD", 1, "STK", "0.01"), "MSFT": row("STK:MSFT:USD", 2, "STK", "0.01"),

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.domain.health import HealthAssessment, HealthFacts, HealthStatus
 from workers.metrics import Metrics
-from workers.service_layer.health import HealthAssessment, HealthFacts, HealthStatus
 
 REPO = Path(__file__).resolve().parents[2]
 HELM_DASHBOARD = REPO / "helm" / "ibkr-workers" / "dashboards" / "ibkr-workers.json"

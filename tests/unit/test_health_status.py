@@ -1,4 +1,4 @@
-"""The health status follows from the facts: every transition of the rules in workers.service_layer.health."""
+"""The health status follows from the facts: every transition of the rules in workers.domain.health."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from workers.service_layer.health import (
+from workers.domain.health import (
     Dependency,
     HealthAssessment,
     HealthFacts,

@@ -47,12 +47,12 @@ def test_order_carries_type_prices_tif_account_and_order_ref(order_type: OrderTy
 def test_contracts_are_identified_by_con_id_for_each_sec_type() -> None:
     opt = Instrument(instrument_id="o", con_id=7, symbol="SPY", sec_type="OPT", exchange="SMART",
                      currency="USD", multiplier=Decimal(100), last_trade_date="20261218",
-                     strike=Decimal("600"), right="C")
+                     min_tick=Decimal("0.01"), strike=Decimal("600"), option_right="C")
     contract = contract_for(opt)
     assert (contract.conId, contract.secType, contract.multiplier) == (7, "OPT", "100")
     assert (contract.strike, contract.right, contract.lastTradeDateOrContractMonth) == (600.0, "C", "20261218")
     fx = contract_for(Instrument(instrument_id="f", con_id=12087792, symbol="EUR", sec_type="CASH",
-                                 exchange="IDEALPRO", currency="USD"))
+                                 exchange="IDEALPRO", currency="USD", min_tick=Decimal("0.00005")))
     assert (fx.conId, fx.exchange, fx.multiplier) == (12087792, "IDEALPRO", "")
 
 

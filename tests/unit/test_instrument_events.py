@@ -12,22 +12,21 @@ from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import contract_for_spec, detail_from
 from workers.adapters.kafka.instrument_events import InstrumentEventEncoder, last_trade_day
 from workers.adapters.kafka.records import INSTRUMENT_UPDATED
-from workers.adapters.postgres.rows import InstrumentChange, InstrumentRow, InstrumentUpsert
 from workers.domain.contracts import ContractSpec
+from workers.domain.instruments import Instrument
+from workers.ports.instruments import InstrumentChange, InstrumentRow, InstrumentUpsert
 
 NOW = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
-ES_ROW = InstrumentRow(
+ES_ROW = InstrumentRow(Instrument(
     instrument_id="FUT:ES:202612", con_id=90100001, symbol="ES", sec_type="FUT", exchange="CME",
     primary_exchange="", currency="USD", local_symbol="ESZ6", trading_class="ES", multiplier=Decimal(50),
     min_tick=Decimal("0.25"), last_trade_date="20261218", long_name="E-mini S&P 500", active=True,
-    created_at=NOW, updated_at=NOW,
-)
-AAPL_ROW = InstrumentRow(
+), created_at=NOW, updated_at=NOW)
+AAPL_ROW = InstrumentRow(Instrument(
     instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
     primary_exchange="NASDAQ", currency="USD", local_symbol="AAPL", trading_class="NMS", multiplier=None,
-    min_tick=Decimal("0.01"), last_trade_date=None, long_name="", active=False, created_at=NOW,
-    updated_at=NOW,
-)
+    min_tick=Decimal("0.01"), last_trade_date=None, long_name="", active=False,
+), created_at=NOW, updated_at=NOW)
 
 
 def test_an_update_is_announced_with_its_changed_fields() -> None:

@@ -45,10 +45,10 @@ from workers.adapters.kafka.topics import ensure_topics
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
-from workers.adapters.postgres.rows import InstrumentRow
 from workers.adapters.postgres.universe import UniverseStore
 from workers.bootstrap import build_order_consumer
 from workers.client import OrderClient
+from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderState
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_orders
@@ -95,7 +95,7 @@ class DemoStack:
         self.app: OrderConsumerApp | None = None
         self.app_task: asyncio.Task[None] | None = None
         self.client: OrderClient | None = None
-        self.instruments: dict[str, InstrumentRow] = {}
+        self.instruments: dict[str, Instrument] = {}
         self.reference: Universe | None = None
 
     @property
@@ -103,15 +103,15 @@ class DemoStack:
         return {"bootstrap_servers": self.settings.kafka_bootstrap_servers,
                 **kafka_client_kwargs(self.settings)}
 
-    def price(self, row: InstrumentRow) -> float | None:
+    def price(self, instrument: Instrument) -> float | None:
         """The instrument's price now: the sim's, or the sim universe's reference price for a real gateway."""
         if self.sim is not None:
             with contextlib.suppress(KeyError):
-                return self.sim.price(row.con_id)
+                return self.sim.price(instrument.con_id)
             return None
         if self.reference is None:
             self.reference = Universe.load()
-        known = self.reference.get(row.con_id)
+        known = self.reference.get(instrument.con_id)
         return known.ref_price if known is not None else None
 
     async def start(self, listener: Any) -> None:
@@ -141,7 +141,7 @@ class DemoStack:
         await self.client.start()
 
     async def _sync_instruments(self) -> None:
-        """One instrument-sync pass against the gateway, then the mapper rows the samples use."""
+        """One instrument-sync pass against the gateway, then the instruments the samples use."""
         settings = self.settings
         pool = await open_pool(settings.database_dsn, max_size=1, name="ibkr-workers-demo")
         try:
@@ -172,7 +172,7 @@ class DemoStack:
             await close_pool(pool)
         if not self.instruments:
             raise DemoFailed("no instrument of the samples is in the mapper (did the instrument-sync fail?)")
-        say(f"instruments: {', '.join(row.instrument_id for row in self.instruments.values())}")
+        say(f"instruments: {', '.join(instrument.instrument_id for instrument in self.instruments.values())}")
 
     async def _start_order_consumer(self) -> None:
         settings = self.settings.model_copy(update={

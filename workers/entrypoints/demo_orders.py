@@ -8,7 +8,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.rows import InstrumentRow
+from workers.domain.instruments import Instrument
 
 # role -> instrument id; families (a future's months, an option chain) -> the prefix of their members.
 STOCKS_AND_FX = {"AAPL": "STK:AAPL:USD", "MSFT": "STK:MSFT:USD", "NVDA": "STK:NVDA:USD",
@@ -74,23 +74,23 @@ def on_tick(price: float, factor: float, tick: Decimal) -> Decimal:
     return (steps * tick).normalize()
 
 
-async def pick_instruments(mapper: InstrumentMapper) -> dict[str, InstrumentRow]:
-    """The mapper rows the samples use: fixed ids, the nearest future month, the nearest call."""
-    picked: dict[str, InstrumentRow] = {}
+async def pick_instruments(mapper: InstrumentMapper) -> dict[str, Instrument]:
+    """The instruments the samples use: fixed ids, the nearest future month, the nearest call."""
+    picked: dict[str, Instrument] = {}
     for role, instrument_id in STOCKS_AND_FX.items():
         row = await mapper.get(instrument_id)
-        if row is not None and row.active:
-            picked[role] = row
+        if row is not None and row.instrument.active:
+            picked[role] = row.instrument
     for role, prefix in FAMILIES.items():
-        rows = [r for r in await mapper.with_prefix(prefix) if r.active]
-        if rows:
-            picked[role] = min(rows, key=lambda r: (r.last_trade_date or "", r.option_right not in (None, "C"),
-                                                    r.strike or 0, r.instrument_id))
+        active = [r.instrument for r in await mapper.with_prefix(prefix) if r.instrument.active]
+        if active:
+            picked[role] = min(active, key=lambda i: (i.last_trade_date or "", i.option_right not in (None, "C"),
+                                                      i.strike or 0, i.instrument_id))
     return picked
 
 
-def sample_orders(count: int, instruments: dict[str, InstrumentRow],
-                  price: Callable[[InstrumentRow], float | None], account: str,
+def sample_orders(count: int, instruments: dict[str, Instrument],
+                  price: Callable[[Instrument], float | None], account: str,
                   accounts: set[str]) -> list[Sample]:
     """``count`` samples cycling through :data:`TEMPLATES` (skipping those whose instrument is missing)."""
     usable = [t for t in TEMPLATES if t.role in instruments]
@@ -98,23 +98,23 @@ def sample_orders(count: int, instruments: dict[str, InstrumentRow],
     samples: list[Sample] = []
     for index in range(count):
         template = usable[index % len(usable)]
-        row = instruments[template.role]
-        current = price(row) if template.limit or template.stop else None
+        instrument = instruments[template.role]
+        current = price(instrument) if template.limit or template.stop else None
         order_type, label = template.order_type, template.label
         if (template.limit or template.stop) and current is None:
             order_type, label = "MARKET", f"{label} (no price known: market)"
         fields: dict[str, Any] = {
             "account": stranger if template.invalid == "account" else account,
-            "instrument_id": UNKNOWN_INSTRUMENT if template.invalid == "instrument" else row.instrument_id,
+            "instrument_id": UNKNOWN_INSTRUMENT if template.invalid == "instrument" else instrument.instrument_id,
             "side": template.side, "quantity": Decimal(template.quantity), "order_type": order_type,
             "tif": template.tif, "outside_rth": template.outside_rth,
         }
         if current is not None and order_type != "MARKET":
             if template.limit:
-                fields["limit_price"] = on_tick(current, template.limit, row.min_tick)
+                fields["limit_price"] = on_tick(current, template.limit, instrument.min_tick)
             if template.stop:
-                fields["stop_price"] = on_tick(current, template.stop, row.min_tick)
+                fields["stop_price"] = on_tick(current, template.stop, instrument.min_tick)
             if template.invalid == "tick":
-                fields["limit_price"] += row.min_tick / 10
+                fields["limit_price"] += instrument.min_tick / 10
         samples.append(Sample(label, fields, template.invalid is None))
     return samples

@@ -62,11 +62,11 @@ from workers.adapters.kafka.records import INSTRUMENT_UPDATED, WORKER_HEALTH
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
+from workers.domain.health import HealthMonitor, HealthThresholds
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.metrics import Metrics
 from workers.ports.ibkr import ConnectionChanged, IbReport
-from workers.service_layer.health import HealthMonitor, HealthThresholds
 from workers.service_layer.instrument_sync import InstrumentSync, PassSummary, run_passes
 from workers.settings import Settings, load_settings
 

@@ -1,4 +1,4 @@
-"""Resolving one contract: the port to IBKR, the mapper row for a contract, and on-demand resolution.
+"""Resolving one contract: the instrument for an IBKR contract, and on-demand resolution.
 
 :func:`resolve_on_demand` maps an id in the id convention that no universe entry brought in (the
 order-consumer may call it when its settings allow on-demand resolution; off by default).
@@ -7,33 +7,23 @@ order-consumer may call it when its settings allow on-demand resolution; off by 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Protocol
 
-from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.rows import (
-    INSTRUMENT_FIELDS,
-    Deactivate,
-    Instrument,
-    InstrumentChange,
-    InstrumentRow,
-    InstrumentUpsert,
-)
-from workers.adapters.postgres.universe import EventFactory, InstrumentWrite, UniverseStore
 from workers.domain.contracts import ContractDetail, ContractSpec, ResolutionError, UnknownContract, choose_one
 from workers.domain.instrument_ids import spec_for_instrument_id
+from workers.domain.instruments import Instrument
 from workers.logs import get_logger
+from workers.ports.instruments import (
+    ContractLookup,
+    Deactivate,
+    EventFactory,
+    InstrumentChange,
+    InstrumentMapper,
+    InstrumentUpsert,
+    InstrumentWrite,
+    UniverseStore,
+)
 
 log = get_logger(__name__)
-
-
-class ContractLookup(Protocol):
-    """IBKR's contract details for a spec; ``[]`` when IBKR knows no such contract.
-
-    Raises :class:`LookupUnavailable` when IBKR cannot be asked now and :class:`LookupRejected` when it
-    refuses the request.
-    """
-
-    async def lookup(self, spec: ContractSpec) -> list[ContractDetail]: ...
 
 
 def utc_today() -> date:
@@ -41,7 +31,7 @@ def utc_today() -> date:
 
 
 def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: ContractSpec) -> Instrument:
-    """The mapper row for ``detail`` under ``instrument_id`` (active)."""
+    """The active instrument ``instrument_id`` for IBKR's contract ``detail``."""
     if detail.min_tick <= 0:
         raise ResolutionError(spec, f"{spec.describe()}: IBKR gives no minimum tick for {detail.describe()}")
     is_option = detail.strike is not None
@@ -65,13 +55,13 @@ def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: Con
     )
 
 
-def differs(write: InstrumentWrite, current: InstrumentRow | None) -> bool:
-    """Whether applying ``write`` would change the mapper row ``current``."""
+def differs(write: InstrumentWrite, current: Instrument | None) -> bool:
+    """Whether applying ``write`` would change the mapper's instrument ``current``."""
     if isinstance(write, Deactivate):
         return current is not None and current.active
     if current is None:
         return True
-    return any(getattr(current, name) != getattr(write, name) for name in INSTRUMENT_FIELDS)
+    return bool(write.changed_fields(current))
 
 
 async def resolve_on_demand(instrument_id: str, lookup: ContractLookup, mapper: InstrumentMapper, *,

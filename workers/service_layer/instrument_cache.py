@@ -4,36 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.rows import InstrumentRow
 from workers.domain.instruments import Instrument
-
-
-def instrument_from_row(row: InstrumentRow) -> Instrument:
-    return Instrument(
-        instrument_id=row.instrument_id,
-        con_id=row.con_id,
-        symbol=row.symbol,
-        sec_type=row.sec_type,
-        exchange=row.exchange,
-        currency=row.currency,
-        primary_exchange=row.primary_exchange,
-        local_symbol=row.local_symbol,
-        trading_class=row.trading_class,
-        multiplier=row.multiplier,
-        min_tick=row.min_tick,
-        last_trade_date=row.last_trade_date,
-        long_name=row.long_name,
-        active=row.active,
-        strike=row.strike,
-        right=row.option_right,
-    )
+from workers.ports.instruments import InstrumentReader, InstrumentRow
 
 
 class InstrumentCache:
-    """Instruments by id and by conId, read through from PostgreSQL; unknown ids are not cached."""
+    """Instruments by id and by conId, read through from the mapper; unknown ids are not cached."""
 
-    def __init__(self, mapper: InstrumentMapper,
+    def __init__(self, mapper: InstrumentReader,
                  resolver: Callable[[str], Awaitable[InstrumentRow | None]] | None = None) -> None:
         self.mapper = mapper
         # Resolves an id the table does not know yet (INSTRUMENT_RESOLVE_ON_DEMAND); None: unknown stays unknown.
@@ -54,7 +32,7 @@ class InstrumentCache:
             row = await self.resolver(instrument_id)
         if row is None:
             return None
-        instrument = instrument_from_row(row)
+        instrument = row.instrument
         self._by_id[instrument_id] = instrument
         self._id_by_con_id[instrument.con_id] = instrument_id
         return instrument
@@ -66,8 +44,8 @@ class InstrumentCache:
         row = await self.mapper.get_by_con_id(con_id)
         if row is None:
             return None
-        self._id_by_con_id[con_id] = row.instrument_id
-        return row.instrument_id
+        self._id_by_con_id[con_id] = row.instrument.instrument_id
+        return row.instrument.instrument_id
 
     def invalidate(self, instrument_id: str) -> None:
         """Forget ``instrument_id`` so the next lookup reads the table again."""

@@ -20,21 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from workers.adapters.postgres.instruments import InstrumentMapper
-from workers.adapters.postgres.rows import (
-    Deactivate,
-    InstrumentChange,
-    InstrumentRow,
-    InstrumentUpsert,
-)
-from workers.adapters.postgres.universe import (
-    EntryWrites,
-    EventFactory,
-    InstrumentWrite,
-    PassFailure,
-    UniverseRow,
-    UniverseStore,
-)
 from workers.domain.contracts import (
     ContractDetail,
     ContractSpec,
@@ -46,14 +31,24 @@ from workers.domain.contracts import (
     distinct,
     is_expired,
 )
+from workers.domain.instruments import Instrument
 from workers.domain.universe import SingleEntry, UniverseEntry, UniverseError
 from workers.logs import get_logger
-from workers.service_layer.contract_resolution import (
+from workers.ports.instruments import (
     ContractLookup,
-    differs,
-    instrument_from_detail,
-    utc_today,
+    Deactivate,
+    EntryWrites,
+    EventFactory,
+    InstrumentChange,
+    InstrumentMapper,
+    InstrumentRow,
+    InstrumentUpsert,
+    InstrumentWrite,
+    PassFailure,
+    UniverseRow,
+    UniverseStore,
 )
+from workers.service_layer.contract_resolution import differs, instrument_from_detail, utc_today
 from workers.service_layer.group_commit import GroupCommitter
 
 log = get_logger(__name__)
@@ -164,7 +159,7 @@ class _EntrySync:
 
 
 class _ExistingRows:
-    """The mapper rows of the pass's single entries, read a chunk of entries at a time, one chunk ahead."""
+    """The mapper's instruments of the pass's single entries, read a chunk of entries at a time, one ahead."""
 
     def __init__(self, mapper: InstrumentMapper, pending: list[UniverseRow], chunk: int) -> None:
         self._mapper = mapper
@@ -172,8 +167,8 @@ class _ExistingRows:
         self._ids = [r.instrument_id if isinstance(r.entry, SingleEntry) else None for r in pending]
         self._chunks: dict[int, asyncio.Task[dict[str, InstrumentRow]]] = {}
 
-    async def single(self, index: int, instrument_id: str) -> InstrumentRow | None:
-        """The mapper row of the single entry at ``index`` of the pending entries, or None."""
+    async def single(self, index: int, instrument_id: str) -> Instrument | None:
+        """The mapper's instrument of the single entry at ``index`` of the pending entries, or None."""
         number = index // self._chunk
         if index % self._chunk == 0:
             self._load(number + 1)
@@ -181,7 +176,8 @@ class _ExistingRows:
             if stale is not None:
                 stale.cancel()
         rows = await self._load(number)
-        return rows.get(instrument_id)
+        row = rows.get(instrument_id)
+        return row.instrument if row is not None else None
 
     def close(self) -> None:
         for task in self._chunks.values():
@@ -374,9 +370,9 @@ class InstrumentSync:
                     self.metrics.instrument_synced(outcome.change.value)
                 if outcome.change is not InstrumentChange.UNCHANGED:
                     changed = True
-                    log.info("instrument changed", instrument_id=outcome.row.instrument_id,
+                    log.info("instrument changed", instrument_id=outcome.row.instrument.instrument_id,
                              change=outcome.change.value, changed_fields=list(outcome.changed_fields),
-                             con_id=outcome.row.con_id, entry=entry_sync.row.instrument_id)
+                             con_id=outcome.row.instrument.con_id, entry=entry_sync.row.instrument_id)
         self._count(run)
         if changed and self.on_change is not None:
             self.on_change()
@@ -391,33 +387,33 @@ class InstrumentSync:
             self.metrics.instrument_sync_failed()
         self._count(run)
 
-    async def _existing(self, entry: UniverseEntry, index: int, prefetched: _ExistingRows) -> list[InstrumentRow]:
-        """The mapper rows the entry owns now (its instrument, or its family's members)."""
+    async def _existing(self, entry: UniverseEntry, index: int, prefetched: _ExistingRows) -> list[Instrument]:
+        """The mapper's instruments the entry owns now (its instrument, or its family's members)."""
         if isinstance(entry, SingleEntry):
-            row = await prefetched.single(index, entry.instrument_id)
-            return [row] if row is not None else []
+            known = await prefetched.single(index, entry.instrument_id)
+            return [known] if known is not None else []
         rows = await self.mapper.with_prefix(entry.instrument_id + ":")
-        return [r for r in rows if entry.owns(r.instrument_id)]
+        return [r.instrument for r in rows if entry.owns(r.instrument.instrument_id)]
 
     async def _ask(self, run: _PassRun, spec: ContractSpec) -> list[ContractDetail]:
         run.lookups += 1
         return await self.lookup.lookup(spec)
 
-    async def _ask_con_id(self, run: _PassRun, row: InstrumentRow,
+    async def _ask_con_id(self, run: _PassRun, known: Instrument,
                           spec: ContractSpec) -> ContractDetail | None:
-        """The contract ``row`` maps to, as IBKR lists it now; None when IBKR no longer knows it."""
-        answer = await self._ask(run, spec.by_con_id(row.con_id, row.exchange))
-        return next((d for d in answer if d.con_id == row.con_id), None)
+        """The contract ``known`` maps to, as IBKR lists it now; None when IBKR no longer knows it."""
+        answer = await self._ask(run, spec.by_con_id(known.con_id, known.exchange))
+        return next((d for d in answer if d.con_id == known.con_id), None)
 
     # -- what an entry should write ---------------------------------------------------------------
 
-    async def _plan(self, run: _PassRun, entry: UniverseEntry, existing: list[InstrumentRow],
+    async def _plan(self, run: _PassRun, entry: UniverseEntry, existing: list[Instrument],
                     resolved_before: bool) -> list[InstrumentWrite]:
         if isinstance(entry, SingleEntry):
             return await self._plan_single(run, entry, existing[0] if existing else None, resolved_before)
         return await self._plan_family(run, entry, existing)
 
-    async def _plan_single(self, run: _PassRun, entry: SingleEntry, current: InstrumentRow | None,
+    async def _plan_single(self, run: _PassRun, entry: SingleEntry, current: Instrument | None,
                            resolved_before: bool) -> list[InstrumentWrite]:
         today = self.today()
         if current is not None and resolved_before:
@@ -437,7 +433,7 @@ class InstrumentSync:
         return [instrument_from_detail(entry.instrument_id, detail, entry.spec)]
 
     async def _plan_family(self, run: _PassRun, entry: UniverseEntry,
-                           existing: list[InstrumentRow]) -> list[InstrumentWrite]:
+                           existing: list[Instrument]) -> list[InstrumentWrite]:
         assert not isinstance(entry, SingleEntry)
         today = self.today()
         answer = distinct(await self._ask(run, entry.spec))
@@ -453,23 +449,23 @@ class InstrumentSync:
                                       f"and {detail.describe()} would both be {instrument_id}")
             ids[instrument_id] = detail
             writes.append(instrument_from_detail(instrument_id, detail, entry.spec))
-        for row in existing:
-            if row.instrument_id in ids or not row.active:
+        for mapped in existing:
+            if mapped.instrument_id in ids or not mapped.active:
                 continue
-            if is_expired(row.last_trade_date, today):
-                writes.append(Deactivate(row.instrument_id, "expired"))
+            if is_expired(mapped.last_trade_date, today):
+                writes.append(Deactivate(mapped.instrument_id, "expired"))
                 continue
-            current = listed.get(row.con_id)
+            current = listed.get(mapped.con_id)
             if current is None:
                 # Not in the family's answer: ask for it by conId before deciding IBKR forgot it.
-                current = await self._ask_con_id(run, row, entry.spec)
+                current = await self._ask_con_id(run, mapped, entry.spec)
             if current is None:
-                writes.append(Deactivate(row.instrument_id, "IBKR no longer knows the contract"))
+                writes.append(Deactivate(mapped.instrument_id, "IBKR no longer knows the contract"))
             elif current.expired(today):
-                writes.append(Deactivate(row.instrument_id, "expired"))
+                writes.append(Deactivate(mapped.instrument_id, "expired"))
             else:
                 # Still listed, just outside the selection (fewer months asked for): keep it current.
-                writes.append(instrument_from_detail(row.instrument_id, current, entry.spec))
+                writes.append(instrument_from_detail(mapped.instrument_id, current, entry.spec))
         if not writes and not answer:
             raise UnknownContract(entry.spec)
         if not writes:
@@ -482,15 +478,16 @@ class InstrumentSync:
     async def _deactivate_expired(self, run: _PassRun) -> None:
         """Deactivate every active instrument past its last trading day, whichever entry it came from."""
         for row in await self.mapper.expired(self.today().strftime("%Y%m%d")):
-            outcomes = await self.store.commit_entry(None, None, [Deactivate(row.instrument_id, "expired")],
+            expired = row.instrument
+            outcomes = await self.store.commit_entry(None, None, [Deactivate(expired.instrument_id, "expired")],
                                                      self.events)
             for outcome in outcomes:
                 run.count(outcome)
                 if outcome.change is InstrumentChange.DEACTIVATED:
                     if self.metrics is not None:
                         self.metrics.instrument_synced(outcome.change.value)
-                    log.info("instrument changed", instrument_id=row.instrument_id, change="DEACTIVATED",
-                             changed_fields=["active"], con_id=row.con_id, reason="expired")
+                    log.info("instrument changed", instrument_id=expired.instrument_id, change="DEACTIVATED",
+                             changed_fields=["active"], con_id=expired.con_id, reason="expired")
                     if self.on_change is not None:
                         self.on_change()
 

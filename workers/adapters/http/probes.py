@@ -5,7 +5,7 @@ loop:
 
 * ``/healthz`` (liveness): 200 while the event loop keeps time and the consume loop moves. A
   :class:`LoopHeartbeat` task measures how late the loop wakes it; a lag above ``max_loop_lag`` (seen
-  within the heartbeat's window) fails it, as does a :class:`~workers.service_layer.health.ProgressWatch`
+  within the heartbeat's window) fails it, as does a :class:`~workers.domain.health.ProgressWatch`
   reporting a consume loop stuck with records waiting. A loop blocked *right now* cannot answer at all,
   which a probe with a timeout also reads as a failure.
 * ``/readyz`` (readiness): 200 only when the health status is HEALTHY or DEGRADED and IBKR is connected;
@@ -32,9 +32,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from workers.domain.health import HealthMonitor, ProgressWatch, readiness
 from workers.logs import get_logger
 from workers.metrics import Metrics
-from workers.service_layer.health import HealthMonitor, ProgressWatch, readiness
 
 log = get_logger(__name__)
 

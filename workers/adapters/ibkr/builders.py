@@ -32,7 +32,7 @@ def contract_for(instrument: Instrument) -> Contract:
         contract.multiplier = format(instrument.multiplier.normalize(), "f") if instrument.multiplier else ""
     if instrument.sec_type == "OPT":
         contract.strike = float(instrument.strike) if instrument.strike is not None else 0.0
-        contract.right = instrument.right or ""
+        contract.right = instrument.option_right or ""
     return contract
 
 

@@ -2,7 +2,7 @@
 
 The publisher samples the facts (:class:`ProbeSet` gathers them from the adapters) every
 ``sample_interval`` seconds, or sooner when :meth:`HealthPublisher.notify` is called, lets the
-:class:`~workers.service_layer.health.HealthMonitor` compute the status, and produces a record when the
+:class:`~workers.domain.health.HealthMonitor` compute the status, and produces a record when the
 status differs from the last one published or when ``interval`` seconds have passed since then. A failed
 send is logged and tried again on the next sample, so a status change is never silently lost.
 """
@@ -23,9 +23,9 @@ from aiokafka.protocol.metadata import MetadataRequest
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import WORKER_HEALTH
 from workers.adapters.postgres.pool import Pool
+from workers.domain.health import HealthAssessment, HealthFacts, HealthMonitor, HealthStatus
 from workers.logs import get_logger
 from workers.metrics import Metrics
-from workers.service_layer.health import HealthAssessment, HealthFacts, HealthMonitor, HealthStatus
 
 log = get_logger(__name__)
 

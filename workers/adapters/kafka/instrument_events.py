@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import INSTRUMENT_UPDATED, d8
-from workers.adapters.postgres.rows import InstrumentChange, InstrumentUpsert
+from workers.ports.instruments import InstrumentChange, InstrumentUpsert
 from workers.ports.outbox import OutboxMessage
 
 
@@ -29,24 +28,24 @@ def instrument_updated_record(outcome: InstrumentUpsert) -> dict[str, Any]:
     """The record announcing ``outcome`` (CREATED, UPDATED or DEACTIVATED) of one mapper row."""
     if outcome.change is InstrumentChange.UNCHANGED:
         raise ValueError("an unchanged instrument is not announced")
-    row = outcome.row
+    instrument = outcome.row.instrument
     return {
-        "instrument_id": row.instrument_id,
-        "con_id": row.con_id,
-        "symbol": row.symbol,
-        "sec_type": row.sec_type,
-        "exchange": row.exchange,
-        "primary_exchange": row.primary_exchange,
-        "currency": row.currency,
-        "local_symbol": row.local_symbol,
-        "trading_class": row.trading_class,
-        "multiplier": d8(row.multiplier if row.multiplier else Decimal(1)),
-        "min_tick": d8(row.min_tick),
-        "last_trade_date": last_trade_day(row.last_trade_date),
-        "active": row.active,
+        "instrument_id": instrument.instrument_id,
+        "con_id": instrument.con_id,
+        "symbol": instrument.symbol,
+        "sec_type": instrument.sec_type,
+        "exchange": instrument.exchange,
+        "primary_exchange": instrument.primary_exchange,
+        "currency": instrument.currency,
+        "local_symbol": instrument.local_symbol,
+        "trading_class": instrument.trading_class,
+        "multiplier": d8(instrument.price_multiplier),
+        "min_tick": d8(instrument.min_tick),
+        "last_trade_date": last_trade_day(instrument.last_trade_date),
+        "active": instrument.active,
         "change": outcome.change.value,
-        "updated_at": row.updated_at,
-        "long_name": row.long_name or None,
+        "updated_at": outcome.row.updated_at,
+        "long_name": instrument.long_name or None,
         "changed_fields": list(outcome.changed_fields),
     }
 
@@ -60,4 +59,4 @@ class InstrumentEventEncoder:
 
     def __call__(self, outcome: InstrumentUpsert) -> OutboxMessage:
         payload = self.codec.encode(INSTRUMENT_UPDATED, instrument_updated_record(outcome))
-        return OutboxMessage(topic=self.topic, key=outcome.row.instrument_id, payload=payload)
+        return OutboxMessage(topic=self.topic, key=outcome.row.instrument.instrument_id, payload=payload)

@@ -18,27 +18,27 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow, TupleRow, dict_row
 
 from workers.adapters.postgres._query import (
+    Record,
     assignments,
     column_list,
-    column_names,
     fetch_all,
     fetch_one,
 )
 from workers.adapters.postgres.errors import ConIdConflict, UnknownInstrument
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import (
-    INSTRUMENT_FIELDS,
+from workers.domain.instruments import INSTRUMENT_FIELDS, Instrument
+from workers.ports.instruments import (
     Deactivate,
     InstrumentChange,
-    InstrumentFields,
     InstrumentRow,
     InstrumentUpsert,
+    InstrumentWrite,
 )
 
-InstrumentWrite = InstrumentFields | Deactivate
-
-_COLUMNS = column_list(column_names(InstrumentRow))
+# The table's columns: the instrument's fields under the same names, and the row's timestamps.
 _WRITTEN = ("instrument_id", *INSTRUMENT_FIELDS)
+_STAMPS = ("created_at", "updated_at")
+_COLUMNS = column_list((*_WRITTEN, *_STAMPS))
 
 # Rendered once: composing a query on every execute costs more than running it on a warm connection.
 _SELECT_BY_ID = sql.SQL("SELECT {} FROM instruments WHERE instrument_id = %s").format(_COLUMNS).as_string()
@@ -125,7 +125,13 @@ class PlannedWrite:
         return tuple(self.values) if self.action is _Action.UPDATE else ()
 
 
-def _values(instrument: InstrumentFields) -> dict[str, Any]:
+def _instrument_row(record: Record) -> InstrumentRow:
+    """The mapper row of one ``SELECT`` of :data:`_COLUMNS`."""
+    instrument = Instrument(**{name: record[name] for name in _WRITTEN})
+    return InstrumentRow(instrument, created_at=record["created_at"], updated_at=record["updated_at"])
+
+
+def _values(instrument: Instrument) -> dict[str, Any]:
     values = {name: getattr(instrument, name) for name in INSTRUMENT_FIELDS}
     values["sec_type"] = str(values["sec_type"])
     return values
@@ -136,13 +142,13 @@ def _plan_one(write: InstrumentWrite, current: InstrumentRow | None) -> PlannedW
     if isinstance(write, Deactivate):
         if current is None:
             raise UnknownInstrument(iid)
-        if not current.active:
+        if not current.instrument.active:
             return PlannedWrite(iid, _Action.NOTHING, InstrumentChange.UNCHANGED, {}, current)
         return PlannedWrite(iid, _Action.UPDATE, InstrumentChange.DEACTIVATED, {"active": False}, current)
     values = _values(write)
     if current is None:
         return PlannedWrite(iid, _Action.INSERT, InstrumentChange.CREATED, values, None)
-    changed = {name: value for name, value in values.items() if getattr(current, name) != value}
+    changed = {name: values[name] for name in write.changed_fields(current.instrument)}
     if not changed:
         return PlannedWrite(iid, _Action.NOTHING, InstrumentChange.UNCHANGED, {}, current)
     return PlannedWrite(iid, _Action.UPDATE, InstrumentChange.UPDATED, changed, current)
@@ -152,8 +158,8 @@ class LockedInstruments:
     """The mapper rows a batch of writes touches, locked in the caller's transaction, and the plan so far."""
 
     def __init__(self, rows: Iterable[InstrumentRow]) -> None:
-        self._by_id = {row.instrument_id: row for row in rows}
-        self._con_id_holders = {row.con_id: row.instrument_id for row in self._by_id.values()}
+        self._by_id = {row.instrument.instrument_id: row for row in rows}
+        self._con_id_holders = {row.instrument.con_id: iid for iid, row in self._by_id.items()}
         self._planned_ids: set[str] = set()
         self.planned: list[PlannedWrite] = []
 
@@ -187,7 +193,7 @@ async def lock_instruments(conn: AsyncConnection[TupleRow], writes: Sequence[Ins
     ids = sorted({w.instrument_id for w in writes})
     con_ids = sorted({w.con_id for w in writes if not isinstance(w, Deactivate)})
     records = await fetch_all(conn, _LOCK, {"ids": ids, "con_ids": con_ids}) if ids else []
-    return LockedInstruments(InstrumentRow(**r) for r in records)
+    return LockedInstruments(_instrument_row(r) for r in records)
 
 
 async def apply_planned(conn: AsyncConnection[TupleRow], planned: Sequence[PlannedWrite]) -> list[InstrumentUpsert]:
@@ -215,13 +221,13 @@ async def apply_planned(conn: AsyncConnection[TupleRow], planned: Sequence[Plann
             if inserts:
                 while True:
                     for record in await insert_cursor.fetchall():
-                        stored[record["instrument_id"]] = InstrumentRow(**record)
+                        stored[record["instrument_id"]] = _instrument_row(record)
                     if not insert_cursor.nextset():
                         break
             for cursor in update_cursors:
                 updated = await cursor.fetchone()
                 if updated is not None:
-                    stored[updated["instrument_id"]] = InstrumentRow(**updated)
+                    stored[updated["instrument_id"]] = _instrument_row(updated)
         finally:
             await insert_cursor.close()
             for cursor in update_cursors:
@@ -271,7 +277,7 @@ class InstrumentMapper:
         """The instrument ``instrument_id`` (active or not), or None."""
         async with self._pool.connection() as conn:
             record = await fetch_one(conn, _SELECT_BY_ID, (instrument_id,))
-        return None if record is None else InstrumentRow(**record)
+        return None if record is None else _instrument_row(record)
 
     async def get_many(self, instrument_ids: Sequence[str]) -> dict[str, InstrumentRow]:
         """The instruments among ``instrument_ids`` that the mapper knows (active or not), by id."""
@@ -279,21 +285,21 @@ class InstrumentMapper:
             return {}
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_MANY, (list(instrument_ids),))
-        return {r["instrument_id"]: InstrumentRow(**r) for r in records}
+        return {r["instrument_id"]: _instrument_row(r) for r in records}
 
     async def get_by_con_id(self, con_id: int) -> InstrumentRow | None:
         """The instrument mapped to IBKR contract ``con_id`` (active or not), or None."""
         async with self._pool.connection() as conn:
             record = await fetch_one(conn, _SELECT_BY_CON_ID, (con_id,))
-        return None if record is None else InstrumentRow(**record)
+        return None if record is None else _instrument_row(record)
 
     async def active(self) -> list[InstrumentRow]:
         """Every active instrument, by ``instrument_id``."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_ACTIVE)
-        return [InstrumentRow(**r) for r in records]
+        return [_instrument_row(r) for r in records]
 
-    async def upsert(self, instrument: InstrumentFields) -> InstrumentUpsert:
+    async def upsert(self, instrument: Instrument) -> InstrumentUpsert:
         """Create or update ``instrument``; report CREATED, UPDATED (with the changed fields) or UNCHANGED.
 
         Raises :class:`ConIdConflict` when another instrument already holds its ``con_id``.
@@ -311,13 +317,13 @@ class InstrumentMapper:
         """Every instrument whose id starts with ``prefix`` (active or not), by ``instrument_id``."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_BY_PREFIX, (prefix,))
-        return [InstrumentRow(**r) for r in records]
+        return [_instrument_row(r) for r in records]
 
     async def expired(self, day: str) -> list[InstrumentRow]:
         """Active instruments whose last trading day is before ``day`` (YYYYMMDD)."""
         async with self._pool.connection() as conn:
             records = await fetch_all(conn, _SELECT_EXPIRED, {"day": day})
-        return [InstrumentRow(**r) for r in records]
+        return [_instrument_row(r) for r in records]
 
     async def _write_one(self, write: InstrumentWrite) -> InstrumentUpsert:
         async def attempt() -> InstrumentUpsert:

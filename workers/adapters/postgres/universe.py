@@ -9,7 +9,7 @@ entries not marked yet and no row is ever half written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -37,50 +37,19 @@ from workers.adapters.postgres.instruments import (
 )
 from workers.adapters.postgres.outbox import Outbox, add_many_to_outbox
 from workers.adapters.postgres.pool import Pool
-from workers.adapters.postgres.rows import Deactivate, Instrument, InstrumentChange, InstrumentUpsert, OutboxRow
+from workers.adapters.postgres.rows import OutboxRow
 from workers.domain.universe import UniverseEntry, entry_from_dict, entry_to_dict, spec_hash
-from workers.ports.outbox import OutboxMessage
-
-InstrumentWrite = Instrument | Deactivate
-EventFactory = Callable[[InstrumentUpsert], OutboxMessage]
-
-
-@dataclass(frozen=True)
-class EntryWrites:
-    """What one universe entry writes; ``entry`` (instrument_id, spec_hash) is marked synced with it."""
-
-    entry: tuple[str, str] | None
-    writes: Sequence[InstrumentWrite]
-
-
-@dataclass(frozen=True)
-class EntryCommitted:
-    """An entry's outcome in :meth:`UniverseStore.commit_entries`: its writes' outcomes, or why it failed."""
-
-    outcomes: list[InstrumentUpsert]
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class UniverseRow:
-    """One entry of ``instrument_universe`` with its sync bookkeeping."""
-
-    entry: UniverseEntry
-    spec_hash: str
-    position: int
-    synced_pass: int | None
-    synced_spec_hash: str | None
-    last_synced_at: datetime | None
-    last_error: str | None
-
-    @property
-    def instrument_id(self) -> str:
-        return self.entry.instrument_id
-
-    @property
-    def resolved_before(self) -> bool:
-        """Whether the entry, exactly as it is now, resolved in an earlier pass."""
-        return self.synced_spec_hash == self.spec_hash
+from workers.ports.instruments import (
+    EntryCommitted,
+    EntryWrites,
+    EventFactory,
+    InstrumentChange,
+    InstrumentUpsert,
+    InstrumentWrite,
+    PassFailure,
+    SyncPass,
+    UniverseRow,
+)
 
 
 @dataclass(frozen=True)
@@ -95,21 +64,6 @@ class LoadResult:
     @property
     def total(self) -> int:
         return self.added + self.changed + self.unchanged
-
-
-@dataclass(frozen=True)
-class SyncPass:
-    """A pass over the universe: started now, or resumed after a crash."""
-
-    pass_id: int
-    started_at: datetime
-    resumed: bool
-
-
-@dataclass(frozen=True)
-class PassFailure:
-    instrument_id: str
-    error: str
 
 
 _UNIVERSE_COLUMNS = ("instrument_id", "kind", "spec", "spec_hash", "position", "synced_pass",
