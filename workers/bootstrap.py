@@ -1,15 +1,19 @@
-"""The one place where the order-consumer's real adapters are built and wired together."""
+"""The one place where the workers' real adapters are built and wired together: the order-consumer
+(:func:`build_order_consumer`) and the instrument-sync (:func:`build_instrument_sync`)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from psycopg_pool import PoolTimeout
 
 from workers import __version__
-from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.avro import AvroCodec, DecodeError, RegistryError
 from workers.adapters.avro.wire import codec_for, decode_any
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
@@ -31,6 +35,7 @@ from workers.adapters.kafka.health_publisher import (
     database_reachable,
     kafka_reachable,
 )
+from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
 from workers.adapters.kafka.lag import consumer_lag
 from workers.adapters.kafka.publishing import FillRelay, OutboxRelay
 from workers.adapters.kafka.records import (
@@ -49,17 +54,21 @@ from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
-from workers.adapters.postgres.pool import open_pool
+from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
+from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
-from workers.order_consumer_app import OrderConsumerApp, RuntimeSwitches, flip_kill_switch
 from workers.ports.instruments import InstrumentRow
+from workers.runtime.instrument_sync import CONCURRENCY, InstrumentSyncApp, StartupFailed
+from workers.runtime.instrument_sync import WORKER as INSTRUMENT_SYNC
+from workers.runtime.order_consumer import OrderConsumerApp, RuntimeSwitches, flip_kill_switch
 from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.instrument_cache import InstrumentCache
+from workers.service_layer.instrument_sync import InstrumentSync
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService
 from workers.service_layer.orders_first import OrdersFirst
@@ -237,3 +246,69 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                             fill_relay=fill_relay, switches=switches, metrics=metrics, monitor=monitor,
                             health=health, probes=probes, instance_id=instance_id)
 
+
+async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None = None,
+                                concurrency: int = CONCURRENCY,
+                                instance_id: str | None = None) -> InstrumentSyncApp:
+    """Build the instrument-sync with real adapters from ``settings``; raises :class:`StartupFailed`."""
+    try:
+        codec = codec or await codec_for(settings.schema_registry_url, {
+            INSTRUMENT_UPDATED: settings.topics.instruments_updated, WORKER_HEALTH: settings.topics.workers_health,
+        })
+    except RegistryError as exc:
+        raise StartupFailed(f"schema registry unreachable: {exc}") from None
+    instance = instance_id or uuid.uuid4().hex[:8]
+    metrics = Metrics()
+    topic = settings.topics.instruments_updated
+    try:
+        pool = await open_pool(settings.database_dsn, max_size=max(settings.database_pool_size,
+                                                                   concurrency + 2),
+                               name="ibkr-workers-instrument-sync")
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        raise StartupFailed(f"cannot reach PostgreSQL: {exc}") from None
+    kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
+                                    **kafka_client_kwargs(settings)}
+    producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=5, **kafka_kwargs)
+    try:
+        await producer.start()
+    except Exception as exc:
+        await close_pool(pool)
+        raise StartupFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None
+    limiter = PacingLimiter(settings.ibkr_pacing_per_second)
+    gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
+                          limiter=limiter, connect_timeout=settings.ibkr_connect_timeout, readonly=True)
+    metrics.watch_ibkr(gateway)
+    metrics.watch_pacing(limiter)
+    outbox = TopicOutbox(pool, topic)
+    relay = OutboxRelay(outbox, producer)
+    store = UniverseStore(pool)
+    sync = InstrumentSync(
+        store=store, mapper=InstrumentMapper(pool), lookup=IbkrContractLookup(gateway),
+        events=InstrumentEventEncoder(codec, topic), concurrency=concurrency,
+        resume_within=timedelta(seconds=settings.instrument_sync_interval), on_change=relay.notify,
+        metrics=metrics,
+    )
+    monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
+                                               max_lag=settings.health_max_lag))
+    facts = ProbeSet(
+        ibkr_connected=lambda: gateway.connected,
+        kafka_connected=lambda: kafka_reachable(producer),
+        database_connected=lambda: database_reachable(pool),
+        consumer_lag=lambda: None,  # it consumes nothing
+        orders_in_flight=lambda: 0,
+        last_error=lambda: gateway.last_error or sync.counters.last_error,
+        ibkr_rtt_ms=lambda: gateway.rtt_ms,
+        paused=lambda: False,
+        pacing_limited=lambda: limiter.queued > 0,
+    )
+    health = HealthPublisher(producer, codec, settings.topics.workers_health, worker=INSTRUMENT_SYNC,
+                             instance_id=instance, version=__version__, monitor=monitor,
+                             facts=facts.collect, interval=settings.health_interval, metrics=metrics)
+    probes = ProbeServer(monitor=monitor, metrics=metrics, port=settings.health_port,
+                         ibkr_connected=lambda: gateway.connected)
+    app = InstrumentSyncApp(settings=settings, pool=pool, gateway=gateway, producer=producer, relay=relay,
+                            outbox=outbox, store=store, sync=sync, metrics=metrics, monitor=monitor,
+                            health=health, probes=probes, instance_id=instance)
+    sync.on_pass_started = app.pass_started
+    gateway.listen(app.on_reports)
+    return app

@@ -33,7 +33,7 @@ from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.bootstrap import build_order_consumer
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderCancelRequested, OrderRequested, OrderType, Side, TimeInForce
-from workers.order_consumer_app import OrderConsumerApp
+from workers.runtime.order_consumer import OrderConsumerApp
 from workers.settings import Settings, TopicNames
 from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway

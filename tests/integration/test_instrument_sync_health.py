@@ -28,8 +28,9 @@ from workers.adapters.kafka.records import WORKER_HEALTH
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
+from workers.bootstrap import build_instrument_sync
 from workers.domain.universe import entries_from_document
-from workers.entrypoints.instrument_sync import InstrumentSyncApp, build_instrument_sync
+from workers.runtime.instrument_sync import InstrumentSyncApp
 from workers.settings import Settings, TopicNames
 from workers.sim.config import SimConfig
 from workers.sim.server import SimGateway

@@ -46,16 +46,16 @@ from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
-from workers.bootstrap import build_order_consumer
+from workers.bootstrap import build_instrument_sync, build_order_consumer
 from workers.client import OrderClient
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderState
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_orders
-from workers.entrypoints.instrument_sync import StartupFailed, build_instrument_sync
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger
-from workers.order_consumer_app import OrderConsumerApp
+from workers.runtime.instrument_sync import StartupFailed
+from workers.runtime.order_consumer import OrderConsumerApp
 from workers.settings import Settings, load_settings
 from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig
 from workers.sim.server import SimGateway
