@@ -39,6 +39,7 @@ RUN python -m venv /opt/venv \
 # Then the project itself, as a wheel (a regular, non-editable install: the source tree stays behind).
 COPY README.md ./
 COPY workers ./workers
+COPY ibkr_sim ./ibkr_sim
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
  && /opt/venv/bin/pip install --no-deps /tmp/wheels/ibkr_workers-*.whl
 

@@ -20,8 +20,8 @@ test: install
 	scripts/test $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check workers tests bench
-	$(BIN)/mypy --strict workers
+	$(BIN)/ruff check workers ibkr_sim tests bench
+	$(BIN)/mypy --strict workers ibkr_sim
 
 demo: install
 	scripts/demo

@@ -21,7 +21,7 @@ from workers.settings import SettingsError
 COMMANDS: dict[str, str] = {
     "order-consumer": "workers.entrypoints.order_consumer:run",
     "instrument-sync": "workers.entrypoints.instrument_sync:run",
-    "sim-gateway": "workers.sim.cli:run",
+    "sim-gateway": "ibkr_sim.cli:run",
     "migrate": "workers.entrypoints.admin:run_migrate",
     "topics": "workers.entrypoints.admin:run_topics",
     "demo": "workers.entrypoints.demo:run",
@@ -148,7 +148,7 @@ def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     try:
-        module = importlib.import_module("workers.sim.cli")
+        module = importlib.import_module("ibkr_sim.cli")
     except ImportError:
         return
     add_arguments: Callable[[argparse.ArgumentParser], None] = module.add_arguments

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 import pytest
 from ib_insync import Contract, LimitOrder, MarketOrder
 
+from ibkr_sim import SimConfig, SimGateway
 from workers.adapters.ibkr.gateway import IbExecution, IbkrGateway, IbReport
 from workers.adapters.ibkr.pacing import PacingLimiter
-from workers.sim import SimConfig, SimGateway
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from ib_insync import IB, LimitOrder, Stock
 from ib_insync.client import Client
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.framing import FrameReader, encode_frame
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 from tests.sim.helpers import Connect, Errors
-from workers.sim.config import SimConfig
-from workers.sim.framing import FrameReader, encode_frame
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +86,11 @@ def env() -> Iterator[FuzzEnv]:
     runner = asyncio.Runner()
     fuzz = runner.run(_setup(runner))
     handler = _Collect(fuzz.errors)
-    logging.getLogger("workers.sim").addHandler(handler)
+    logging.getLogger("ibkr_sim").addHandler(handler)
     try:
         yield fuzz
     finally:
-        logging.getLogger("workers.sim").removeHandler(handler)
+        logging.getLogger("ibkr_sim").removeHandler(handler)
         fuzz.writer.close()
         runner.run(fuzz.sim.stop())
         runner.close()

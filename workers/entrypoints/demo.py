@@ -40,6 +40,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
+from ibkr_sim.config import DEFAULT_ACCOUNTS, SimConfig
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.topics import ensure_topics
 from workers.adapters.postgres.instruments import InstrumentMapper
@@ -56,9 +59,6 @@ from workers.entrypoints.instrument_sync import StartupFailed, build_instrument_
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger
 from workers.settings import Settings, load_settings
-from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
 
 log = get_logger(__name__)
 

@@ -12,11 +12,11 @@ import os
 import signal
 from pathlib import Path
 
+from ibkr_sim.config import DEFAULT_ACCOUNTS, SimConfig, SimConfigError, parse_accounts
+from ibkr_sim.control import ControlServer
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 from workers.settings import SettingsError
-from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig, SimConfigError, parse_accounts
-from workers.sim.control import ControlServer
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.server import SimGateway
-from workers.sim.universe import instrument_from_dict, instrument_to_dict
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import instrument_from_dict, instrument_to_dict
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from workers.sim import messages as m
-from workers.sim.framing import (
+from ibkr_sim import messages as m
+from ibkr_sim.framing import (
     HANDSHAKE_PREFIX,
     FieldError,
     FrameReader,
@@ -17,10 +17,10 @@ from workers.sim.framing import (
     parse_int,
     parse_version_range,
 )
-from workers.sim.handlers import HANDLERS, request_id_of
+from ibkr_sim.handlers import HANDLERS, request_id_of
 
 if TYPE_CHECKING:
-    from workers.sim.server import SimGateway
+    from ibkr_sim.server import SimGateway
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from workers.sim import messages as m
-from workers.sim.admission import NO_SECURITY
-from workers.sim.framing import parse_bool, parse_int
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.requests import (
+from ibkr_sim import messages as m
+from ibkr_sim.admission import NO_SECURITY
+from ibkr_sim.framing import parse_bool, parse_int
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.requests import (
     ExecutionFilterRequest,
     Fields,
     parse_place_order,
@@ -21,7 +21,7 @@ from workers.sim.requests import (
 )
 
 if TYPE_CHECKING:
-    from workers.sim.session import ClientSession
+    from ibkr_sim.session import ClientSession
 
 Handler = Callable[["ClientSession", list[str]], None]
 

@@ -10,17 +10,17 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from workers.sim import messages as m
-from workers.sim.broker import Broker
-from workers.sim.config import SimConfig
-from workers.sim.market import PriceProcess, on_grid
-from workers.sim.matching import Rejection
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.portfolio import Portfolio, Position
-from workers.sim.reports import Reports
-from workers.sim.requests import OrderRequest
-from workers.sim.session import ClientSession
-from workers.sim.universe import Instrument, Universe
+from ibkr_sim import messages as m
+from ibkr_sim.broker import Broker
+from ibkr_sim.config import SimConfig
+from ibkr_sim.market import PriceProcess, on_grid
+from ibkr_sim.matching import Rejection
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.portfolio import Portfolio, Position
+from ibkr_sim.reports import Reports
+from ibkr_sim.requests import OrderRequest
+from ibkr_sim.session import ClientSession
+from ibkr_sim.universe import Instrument, Universe
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m workers.sim``: the sim gateway on its own (same options as ``ibkr-workers sim-gateway``)."""
+"""``python -m ibkr_sim``: the sim gateway on its own (same options as ``ibkr-workers sim-gateway``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import asyncio
 import logging
 import sys
 
+from ibkr_sim.cli import add_arguments, run
 from workers.settings import SettingsError
-from workers.sim.cli import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the sim until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m workers.sim", description="TWS-API-protocol sim gateway")
+    parser = argparse.ArgumentParser(prog="python -m ibkr_sim", description="TWS-API-protocol sim gateway")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
