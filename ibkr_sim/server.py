@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -13,6 +12,7 @@ from types import TracebackType
 from ibkr_sim import messages as m
 from ibkr_sim.broker import Broker
 from ibkr_sim.config import SimConfig
+from ibkr_sim.logs import get_logger
 from ibkr_sim.market import PriceProcess, on_grid
 from ibkr_sim.matching import Rejection
 from ibkr_sim.orders import SimExecution, SimOrder
@@ -22,7 +22,7 @@ from ibkr_sim.requests import OrderRequest
 from ibkr_sim.session import ClientSession
 from ibkr_sim.universe import Instrument, Universe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 class SimGateway:
     """A TWS API server backed by a simulated broker; ib_insync connects to it as to IB Gateway.
@@ -70,7 +70,7 @@ class SimGateway:
         await self._listen()
         if self.config.tick_interval is not None:
             self._ticker = asyncio.create_task(self._tick_loop(self.config.tick_interval))
-        log.info("sim gateway listening on %s:%d", self._host, self._port)
+        log.info("sim gateway listening", host=self._host, port=self._port)
         return self._host, self._port
 
     async def _listen(self) -> None:
@@ -288,7 +288,7 @@ class SimGateway:
         self._reopen = None
         if self._server is None and not self._stopped:
             await self._listen()
-            log.info("sim gateway accepting connections again on %s:%d", self._host, self._port)
+            log.info("sim gateway accepting connections again", host=self._host, port=self._port)
 
     def delay_responses(self, milliseconds: float) -> None:
         """Delay every outgoing message by ``milliseconds`` (0 to stop delaying)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -18,11 +17,12 @@ from ibkr_sim.framing import (
     parse_version_range,
 )
 from ibkr_sim.handlers import HANDLERS, request_id_of
+from ibkr_sim.logs import get_logger
 
 if TYPE_CHECKING:
     from ibkr_sim.server import SimGateway
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
@@ -72,11 +72,11 @@ class ClientSession(asyncio.Protocol):
         try:
             self._process(data)
         except FrameTooLarge as exc:
-            log.warning("closing %s: %s", self.peer, exc)
+            log.warning("connection closed: frame too large", peer=self.peer, error=str(exc))
             self.close()
         except Exception:
             # Nothing a client sends may take the server down; this connection is unusable though.
-            log.exception("closing %s after an unexpected error", self.peer)
+            log.exception("connection closed after an unexpected error", peer=self.peer)
             self.close()
         self.flush()
 
@@ -99,7 +99,7 @@ class ClientSession(asyncio.Protocol):
             if len(self._prefix) < len(HANDSHAKE_PREFIX):
                 return
             if not self._prefix.startswith(HANDSHAKE_PREFIX):
-                log.warning("closing %s: no API prefix", self.peer)
+                log.warning("connection closed: no API prefix", peer=self.peer)
                 self.close()
                 return
             data = self._prefix[len(HANDSHAKE_PREFIX) :]
@@ -121,7 +121,7 @@ class ClientSession(asyncio.Protocol):
             if fields and fields[0] == "71":
                 self._on_start_api(fields)
             else:
-                log.info("%s sent %s before startApi; ignored", self.peer, fields[:1])
+                log.info("request before startApi ignored", peer=self.peer, msg_id=fields[0] if fields else None)
             return
         try:
             msg_id = int(fields[0])
@@ -145,18 +145,21 @@ class ClientSession(asyncio.Protocol):
             )
         except Exception:
             # A sim bug must not cost the client its connection: log it and answer like TWS would.
-            log.exception("request %s from %s failed", msg_id, self.peer)
+            log.exception("request failed", msg_id=msg_id, peer=self.peer)
             self.error(request_id_of(msg_id, fields), 320, f"Error processing request. Message id {msg_id}.")
 
     def _on_version(self, fields: list[str]) -> None:
         offer = parse_version_range(fields[0]) if fields else None
         if offer is None:
-            log.warning("closing %s: bad version offer %r", self.peer, fields[:1])
+            log.warning("connection closed: bad version offer", peer=self.peer, offer=fields[0] if fields else None)
             self.close()
             return
         low, high = offer
         if not low <= self.version <= high:
-            log.warning("%s offers v%d..%d; answering %d anyway", self.peer, low, high, self.version)
+            log.warning(
+                "client versions exclude the server version; answering anyway",
+                peer=self.peer, client_min=low, client_max=high, server_version=self.version,
+            )
         now = time.strftime("%Y%m%d %H:%M:%S", time.gmtime())
         self.send(m.handshake_reply(self.version, f"{now} UTC"))
         self.stage = "start"

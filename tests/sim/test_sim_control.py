@@ -15,11 +15,10 @@ import pytest
 from ib_insync import IB, Contract, MarketOrder, Stock
 
 from ibkr_sim.cli import add_arguments, build_config
-from ibkr_sim.config import SimConfig
+from ibkr_sim.config import SimConfig, SimConfigError
 from ibkr_sim.control import ControlClient, ControlServer, control_call
 from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, until
-from workers.settings import SettingsError
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +102,8 @@ def test_accounts_come_from_the_option_or_sim_accounts(monkeypatch: pytest.Monke
     )
 
 
-def test_bad_accounts_are_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="accounts"):
+def test_bad_accounts_are_a_configuration_error() -> None:
+    with pytest.raises(SimConfigError, match="accounts"):
         build_config(parse(["--accounts", "not an account"]))
 
 
