@@ -1,16 +1,24 @@
-"""Request handlers: one function per TWS API request id the sim serves."""
+"""Request handlers: one function per TWS API request id the sim serves.
+
+A handler gets what it works with, the sim's :class:`Backend`, and the :class:`Connection` the request came
+on; it knows neither the server nor the session class.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ibkr_sim import messages as m
 from ibkr_sim.admission import NO_SECURITY
+from ibkr_sim.broker import Broker
+from ibkr_sim.config import SimConfig
 from ibkr_sim.framing import parse_bool, parse_int
 from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.reports import Reports
 from ibkr_sim.requests import (
     ExecutionFilterRequest,
     Fields,
@@ -19,11 +27,45 @@ from ibkr_sim.requests import (
     parse_req_executions,
     read_contract,
 )
+from ibkr_sim.universe import Instrument, Universe
 
-if TYPE_CHECKING:
-    from ibkr_sim.session import ClientSession
 
-Handler = Callable[["ClientSession", list[str]], None]
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The sim behind every connection: its settings, order desk, account reports, instruments and quotes."""
+
+    config: SimConfig
+    broker: Broker
+    reports: Reports
+    universe: Universe
+    # tickPrice frames (bid, ask, last) of an instrument at its current price, for a request id.
+    quotes: Callable[[int, Instrument], list[bytes]]
+
+
+class Connection(Protocol):
+    """The client connection a request came on: its identity, its subscriptions and its output."""
+
+    version: int
+    client_id: int | None
+    account_updates: set[str]
+    account_multi: dict[int, tuple[str, str]]
+    positions_subscribed: bool
+    market_data: dict[int, int]
+
+    def send(self, frame: bytes) -> None:
+        """Queue one frame."""
+
+    def send_all(self, frames: list[bytes]) -> None:
+        """Queue several frames."""
+
+    def error(self, req_id: int, code: int, text: str) -> None:
+        """Queue an error message."""
+
+    def remember_values(self, key: str, values: list[tuple[str, str, str]]) -> None:
+        """Note account values sent in a full answer, so later pushes send only changes."""
+
+
+Handler = Callable[[Backend, Connection, list[str]], None]
 
 # Where the request id sits in requests the sim does not serve, so the error reaches the caller.
 _REQ_ID_INDEX = {
@@ -44,54 +86,54 @@ def request_id_of(msg_id: int, fields: list[str]) -> int:
         return -1
 
 
-def _client(s: ClientSession) -> int:
-    assert s.client_id is not None
-    return s.client_id
+def _client(conn: Connection) -> int:
+    assert conn.client_id is not None
+    return conn.client_id
 
 
-def place_order(s: ClientSession, fields: list[str]) -> None:
+def place_order(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """placeOrder (3)."""
-    s.gw.broker.place(_client(s), parse_place_order(fields, s.version))
+    backend.broker.place(_client(conn), parse_place_order(fields, conn.version))
 
 
-def cancel_order(s: ClientSession, fields: list[str]) -> None:
+def cancel_order(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """cancelOrder (4)."""
-    s.gw.broker.cancel(_client(s), parse_int(fields[2]))
+    backend.broker.cancel(_client(conn), parse_int(fields[2]))
 
 
-def _send_open_orders(s: ClientSession, orders: list[SimOrder]) -> None:
+def _send_open_orders(conn: Connection, orders: list[SimOrder]) -> None:
     for order in orders:
-        s.send_all([m.open_order(order), m.order_status(order)])
-    s.send(m.open_order_end())
+        conn.send_all([m.open_order(order), m.order_status(order)])
+    conn.send(m.open_order_end())
 
 
-def req_open_orders(s: ClientSession, fields: list[str]) -> None:
+def req_open_orders(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqOpenOrders (5): this client's working orders (every client's for the master client)."""
-    client_id = _client(s)
-    every = client_id == s.gw.config.master_client_id
-    orders = [o for o in s.gw.broker.orders.values() if not o.done and (every or o.client_id == client_id)]
-    _send_open_orders(s, orders)
+    client_id = _client(conn)
+    every = client_id == backend.config.master_client_id
+    orders = [o for o in backend.broker.orders.values() if not o.done and (every or o.client_id == client_id)]
+    _send_open_orders(conn, orders)
 
 
-def req_all_open_orders(s: ClientSession, fields: list[str]) -> None:
+def req_all_open_orders(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqAllOpenOrders (16)."""
-    _send_open_orders(s, [o for o in s.gw.broker.orders.values() if not o.done])
+    _send_open_orders(conn, [o for o in backend.broker.orders.values() if not o.done])
 
 
-def req_account_updates(s: ClientSession, fields: list[str]) -> None:
+def req_account_updates(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqAccountUpdates (6): values, portfolio, accountDownloadEnd; later changes while subscribed."""
     subscribe = parse_bool(fields[2])
-    account = fields[3] if len(fields) > 3 and fields[3] else s.gw.config.accounts[0]
+    account = fields[3] if len(fields) > 3 and fields[3] else backend.config.accounts[0]
     if not subscribe:
-        s.account_updates.discard(account)
+        conn.account_updates.discard(account)
         return
-    if account in s.gw.config.accounts:
-        s.account_updates.add(account)
-        s.send_all(s.gw.reports.account_updates(account, with_end=True))
-        s.remember_values(account, s.gw.reports.values(account))
+    if account in backend.config.accounts:
+        conn.account_updates.add(account)
+        conn.send_all(backend.reports.account_updates(account, with_end=True))
+        conn.remember_values(account, backend.reports.values(account))
     else:
-        s.error(-1, 321, f"Error validating request.-'bB' : cause - Invalid account code {account}")
-        s.send(m.account_download_end(account))
+        conn.error(-1, 321, f"Error validating request.-'bB' : cause - Invalid account code {account}")
+        conn.send(m.account_download_end(account))
 
 
 def _exec_time(text: str, default_zone: str) -> float | None:
@@ -137,134 +179,134 @@ def matching_executions(
     return out
 
 
-def req_executions(s: ClientSession, fields: list[str]) -> None:
+def req_executions(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqExecutions (7): the day's executions with their commission reports, then execDetailsEnd."""
     f = parse_req_executions(fields)
-    for ex in matching_executions(s.gw.broker.executions, f, s.gw.config.time_zone):
-        s.send_all([m.exec_details(f.req_id, ex), m.commission_report(ex)])
-    s.send(m.exec_details_end(f.req_id))
+    for ex in matching_executions(backend.broker.executions, f, backend.config.time_zone):
+        conn.send_all([m.exec_details(f.req_id, ex), m.commission_report(ex)])
+    conn.send(m.exec_details_end(f.req_id))
 
 
-def req_ids(s: ClientSession, fields: list[str]) -> None:
+def req_ids(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqIds (8)."""
-    s.send(m.next_valid_id(s.gw.broker.next_valid_id(_client(s))))
+    conn.send(m.next_valid_id(backend.broker.next_valid_id(_client(conn))))
 
 
-def req_contract_details(s: ClientSession, fields: list[str]) -> None:
+def req_contract_details(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqContractDetails (9): one contractDetails per match, or error 200."""
     req_id, query = parse_req_contract_details(fields)
-    found = s.gw.universe.lookup(query)
+    found = backend.universe.lookup(query)
     if not found:
-        s.error(req_id, 200, NO_SECURITY)
+        conn.error(req_id, 200, NO_SECURITY)
         return
     asked = query.exchange.upper()
-    s.send_all([
-        m.contract_details(req_id, inst, asked if asked else inst.exchange, s.version) for inst in found
+    conn.send_all([
+        m.contract_details(req_id, inst, asked if asked else inst.exchange, conn.version) for inst in found
     ])
-    s.send(m.contract_details_end(req_id))
+    conn.send(m.contract_details_end(req_id))
 
 
-def req_managed_accounts(s: ClientSession, fields: list[str]) -> None:
+def req_managed_accounts(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqManagedAccts (17)."""
-    s.send(m.managed_accounts(list(s.gw.config.accounts)))
+    conn.send(m.managed_accounts(list(backend.config.accounts)))
 
 
-def req_current_time(s: ClientSession, fields: list[str]) -> None:
+def req_current_time(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqCurrentTime (49)."""
-    s.send(m.current_time(int(s.gw.broker.clock())))
+    conn.send(m.current_time(int(backend.broker.clock())))
 
 
-def req_global_cancel(s: ClientSession, fields: list[str]) -> None:
+def req_global_cancel(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqGlobalCancel (58)."""
-    s.gw.broker.global_cancel()
+    backend.broker.global_cancel()
 
 
-def req_positions(s: ClientSession, fields: list[str]) -> None:
+def req_positions(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqPositions (61): every account's positions, positionEnd, then changes as they happen."""
-    s.positions_subscribed = True
-    for account in s.gw.config.accounts:
-        s.send_all(s.gw.reports.positions(account, None, with_flat=False))
-    s.send(m.position_end())
+    conn.positions_subscribed = True
+    for account in backend.config.accounts:
+        conn.send_all(backend.reports.positions(account, None, with_flat=False))
+    conn.send(m.position_end())
 
 
-def cancel_positions(s: ClientSession, fields: list[str]) -> None:
+def cancel_positions(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """cancelPositions (64)."""
-    s.positions_subscribed = False
+    conn.positions_subscribed = False
 
 
-def req_account_summary(s: ClientSession, fields: list[str]) -> None:
+def req_account_summary(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqAccountSummary (62)."""
     req_id = parse_int(fields[2])
     tags = fields[4] if len(fields) > 4 else ""
-    s.send_all(s.gw.reports.summary(req_id, s.gw.config.accounts, tags))
+    conn.send_all(backend.reports.summary(req_id, backend.config.accounts, tags))
 
 
-def _accounts_named(s: ClientSession, account: str) -> list[str]:
+def _accounts_named(backend: Backend, account: str) -> list[str]:
     if not account or account.upper() == "ALL":
-        return list(s.gw.config.accounts)
-    return [account] if account in s.gw.config.accounts else []
+        return list(backend.config.accounts)
+    return [account] if account in backend.config.accounts else []
 
 
-def req_positions_multi(s: ClientSession, fields: list[str]) -> None:
+def req_positions_multi(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqPositionsMulti (74)."""
     req_id = parse_int(fields[2])
     frames: list[bytes] = []
-    for account in _accounts_named(s, fields[3] if len(fields) > 3 else ""):
-        frames += s.gw.reports.positions_multi(req_id, account)[:-1]
-    s.send_all([*frames, m.position_multi_end(req_id)])
+    for account in _accounts_named(backend, fields[3] if len(fields) > 3 else ""):
+        frames += backend.reports.positions_multi(req_id, account)[:-1]
+    conn.send_all([*frames, m.position_multi_end(req_id)])
 
 
-def req_account_updates_multi(s: ClientSession, fields: list[str]) -> None:
+def req_account_updates_multi(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqAccountUpdatesMulti (76): values, accountUpdateMultiEnd, later changes while subscribed."""
     req_id = parse_int(fields[2])
     model = fields[4] if len(fields) > 4 else ""
-    for account in _accounts_named(s, fields[3] if len(fields) > 3 else ""):
-        s.account_multi[req_id] = (account, model)
-        s.send_all(s.gw.reports.account_multi(req_id, account, model))
-        s.remember_values(f"{req_id}:{account}", s.gw.reports.values(account))
-    s.send(m.account_update_multi_end(req_id))
+    for account in _accounts_named(backend, fields[3] if len(fields) > 3 else ""):
+        conn.account_multi[req_id] = (account, model)
+        conn.send_all(backend.reports.account_multi(req_id, account, model))
+        conn.remember_values(f"{req_id}:{account}", backend.reports.values(account))
+    conn.send(m.account_update_multi_end(req_id))
 
 
-def cancel_account_updates_multi(s: ClientSession, fields: list[str]) -> None:
+def cancel_account_updates_multi(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """cancelAccountUpdatesMulti (77)."""
-    s.account_multi.pop(parse_int(fields[2]), None)
+    conn.account_multi.pop(parse_int(fields[2]), None)
 
 
-def req_completed_orders(s: ClientSession, fields: list[str]) -> None:
+def req_completed_orders(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqCompletedOrders (99): every done order, then completedOrdersEnd."""
-    done = [o for o in s.gw.broker.orders.values() if o.done]
+    done = [o for o in backend.broker.orders.values() if o.done]
     done.sort(key=lambda o: o.completed_time)
-    s.send_all([m.completed_order(o, s.version) for o in done])
-    s.send(m.completed_orders_end())
+    conn.send_all([m.completed_order(o, conn.version) for o in done])
+    conn.send(m.completed_orders_end())
 
 
-def req_mkt_data(s: ClientSession, fields: list[str]) -> None:
+def req_mkt_data(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """reqMktData (1): bid, ask and last from the price process; snapshot ends with tickSnapshotEnd."""
     f = Fields(fields, start=2)
     req_id = f.integer()
     query = read_contract(f)
-    found = s.gw.universe.lookup(query)
+    found = backend.universe.lookup(query)
     if len(found) != 1:
-        s.error(req_id, 200, NO_SECURITY)
+        conn.error(req_id, 200, NO_SECURITY)
         return
     if f.flag():  # delta-neutral contract
         f.skip(3)
     f.skip(1)  # genericTickList
     snapshot = f.flag()
     inst = found[0]
-    s.send_all(s.gw.quote_frames(req_id, inst))
+    conn.send_all(backend.quotes(req_id, inst))
     if snapshot:
-        s.send(m.tick_snapshot_end(req_id))
+        conn.send(m.tick_snapshot_end(req_id))
     else:
-        s.market_data[req_id] = inst.con_id
+        conn.market_data[req_id] = inst.con_id
 
 
-def cancel_mkt_data(s: ClientSession, fields: list[str]) -> None:
+def cancel_mkt_data(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """cancelMktData (2)."""
-    s.market_data.pop(parse_int(fields[2]), None)
+    conn.market_data.pop(parse_int(fields[2]), None)
 
 
-def ignore(s: ClientSession, fields: list[str]) -> None:
+def ignore(backend: Backend, conn: Connection, fields: list[str]) -> None:
     """Requests that need no answer (cancels of subscriptions the sim does not keep, settings)."""
 
 

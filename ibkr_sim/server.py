@@ -12,6 +12,7 @@ from types import TracebackType
 from ibkr_sim import messages as m
 from ibkr_sim.broker import Broker
 from ibkr_sim.config import SimConfig
+from ibkr_sim.handlers import Backend
 from ibkr_sim.logs import get_logger
 from ibkr_sim.market import PriceProcess, on_grid
 from ibkr_sim.matching import Rejection
@@ -43,6 +44,7 @@ class SimGateway:
         self.portfolio = Portfolio(list(self.config.accounts), self.config.initial_cash)
         self.reports = Reports(self.portfolio, self.prices)
         self.broker = Broker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
+        self.backend = Backend(self.config, self.broker, self.reports, self.universe, self.quote_frames)
         self.sessions: set[ClientSession] = set()
         self.clients: dict[int, ClientSession] = {}
         self.frozen = False
@@ -83,7 +85,7 @@ class SimGateway:
 
     def _new_session(self) -> ClientSession:
         self.connections_accepted += 1
-        return ClientSession(self)
+        return ClientSession(self, self.backend)
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""

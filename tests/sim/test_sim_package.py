@@ -43,6 +43,37 @@ def test_no_sim_module_imports_the_workers_even_lazily() -> None:
     assert {name: found for name, found in offending.items() if found} == {}
 
 
+def _sim_imports(path: Path) -> set[str]:
+    """The sim modules a module imports, wherever the import stands (type-checking blocks included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "ibkr_sim":
+            found.update(f"ibkr_sim.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ibkr_sim."):
+            found.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("ibkr_sim."))
+    return found
+
+
+def test_the_sim_modules_import_each_other_without_a_cycle() -> None:
+    graph = {f"ibkr_sim.{path.stem}": _sim_imports(path) for path in SIM_DIR.glob("*.py")}
+    assert "ibkr_sim.session" in graph["ibkr_sim.server"]
+    assert "ibkr_sim.handlers" in graph["ibkr_sim.session"]
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path[path.index(module):], module))}"
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, set())):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
+
+
 def test_importing_every_sim_module_loads_nothing_of_the_workers() -> None:
     probe = (
         "import importlib, pkgutil, sys, ibkr_sim\n"
