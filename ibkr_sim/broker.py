@@ -36,8 +36,8 @@ class Delivery(Protocol):
         """A fill changed an account's position, cash and values."""
 
 
-class Broker:
-    """Orders, executions and the matching of working orders."""
+class SimBroker:
+    """The simulated broker's order desk: orders, executions and the matching of working orders."""
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from ibkr_sim import messages as m
 from ibkr_sim.admission import NO_SECURITY
-from ibkr_sim.broker import Broker
+from ibkr_sim.broker import SimBroker
 from ibkr_sim.config import SimConfig
 from ibkr_sim.framing import parse_bool, parse_int
 from ibkr_sim.orders import SimExecution, SimOrder
@@ -35,7 +35,7 @@ class Backend:
     """The sim behind every connection: its settings, order desk, account reports, instruments and quotes."""
 
     config: SimConfig
-    broker: Broker
+    broker: SimBroker
     reports: Reports
     universe: Universe
     # tickPrice frames (bid, ask, last) of an instrument at its current price, for a request id.

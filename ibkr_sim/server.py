@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from ibkr_sim import messages as m
-from ibkr_sim.broker import Broker
+from ibkr_sim.broker import SimBroker
 from ibkr_sim.config import SimConfig
 from ibkr_sim.handlers import Backend
 from ibkr_sim.logs import get_logger
@@ -43,7 +43,7 @@ class SimGateway:
         self.prices = PriceProcess(self.config.seed, self.config.volatility)
         self.portfolio = Portfolio(list(self.config.accounts), self.config.initial_cash)
         self.reports = Reports(self.portfolio, self.prices)
-        self.broker = Broker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
+        self.broker = SimBroker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
         self.backend = Backend(self.config, self.broker, self.reports, self.universe, self.quote_frames)
         self.sessions: set[ClientSession] = set()
         self.clients: dict[int, ClientSession] = {}
