@@ -111,6 +111,16 @@ def test_commands_that_start_the_sim_say_what_to_install_when_it_is_missing(args
     ]
 
 
+@pytest.mark.parametrize("command", ["migrate", "sim-gateway"])
+def test_unknown_options_are_still_refused_with_the_sim_installed(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", command, "--no-such-option"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "ibkr-workers: error: unrecognized arguments: --no-such-option"
+
+
 def test_other_commands_work_without_the_sim() -> None:
     result = _workers_without_the_sim("--version")
     assert result.returncode == 0
