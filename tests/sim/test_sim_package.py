@@ -15,6 +15,7 @@ import pytest
 from ib_insync import IB
 
 import ibkr_sim
+import workers
 from ibkr_sim.control import control_call
 from tests.sim.helpers import until
 
@@ -41,6 +42,17 @@ def test_no_sim_module_imports_the_workers_even_lazily() -> None:
         for path in modules
     }
     assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_of_the_workers_only_the_demo_imports_the_sim() -> None:
+    workers_dir = Path(workers.__file__).parent
+    importers = sorted(
+        str(path.relative_to(workers_dir))
+        for path in workers_dir.rglob("*.py")
+        if any(n.partition(".")[0] == "ibkr_sim" for n in _imported_names(path.read_text("utf-8")))
+    )
+    # The command line imports the sim by name (importlib), only when `sim-gateway` runs or lists its options.
+    assert importers == ["entrypoints/demo.py"]
 
 
 def _sim_imports(path: Path) -> set[str]:
