@@ -1,13 +1,14 @@
 # syntax=docker/dockerfile:1
 #
 # The ibkr-workers image: one image, every command (`order-consumer`, `instrument-sync`, `sim-gateway`,
-# `migrate`, `topics`, ...), chosen by the arguments after the image name:
+# `migrate`, `topics`, ...), chosen by the arguments after the image name. It carries the sim gateway (the
+# ibkr-sim distribution) unless built with --build-arg WITH_SIM=no:
 #
 #   docker build -t ibkr-workers .
 #   docker run --rm ibkr-workers --help
 #   docker run --rm -e DATABASE_URL=... ibkr-workers migrate
 #
-# Two stages. The builder turns the project into a wheel and installs it, with every dependency pinned by
+# Two stages. The builder turns the project into wheels and installs them, with every dependency pinned by
 # constraints.txt, into a virtual environment at /opt/venv. The final stage is the same slim Python base
 # with only that virtual environment and the event schemas copied in: no compiler, no pip cache, no
 # source tree, and it runs as an unprivileged user (uid/gid 10001).
@@ -36,11 +37,16 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
  && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/requirements.txt
 
-# Then the project itself, as a wheel (a regular, non-editable install: the source tree stays behind).
+# Then the project itself, as wheels (a regular, non-editable install: the source tree stays behind): the
+# workers, and the sim gateway (its own distribution, ibkr-sim), which `sim-gateway`, `demo` and the compose
+# stack run. WITH_SIM=no builds an image without it, where those two commands say what to install.
+ARG WITH_SIM=yes
 COPY README.md ./
 COPY workers ./workers
+COPY ibkr_sim ./ibkr_sim
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
- && /opt/venv/bin/pip install --no-deps /tmp/wheels/ibkr_workers-*.whl
+ && if [ "$WITH_SIM" = yes ]; then /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels ./ibkr_sim; fi \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl
 
 # The event schemas. The codec looks for them at Path(workers.__file__).parent.parent / "schemas", which in
 # an installed (non-editable) package is site-packages/schemas: put them exactly there.
@@ -48,7 +54,8 @@ COPY schemas /tmp/schemas
 RUN site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
  && cp -r /tmp/schemas "$site/schemas" \
  && /opt/venv/bin/python -c 'from workers.adapters.avro import SchemaCatalog; c = SchemaCatalog(); print(c.directory, len(c.records()), "records")' \
- && /opt/venv/bin/ibkr-workers --version
+ && /opt/venv/bin/ibkr-workers --version \
+ && if [ "$WITH_SIM" = yes ]; then /opt/venv/bin/ibkr-sim --help > /dev/null; fi
 
 # ---------------------------------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime

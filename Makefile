@@ -7,11 +7,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install test lint demo services-up services-down clean
 
-$(BIN)/ibkr-workers: pyproject.toml constraints.txt
+$(BIN)/ibkr-workers: pyproject.toml ibkr_sim/pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "Python 3.11-3.13 required (ib_insync fails on 3.14)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dev]"
+	# Two distributions from this repository: the workers and the sim gateway (ibkr_sim/, `ibkr-sim`).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dev]" -e ./ibkr_sim
 	touch $(BIN)/ibkr-workers
 
 install: $(BIN)/ibkr-workers
@@ -20,8 +21,8 @@ test: install
 	scripts/test $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check workers tests bench
-	$(BIN)/mypy --strict workers
+	$(BIN)/ruff check workers ibkr_sim tests bench
+	$(BIN)/mypy --strict workers ibkr_sim
 
 demo: install
 	scripts/demo

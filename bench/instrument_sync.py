@@ -56,7 +56,7 @@ def sim_universe(count: int) -> dict[str, Any]:
 
 async def start_sim(universe: Path, ready: Path, pacing: bool) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.sim", "--port", "0", "--universe", str(universe),
+        sys.executable, "-m", "ibkr_sim", "--port", "0", "--universe", str(universe),
         "--pacing", "on" if pacing else "off", "--tick-interval", "0", "--ready-file", str(ready),
         "--log-level", "WARNING",
     )

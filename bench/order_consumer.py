@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ledger_history import seed_history
+from ibkr_sim.control import control_call
 from tests.conftest import with_search_path
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import (
@@ -52,7 +53,6 @@ from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
 from workers.settings import TopicNames
-from workers.sim.control import control_call
 
 ACCOUNT = "DU0000001"
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
@@ -114,7 +114,7 @@ class SimProcess:
         ready = Path(f"/tmp/bench-sim-{uuid.uuid4().hex[:8]}.json")
         SimProcess.started.append(self)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers.sim", "--port", "0", "--control-port", "0",
+            sys.executable, "-m", "ibkr_sim", "--port", "0", "--control-port", "0",
             "--pacing", "on" if self.pacing else "off", "--ready-file", str(ready), cwd=REPO)
         for _ in range(200):
             if ready.exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ib_insync import IB, Contract, MarketOrder, Trade
 
-from workers.sim.control import ControlClient
+from ibkr_sim.control import ControlClient
 
 
 def cpu_times() -> tuple[float, float]:
@@ -36,7 +36,7 @@ def ready_file_written(path: Path) -> bool:
 
 async def start_sim(ready: Path) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.sim", "--port", "0", "--control-port", "0", "--pacing", "off",
+        sys.executable, "-m", "ibkr_sim", "--port", "0", "--control-port", "0", "--pacing", "off",
         "--tick-interval", "0", "--ready-file", str(ready), "--log-level", "WARNING",
     )
     deadline = time.monotonic() + 20

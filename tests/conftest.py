@@ -25,11 +25,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.settings import TopicNames
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 HOW_TO_START = (
     "no {what} available: set {var}, or run `scripts/dev-services up` and export the lines it prints, "

@@ -17,11 +17,15 @@ from typing import Any
 from workers import __version__
 from workers.settings import SettingsError
 
+# The sim gateway is a distribution of its own (ibkr-sim); `sim-gateway` and `demo` start it.
+SIM_PACKAGE = "ibkr_sim"
+SIM_MISSING = "the sim gateway is not installed; install it with: pip install 'ibkr-workers[sim]'"
+
 # command name -> "module:function"; the function is ``async def run(args) -> int``.
 COMMANDS: dict[str, str] = {
     "order-consumer": "workers.entrypoints.order_consumer:run",
     "instrument-sync": "workers.entrypoints.instrument_sync:run",
-    "sim-gateway": "workers.sim.cli:run",
+    "sim-gateway": f"{SIM_PACKAGE}.cli:run",
     "migrate": "workers.entrypoints.admin:run_migrate",
     "topics": "workers.entrypoints.admin:run_topics",
     "demo": "workers.entrypoints.demo:run",
@@ -34,7 +38,7 @@ COMMANDS: dict[str, str] = {
 
 
 class CommandUnavailable(Exception):
-    """The command belongs to a part of the project that has not landed yet."""
+    """The command needs a part of the project that is not installed (or has not landed yet)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,10 +150,17 @@ def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --wait: give up after S seconds (default 60)")
 
 
+def _missing_sim(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").partition(".")[0] == SIM_PACKAGE
+
+
 def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     try:
-        module = importlib.import_module("workers.sim.cli")
-    except ImportError:
+        module = importlib.import_module(f"{SIM_PACKAGE}.cli")
+    except ModuleNotFoundError as exc:
+        if not _missing_sim(exc):
+            raise
+        parser.description = SIM_MISSING
         return
     add_arguments: Callable[[argparse.ArgumentParser], None] = module.add_arguments
     add_arguments(parser)
@@ -160,6 +171,8 @@ def _resolve(command: str) -> Callable[[argparse.Namespace], Coroutine[Any, Any,
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if _missing_sim(exc):
+            raise CommandUnavailable(SIM_MISSING) from None
         if exc.name and module_name.startswith(exc.name):
             raise CommandUnavailable(f"'{command}' is not yet available in this version") from None
         raise
@@ -169,9 +182,13 @@ def _resolve(command: str) -> Callable[[argparse.Namespace], Coroutine[Any, Any,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the command, return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     try:
         handler = _resolve(args.command)
+        # Without the sim installed, its options are unknown: say what to install, not "unrecognized".
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         result: Any = asyncio.run(handler(args))
     except (SettingsError, CommandUnavailable) as exc:
         print(f"ibkr-workers {args.command}: {exc}", file=sys.stderr)

@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
@@ -35,8 +37,6 @@ from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderCancelRequested, OrderRequested, OrderType, Side, TimeInForce
 from workers.runtime.order_consumer import OrderConsumerApp
 from workers.settings import Settings, TopicNames
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 ACCOUNT = "DU0000001"
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK",

@@ -10,12 +10,12 @@ from decimal import Decimal
 
 import pytest
 
+from ibkr_sim import SimConfig, SimGateway
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.domain.instruments import Instrument
 from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
 from workers.ports.ibkr import IbExecution, IbReport
-from workers.sim import SimConfig, SimGateway
 
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
                   currency="USD", min_tick=Decimal("0.01"))

@@ -13,6 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Instrument as SimInstrument
 from tests.integration.topic_reading import records_on_partition
 from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
@@ -32,9 +35,6 @@ from workers.domain.universe import entries_from_document
 from workers.ports.instruments import ContractLookup, InstrumentChange, InstrumentRow
 from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.instrument_sync import InstrumentSync, PassSummary
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
-from workers.sim.universe import Instrument as SimInstrument
 
 pytestmark = pytest.mark.integration
 

@@ -17,14 +17,14 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from tests.integration.topic_reading import records_on_partition
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
 from workers.domain.universe import entries_from_document
 from workers.settings import TopicNames
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

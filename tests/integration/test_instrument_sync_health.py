@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import WORKER_HEALTH
 from workers.adapters.postgres.migrate import migrate
@@ -32,8 +34,6 @@ from workers.bootstrap import build_instrument_sync
 from workers.domain.universe import entries_from_document
 from workers.runtime.instrument_sync import InstrumentSyncApp
 from workers.settings import Settings, TopicNames
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

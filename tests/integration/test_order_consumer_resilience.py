@@ -124,8 +124,8 @@ async def test_heartbeat_detects_a_frozen_gateway_and_reconnects(kafka_bootstrap
 
 async def test_paper_worker_refuses_to_trade_against_a_live_account(kafka_bootstrap: str, database_url: str,
                                                                    kafka_topics: TopicNames) -> None:
-    from workers.sim.config import SimConfig
-    from workers.sim.server import SimGateway
+    from ibkr_sim.config import SimConfig
+    from ibkr_sim.server import SimGateway
 
     harness = Harness(kafka_bootstrap, database_url, kafka_topics)
     harness.sim = SimGateway(SimConfig(pacing=False, accounts=("U0000009",)))

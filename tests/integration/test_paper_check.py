@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

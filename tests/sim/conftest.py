@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from ib_insync import IB, Contract, Stock
 
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import Connect
-from workers.sim.server import SimGateway
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import time
 import pytest
 from ib_insync import IB
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.framing import FrameReader, encode_frame
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import ACCOUNT, Connect, Errors, until
-from workers.sim.config import SimConfig
-from workers.sim.framing import FrameReader, encode_frame
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ib_insync import IB, Contract, Forex, Future, Option, Stock
 
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Instrument
 from tests.sim.helpers import AAPL, Errors
-from workers.sim.server import SimGateway
-from workers.sim.universe import Instrument
 
 pytestmark = pytest.mark.integration
 

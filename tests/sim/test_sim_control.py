@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from ib_insync import IB, Contract, MarketOrder, Stock
 
+from ibkr_sim.cli import add_arguments, build_config
+from ibkr_sim.config import SimConfig, SimConfigError
+from ibkr_sim.control import ControlClient, ControlServer, control_call
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, until
-from workers.settings import SettingsError
-from workers.sim.cli import add_arguments, build_config
-from workers.sim.config import SimConfig
-from workers.sim.control import ControlClient, ControlServer, control_call
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 
@@ -103,15 +102,15 @@ def test_accounts_come_from_the_option_or_sim_accounts(monkeypatch: pytest.Monke
     )
 
 
-def test_bad_accounts_are_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="accounts"):
+def test_bad_accounts_are_a_configuration_error() -> None:
+    with pytest.raises(SimConfigError, match="accounts"):
         build_config(parse(["--accounts", "not an account"]))
 
 
 async def test_sim_runs_as_its_own_process(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.sim", "--port", "0", "--control-port", "0", "--ready-file", str(ready),
+        sys.executable, "-m", "ibkr_sim", "--port", "0", "--control-port", "0", "--ready-file", str(ready),
         "--tick-interval", "0", "--log-level", "WARNING",
         env={**os.environ, "SIM_ACCOUNTS": "DU0000021"},
     )

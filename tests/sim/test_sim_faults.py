@@ -8,9 +8,9 @@ import time
 import pytest
 from ib_insync import IB, Contract, LimitOrder, MarketOrder
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, Connect, Errors, until
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.sim.framing import (
+from ibkr_sim.framing import (
     MAX_FRAME_LENGTH,
     FieldError,
     FrameReader,

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ib_insync import IB, LimitOrder, Stock
 from ib_insync.client import Client
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.framing import FrameReader, encode_frame
+from ibkr_sim.logs import configure_logging
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 from tests.sim.helpers import Connect, Errors
-from workers.sim.config import SimConfig
-from workers.sim.framing import FrameReader, encode_frame
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
 
 pytestmark = pytest.mark.integration
 
@@ -81,16 +84,31 @@ async def _setup(runner: asyncio.Runner) -> FuzzEnv:
     return FuzzEnv(runner, sim, reader, writer, fields)
 
 
+@contextlib.contextmanager
+def _sim_errors_collected(sink: list[logging.LogRecord]) -> Iterator[None]:
+    """Route the sim's structlog events through ``logging`` (as its own process does) and keep the errors."""
+    root = logging.getLogger()
+    saved = (structlog.get_config(), root.handlers[:], root.level)
+    configure_logging("WARNING")
+    handler = _Collect(sink)
+    logging.getLogger("ibkr_sim").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("ibkr_sim").removeHandler(handler)
+        structlog.configure(**saved[0])
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[2])
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[FuzzEnv]:
     runner = asyncio.Runner()
     fuzz = runner.run(_setup(runner))
-    handler = _Collect(fuzz.errors)
-    logging.getLogger("workers.sim").addHandler(handler)
     try:
-        yield fuzz
+        with _sim_errors_collected(fuzz.errors):
+            yield fuzz
     finally:
-        logging.getLogger("workers.sim").removeHandler(handler)
         fuzz.writer.close()
         runner.run(fuzz.sim.stop())
         runner.close()

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.sim.market import PriceProcess, conforms, on_grid, tick_decimals
-from workers.sim.portfolio import DEFAULT_COMMISSIONS, Portfolio
-from workers.sim.universe import Instrument
+from ibkr_sim.market import PriceProcess, conforms, on_grid, tick_decimals
+from ibkr_sim.portfolio import DEFAULT_COMMISSIONS, Portfolio
+from ibkr_sim.universe import Instrument
 
 STOCK = Instrument(con_id=1, symbol="AAA", sec_type="STK", exchange="SMART", currency="USD", ref_price=50.0)
 FUTURE = Instrument(

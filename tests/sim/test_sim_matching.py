@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.sim.matching import FillPlan, opening_plan, plan_fill, side_of, validate
+from ibkr_sim.matching import FillPlan, opening_plan, plan_fill, side_of, validate
 
 
 @dataclass

@@ -7,9 +7,9 @@ import re
 import pytest
 from ib_insync import IB, Contract, LimitOrder, MarketOrder, Order, StopLimitOrder, StopOrder, Trade
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, ACCOUNT, Connect, Errors, until
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

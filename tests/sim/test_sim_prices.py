@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ib_insync import IB, Contract, LimitOrder
 
+from ibkr_sim.config import SimConfig
+from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, until
-from workers.sim.config import SimConfig
-from workers.sim.server import SimGateway
 
 pytestmark = pytest.mark.integration
 

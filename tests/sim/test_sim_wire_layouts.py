@@ -20,16 +20,16 @@ from ib_insync import (
 from ib_insync.client import Client
 from ib_insync.decoder import Decoder
 
-from workers.sim import messages as m
-from workers.sim.framing import FrameReader, encode_body
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.requests import (
+from ibkr_sim import messages as m
+from ibkr_sim.framing import FrameReader, encode_body
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.requests import (
     OrderRequest,
     parse_place_order,
     parse_req_contract_details,
     parse_req_executions,
 )
-from workers.sim.universe import ContractQuery, Universe
+from ibkr_sim.universe import ContractQuery, Universe
 
 UNIVERSE = Universe.load()
 AAPL = UNIVERSE.get(265598)

@@ -40,6 +40,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
+from ibkr_sim.config import DEFAULT_ACCOUNTS, SimConfig
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.topics import ensure_topics
 from workers.adapters.postgres.instruments import InstrumentMapper
@@ -57,9 +60,6 @@ from workers.logs import configure_logging, get_logger
 from workers.runtime.instrument_sync import StartupFailed
 from workers.runtime.order_consumer import OrderConsumerApp
 from workers.settings import Settings, load_settings
-from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
 
 log = get_logger(__name__)
 

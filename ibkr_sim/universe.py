@@ -213,7 +213,7 @@ class Universe:
     def load(cls, path: str | Path | None = None) -> Universe:
         """Load a universe file; ``None`` loads the default that ships with the package."""
         if path is None:
-            text = resources.files("workers.sim").joinpath("data/universe.json").read_text("utf-8")
+            text = resources.files("ibkr_sim").joinpath("data/universe.json").read_text("utf-8")
         else:
             text = Path(path).read_text("utf-8")
         return cls.from_json(text)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.server import SimGateway
-from workers.sim.universe import instrument_from_dict, instrument_to_dict
+from ibkr_sim.logs import get_logger
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import instrument_from_dict, instrument_to_dict
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Op = Callable[..., Any]
 
@@ -146,7 +146,7 @@ class ControlServer:
                 writer.write(json.dumps(self.handle(line), default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
-            log.info("control connection ended: %s", exc)
+            log.info("control connection ended", error=str(exc))
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from workers.sim import messages as m
-from workers.sim.market import PriceProcess
-from workers.sim.portfolio import Portfolio, Position
+from ibkr_sim import messages as m
+from ibkr_sim.market import PriceProcess
+from ibkr_sim.portfolio import Portfolio, Position
 
 
 class Reports:

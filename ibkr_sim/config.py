@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from workers.sim.portfolio import DEFAULT_COMMISSIONS, CommissionRate
+from ibkr_sim.portfolio import DEFAULT_COMMISSIONS, CommissionRate
 
 DEFAULT_ACCOUNTS = ("DU0000001",)
 # Paper-style made-up account codes only: two capital letters then digits (DU…, DF…).

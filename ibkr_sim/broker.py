@@ -14,16 +14,16 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from workers.sim import messages as m
-from workers.sim.admission import account_for, check_order, resolve_contract
-from workers.sim.config import SimConfig
-from workers.sim.framing import encode_body
-from workers.sim.market import PriceProcess
-from workers.sim.matching import Rejection, opening_plan, plan_fill, side_of, stop_triggered
-from workers.sim.orders import CANCELLED, FILLED, INACTIVE, PRE_SUBMITTED, SUBMITTED, SimExecution, SimOrder
-from workers.sim.portfolio import Portfolio
-from workers.sim.requests import OrderRequest
-from workers.sim.universe import Instrument, Universe
+from ibkr_sim import messages as m
+from ibkr_sim.admission import account_for, check_order, resolve_contract
+from ibkr_sim.config import SimConfig
+from ibkr_sim.framing import encode_body
+from ibkr_sim.market import PriceProcess
+from ibkr_sim.matching import Rejection, opening_plan, plan_fill, side_of, stop_triggered
+from ibkr_sim.orders import CANCELLED, FILLED, INACTIVE, PRE_SUBMITTED, SUBMITTED, SimExecution, SimOrder
+from ibkr_sim.portfolio import Portfolio
+from ibkr_sim.requests import OrderRequest
+from ibkr_sim.universe import Instrument, Universe
 
 
 class Delivery(Protocol):
@@ -36,8 +36,8 @@ class Delivery(Protocol):
         """A fill changed an account's position, cash and values."""
 
 
-class Broker:
-    """Orders, executions and the matching of working orders."""
+class SimBroker:
+    """The simulated broker's order desk: orders, executions and the matching of working orders."""
 
     def __init__(
         self,

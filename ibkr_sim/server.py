@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from workers.sim import messages as m
-from workers.sim.broker import Broker
-from workers.sim.config import SimConfig
-from workers.sim.market import PriceProcess, on_grid
-from workers.sim.matching import Rejection
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.portfolio import Portfolio, Position
-from workers.sim.reports import Reports
-from workers.sim.requests import OrderRequest
-from workers.sim.session import ClientSession
-from workers.sim.universe import Instrument, Universe
+from ibkr_sim import messages as m
+from ibkr_sim.broker import SimBroker
+from ibkr_sim.config import SimConfig
+from ibkr_sim.handlers import Backend
+from ibkr_sim.logs import get_logger
+from ibkr_sim.market import PriceProcess, on_grid
+from ibkr_sim.matching import Rejection
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.portfolio import Portfolio, Position
+from ibkr_sim.reports import Reports
+from ibkr_sim.requests import OrderRequest
+from ibkr_sim.session import ClientSession
+from ibkr_sim.universe import Instrument, Universe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 class SimGateway:
     """A TWS API server backed by a simulated broker; ib_insync connects to it as to IB Gateway.
@@ -42,7 +43,8 @@ class SimGateway:
         self.prices = PriceProcess(self.config.seed, self.config.volatility)
         self.portfolio = Portfolio(list(self.config.accounts), self.config.initial_cash)
         self.reports = Reports(self.portfolio, self.prices)
-        self.broker = Broker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
+        self.broker = SimBroker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
+        self.backend = Backend(self.config, self.broker, self.reports, self.universe, self.quote_frames)
         self.sessions: set[ClientSession] = set()
         self.clients: dict[int, ClientSession] = {}
         self.frozen = False
@@ -70,7 +72,7 @@ class SimGateway:
         await self._listen()
         if self.config.tick_interval is not None:
             self._ticker = asyncio.create_task(self._tick_loop(self.config.tick_interval))
-        log.info("sim gateway listening on %s:%d", self._host, self._port)
+        log.info("sim gateway listening", host=self._host, port=self._port)
         return self._host, self._port
 
     async def _listen(self) -> None:
@@ -83,7 +85,7 @@ class SimGateway:
 
     def _new_session(self) -> ClientSession:
         self.connections_accepted += 1
-        return ClientSession(self)
+        return ClientSession(self, self.backend)
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -288,7 +290,7 @@ class SimGateway:
         self._reopen = None
         if self._server is None and not self._stopped:
             await self._listen()
-            log.info("sim gateway accepting connections again on %s:%d", self._host, self._port)
+            log.info("sim gateway accepting connections again", host=self._host, port=self._port)
 
     def delay_responses(self, milliseconds: float) -> None:
         """Delay every outgoing message by ``milliseconds`` (0 to stop delaying)."""

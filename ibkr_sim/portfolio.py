@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.sim.universe import Instrument
+from ibkr_sim.universe import Instrument
 
 BASE_CURRENCY = "USD"
 # Rough conversion of other currencies into the base; enough for NetLiquidation of a made-up account.

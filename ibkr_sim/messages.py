@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from workers.sim.framing import encode_body, encode_frame, fmt_float, fmt_qty
-from workers.sim.orders import SimExecution, SimOrder
-from workers.sim.universe import Instrument
+from ibkr_sim.framing import encode_body, encode_frame, fmt_float, fmt_qty
+from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.universe import Instrument
 
 UNSET_D = "1.7976931348623157E308"
 UNSET_I = "2147483647"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field, replace
 
-from workers.sim.framing import (
+from ibkr_sim.framing import (
     FieldError,
     parse_bool,
     parse_decimal_qty,
     parse_float,
     parse_int,
 )
-from workers.sim.universe import ContractQuery
+from ibkr_sim.universe import ContractQuery
 
 
 class Fields:

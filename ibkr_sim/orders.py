@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.sim.requests import OrderRequest
-from workers.sim.universe import Instrument
+from ibkr_sim.requests import OrderRequest
+from ibkr_sim.universe import Instrument
 
 PRE_SUBMITTED = "PreSubmitted"
 SUBMITTED = "Submitted"

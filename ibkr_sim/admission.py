@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workers.sim.market import conforms
-from workers.sim.matching import Rejection, validate
-from workers.sim.requests import OrderRequest
-from workers.sim.universe import Instrument, Universe
+from ibkr_sim.market import conforms
+from ibkr_sim.matching import Rejection, validate
+from ibkr_sim.requests import OrderRequest
+from ibkr_sim.universe import Instrument, Universe
 
 PRICE_TEXT = "The price does not conform to the minimum price variation for this contract."
 NO_SECURITY = "No security definition has been found for the request"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from workers.sim import messages as m
-from workers.sim.framing import (
+from ibkr_sim import messages as m
+from ibkr_sim.framing import (
     HANDSHAKE_PREFIX,
     FieldError,
     FrameReader,
@@ -17,22 +16,43 @@ from workers.sim.framing import (
     parse_int,
     parse_version_range,
 )
-from workers.sim.handlers import HANDLERS, request_id_of
+from ibkr_sim.handlers import HANDLERS, Backend, request_id_of
+from ibkr_sim.logs import get_logger
 
-if TYPE_CHECKING:
-    from workers.sim.server import SimGateway
-
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CLIENT_ID_IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
+
+
+class Switchboard(Protocol):
+    """What a connection needs of the server: the registry of connections and clientIds, the fault switches."""
+
+    frozen: bool
+    response_delay: float
+    pacing_enabled: bool
+    pacing_violations: int
+
+    def session_opened(self, session: ClientSession) -> None:
+        """Register a new connection."""
+
+    def session_closed(self, session: ClientSession) -> None:
+        """Forget a connection and free its clientId."""
+
+    def bind_client(self, session: ClientSession, client_id: int) -> bool:
+        """Claim ``client_id`` for the session; False when another live connection holds it."""
+
+    def take_next_valid_id(self, client_id: int) -> int:
+        """The nextValidId to announce on connect."""
 
 
 class ClientSession(asyncio.Protocol):
     """The server side of one TWS API connection."""
 
-    def __init__(self, gateway: SimGateway) -> None:
-        self.gw = gateway
-        self.version = gateway.config.server_version
+    def __init__(self, switchboard: Switchboard, backend: Backend) -> None:
+        self.switchboard = switchboard
+        self.backend = backend
+        self.config = backend.config
+        self.version = backend.config.server_version
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
         self.stage = "prefix"  # prefix -> version -> start -> ready -> closed
@@ -61,10 +81,10 @@ class ClientSession(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.gw.session_opened(self)
+        self.switchboard.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.gw.frozen:
+        if self.switchboard.frozen:
             self._held_input.append(data)
             return
         # Everything this data causes goes out in one write at the end, without a scheduled flush.
@@ -72,24 +92,24 @@ class ClientSession(asyncio.Protocol):
         try:
             self._process(data)
         except FrameTooLarge as exc:
-            log.warning("closing %s: %s", self.peer, exc)
+            log.warning("connection closed: frame too large", peer=self.peer, error=str(exc))
             self.close()
         except Exception:
             # Nothing a client sends may take the server down; this connection is unusable though.
-            log.exception("closing %s after an unexpected error", self.peer)
+            log.exception("connection closed after an unexpected error", peer=self.peer)
             self.close()
         self.flush()
 
     def eof_received(self) -> bool:
         # Free the clientId at once: ibapi closes its socket up to a second after sending EOF.
-        self.gw.session_closed(self)
+        self.switchboard.session_closed(self)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stage = "closed"
         if self._delay_timer is not None:
             self._delay_timer.cancel()
-        self.gw.session_closed(self)
+        self.switchboard.session_closed(self)
 
     # --- input -------------------------------------------------------------------------------
 
@@ -99,7 +119,7 @@ class ClientSession(asyncio.Protocol):
             if len(self._prefix) < len(HANDSHAKE_PREFIX):
                 return
             if not self._prefix.startswith(HANDSHAKE_PREFIX):
-                log.warning("closing %s: no API prefix", self.peer)
+                log.warning("connection closed: no API prefix", peer=self.peer)
                 self.close()
                 return
             data = self._prefix[len(HANDSHAKE_PREFIX) :]
@@ -114,14 +134,14 @@ class ClientSession(asyncio.Protocol):
         if self.stage == "version":
             self._on_version(fields)
             return
-        if self.gw.config.pacing and self.gw.pacing_enabled and not self._pace():
+        if self.config.pacing and self.switchboard.pacing_enabled and not self._pace():
             return
         self.messages_received += 1
         if self.stage == "start":
             if fields and fields[0] == "71":
                 self._on_start_api(fields)
             else:
-                log.info("%s sent %s before startApi; ignored", self.peer, fields[:1])
+                log.info("request before startApi ignored", peer=self.peer, msg_id=fields[0] if fields else None)
             return
         try:
             msg_id = int(fields[0])
@@ -137,7 +157,7 @@ class ClientSession(asyncio.Protocol):
             )
             return
         try:
-            handler(self, fields)
+            handler(self.backend, self, fields)
         except (FieldError, ValueError, IndexError) as exc:
             self.error(
                 request_id_of(msg_id, fields), 320,
@@ -145,18 +165,21 @@ class ClientSession(asyncio.Protocol):
             )
         except Exception:
             # A sim bug must not cost the client its connection: log it and answer like TWS would.
-            log.exception("request %s from %s failed", msg_id, self.peer)
+            log.exception("request failed", msg_id=msg_id, peer=self.peer)
             self.error(request_id_of(msg_id, fields), 320, f"Error processing request. Message id {msg_id}.")
 
     def _on_version(self, fields: list[str]) -> None:
         offer = parse_version_range(fields[0]) if fields else None
         if offer is None:
-            log.warning("closing %s: bad version offer %r", self.peer, fields[:1])
+            log.warning("connection closed: bad version offer", peer=self.peer, offer=fields[0] if fields else None)
             self.close()
             return
         low, high = offer
         if not low <= self.version <= high:
-            log.warning("%s offers v%d..%d; answering %d anyway", self.peer, low, high, self.version)
+            log.warning(
+                "client versions exclude the server version; answering anyway",
+                peer=self.peer, client_min=low, client_max=high, server_version=self.version,
+            )
         now = time.strftime("%Y%m%d %H:%M:%S", time.gmtime())
         self.send(m.handshake_reply(self.version, f"{now} UTC"))
         self.stage = "start"
@@ -166,22 +189,22 @@ class ClientSession(asyncio.Protocol):
             client_id = parse_int(fields[2]) if len(fields) > 2 else 0
         except FieldError:
             client_id = -1
-        if client_id < 0 or not self.gw.bind_client(self, client_id):
+        if client_id < 0 or not self.switchboard.bind_client(self, client_id):
             self.error(-1, 326, CLIENT_ID_IN_USE)
             self.flush()
             self.close()
             return
         self.client_id = client_id
         self.stage = "ready"
-        self.send(m.managed_accounts(list(self.gw.config.accounts)))
-        self.send(m.next_valid_id(self.gw.take_next_valid_id(client_id)))
-        if self.gw.config.farm_status_on_connect:
+        self.send(m.managed_accounts(list(self.config.accounts)))
+        self.send(m.next_valid_id(self.switchboard.take_next_valid_id(client_id)))
+        if self.config.farm_status_on_connect:
             for code, text in m.FARM_STATUS:
                 self.error(-1, code, text)
 
     def _pace(self) -> bool:
         """Count the message against IB's per-second limit; False (and error 100) when over it."""
-        limit = self.gw.config.max_messages_per_second
+        limit = self.config.max_messages_per_second
         now = asyncio.get_running_loop().time()
         times = self._times
         while times and now - times[0] >= 1.0:
@@ -190,12 +213,12 @@ class ClientSession(asyncio.Protocol):
             times.append(now)
             return True
         self.pacing_violations += 1
-        self.gw.pacing_violations += 1
+        self.switchboard.pacing_violations += 1
         self.error(
             -1, 100,
             f"Max rate of messages per second has been exceeded:max={limit} rec={len(times) + 1} (1)",
         )
-        after = self.gw.config.pacing_disconnect_after
+        after = self.config.pacing_disconnect_after
         if after is not None and self.pacing_violations >= after:
             self.flush()
             self.close()
@@ -225,11 +248,11 @@ class ClientSession(asyncio.Protocol):
     def flush(self) -> None:
         """Write queued frames (or hand them to the delay line, or keep them while frozen)."""
         self._flush_pending = False
-        if not self._out or self.gw.frozen or self.transport is None or self.stage == "closed":
+        if not self._out or self.switchboard.frozen or self.transport is None or self.stage == "closed":
             return
         data = b"".join(self._out)
         self._out.clear()
-        delay = self.gw.response_delay
+        delay = self.switchboard.response_delay
         if delay <= 0 and not self._delayed:
             self.transport.write(data)
             return
@@ -261,14 +284,14 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and self.stage != "closed":
             self.stage = "closed"
             self.transport.close()
-            self.gw.session_closed(self)
+            self.switchboard.session_closed(self)
 
     def abort(self) -> None:
         """Drop the connection at once, like a crashed gateway."""
         if self.transport is not None:
             self.stage = "closed"
             self.transport.abort()
-            self.gw.session_closed(self)
+            self.switchboard.session_closed(self)
 
     # --- events from the broker --------------------------------------------------------------
 

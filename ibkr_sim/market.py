@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from workers.sim.universe import Instrument
+from ibkr_sim.universe import Instrument
 
 
 def tick_decimals(tick: float) -> int:

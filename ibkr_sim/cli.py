@@ -1,4 +1,4 @@
-"""``ibkr-workers sim-gateway``: run the sim gateway (and optionally its control port) until stopped."""
+"""``ibkr-sim`` and ``ibkr-workers sim-gateway``: run the sim gateway (and its control port) until stopped."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
-from workers.settings import SettingsError
-from workers.sim.config import DEFAULT_ACCOUNTS, SimConfig, SimConfigError, parse_accounts
-from workers.sim.control import ControlServer
-from workers.sim.server import SimGateway
-from workers.sim.universe import Universe
+from ibkr_sim.config import DEFAULT_ACCOUNTS, SimConfig, SimConfigError, parse_accounts
+from ibkr_sim.control import ControlServer
+from ibkr_sim.logs import configure_logging, get_logger
+from ibkr_sim.server import SimGateway
+from ibkr_sim.universe import Universe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PORT = 4002  # IB Gateway's paper port, so a worker with default settings finds the sim
 
@@ -43,10 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-size", type=float, help="fill at most this quantity per matching pass")
     parser.add_argument("--master-client-id", type=int, help="clientId that sees and may cancel every order")
     parser.add_argument("--ready-file", metavar="PATH", help="write the bound ports here as JSON once up")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL; default INFO)")
+    # A bad setting is reported under the name the sim was started by (ibkr-sim, ibkr-workers sim-gateway).
+    parser.set_defaults(sim_prog=parser.prog)
 
 
 def build_config(args: argparse.Namespace) -> SimConfig:
-    """The sim's settings from parsed arguments (and SIM_ACCOUNTS when --accounts is absent)."""
+    """The sim's settings from parsed arguments (and SIM_ACCOUNTS when --accounts is absent).
+
+    Raises :class:`SimConfigError` naming the first bad setting.
+    """
     accounts_text = args.accounts or os.environ.get("SIM_ACCOUNTS", "")
     accounts = parse_accounts(accounts_text) if accounts_text else DEFAULT_ACCOUNTS
     tick = getattr(args, "tick_interval", 1.0)
@@ -59,10 +66,23 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         clip_size=getattr(args, "clip_size", None),
         master_client_id=getattr(args, "master_client_id", None),
     )
+    return config.validate()
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """The log level from --log-level, else LOG_LEVEL, else INFO (:class:`SimConfigError` if unknown)."""
+    level = (getattr(args, "log_level", None) or os.environ.get("LOG_LEVEL") or "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise SimConfigError(f"log level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def load_universe(path: str | None) -> Universe:
+    """The universe from ``path`` (the bundled one when None); :class:`SimConfigError` if unreadable."""
     try:
-        return config.validate()
-    except SimConfigError as exc:
-        raise SettingsError(f"sim-gateway: {exc}") from None
+        return Universe.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SimConfigError(f"--universe: cannot load {path}: {exc}") from None
 
 
 def _write_ready_file(path: str, ports: dict[str, object]) -> None:
@@ -73,12 +93,19 @@ def _write_ready_file(path: str, ports: dict[str, object]) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Run until SIGTERM/SIGINT; return the exit code."""
-    config = build_config(args)
+    """Run until SIGTERM/SIGINT; return the exit code (2, with one line on stderr, for a bad setting)."""
     try:
-        universe = Universe.load(args.universe)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SettingsError(f"--universe: cannot load {args.universe}: {exc}") from None
+        config = build_config(args)
+        universe = load_universe(args.universe)
+        level = log_level(args)
+    except SimConfigError as exc:
+        sys.stderr.write(f"{getattr(args, 'sim_prog', 'ibkr-sim')}: {exc}\n")
+        return 2
+    configure_logging(level)
+    return await _serve(args, config, universe)
+
+
+async def _serve(args: argparse.Namespace, config: SimConfig, universe: Universe) -> int:
     sim = SimGateway(config, universe)
     host, port = await sim.start(args.host, args.port)
     # The sim keeps every order and execution of the session: long-lived objects that the cyclic
@@ -91,7 +118,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.control_port is not None:
         control = ControlServer(sim)
         _, control_port = await control.start(args.host, args.control_port)
-    log.info("sim gateway on %s:%d (control port %s), accounts %s", host, port, control_port, config.accounts)
+    log.info("sim gateway started", host=host, port=port, control_port=control_port, accounts=list(config.accounts))
     if args.ready_file:
         _write_ready_file(args.ready_file, {"host": host, "port": port, "control_port": control_port})
     stop = asyncio.Event()
