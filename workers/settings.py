@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     """When set: values use the Confluent framing, with schemas registered in this schema registry."""
 
+    # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://localhost:5432/ibkr_workers")
     """PostgreSQL, as a libpq URL; secret, since it may hold the password."""
     database_pool_size: int = Field(default=5, ge=1, le=100)
