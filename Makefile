@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo services-up services-down clean
+.PHONY: install test lint demo docs services-up services-down clean
 
 $(BIN)/ibkr-workers: pyproject.toml ibkr_sim/pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "Python 3.11-3.13 required (ib_insync fails on 3.14)"'
@@ -26,6 +26,11 @@ lint: install
 
 demo: install
 	scripts/demo
+
+# The generated reference pages (tests fail when a committed one differs from its source).
+docs: install
+	$(BIN)/python -m workers.docs_gen events > docs/events.md
+	$(BIN)/python -m workers.docs_gen settings > docs/settings.md
 
 services-up:
 	scripts/dev-services up

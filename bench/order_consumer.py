@@ -6,12 +6,15 @@ It measures, in one run on this machine:
   * the worker's sustained throughput with a backlog of N orders (pacing off), against
   * ceiling 1: a bare ib_insync loop placing the same market orders against the same sim, and
   * ceiling 2: a bare aiokafka + fastavro consume-and-decode loop on the same broker;
-  * p50/p99 latency produce → placeOrder at the sim and execution → fills.executed record, at 200 orders/s;
+  * p50/p99 latency produce → placeOrder at the sim and execution → fills.executed record, at 200 orders/s,
+    next to a baseline: a plain aiokafka consumer of the same topic in a process of its own
+    (bench/plain_consumer.py), whose produce → fetch p50/p99 is what any consumer sees on this machine;
+    the worker's figures are also given as ratios to it;
   * the worker's peak RSS;
   * with pacing on (worker 45 msg/s, sim enforcing 50/s): throughput vs the budget and pacing violations.
-The sim, the worker, the load generator (bench/load_generator.py) and the bare ib_insync client each run
-in a process of their own, as in production; the sim's executions (with their times) are read over its
-control port.
+The sim, the worker, the load generator (bench/load_generator.py), the plain consumer and the bare
+ib_insync client each run in a process of their own, as in production; the sim's executions (with their
+times) are read over its control port.
 """
 
 from __future__ import annotations
@@ -136,6 +139,38 @@ class SimProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+
+
+class PlainConsumer:
+    """The latency baseline: bench/plain_consumer.py on the run's orders topic, in a process of its own."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, setup: Setup, expected: int) -> PlainConsumer:
+        """Start it and wait until its positions are fixed, so it sees every order from its send."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(REPO / "bench" / "plain_consumer.py"), setup.bootstrap,
+            setup.topics.orders_requested, str(expected), stdout=asyncio.subprocess.PIPE, cwd=REPO)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise SystemExit(f"plain consumer failed to start: {line!r}")
+        return cls(process)
+
+    async def finish(self) -> dict[str, float]:
+        """Its fetch times by order_id, once it has fetched every record it expects."""
+        out, _ = await asyncio.wait_for(self.process.communicate(), 120)
+        if self.process.returncode != 0:
+            raise SystemExit(f"plain consumer failed (exit {self.process.returncode})")
+        fetched_at: dict[str, float] = json.loads(out)
+        return fetched_at
+
+
+def ratios(worker: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
+    """The worker's p50 and p99 as multiples of the baseline's."""
+    return {q: round(worker[q] / baseline[q], 2) for q in ("p50", "p99")}
 
 
 @dataclass
@@ -362,10 +397,11 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
 
 
 async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float,
-                               ramp_seconds: float) -> dict[str, Any]:
+                               ramp_seconds: float, plain_consumer: bool = True) -> dict[str, Any]:
     """Latency at ``rate`` orders/s, steady state: one stream of orders at that rate, of which the first
     ``ramp_seconds`` are not counted in the figures but reported on their own (the moment load starts,
-    the broker, PostgreSQL and the worker all warm up on the same two cores)."""
+    the broker, PostgreSQL and the worker all warm up on the same two cores). With ``plain_consumer``, the
+    same orders' produce → fetch by a plain consumer of the topic is measured alongside (the baseline)."""
     setup = await prepare(bootstrap, server_url, pacing=False)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
@@ -373,10 +409,11 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
     health_port = free_port()
     process = await start_worker(setup, pacing=100_000, health_port=health_port)
     warmup = [market_order() for _ in range(20)]
-    await produce(setup, codec, warmup, rate=50)
-    await wait_filled(watcher, warmup, timeout=60)
     ramp = [market_order() for _ in range(int(rate * ramp_seconds))]
     orders = [market_order() for _ in range(count)]
+    plain = await PlainConsumer.start(setup, len(warmup) + len(ramp) + count) if plain_consumer else None
+    await produce(setup, codec, warmup, rate=50)
+    await wait_filled(watcher, warmup, timeout=60)
     cpu_before = cpu_seconds(process.pid)
     sent_at = await produce(setup, codec, ramp + orders, rate=rate)
     await wait_filled(watcher, ramp + orders, timeout=300)
@@ -390,6 +427,7 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
         return [(by_ref[o.order_id][0] - sent_at[o.order_id]) * 1000 for o in batch]
 
     measured = to_place(orders)
+    fetched_at = await plain.finish() if plain is not None else {}
     to_fill = [(watcher.fill_records[by_ref[o.order_id][1]] - by_ref[o.order_id][0]) * 1000 for o in orders
                if by_ref[o.order_id][1] in watcher.fill_records]
     watcher.task.cancel()
@@ -406,6 +444,13 @@ async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate
         "peak_rss_mb": rss, "worker_cpu_ms_per_order": round(cpu_per_order_ms, 3), "worker_stages": stages,
         "measured_ms": measured,
     }
+    if plain is not None:
+        baseline = [(fetched_at[o.order_id] - sent_at[o.order_id]) * 1000 for o in orders]
+        result["plain_consumer_produce_to_fetch_ms"] = {"p50": statistics.median(baseline),
+                                                        "p99": percentile(baseline, 0.99)}
+        result["ratio_to_plain_consumer"] = ratios(result["produce_to_place_ms"],
+                                                   result["plain_consumer_produce_to_fetch_ms"])
+        result["baseline_ms"] = baseline
     if ramp:
         ramp_latency = to_place(ramp)
         result["ramp"] = {"orders": len(ramp), "produce_to_place_ms": {
@@ -487,12 +532,14 @@ async def main(args: argparse.Namespace) -> None:
 async def latency_runs(bootstrap: str, server_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """``--latency-runs`` runs of the latency bench; with more than one, the medians of their p50 and p99
     as well (identical runs differ widely on a shared machine)."""
-    runs = [await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate, args.ramp)
+    runs = [await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate, args.ramp,
+                                       plain_consumer=not args.no_plain_consumer)
             for _ in range(max(1, args.latency_runs))]
     measured = [latency for run in runs for latency in run.pop("measured_ms")]
+    baseline = [latency for run in runs for latency in run.pop("baseline_ms", [])]
     if len(runs) == 1:
         return runs[0]
-    return {
+    summary: dict[str, Any] = {
         "runs": runs,
         "pooled_p99_ms": percentile(measured, 0.99),  # over every measured order of every run
         "median_p50_ms": statistics.median(r["produce_to_place_ms"]["p50"] for r in runs),
@@ -500,6 +547,20 @@ async def latency_runs(bootstrap: str, server_url: str, args: argparse.Namespace
         "p99_ms_each_run": [round(r["produce_to_place_ms"]["p99"], 1) for r in runs],
         "ramp_p99_ms_each_run": [round(r["ramp"]["produce_to_place_ms"]["p99"], 1) for r in runs if "ramp" in r],
     }
+    if baseline:
+        summary["plain_consumer"] = {
+            "pooled_p99_ms": percentile(baseline, 0.99),
+            "median_p50_ms": statistics.median(r["plain_consumer_produce_to_fetch_ms"]["p50"] for r in runs),
+            "median_p99_ms": statistics.median(r["plain_consumer_produce_to_fetch_ms"]["p99"] for r in runs),
+            "p99_ms_each_run": [round(r["plain_consumer_produce_to_fetch_ms"]["p99"], 1) for r in runs],
+        }
+        summary["ratio_to_plain_consumer"] = {
+            "median_p50": round(summary["median_p50_ms"] / summary["plain_consumer"]["median_p50_ms"], 2),
+            "median_p99": round(summary["median_p99_ms"] / summary["plain_consumer"]["median_p99_ms"], 2),
+            "pooled_p99": round(summary["pooled_p99_ms"] / summary["plain_consumer"]["pooled_p99_ms"], 2),
+            "p99_each_run": [r["ratio_to_plain_consumer"]["p99"] for r in runs],
+        }
+    return summary
 
 
 async def run_all(args: argparse.Namespace) -> None:
@@ -537,4 +598,6 @@ if __name__ == "__main__":
     parser.add_argument("--skip-pacing", action="store_true")
     parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")
     parser.add_argument("--only-latency", action="store_true", help="only the worker's latency at 200/s")
+    parser.add_argument("--no-plain-consumer", action="store_true",
+                        help="latency runs without the plain consumer of the orders topic (the baseline)")
     asyncio.run(main(parser.parse_args()))

@@ -46,66 +46,111 @@ class TopicNames:
 class Settings(BaseSettings):
     """Every environment variable of the contract, typed and validated."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
+    # The attribute docstrings are the fields' descriptions: docs/settings.md is generated from them.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True,
+                                      use_attribute_docstrings=True)
 
     # Kafka
     kafka_bootstrap_servers: str = "localhost:9092"
+    """Kafka brokers, comma-separated `host:port`."""
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How the workers talk to the brokers."""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism; required with a SASL protocol."""
     kafka_sasl_username: str | None = None
+    """SASL user name."""
     kafka_sasl_password: SecretStr | None = None
+    """SASL password."""
     kafka_consumer_group: str = "ibkr-order-consumer"
-    # How long the group waits for a silent member before rebalancing (the broker's minimum is 6 s).
+    """The order-consumer's consumer group; all its replicas share it."""
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    """How long the group waits for a silent member before rebalancing (the broker's minimum is 6000)."""
     schema_registry_url: str | None = None
+    """When set: values use the Confluent framing, with schemas registered in this schema registry."""
 
-    # PostgreSQL: a libpq URL; it may carry a password, so it is a secret.
+    # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://localhost:5432/ibkr_workers")
+    """PostgreSQL, as a libpq URL; secret, since it may hold the password."""
     database_pool_size: int = Field(default=5, ge=1, le=100)
+    """PostgreSQL connections per process."""
 
     # IBKR
     ibkr_host: str = "127.0.0.1"
+    """IB Gateway / TWS host."""
     ibkr_port: int | None = Field(default=None, ge=1, le=65535)
+    """IB Gateway / TWS port; unset, it follows `IBKR_API` and `IBKR_TRADING_MODE`: gateway 4002 paper,
+    4001 live; TWS 7497 paper, 7496 live."""
     ibkr_api: IbkrApi = "gateway"
+    """Whether the workers talk to IB Gateway or TWS; chooses the default port."""
     ibkr_client_id: int = Field(default=1, ge=0, le=2_147_483_647)
+    """API client id: a different one for every process, the same one after every restart (only the
+    client id that placed an order may cancel it)."""
     ibkr_trading_mode: TradingMode = "paper"
+    """`live` is refused unless `IBKR_LIVE_CONFIRM=yes`; each mode refuses the other's ports and accounts."""
     ibkr_live_confirm: str | None = None
+    """Must be `yes` for live trading."""
     ibkr_accounts: str = ""
+    """Comma-separated allowlist of accounts; orders for any other account are rejected, so empty means
+    every order is rejected."""
     ibkr_readonly: bool = False
+    """Consume, validate and record orders, never place them."""
     ibkr_connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds for one connection attempt."""
     ibkr_heartbeat_interval: float = Field(default=30.0, gt=0)
+    """Seconds between `reqCurrentTime` heartbeats."""
     ibkr_heartbeat_timeout: float = Field(default=10.0, gt=0)
-    # A placed order IBKR has not answered after this many seconds is looked up, and placed again if IB never got it.
+    """Seconds a heartbeat may go unanswered before the connection is dropped and made again."""
     ibkr_order_answer_timeout: float = Field(default=5.0, gt=0)
+    """Seconds a placed order may go unanswered before it is looked up among IBKR's orders and, if IBKR
+    never got it (a message dropped over the pacing limit, error 100), placed again."""
     ibkr_pacing_per_second: float = Field(default=45.0, gt=0)
+    """Outbound API messages per second per connection (IBKR allows 50)."""
 
     # Guards
     kill_switch: bool = False
+    """Reject every new order from the start (it can also be flipped at run time)."""
     max_order_quantity: Decimal | None = Field(default=None, gt=0)
+    """Largest quantity one order may have; unset, no limit."""
     max_order_notional: Decimal | None = Field(default=None, gt=0)
+    """Largest notional one order may have: quantity × limit price (else stop price) × multiplier; market
+    orders have none to check. Unset, no limit."""
 
     # Operations
     health_port: int = Field(default=8080, ge=0, le=65535)
+    """HTTP port of `/healthz`, `/readyz`, `/metrics` and `POST /kill-switch`; never expose it publicly."""
     health_interval: float = Field(default=10.0, gt=0)
-    # A dependency down longer than this makes a worker UNHEALTHY (DEGRADED before); lag above the limit
-    # makes it DEGRADED.
+    """Seconds between `workers.health` events (one is also sent on every status change)."""
     health_unhealthy_after: float = Field(default=60.0, gt=0)
+    """Seconds a dependency may be down (the worker is DEGRADED meanwhile) before the worker is UNHEALTHY."""
     health_max_lag: int = Field(default=1000, ge=0)
+    """Consumer lag, in records, above which the worker is DEGRADED."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level logged."""
     instrument_sync_interval: float = Field(default=3600.0, gt=0)
+    """Seconds between instrument-sync passes."""
     instrument_universe_file: str | None = None
-    # Map an unknown instrument id (in the id convention) by asking IBKR when an order names it.
+    """A universe file instrument-sync loads at start, as `ibkr-workers instruments load` does."""
     instrument_resolve_on_demand: bool = False
+    """Map an order's unknown instrument id (in the id convention) by asking IBKR; off, such orders are
+    rejected `UNKNOWN_INSTRUMENT`."""
 
-    # Topic overrides (TOPIC_ORDERS_REQUESTED, ...)
+    # Topic overrides
     topic_orders_requested: str = TopicNames.orders_requested
+    """Topic of new orders."""
     topic_orders_cancel_requested: str = TopicNames.orders_cancel_requested
+    """Topic of cancel requests."""
     topic_orders_status: str = TopicNames.orders_status
+    """Topic of order status changes."""
     topic_fills_executed: str = TopicNames.fills_executed
+    """Topic of fills."""
     topic_positions_updated: str = TopicNames.positions_updated
+    """Topic of positions (compacted)."""
     topic_instruments_updated: str = TopicNames.instruments_updated
+    """Topic of instrument changes (compacted)."""
     topic_workers_health: str = TopicNames.workers_health
+    """Topic of the workers' health events."""
     topic_orders_requested_dlq: str = TopicNames.orders_requested_dlq
+    """Dead-letter topic of records the order-consumer cannot decode."""
 
     @field_validator("log_level", mode="before")
     @classmethod

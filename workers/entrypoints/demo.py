@@ -1,7 +1,8 @@
 """``ibkr-workers demo``: the whole bridge in one process, with sample orders flowing through it.
 
 In one event loop: the sim gateway (on a free port), migrations, the Kafka topics, one instrument-sync
-pass (the universe is ``examples/universe.yaml`` when the database has none yet), the order-consumer, and
+pass (the universe is the example one shipped in the package, ``workers/data/universe.yaml``, when the
+database has none yet), the order-consumer, and
 an :class:`~workers.client.OrderClient` that sends ``--orders`` sample orders at ``--rate`` per second —
 every order type, both sides, stocks, a future, an option and a currency pair, every time in force, and a
 few invalid ones (unknown account, unknown instrument, off-tick price) that must come back REJECTED.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import random
 import signal
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,6 @@ from workers.settings import Settings, load_settings
 
 log = get_logger(__name__)
 
-UNIVERSE_FILE = Path(__file__).resolve().parents[2] / "examples" / "universe.yaml"
 LOG_FILE = Path(tempfile.gettempdir()) / "ibkr-workers-demo.log"
 SETTLE_SECONDS = 20.0
 FINISH_SECONDS = 30.0
@@ -76,6 +77,17 @@ class DemoFailed(Exception):
 
 def say(text: str) -> None:
     print(f"demo: {text}", flush=True)
+
+
+@contextlib.contextmanager
+def example_universe() -> Iterator[Path]:
+    """The example universe shipped as package data (``workers/data/universe.yaml``), as a file on disk.
+
+    Read from the installed package, not the source tree, so a wheel or the container image has it too.
+    """
+    resource = importlib.resources.files("workers") / "data" / "universe.yaml"
+    with importlib.resources.as_file(resource) as path:
+        yield path
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -145,9 +157,10 @@ class DemoStack:
         settings = self.settings
         pool = await open_pool(settings.database_dsn, max_size=1, name="ibkr-workers-demo")
         try:
-            if not await UniverseStore(pool).entries() and UNIVERSE_FILE.exists():
-                await load_universe(settings, str(UNIVERSE_FILE))
-                say(f"instrument universe loaded from {UNIVERSE_FILE.name}")
+            if not await UniverseStore(pool).entries():
+                with example_universe() as path:
+                    await load_universe(settings, str(path))
+                say("instrument universe loaded from the example universe")
         except UniverseLoadError as exc:
             raise DemoFailed(str(exc)) from None
         finally:
