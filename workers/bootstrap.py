@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,6 +26,7 @@ from workers.adapters.kafka.consuming import (
     DeadLetters,
     Decoder,
     RecordSource,
+    Refusal,
     Subscription,
     Undecodable,
 )
@@ -59,6 +61,7 @@ from workers.adapters.postgres.positions import PositionStore
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.health import HealthMonitor, HealthThresholds, ProgressWatch
+from workers.domain.risk import OrderRate
 from workers.domain.trading_mode import check_port
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
@@ -105,12 +108,28 @@ def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
 
 
 def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
+    """The guards and risk rules in force, from the settings and the runtime switches."""
     return GuardPolicy(
         allowed_accounts=settings.allowed_accounts,
         global_limits=OrderLimits(max_quantity=settings.max_order_quantity,
-                                  max_notional=settings.max_order_notional),
+                                  max_notional=settings.max_order_notional, max_position=settings.max_position,
+                                  price_band=settings.price_band),
+        instrument_limits={instrument_id: OrderLimits(**limits.model_dump())
+                           for instrument_id, limits in settings.risk_limits_by_instrument.items()},
         kill_switch=settings.kill_switch or switches.kill_switch,
+        sec_type_price_bands=dict(settings.price_band_by_sec_type),
+        max_order_age=timedelta(seconds=settings.max_order_age) if settings.max_order_age else None,
+        reference_max_age=settings.reference_price_max_age,
+        require_reference=settings.reference_price_required,
     )
+
+
+def order_rate(settings: Settings) -> OrderRate | None:
+    """The per-account order rate limit, when ``MAX_ORDERS_PER_SECOND`` sets one."""
+    rate = settings.max_orders_per_second
+    if rate is None:
+        return None
+    return OrderRate(rate, settings.max_order_burst or max(1.0, 2 * rate), time.monotonic)
 
 
 def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[str, Any]], Any]) -> Decoder:
@@ -134,11 +153,14 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
                   metrics: Metrics) -> dict[str, Subscription]:
     """What the order-consumer reads: per topic, the record it holds, how it becomes a command, its handler."""
 
-    async def orders(commands: list[tuple[Any, RecordSource]]) -> None:
+    async def orders(commands: list[tuple[Any, RecordSource]]) -> list[Refusal]:
         for _ in commands:
             metrics.order_consumed()
-        await service.on_orders_requested(
+        conflicts = await service.on_orders_requested(
             [(order, OrderSource(s.topic, s.partition, s.offset, s.timestamp)) for order, s in commands])
+        by_place = {(s.topic, s.partition, s.offset): s for _, s in commands}
+        return [Refusal(by_place[where], conflict.reason) for conflict in conflicts
+                if (where := (conflict.source.topic, conflict.source.partition, conflict.source.offset)) in by_place]
 
     async def cancels(commands: list[tuple[Any, RecordSource]]) -> None:
         for cancel, _ in commands:
@@ -208,7 +230,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         positions=PositionStore(pool), instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
-        metrics=metrics, orders_first=orders_first,
+        metrics=metrics, orders_first=orders_first, rate=order_rate(settings),
     )
     gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)

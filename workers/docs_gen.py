@@ -304,7 +304,7 @@ SETTINGS_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_", "schema_registry_")),
     ("PostgreSQL", ("database_",)),
     ("IBKR", ("ibkr_",)),
-    ("Order guards", ("kill_switch", "max_", "price_band")),
+    ("Order guards and risk rules", ("kill_switch", "max_", "price_band", "reference_price", "risk_")),
     ("Health, metrics and logs", ("health_", "log_", "admin_")),
     ("Instrument-sync", ("instrument_",)),
     ("Topic names", ("topic_",)),

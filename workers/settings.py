@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TradingMode = Literal["paper", "live"]
@@ -41,6 +41,17 @@ class TopicNames:
     instruments_updated: str = "instruments.updated"
     workers_health: str = "workers.health"
     orders_requested_dlq: str = "orders.requested.dlq"
+
+
+class InstrumentRiskLimits(BaseModel):
+    """The limits of one instrument (each optional)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_quantity: Decimal | None = Field(default=None, gt=0)
+    max_notional: Decimal | None = Field(default=None, gt=0)
+    max_position: Decimal | None = Field(default=None, gt=0)
+    price_band: Decimal | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -112,8 +123,35 @@ class Settings(BaseSettings):
     max_order_quantity: Decimal | None = Field(default=None, gt=0)
     """Largest quantity one order may have; unset, no limit."""
     max_order_notional: Decimal | None = Field(default=None, gt=0)
-    """Largest notional one order may have: quantity × limit price (else stop price) × multiplier; market
-    orders have none to check. Unset, no limit."""
+    """Largest notional one order may have: quantity × limit price (else stop price) × multiplier; a market
+    order's at its reference price (`NO_REFERENCE_PRICE` without one). Unset, no limit."""
+    max_order_age: float | None = Field(default=60.0, gt=0)
+    """Seconds: an order whose `created_at` is older when it is consumed, or when it is placed after waiting
+    for IBKR, is rejected `STALE_ORDER` (a backlog after an outage is not traded). Unset, no limit."""
+    max_position: Decimal | None = Field(default=None, gt=0)
+    """Largest absolute position an account may reach in one instrument: IBKR's position, plus the working
+    orders on the order's side, plus the order (`MAX_POSITION_EXCEEDED`); orders that only reduce a position
+    always pass. Unset, no limit."""
+    max_orders_per_second: float | None = Field(default=None, gt=0)
+    """Orders per second per account (a token bucket, bursts of `MAX_ORDER_BURST`), counted by each
+    order-consumer process: orders over it are rejected `ORDER_RATE_EXCEEDED`, not delayed. Unset, no limit."""
+    max_order_burst: float | None = Field(default=None, ge=1)
+    """Orders an account may send at once within `MAX_ORDERS_PER_SECOND`; unset, twice the rate (at least 1)."""
+    price_band: Decimal | None = Field(default=None, gt=0)
+    """How far, as a fraction of the market price (ask for a BUY, bid for a SELL, else last, else close), a
+    limit or stop price may be on the worse side; beyond it, or a stop on the wrong side of the market, is
+    `PRICE_OUT_OF_BAND`. Unset, no band (except per security type or instrument)."""
+    price_band_by_sec_type: dict[str, Decimal] = Field(default_factory=dict)
+    """The price band of a security type, as JSON (`{"OPT": 0.5}`): options move more than their underlying."""
+    reference_price_max_age: float = Field(default=300.0, gt=0)
+    """Seconds since IBKR last sent a price for a contract after which it is no reference any more."""
+    reference_price_required: bool = True
+    """A rule that needs a reference price (the band; a market order's notional) and has none rejects the
+    order `NO_REFERENCE_PRICE`; false lets it pass with a warning log (fail open: not for live trading)."""
+    risk_limits_by_instrument: dict[str, InstrumentRiskLimits] = Field(default_factory=dict)
+    """Limits of single instruments, as JSON by `instrument_id`: `{"STK:AAPL:USD": {"max_quantity": 500,
+    "max_notional": 100000, "max_position": 2000, "price_band": 0.05}}`, each optional; they apply besides
+    the global ones (the instrument's price band replaces the others)."""
 
     # Operations
     health_port: int = Field(default=8080, ge=0, le=65535)

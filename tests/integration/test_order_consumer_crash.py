@@ -39,6 +39,7 @@ class WorkerProcess:
             "IBKR_CLIENT_ID": str(settings.ibkr_client_id),
             "IBKR_ACCOUNTS": settings.ibkr_accounts,
             "IBKR_PACING_PER_SECOND": "1000",
+            "MAX_ORDER_AGE": "600",
             "KAFKA_CONSUMER_GROUP": group,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "HEALTH_PORT": "0",

@@ -7,7 +7,7 @@ came first turns an ACCEPTED order CANCELLED when it is recorded, a replayed exe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,6 +29,7 @@ from workers.domain.orders import (
 )
 from workers.domain.positions import Position
 from workers.ports.ibkr import IbExecution, IbOrderStatus, IbPosition
+from workers.ports.market_data import ReferencePrice
 from workers.ports.orders import Commission, RecordedReports, StatusRecord, VersionedOrders
 from workers.ports.outbox import OutboxMessage
 
@@ -186,6 +187,15 @@ class InMemoryLedger:
         return [o for o in await self.open_orders_owned_by(client_id)
                 if await self.cancels.pending(o.order_id) is not None]
 
+    async def working_quantities(self, accounts: Sequence[str], instrument_ids: Sequence[str],
+                                 ) -> dict[tuple[str, str, Side], Decimal]:
+        working: dict[tuple[str, str, Side], Decimal] = {}
+        for o in self.orders.values():
+            if not o.is_final and o.account in accounts and o.instrument_id in instrument_ids:
+                key = (o.account, o.instrument_id, o.side)
+                working[key] = working.get(key, Decimal(0)) + o.remaining_quantity
+        return working
+
     async def fill_ids_of(self, order_id: str) -> list[str]:
         return [f.fill_id for f in self.fills.values() if f.order_id == order_id]
 
@@ -282,3 +292,21 @@ def an_execution(order_id: str, ib_order_id: int, exec_id: str, quantity: Decima
                        con_id=AAPL.con_id, side="BUY", quantity=quantity, price=Decimal("187.5"),
                        cumulative_quantity=quantity, avg_price=Decimal("187.5"), account=ACCOUNT,
                        exchange="SMART", currency="USD", executed_at=datetime(2026, 1, 5, 15, 0, 1, tzinfo=UTC))
+
+
+class FixedPrices:
+    """IBKR's market data as the test sets it: a ReferencePrice by conId (none: no data)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.prices: dict[int, ReferencePrice] = {}
+        self.asked: list[int] = []
+
+    def set(self, con_id: int, bid: str, ask: str, last: str | None = None) -> None:
+        self.prices[con_id] = ReferencePrice(con_id=con_id, bid=Decimal(bid), ask=Decimal(ask),
+                                             last=Decimal(last) if last else None, close=None,
+                                             received_at=self.clock(), delayed=False)
+
+    async def reference(self, instrument: Instrument) -> ReferencePrice | None:
+        self.asked.append(instrument.con_id)
+        return self.prices.get(instrument.con_id)

@@ -4,10 +4,13 @@ placement watchdog, without Kafka, PostgreSQL or a TWS socket (those are crossed
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from tests.unit.order_service_fakes import (
     AAPL,
     ACCOUNT,
     FakeIbkr,
+    FixedPrices,
     InMemoryCancelRequests,
     InMemoryLedger,
     InMemoryOutbox,
@@ -25,17 +29,22 @@ from tests.unit.order_service_fakes import (
     an_order,
     ib_status,
 )
-from workers.domain.guards import GuardPolicy
+from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import (
     NewOrder,
     OrderCancelRequested,
     OrderRequested,
     OrderState,
+    OrderType,
+    Side,
     StatusChange,
 )
+from workers.domain.risk import OrderRate
 from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbPosition
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService
+
+CREATED = datetime(2026, 1, 5, 15, tzinfo=UTC)  # an_order's created_at
 
 
 @dataclass
@@ -47,22 +56,28 @@ class World:
     cancels: InMemoryCancelRequests
     ibkr: FakeIbkr
     positions: InMemoryPositions
-    kill_switch: dict[str, bool] = field(default_factory=lambda: {"on": False})
+    kill_switch: dict[str, bool]
+    prices: FixedPrices
+    clock: dict[str, Any]
 
 
-def a_world(*, readonly: bool = False, next_valid_id: int = 1) -> World:
+def a_world(*, readonly: bool = False, next_valid_id: int = 1, policy: GuardPolicy | None = None,
+            rate: OrderRate | None = None) -> World:
     cancels = InMemoryCancelRequests()
     ledger = InMemoryLedger(cancels)
     ibkr = FakeIbkr(next_valid_id_at_connect=next_valid_id)
     positions = InMemoryPositions()
     kill = {"on": False}
+    base = policy or GuardPolicy(allowed_accounts=frozenset({ACCOUNT}))
+    clock = {"now": CREATED + timedelta(seconds=1)}
+    prices = FixedPrices(time.monotonic)
     service = OrderService(
         ledger=ledger, cancel_requests=cancels, fills=ledger, outbox=InMemoryOutbox(ledger), positions=positions,
         instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(),
-        policy=lambda: GuardPolicy(allowed_accounts=frozenset({ACCOUNT}), kill_switch=kill["on"]),
-        readonly=readonly,
+        policy=lambda: replace(base, kill_switch=kill["on"]), readonly=readonly, prices=prices, rate=rate,
+        clock=lambda: clock["now"],
     )
-    return World(service, ledger, cancels, ibkr, positions, kill)
+    return World(service, ledger, cancels, ibkr, positions, kill, prices, clock)
 
 
 async def receive(world: World, *orders: OrderRequested) -> None:
@@ -502,3 +517,127 @@ async def test_an_error_100_makes_the_watchdog_look_soon() -> None:
         await watchdog
 
     assert world.ibkr.placements_of(order.order_id) == [70, 71]
+
+
+# -- risk rules through the service -----------------------------------------------------------------------
+
+
+async def test_a_fat_finger_limit_is_rejected_against_ibkrs_market_price_and_never_placed() -> None:
+    world = a_world(policy=GuardPolicy(allowed_accounts=frozenset({ACCOUNT}),
+                                       global_limits=OrderLimits(price_band=Decimal("0.10"))))
+    world.prices.set(AAPL.con_id, bid="187.40", ask="187.50")
+    await world.service.reconcile()
+    fat = an_order(1, order_type=OrderType.LIMIT, limit_price=Decimal("562.50"))
+    fine = an_order(2, order_type=OrderType.LIMIT, limit_price=Decimal("187.50"))
+
+    await receive(world, fat, fine)
+
+    stored = world.ledger.orders[fat.order_id]
+    assert stored.state is OrderState.REJECTED
+    assert stored.reason is not None and stored.reason.startswith("PRICE_OUT_OF_BAND: BUY limit_price 562.50")
+    assert world.ibkr.placed == [(fine.order_id, 1)]
+    assert world.prices.asked == [AAPL.con_id]  # one look at the market for the batch
+
+
+async def test_an_order_that_waited_for_ibkr_past_the_maximum_age_is_rejected_not_placed() -> None:
+    world = a_world(policy=GuardPolicy(allowed_accounts=frozenset({ACCOUNT}), max_order_age=timedelta(seconds=60)))
+    order = an_order()
+    async with placer_running(world):
+        await receive(world, order)  # IBKR away: accepted, waiting
+        assert world.ledger.orders[order.order_id].state is OrderState.ACCEPTED
+        world.clock["now"] = CREATED + timedelta(minutes=10)
+        await world.service.reconcile()
+        await until(lambda: world.ledger.orders[order.order_id].state is OrderState.REJECTED, "the rejection")
+
+    reason = world.ledger.orders[order.order_id].reason
+    assert reason is not None and reason.startswith("STALE_ORDER")
+    assert world.ibkr.placed == []
+
+
+async def test_orders_of_one_batch_count_against_each_others_position_limit() -> None:
+    world = a_world(policy=GuardPolicy(allowed_accounts=frozenset({ACCOUNT}),
+                                       global_limits=OrderLimits(max_position=Decimal(25))))
+    await world.service.reconcile()
+    await world.service.on_reports([IbPosition(ACCOUNT, AAPL.con_id, Decimal(5), Decimal("187"), "USD")])
+    first, second, third = (an_order(n, quantity=Decimal(10)) for n in (1, 2, 3))
+
+    await receive(world, first, second, third)  # 5 + 10 + 10 = 25: the third would make 35
+
+    states = [world.ledger.orders[o.order_id].state for o in (first, second, third)]
+    assert states == [OrderState.PLACING, OrderState.PLACING, OrderState.REJECTED]
+    reason = world.ledger.orders[third.order_id].reason
+    assert reason is not None and reason.startswith("MAX_POSITION_EXCEEDED")
+    closing = an_order(4, side=Side.SELL, quantity=Decimal(5))
+    await receive(world, closing)  # reduces the position: passes whatever the limit
+    assert world.ledger.orders[closing.order_id].state is OrderState.PLACING
+
+
+async def test_orders_over_the_accounts_rate_are_rejected_at_once() -> None:
+    world = a_world(rate=OrderRate(per_second=1, burst=2, clock=lambda: 0.0))
+    await world.service.reconcile()
+    orders = [an_order(n) for n in range(1, 5)]
+
+    await receive(world, *orders)
+
+    states = [world.ledger.orders[o.order_id].state for o in orders]
+    assert states == [OrderState.PLACING, OrderState.PLACING, OrderState.REJECTED, OrderState.REJECTED]
+    assert len(world.ibkr.placed) == 2
+
+
+async def test_a_known_order_id_with_other_terms_is_a_conflict_and_the_order_is_left_as_it_is() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order(quantity=Decimal(1))
+    await receive(world, order)
+    before = world.ledger.orders[order.order_id]
+
+    conflicts = await world.service.on_orders_requested(
+        [(replace(order, quantity=Decimal(7), side=Side.SELL), OrderSource("orders.requested", 3, 99))])
+
+    [conflict] = conflicts
+    assert conflict.fields == ("side", "quantity")
+    assert (conflict.source.partition, conflict.source.offset) == (3, 99)
+    assert conflict.reason.startswith("ORDER_ID_CONFLICT: ") and "side, quantity" in conflict.reason
+    assert world.ledger.orders[order.order_id] == before
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED"]  # no status for the conflicting request
+    assert world.ibkr.placements_of(order.order_id) == [1]
+
+
+async def test_the_same_order_again_with_a_new_created_at_and_source_is_a_redelivery() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+
+    conflicts = await world.service.on_orders_requested(
+        [(replace(order, created_at=CREATED + timedelta(seconds=5), source="retry"), OrderSource())])
+
+    assert conflicts == []
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "ACCEPTED"]
+
+
+async def test_a_second_order_under_the_same_id_in_one_batch_is_a_conflict() -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+
+    conflicts = await world.service.on_orders_requested([
+        (order, OrderSource("orders.requested", 0, 1)),
+        (replace(order, limit_price=Decimal(5), order_type=OrderType.LIMIT), OrderSource("orders.requested", 0, 2)),
+    ])
+
+    assert [(c.source.offset, c.fields) for c in conflicts] == [(2, ("order_type", "limit_price"))]
+    assert world.ibkr.placements_of(order.order_id) == [1]
+
+
+async def test_a_redelivered_order_gives_back_the_rate_token_it_took() -> None:
+    world = a_world(rate=OrderRate(per_second=0.001, burst=2, clock=lambda: 0.0))
+    await world.service.reconcile()
+    first = an_order(1)
+    await receive(world, first)
+
+    await receive(world, first)  # redelivered: its token comes back
+    second = an_order(2)
+    await receive(world, second)
+
+    assert world.ledger.orders[second.order_id].state is OrderState.PLACING

@@ -65,6 +65,8 @@ class ContractDetail:
     strike: Decimal | None = None
     right: str | None = None
     long_name: str = ""
+    # The quantity step IBKR states for the contract (server version 164 and later), else None.
+    size_increment: Decimal | None = None
 
     @property
     def month(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 
 from workers.domain.instruments import Instrument
@@ -30,6 +31,12 @@ class RejectReason(enum.StrEnum):
     MAX_QUANTITY_EXCEEDED = "MAX_QUANTITY_EXCEEDED"
     MAX_NOTIONAL_EXCEEDED = "MAX_NOTIONAL_EXCEEDED"
     KILL_SWITCH = "KILL_SWITCH"
+    NO_REFERENCE_PRICE = "NO_REFERENCE_PRICE"
+    PRICE_OUT_OF_BAND = "PRICE_OUT_OF_BAND"
+    STALE_ORDER = "STALE_ORDER"
+    INVALID_QUANTITY_INCREMENT = "INVALID_QUANTITY_INCREMENT"
+    MAX_POSITION_EXCEEDED = "MAX_POSITION_EXCEEDED"
+    ORDER_RATE_EXCEEDED = "ORDER_RATE_EXCEEDED"
     IBKR_REJECTED = "IBKR_REJECTED"
     CANCELLED_BEFORE_PLACED = "CANCELLED_BEFORE_PLACED"
 
@@ -52,20 +59,46 @@ class OrderRejected(Exception):
 
 @dataclass(frozen=True)
 class OrderLimits:
-    """Maximum quantity and notional of one order; ``None`` means no limit."""
+    """Limits of one order and of a position; ``None`` means no limit (for the price band: the next scope's).
+
+    ``max_quantity`` and ``max_notional`` of one order; ``max_position`` the absolute position an account
+    may reach in an instrument; ``price_band`` how far (a fraction of the market price) a limit or stop
+    price may be on the worse side.
+    """
 
     max_quantity: Decimal | None = None
     max_notional: Decimal | None = None
+    max_position: Decimal | None = None
+    price_band: Decimal | None = None
 
 
 @dataclass(frozen=True)
 class GuardPolicy:
-    """The pre-trade guards in force: allowlisted accounts, limits, and the kill switch."""
+    """The pre-trade guards in force: allowlisted accounts, limits, the kill switch, and the risk rules'
+    settings (see :mod:`workers.domain.risk`)."""
 
     allowed_accounts: frozenset[str]
     global_limits: OrderLimits = OrderLimits()
     instrument_limits: dict[str, OrderLimits] = field(default_factory=dict)
     kill_switch: bool = False
+    # The price band by security type where no instrument limit sets one (else the global limit's).
+    sec_type_price_bands: dict[str, Decimal] = field(default_factory=dict)
+    max_order_age: timedelta | None = None
+    # Seconds after which a market price is no longer a reference.
+    reference_max_age: float = 60.0
+    # Without a fresh reference, a rule that needs one rejects the order (False: lets it pass, loudly).
+    require_reference: bool = True
+
+    def limits_for(self, instrument_id: str) -> OrderLimits:
+        """The instrument's own limits (none set: no extra limits)."""
+        return self.instrument_limits.get(instrument_id, OrderLimits())
+
+    def price_band_for(self, instrument: Instrument) -> Decimal | None:
+        """The price band of ``instrument``: its own, else its security type's, else the global one."""
+        own = self.limits_for(instrument.instrument_id).price_band
+        if own is not None:
+            return own
+        return self.sec_type_price_bands.get(instrument.sec_type, self.global_limits.price_band)
 
 
 def check_order(order: OrderRequested, instrument: Instrument | None, policy: GuardPolicy) -> None:

@@ -30,10 +30,14 @@ class Instrument:
     active: bool = True
     strike: Decimal | None = None
     option_right: str | None = None
+    # IBKR's quantity step (its contract details' size increment); None where IBKR gives none.
+    size_increment: Decimal | None = None
 
     def __post_init__(self) -> None:
         if not self.min_tick > 0:
             raise ValueError(f"instrument {self.instrument_id}: min_tick must be > 0, got {self.min_tick}")
+        if self.size_increment is not None and not self.size_increment > 0:
+            raise ValueError(f"instrument {self.instrument_id}: size_increment must be > 0, got {self.size_increment}")
 
     @property
     def price_multiplier(self) -> Decimal:
@@ -62,4 +66,5 @@ INSTRUMENT_FIELDS: tuple[str, ...] = (
     "active",
     "strike",
     "option_right",
+    "size_increment",
 )

@@ -127,6 +127,19 @@ class OrderRequested:
     source: str | None = None
 
 
+# The trading terms of an order: two requests under one order_id that differ in any of them are two orders
+# (not ``created_at`` or ``source``, which a producer's retry may build anew).
+TRADING_TERMS: tuple[str, ...] = (
+    "account", "instrument_id", "side", "quantity", "order_type", "limit_price", "stop_price",
+    "time_in_force", "outside_rth",
+)
+
+
+def differing_terms(recorded: OrderRequested, other: OrderRequested) -> tuple[str, ...]:
+    """The trading terms in which ``other`` differs from ``recorded`` (none: the same order again)."""
+    return tuple(name for name in TRADING_TERMS if getattr(recorded, name) != getattr(other, name))
+
+
 @dataclass(frozen=True)
 class OrderCancelRequested:
     """An upstream service asks to cancel an order (``orders.cancel-requested``); may precede the order."""

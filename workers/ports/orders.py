@@ -20,6 +20,7 @@ from workers.domain.orders import (
     OrderCancelRequested,
     OrderRequested,
     OrderState,
+    Side,
     StatusChange,
 )
 from workers.domain.positions import Position
@@ -80,6 +81,10 @@ class OrderRepository(Protocol):
 
     async def open_orders_owned_by(self, client_id: int) -> list[Order]: ...
     async def open_with_pending_cancel(self, client_id: int) -> list[Order]: ...
+
+    async def working_quantities(self, accounts: Sequence[str], instrument_ids: Sequence[str],
+                                 ) -> dict[tuple[str, str, Side], Decimal]:
+        """The remaining quantity of the working orders (every replica's) by (account, instrument, side)."""
 
 
 class CancelRequestStore(Protocol):

@@ -52,6 +52,7 @@ def instrument_from_detail(instrument_id: str, detail: ContractDetail, spec: Con
         active=True,
         strike=detail.strike if is_option else None,
         option_right=detail.right if is_option else None,
+        size_increment=detail.size_increment,
     )
 
 

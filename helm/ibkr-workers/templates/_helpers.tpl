@@ -95,6 +95,10 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- if $v.ibkr.liveConfirm }}{{ $_ := set $s "IBKR_LIVE_CONFIRM" "yes" }}{{ end -}}
 {{- with $v.config.maxOrderQuantity }}{{ $_ := set $s "MAX_ORDER_QUANTITY" (toString .) }}{{ end -}}
 {{- with $v.config.maxOrderNotional }}{{ $_ := set $s "MAX_ORDER_NOTIONAL" (toString .) }}{{ end -}}
+{{- with $v.config.maxOrderAge }}{{ $_ := set $s "MAX_ORDER_AGE" (toString .) }}{{ end -}}
+{{- with $v.config.priceBand }}{{ $_ := set $s "PRICE_BAND" (toString .) }}{{ end -}}
+{{- with $v.config.maxPosition }}{{ $_ := set $s "MAX_POSITION" (toString .) }}{{ end -}}
+{{- with $v.config.maxOrdersPerSecond }}{{ $_ := set $s "MAX_ORDERS_PER_SECOND" (toString .) }}{{ end -}}
 {{- range $key, $name := $v.topics }}
 {{- if $name }}{{ $_ := set $s (printf "TOPIC_%s" ($key | snakecase | upper)) $name }}{{ end }}
 {{- end -}}

@@ -71,7 +71,19 @@ def detail_from(details: ContractDetails) -> ContractDetail:
         strike=strike,
         right=_RIGHTS.get((contract.right or "").upper()),
         long_name=details.longName or "",
+        size_increment=_size_increment(details.sizeIncrement),
     )
+
+
+# IB's "no value" for a double field.
+_UNSET_DOUBLE = 1.7976931348623157e308
+
+
+def _size_increment(value: float) -> Decimal | None:
+    """IBKR's size increment, when the server version carries one (0 or IB's unset double otherwise)."""
+    if not value or value >= _UNSET_DOUBLE:
+        return None
+    return _positive_decimal(repr(float(value)))
 
 
 class IbkrContractLookup:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,18 @@ class Undecodable(Exception):
         self.stage = stage
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A record its handler refused (it decoded, but what it asks cannot be done): dead-lettered."""
+
+    source: RecordSource
+    reason: str
+    stage: str = "handle"
+
+
 Decoder = Callable[[bytes], Awaitable[Any]]
-BatchHandler = Callable[[list[tuple[Any, RecordSource]]], Awaitable[None]]
+# Handles a topic's commands of a batch; returns the records it refused (None: none).
+BatchHandler = Callable[[list[tuple[Any, RecordSource]]], Awaitable[Sequence[Refusal] | None]]
 
 
 @dataclass(frozen=True)
@@ -175,7 +185,8 @@ class ConsumeLoop:
                     if decoded is not None:
                         by_topic.setdefault(record.topic, []).append(decoded)
             for topic, commands in by_topic.items():
-                await self.subscriptions[topic].handle(commands)
+                refused = await self.subscriptions[topic].handle(commands)
+                await self._dead_letter_refused(batches, refused or ())
         except Exception as exc:
             self.last_failed_offset = batches[0][1][0].offset
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -212,6 +223,15 @@ class ConsumeLoop:
             offsets, self._offsets_to_commit = self._offsets_to_commit, {}
             self._last_commit = loop.time()
             await self._commit_many(offsets)
+
+    async def _dead_letter_refused(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
+                                   refused: Sequence[Refusal]) -> None:
+        records = {(r.topic, r.partition, r.offset): r for _, rs in batches for r in rs}
+        for refusal in refused:
+            where = (refusal.source.topic, refusal.source.partition, refusal.source.offset)
+            if where in records and where not in self._dead_lettered:
+                await self.dead_letters.send(records[where], refusal.reason, refusal.stage)
+                self._dead_lettered.add(where)
 
     async def _decode_or_dead_letter(self, record: ConsumerRecord) -> tuple[Any, RecordSource] | None:
         key = record.key.decode("utf-8", errors="replace") if record.key is not None else None

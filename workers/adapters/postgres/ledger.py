@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, dict_row
@@ -40,6 +41,7 @@ from workers.adapters.postgres.order_statements import (
     SET_PLACING,
     UPDATE_STATUS_WITH_OUTBOX,
     VERSIONED_STATUS_FIELDS,
+    WORKING_QUANTITIES,
     commission_rows,
     fill_params,
     insert_params,
@@ -50,7 +52,15 @@ from workers.adapters.postgres.order_statements import (
 from workers.adapters.postgres.outbox import outbox_params, outbox_rows
 from workers.adapters.postgres.pool import Pool
 from workers.domain.fills import Fill
-from workers.domain.orders import CANCELLED_FIRST_REASON, AppliedChange, NewOrder, Order, OrderState, StatusChange
+from workers.domain.orders import (
+    CANCELLED_FIRST_REASON,
+    AppliedChange,
+    NewOrder,
+    Order,
+    OrderState,
+    Side,
+    StatusChange,
+)
 from workers.ports.orders import Commission, RecordedReports, StatusRecord, VersionedOrders
 
 # Rounds of an optimistic status write before giving up (an order changing under it every time).
@@ -356,6 +366,16 @@ class OrderLedger:
     async def open_with_pending_cancel(self, client_id: int) -> list[Order]:
         """Open orders of ``client_id`` with a cancel request nobody has acted on yet, oldest first."""
         return await self._open(SELECT_OPEN_OWNED_WITH_PENDING_CANCEL, client_id)
+
+    async def working_quantities(self, accounts: Sequence[str], instrument_ids: Sequence[str],
+                                 ) -> dict[tuple[str, str, Side], Decimal]:
+        """The remaining quantity of the working orders (every replica's) by (account, instrument, side)."""
+        if not accounts or not instrument_ids:
+            return {}
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(WORKING_QUANTITIES, {"final": FINAL, "accounts": sorted(set(accounts)),
+                                                             "instruments": sorted(set(instrument_ids))})
+            return {(str(a), str(i), Side(str(side))): Decimal(q) for a, i, side, q in await cursor.fetchall()}
 
     async def count_open_owned_by(self, client_id: int) -> int:
         """How many orders of ``client_id`` are not in a final state (the worker's orders in flight)."""

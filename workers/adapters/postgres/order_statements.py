@@ -185,6 +185,12 @@ SELECT_OPEN_OWNED_WITH_PENDING_CANCEL = (
     f"SELECT {ORDER_COLUMNS} FROM orders WHERE owner_client_id = %(client_id)s AND {_OPEN} AND order_id IN "
     "(SELECT order_id FROM cancel_requests WHERE handled_at IS NULL) ORDER BY accepted_at"
 )
+# The remaining quantity of the working orders of some accounts and instruments, by side (the position rule).
+WORKING_QUANTITIES = (
+    f"SELECT account, instrument_id, side, sum(remaining_quantity) FROM orders WHERE {_OPEN} "
+    "AND account = ANY(%(accounts)s) AND instrument_id = ANY(%(instruments)s) "
+    "GROUP BY account, instrument_id, side"
+)
 # Recovery only: IBKR never received the order, so the id reserved for it was never used and the order
 # goes back to ACCEPTED to be placed again under a new id (the mark keeps the old one spent).
 RELEASE_UNPLACED = (

@@ -24,6 +24,7 @@ from workers.ports.ibkr import (
     IbReport,
 )
 from workers.ports.orders import EventSink, FillHistory, OrderRepository
+from workers.service_layer.orders.market_views import PositionCache
 from workers.service_layer.orders.positions import PositionBook
 from workers.service_layer.orders.status_writer import StatusWriter
 from workers.service_layer.orders.watchdog import PlacementWatchdog
@@ -36,7 +37,8 @@ class ReportHandler:
     """Applies IBKR's reports to the ledger."""
 
     def __init__(self, *, ledger: OrderRepository, fills: FillHistory, events: EventSink, status: StatusWriter,
-                 watchdog: PlacementWatchdog, positions: PositionBook, orders_first: OrdersFirst,
+                 watchdog: PlacementWatchdog, positions: PositionBook, position_cache: PositionCache,
+                 orders_first: OrdersFirst,
                  reconciled: asyncio.Event, on_fill: Callable[[], None]) -> None:
         self.ledger = ledger
         self.fills = fills
@@ -44,6 +46,7 @@ class ReportHandler:
         self.status = status
         self.watchdog = watchdog
         self.positions = positions
+        self.position_cache = position_cache
         self.orders_first = orders_first
         self.reconciled = reconciled
         self.on_fill = on_fill
@@ -78,12 +81,14 @@ class ReportHandler:
             self.on_fill()  # once the batch's commissions are in too, not before
         positions = [r for r in reports if isinstance(r, IbPosition)]
         if positions:
+            self.position_cache.note(positions)
             await self.positions.note(positions)
         for report in reports:
             if isinstance(report, IbError):
                 self._on_error(report)
             elif isinstance(report, ConnectionChanged) and not report.connected:
                 self.reconciled.clear()
+                self.position_cache.connection_lost()
 
     async def on_executions(self, executions: Sequence[IbExecution]) -> None:
         """Record the fills of ledger orders among ``executions`` (IBKR's, fetched on reconciliation)."""

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order
-from workers.domain.orders import NewOrder, OrderRequested, OrderState
+from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason
+from workers.domain.orders import NewOrder, OrderRequested, OrderState, differing_terms
 from workers.logs import get_logger
-from workers.ports.orders import EventSink, InstrumentSource, OrderMetrics, OrderRepository
+from workers.ports.orders import EventSink, OrderMetrics, OrderRepository
 from workers.ports.outbox import OutboxMessage, OutboxWriter
 from workers.service_layer.orders.placing import Placer
+from workers.service_layer.orders.pre_trade import PreTradeRules
 from workers.service_layer.orders.watchdog import PlacementWatchdog
 
 log = get_logger(__name__)
@@ -32,12 +33,34 @@ class OrderSource:
     timestamp: float | None = None  # the Kafka record's timestamp, seconds since the epoch
 
 
+# Rejections of orders too malformed for the ledger's constraints: announced, not recorded.
+_UNRECORDABLE = frozenset({RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY})
+
+
+ORDER_ID_CONFLICT = "ORDER_ID_CONFLICT"
+
+
+@dataclass(frozen=True)
+class OrderIdConflict:
+    """An order request whose ``order_id`` the ledger holds for an order with other trading terms."""
+
+    order_id: str
+    source: OrderSource
+    fields: tuple[str, ...]  # the terms that differ
+
+    @property
+    def reason(self) -> str:
+        """The dead letter's ``error.reason``."""
+        return (f"{ORDER_ID_CONFLICT}: order_id {self.order_id} is recorded for an order with other "
+                f"{', '.join(self.fields)}; send a new order under a new order_id")
+
+
 @dataclass(frozen=True)
 class _Checked:
     """A batch of requests after the guards: what to record, re-publish, announce only, and why rejected."""
 
     new: list[NewOrder]
-    republish: list[str]
+    again: list[tuple[OrderRequested, OrderSource]]  # an order_id seen earlier in the batch
     loose: list[OutboxMessage]
     rejections: dict[str, OrderRejected]
 
@@ -45,12 +68,12 @@ class _Checked:
 class OrderIntake:
     """Handles batches of order requests."""
 
-    def __init__(self, *, ledger: OrderRepository, instruments: InstrumentSource, events: EventSink,
+    def __init__(self, *, ledger: OrderRepository, rules: PreTradeRules, events: EventSink,
                  outbox: OutboxWriter, placer: Placer, watchdog: PlacementWatchdog,
                  policy: Callable[[], GuardPolicy], metrics: OrderMetrics,
                  on_published: Callable[[], None]) -> None:
         self.ledger = ledger
-        self.instruments = instruments
+        self.rules = rules
         self.events = events
         self.outbox = outbox
         self.placer = placer
@@ -60,10 +83,13 @@ class OrderIntake:
         self.on_published = on_published
         self.client_id = placer.client_id
 
-    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
+    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]],
+                                  ) -> list[OrderIdConflict]:
         """Record, check and place a batch of orders; one statement records (and reserves) them all.
 
-        A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status.
+        A known ``order_id`` (a redelivery, or twice in the batch) only re-publishes its current status; one
+        with other trading terms is an order id conflict, returned for the dead-letter topic (the order
+        recorded under that id, and its statuses, are left as they are).
         """
         started = time.monotonic()
         wall = time.time()
@@ -87,46 +113,72 @@ class OrderIntake:
         finally:
             if turn is not None:
                 turn.done()
-        # An order_id the ledger knew already was not inserted: a redelivery, its status goes out again.
+        # An order_id the ledger knew already was not inserted: a redelivery (its status goes out again), or
+        # a conflict when its terms differ.
         inserted_ids = {order.order_id for order in inserted}
-        republish = checked.republish + [n.order.order_id for n in checked.new if n.order.order_id not in inserted_ids]
+        not_new = [(n.order, OrderSource(n.source_topic, n.source_partition, n.source_offset))
+                   for n in checked.new if n.order.order_id not in inserted_ids]
+        self.rules.give_back([n.order for n in checked.new
+                              if n.order.order_id not in inserted_ids and n.state is OrderState.ACCEPTED])
         for order in inserted:
             if order.order_id in checked.rejections:
                 self._count_rejection(order.request, checked.rejections[order.order_id])
         loose = list(checked.loose)
-        if republish:
-            known = await self.ledger.get_many(republish)
-            loose.extend(self.events.status(known[i], None) for i in republish if i in known)
-            log.info("orders redelivered; re-publishing their status", count=len(republish))
-            self.watchdog.watch_unsent(known.values())
+        conflicts: list[OrderIdConflict] = []
+        if checked.again or not_new:
+            known = await self.ledger.get_many([request.order_id for request, _ in [*checked.again, *not_new]])
+            republish: list[str] = []
+            for request, source in [*checked.again, *not_new]:
+                stored = known.get(request.order_id)
+                differing = differing_terms(stored.request, request) if stored is not None else ()
+                if differing:
+                    conflicts.append(self._conflict(request, source, differing))
+                elif stored is not None:
+                    republish.append(request.order_id)
+            loose.extend(self.events.status(known[i], None) for i in dict.fromkeys(republish))
+            if republish:
+                log.info("orders redelivered; re-publishing their status", count=len(republish))
+                self.watchdog.watch_unsent(known[i] for i in dict.fromkeys(republish))
         if loose:
             await self.outbox.add_many(loose)
             self.on_published()
         log.info("orders recorded", count=len(inserted),
                  accepted=sum(o.state in (OrderState.ACCEPTED, OrderState.PLACING) for o in inserted))
+        return conflicts
+
+    def _conflict(self, request: OrderRequested, source: OrderSource,
+                  differing: tuple[str, ...]) -> OrderIdConflict:
+        self.metrics.order_rejected(ORDER_ID_CONFLICT)
+        log.error("order id conflict: a known order_id with other terms; dead-lettered", order_id=request.order_id,
+                  fields=list(differing), source_topic=source.topic, partition=source.partition,
+                  offset=source.offset)
+        return OrderIdConflict(request.order_id, source, differing)
 
     async def _check(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> _Checked:
-        """The guards for each new order: what to record, what to re-publish, what to announce only."""
+        """The guards and risk rules for each new order: what to record, re-publish, announce only."""
         policy = self.policy()
         checked = _Checked([], [], [], {})
         seen: set[str] = set()
+        firsts: list[tuple[OrderRequested, OrderSource]] = []
         for order, source in items:
             if order.order_id in seen:
-                checked.republish.append(order.order_id)
+                checked.again.append((order, source))
+            else:
+                seen.add(order.order_id)
+                firsts.append((order, source))
+        rejected = await self.rules.check([order for order, _ in firsts], policy, count_rate=True)
+        for order, source in firsts:
+            rejection = rejected.get(order.order_id)
+            if rejection is not None and rejection.reason in _UNRECORDABLE:
+                # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
+                self._count_rejection(order, rejection)
+                checked.loose.append(self.events.rejection(order, rejection.text))
                 continue
-            seen.add(order.order_id)
-            state, reason = OrderState.ACCEPTED, None
-            try:
-                check_order(order, await self.instruments.get(order.instrument_id), policy)
-            except OrderRejected as rejection:
-                if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
-                    # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
-                    self._count_rejection(order, rejection)
-                    checked.loose.append(self.events.rejection(order, rejection.text))
-                    continue
+            if rejection is not None:
                 checked.rejections[order.order_id] = rejection
-                state, reason = OrderState.REJECTED, rejection.text
-            checked.new.append(NewOrder(order, state, reason, source.topic, source.partition, source.offset))
+            state = OrderState.REJECTED if rejection is not None else OrderState.ACCEPTED
+            checked.new.append(NewOrder(order, state, rejection.text if rejection is not None else None,
+                                        source.topic, source.partition, source.offset))
         return checked
 
     def _count_rejection(self, order: OrderRequested, rejection: OrderRejected) -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from workers.domain.guards import RejectReason
-from workers.domain.orders import Order, OrderState
+from workers.domain.guards import OrderRejected, RejectReason
+from workers.domain.orders import Order, OrderRequested, OrderState
 from workers.logs import get_logger
 from workers.ports.ibkr import IbkrConnection
 from workers.ports.orders import InstrumentSource, OrderMetrics, OrderRepository
@@ -24,6 +24,9 @@ from workers.service_layer.orders.status_writer import StatusWriter
 from workers.service_layer.orders.watchdog import PlacementWatchdog
 
 log = get_logger(__name__)
+
+# Checks orders that waited again before they are sent: the rejection of each that breaks a rule now.
+Recheck = Callable[[Sequence[OrderRequested]], Awaitable[dict[str, OrderRejected]]]
 
 
 class SendingTurn:
@@ -58,7 +61,8 @@ class Placer:
 
     def __init__(self, *, ledger: OrderRepository, broker: IbkrConnection, instruments: InstrumentSource,
                  status: StatusWriter, watchdog: PlacementWatchdog, metrics: OrderMetrics,
-                 kill_switch: Callable[[], bool], reconciled: asyncio.Event, readonly: bool) -> None:
+                 kill_switch: Callable[[], bool], reconciled: asyncio.Event, readonly: bool,
+                 recheck: Recheck | None = None) -> None:
         self.ledger = ledger
         self.broker = broker
         self.instruments = instruments
@@ -68,6 +72,7 @@ class Placer:
         self.kill_switch = kill_switch
         self.reconciled = reconciled
         self.readonly = readonly
+        self.recheck = recheck
         self.client_id = broker.client_id
         # The next IBKR order id to hand out; None until reconciliation has set it.
         self.next_ib_order_id: int | None = None
@@ -151,7 +156,9 @@ class Placer:
     async def _place(self, order_ids: list[str]) -> None:
         if not self.broker.connected or self.next_ib_order_id is None:
             return  # still ACCEPTED: reconciliation queues them again after the reconnect
-        unique = list(dict.fromkeys(order_ids))
+        unique = await self._still_allowed(list(dict.fromkeys(order_ids)))
+        if not unique:
+            return
         ids, turn = self.take_ib_order_ids(unique)
         try:
             reserved = await self.ledger.reserve_ib_order_ids(ids, self.client_id)
@@ -167,6 +174,22 @@ class Placer:
             await self.send(reserved)
         finally:
             turn.done()
+
+    async def _still_allowed(self, order_ids: list[str]) -> list[str]:
+        """The orders that still pass every rule; the others (an order grown stale while IBKR was away, a
+        position limit reached meanwhile) are rejected here, never sent."""
+        if self.recheck is None:
+            return order_ids
+        waiting = await self.ledger.get_many(order_ids)
+        accepted = [o.request for o in waiting.values() if o.state is OrderState.ACCEPTED]
+        rejected = await self.recheck(accepted) if accepted else {}
+        for order_id, rejection in rejected.items():
+            self._received_at.pop(order_id, None)
+            self.metrics.order_rejected(rejection.reason.value)
+            log.warning("order rejected before placing", order_id=order_id, reason=rejection.reason.value,
+                        detail=rejection.detail)
+            await self.status.transition(order_id, OrderState.REJECTED, reason=rejection.text)
+        return [order_id for order_id in order_ids if order_id not in rejected]
 
     async def send(self, reserved: Sequence[tuple[Order, int]]) -> None:
         """placeOrder for each reserved order, in id order (none while the kill switch is on)."""

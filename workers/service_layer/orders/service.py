@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 
-from workers.domain.guards import GuardPolicy
+from workers.domain.guards import GuardPolicy, OrderRejected
 from workers.domain.orders import OrderCancelRequested, OrderRequested
+from workers.domain.risk import OrderRate
 from workers.ports.ibkr import IbkrConnection, IbReport
+from workers.ports.market_data import ReferencePrices
 from workers.ports.orders import (
     CancelRequestStore,
     EventSink,
@@ -26,9 +30,11 @@ from workers.ports.orders import (
 from workers.ports.outbox import OutboxWriter
 from workers.service_layer.orders.cancels import Cancels
 from workers.service_layer.orders.ibkr_reports import ReportHandler
-from workers.service_layer.orders.intake import OrderIntake, OrderSource
+from workers.service_layer.orders.intake import OrderIdConflict, OrderIntake, OrderSource
+from workers.service_layer.orders.market_views import MarketViews, PositionCache
 from workers.service_layer.orders.placing import Placer
 from workers.service_layer.orders.positions import PositionBook
+from workers.service_layer.orders.pre_trade import PreTradeRules, utc_now
 from workers.service_layer.orders.reconciliation import Reconciler
 from workers.service_layer.orders.status_writer import StatusWriter
 from workers.service_layer.orders.watchdog import PlacementWatchdog
@@ -43,7 +49,8 @@ class OrderService:
                  broker: IbkrConnection, events: EventSink, policy: Callable[[], GuardPolicy],
                  readonly: bool = False, on_published: Callable[[], None] = lambda: None,
                  on_fill: Callable[[], None] = lambda: None, metrics: OrderMetrics | None = None,
-                 orders_first: OrdersFirst | None = None) -> None:
+                 orders_first: OrdersFirst | None = None, prices: ReferencePrices | None = None,
+                 rate: OrderRate | None = None, clock: Callable[[], datetime] = utc_now) -> None:
         self.ledger = ledger
         self.client_id = broker.client_id
         metrics = metrics or NoMetrics()
@@ -52,14 +59,24 @@ class OrderService:
         self.orders_first = orders_first or OrdersFirst(max_wait=0.0)
         self._reconciled = asyncio.Event()
         status = StatusWriter(ledger, events, metrics, on_published)
+        self.position_cache = PositionCache()
+        self.rules = PreTradeRules(
+            instruments=instruments, rate=rate, clock=clock,
+            views=MarketViews(ledger=ledger, prices=prices, positions=self.position_cache))
+
+        async def recheck(orders: Sequence[OrderRequested]) -> dict[str, OrderRejected]:
+            # Orders that waited (IBKR away): every rule again but the kill switch, which cancels them
+            # when they are sent, and the order rate, which they passed when they came.
+            return await self.rules.check(orders, replace(policy(), kill_switch=False), count_rate=False)
+
         self.watchdog = PlacementWatchdog(ledger=ledger, broker=broker, status=status,
                                           reconciled=self._reconciled, readonly=readonly)
         self.placer = Placer(ledger=ledger, broker=broker, instruments=instruments, status=status,
                              watchdog=self.watchdog, metrics=metrics,
                              kill_switch=lambda: policy().kill_switch, reconciled=self._reconciled,
-                             readonly=readonly)
+                             readonly=readonly, recheck=recheck)
         self.watchdog.retry = self.placer.retry_unplaced
-        self.intake = OrderIntake(ledger=ledger, instruments=instruments, events=events, outbox=outbox,
+        self.intake = OrderIntake(ledger=ledger, rules=self.rules, events=events, outbox=outbox,
                                   placer=self.placer, watchdog=self.watchdog, policy=policy, metrics=metrics,
                                   on_published=on_published)
         self.cancels = Cancels(ledger=ledger, requests=cancel_requests, broker=broker, status=status,
@@ -68,6 +85,7 @@ class OrderService:
                                       orders_first=self.orders_first, on_published=on_published)
         self.reports = ReportHandler(ledger=ledger, fills=fills, events=events, status=status,
                                      watchdog=self.watchdog, positions=self.positions,
+                                     position_cache=self.position_cache,
                                      orders_first=self.orders_first, reconciled=self._reconciled,
                                      on_fill=on_fill)
         self.reconciler = Reconciler(ledger=ledger, broker=broker, placer=self.placer, watchdog=self.watchdog,
@@ -84,10 +102,12 @@ class OrderService:
         """Orders sent to IBKR that IBKR has said nothing about yet (what the placement watchdog checks)."""
         return self.watchdog.unanswered
 
-    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
-        """Record, check and place a batch of orders (see :class:`~.intake.OrderIntake`)."""
+    async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]],
+                                  ) -> list[OrderIdConflict]:
+        """Record, check and place a batch of orders (see :class:`~.intake.OrderIntake`); returns the
+        requests whose order_id conflicts with a recorded order's terms."""
         with self.orders_first.order_batch():
-            await self.intake.on_orders_requested(items)
+            return await self.intake.on_orders_requested(items)
 
     async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""

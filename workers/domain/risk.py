@@ -1,0 +1,259 @@
+"""Pre-trade risk rules that need the market or time: reference prices, the price band, stale orders, the
+size increment, position limits and the order rate.
+
+Pure: the caller supplies what it knows (the quote, the position, the working orders, the clock). Every
+refusal is an :class:`~workers.domain.guards.OrderRejected` with a machine code and a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason
+from workers.domain.instruments import Instrument
+from workers.domain.orders import OrderRequested, OrderType, Side
+
+
+@dataclass(frozen=True)
+class Quote:
+    """IBKR's latest prices of one contract (None when unknown) and how old the newest of them is."""
+
+    bid: Decimal | None
+    ask: Decimal | None
+    last: Decimal | None
+    close: Decimal | None
+    age_seconds: float
+    delayed: bool = False
+
+    def reference(self, side: Side) -> Decimal | None:
+        """The price an order of ``side`` is measured against: the ask for a BUY, the bid for a SELL, else
+        the last trade, else the close (non-positive prices, IB's "no price", are skipped)."""
+        near = self.ask if side is Side.BUY else self.bid
+        for price in (near, self.last, self.close):
+            if price is not None and price.is_finite() and price > 0:
+                return price
+        return None
+
+
+@dataclass(frozen=True)
+class MarketView:
+    """What the worker knows of the market and the account when it checks one order.
+
+    ``quote``: None when IBKR has given no prices for the contract. ``position``: the account's signed
+    position in the contract (IBKR's). ``working_buy`` / ``working_sell``: the remaining quantity of the
+    account's working orders in the instrument, by side (this order not included).
+    """
+
+    quote: Quote | None = None
+    position: Decimal = Decimal(0)
+    working_buy: Decimal = Decimal(0)
+    working_sell: Decimal = Decimal(0)
+
+
+def fresh_reference(order: OrderRequested, view: MarketView, max_age: float) -> Decimal | None:
+    """The order's reference price when one is known and no older than ``max_age`` seconds, else None."""
+    quote = view.quote
+    if quote is None or quote.age_seconds > max_age:
+        return None
+    return quote.reference(order.side)
+
+
+def no_reference(order: OrderRequested, why: str) -> OrderRejected:
+    return OrderRejected(
+        RejectReason.NO_REFERENCE_PRICE,
+        f"no fresh market price for {order.instrument_id} to check {why} against; check the market data "
+        "subscription (IBKR_MARKET_DATA_TYPE) or retry when IBKR sends prices",
+    )
+
+
+def check_price_band(order: OrderRequested, reference: Decimal, band: Decimal) -> None:
+    """Refuse a limit or stop price that would trade worse than ``reference`` ± ``band`` (a fraction), or a
+    stop that is on the wrong side of the market (it would trigger at once)."""
+    high, low = reference * (1 + band), reference * (1 - band)
+    buying = order.side is Side.BUY
+    if order.limit_price is not None:
+        if buying and order.limit_price > high:
+            raise _out_of_band("BUY limit_price", order.limit_price, "above", high, reference, band)
+        if not buying and order.limit_price < low:
+            raise _out_of_band("SELL limit_price", order.limit_price, "below", low, reference, band)
+    if order.stop_price is not None:
+        stop = order.stop_price
+        if buying and stop < reference:
+            raise OrderRejected(RejectReason.PRICE_OUT_OF_BAND,
+                                f"BUY stop_price {stop} is below the market ({reference}): it would trigger at "
+                                "once; a buy stop goes above the market")
+        if not buying and stop > reference:
+            raise OrderRejected(RejectReason.PRICE_OUT_OF_BAND,
+                                f"SELL stop_price {stop} is above the market ({reference}): it would trigger "
+                                "at once; a sell stop goes below the market")
+        if buying and stop > high:
+            raise _out_of_band("BUY stop_price", stop, "above", high, reference, band)
+        if not buying and stop < low:
+            raise _out_of_band("SELL stop_price", stop, "below", low, reference, band)
+
+
+def _out_of_band(what: str, price: Decimal, side: str, bound: Decimal, reference: Decimal,
+                 band: Decimal) -> OrderRejected:
+    return OrderRejected(
+        RejectReason.PRICE_OUT_OF_BAND,
+        f"{what} {price} is {side} {_round(bound)}, the market price {reference} ± {band:%} (PRICE_BAND); "
+        "check the price, or widen the band for this instrument",
+    )
+
+
+def _round(value: Decimal) -> str:
+    """``value`` to four decimals, in plain notation (``100100``, not ``1.001E+5``)."""
+    return format(value.quantize(Decimal("0.0001")).normalize(), "f")
+
+
+def check_age(order: OrderRequested, now: datetime, max_age: timedelta) -> None:
+    """Refuse an order created more than ``max_age`` before ``now`` (a backlog after an outage, say)."""
+    age = now - order.created_at
+    if age > max_age:
+        raise OrderRejected(
+            RejectReason.STALE_ORDER,
+            f"created {age.total_seconds():.0f} s ago (at {order.created_at.isoformat()}), older than "
+            f"MAX_ORDER_AGE ({max_age.total_seconds():.0f} s); send a new order if it is still wanted",
+        )
+
+
+def size_increment(instrument: Instrument) -> Decimal:
+    """The quantity step of ``instrument``: IBKR's size increment where the mapper has it, else one share,
+    one contract or one unit of currency."""
+    increment = instrument.size_increment
+    return increment if increment is not None and increment > 0 else Decimal(1)
+
+
+def check_increment(order: OrderRequested, instrument: Instrument) -> None:
+    """Refuse a quantity that is not a whole number of the instrument's size increment (0.5 shares)."""
+    step = size_increment(instrument)
+    if order.quantity % step != 0:
+        raise OrderRejected(
+            RejectReason.INVALID_QUANTITY_INCREMENT,
+            f"quantity {order.quantity} is not a multiple of {instrument.instrument_id}'s size increment "
+            f"{step}; IBKR refuses fractional API orders for it",
+        )
+
+
+def reduces_position(order: OrderRequested, view: MarketView) -> bool:
+    """True when the order only brings the position towards zero (a SELL of at most a long position, a BUY
+    of at most a short one), counting the working orders on its side as done."""
+    if order.side is Side.SELL:
+        return view.position > 0 and order.quantity + view.working_sell <= view.position
+    return view.position < 0 and order.quantity + view.working_buy <= -view.position
+
+
+def check_position(order: OrderRequested, view: MarketView, limit: Decimal, scope: str) -> None:
+    """Refuse an order that could take the absolute position past ``limit``: the position, plus the
+    working orders on the order's side, plus the order. An order that reduces the position always passes."""
+    if reduces_position(order, view):
+        return
+    if order.side is Side.BUY:
+        worst = view.position + view.working_buy + order.quantity
+    else:
+        worst = view.position - view.working_sell - order.quantity
+    if abs(worst) > limit:
+        raise OrderRejected(
+            RejectReason.MAX_POSITION_EXCEEDED,
+            f"position {view.position} with working {order.side} orders and this one could reach {worst}, "
+            f"beyond the {scope} MAX_POSITION of {limit}; reduce the position or the order",
+        )
+
+
+def market_notional(order: OrderRequested, reference: Decimal, instrument: Instrument) -> Decimal:
+    return order.quantity * reference * instrument.price_multiplier
+
+
+def needs_reference_for_notional(order: OrderRequested) -> bool:
+    """A market order has no price of its own: its notional is measured at the reference price."""
+    return order.order_type is OrderType.MARKET
+
+
+class OrderRate:
+    """A token bucket per account: ``per_second`` orders a second on average, bursts up to ``burst``.
+
+    An order over the rate is refused, not delayed, so the sender learns at once.
+    """
+
+    def __init__(self, per_second: float, burst: float, clock: Callable[[], float]) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self.clock = clock
+        self._tokens: dict[str, tuple[float, float]] = {}  # account -> (tokens, at)
+
+    def take(self, account: str) -> None:
+        """Take one order's token for ``account`` or raise ``ORDER_RATE_EXCEEDED``."""
+        now = self.clock()
+        tokens, at = self._tokens.get(account, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.per_second)
+        if tokens < 1:
+            self._tokens[account] = (tokens, now)
+            raise OrderRejected(
+                RejectReason.ORDER_RATE_EXCEEDED,
+                f"account {account!r} sent more than MAX_ORDERS_PER_SECOND ({self.per_second:g}/s, bursts of "
+                f"{self.burst:g}); slow down and send the order again",
+            )
+        self._tokens[account] = (tokens - 1, now)
+        self._prune(now)
+
+    def give_back(self, account: str) -> None:
+        """Return a token taken by an order that was not new after all (a redelivery)."""
+        tokens, at = self._tokens.get(account, (self.burst, self.clock()))
+        self._tokens[account] = (min(self.burst, tokens + 1), at)
+
+    def _prune(self, now: float) -> None:
+        if len(self._tokens) > 10_000:  # accounts that stopped sending: their buckets are full again
+            full = [a for a, (t, when) in self._tokens.items() if t + (now - when) * self.per_second >= self.burst]
+            for stale in full:
+                del self._tokens[stale]
+
+
+def check_risk(order: OrderRequested, instrument: Instrument, policy: GuardPolicy, view: MarketView,
+               now: datetime) -> list[str]:
+    """Raise :class:`OrderRejected` for the first risk rule ``order`` breaks (after :func:`check_order`).
+
+    Returns warnings to log loudly: a rule that needed a reference price and let the order pass without one
+    (``require_reference`` off).
+    """
+    if policy.max_order_age is not None:
+        check_age(order, now, policy.max_order_age)
+    check_increment(order, instrument)
+    band = policy.price_band_for(instrument)
+    priced = order.limit_price is not None or order.stop_price is not None
+    notional_limits = _limits(policy.global_limits.max_notional,
+                              policy.limits_for(order.instrument_id).max_notional, order.instrument_id)
+    market_notional_checked = needs_reference_for_notional(order) and bool(notional_limits)
+    warnings: list[str] = []
+    if (band is not None and priced) or market_notional_checked:
+        reference = fresh_reference(order, view, policy.reference_max_age)
+        what = "the price band" if band is not None and priced else "the notional limit"
+        if reference is None:
+            if policy.require_reference:
+                raise no_reference(order, what)
+            warnings.append(f"{RejectReason.NO_REFERENCE_PRICE}: {what} not checked (REQUIRE_REFERENCE_PRICE off)")
+        else:
+            if band is not None and priced:
+                check_price_band(order, reference, band)
+            if market_notional_checked:
+                notional = market_notional(order, reference, instrument)
+                for limit, scope in notional_limits:
+                    if notional > limit:
+                        raise OrderRejected(
+                            RejectReason.MAX_NOTIONAL_EXCEEDED,
+                            f"notional {_round(notional)} at the market price {reference} exceeds the {scope} "
+                            f"maximum of {limit}",
+                        )
+    for limit, scope in _limits(policy.global_limits.max_position,
+                                policy.limits_for(order.instrument_id).max_position, order.instrument_id):
+        check_position(order, view, limit, scope)
+    return warnings
+
+
+def _limits(global_limit: Decimal | None, instrument_limit: Decimal | None,
+            instrument_id: str) -> list[tuple[Decimal, str]]:
+    """The limits in force, each with the scope that sets it (for the reason's sentence)."""
+    scoped = [(global_limit, "global"), (instrument_limit, f"instrument {instrument_id}")]
+    return [(limit, scope) for limit, scope in scoped if limit is not None]
