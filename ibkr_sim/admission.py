@@ -9,6 +9,7 @@ from ibkr_sim.universe import Instrument, Universe
 
 PRICE_TEXT = "The price does not conform to the minimum price variation for this contract."
 NO_SECURITY = "No security definition has been found for the request"
+FRACTIONAL_TEXT = "Fractional-sized order cannot be placed via API. Please use desktop version to place this order."
 
 
 def resolve_contract(universe: Universe, req: OrderRequest) -> tuple[Instrument | None, Rejection | None]:
@@ -31,6 +32,9 @@ def check_order(req: OrderRequest, inst: Instrument) -> Rejection | None:
     )
     if rejection is not None:
         return rejection
+    if inst.sec_type != "CASH" and req.total_quantity != int(req.total_quantity):
+        # IBKR refuses fractional quantities from the API (forex amounts are not shares).
+        return Rejection(10243, FRACTIONAL_TEXT)
     for price in (req.lmt_price, req.aux_price):
         if price is not None and not conforms(price, inst.min_tick):
             return Rejection(110, PRICE_TEXT)

@@ -233,6 +233,16 @@ async def test_price_off_the_tick_grid_is_rejected_with_110(ib: IB, aapl: Contra
     assert errors.seen[0][:2] == (trade.order.orderId, 110)
 
 
+async def test_a_fractional_stock_order_is_refused_with_10243_as_ibkr_does_for_api_orders(
+        sim: SimGateway, ib: IB, aapl: Contract) -> None:
+    errors = Errors(ib)
+    trade = ib.placeOrder(aapl, MarketOrder("BUY", 0.5))
+    await until(lambda: errors.seen, what="error")
+    assert errors.seen[0][:2] == (trade.order.orderId, 10243)
+    assert "Fractional-sized order" in errors.seen[0][2]
+    assert sim.executions() == []
+
+
 async def test_reusing_a_filled_order_id_is_refused(ib: IB, aapl: Contract) -> None:
     trade = ib.placeOrder(aapl, MarketOrder("BUY", 1))
     await status_is(trade, "Filled")
