@@ -262,6 +262,21 @@ class SimGateway:
         if inside:
             self.broker.match_all()
 
+    def set_market_data(
+        self, subscribed: bool | None = None, unsubscribed_con_ids: Iterable[int] | None = None,
+        lines: int | None = None,
+    ) -> None:
+        """Change the account's market-data subscriptions (for the whole account, or the contracts without
+        one) or its number of lines; streams already open keep going."""
+        if subscribed is not None:
+            self.config.market_data_subscribed = subscribed
+        if unsubscribed_con_ids is not None:
+            self.config.unsubscribed_con_ids = frozenset(int(c) for c in unsubscribed_con_ids)
+        if lines is not None:
+            if lines < 0:
+                raise ValueError("lines must not be negative")
+            self.config.market_data_lines = lines
+
     def expire_day_orders(self) -> None:
         """End of day: cancel DAY and OPG orders."""
         self.broker.expire_day_orders()

@@ -8,6 +8,7 @@ import math
 import pytest
 from ib_insync import IB, Contract, Stock
 
+from ibkr_sim.control import ControlServer, control_call
 from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, MSFT, Connect, until
 
@@ -143,3 +144,21 @@ async def test_market_data_requests_count_in_pacing(sim: SimGateway, ib: IB, aap
     for _ in range(8):
         ib.reqMktData(aapl, snapshot=True)
     await until(lambda: any(code == 100 for _, code in errors), what="pacing violation")
+
+
+async def test_control_port_changes_subscriptions_and_lines(sim: SimGateway, ib: IB, aapl: Contract) -> None:
+    control = ControlServer(sim)
+    host, port = await control.start()
+    try:
+        await control_call(host, port, "set_market_data", subscribed=False, lines=1)
+        errors = _errors(ib)
+        ticker = ib.reqMktData(aapl)
+        req_id = _req_id(ib, aapl)
+        await until(lambda: (req_id, 354) in errors, what="error 354")
+        await control_call(host, port, "set_market_data", subscribed=True)
+        ib.cancelMktData(aapl)
+        ticker = ib.reqMktData(aapl)
+        await until(lambda: ticker.last > 0, what="live quote")
+        assert await control_call(host, port, "market_data_lines_in_use") == 1
+    finally:
+        await control.stop()
