@@ -256,6 +256,25 @@ async def test_a_book_built_after_the_connect_asks_for_the_data_type_first(
     assert reference is not None and reference.delayed
 
 
+async def test_only_the_first_use_waits_for_prices_that_do_not_come(
+    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+) -> None:
+    clock = Clock()
+    book = book_of(first_tick_timeout=0.3, clock=clock)
+    await gateway.connect()
+    sim.freeze()  # IBKR takes the request and says nothing
+    started = time.monotonic()
+    assert await book.reference(AAPL) is None
+    assert 0.25 < time.monotonic() - started < 1.0
+    clock.now += 0.3
+    started = time.monotonic()
+    assert await book.reference(AAPL) is None
+    assert time.monotonic() - started < 0.05
+    sim.unfreeze()
+    await eventually(lambda: book._lines[AAPL.con_id].received_at is not None)
+    assert await book.reference(AAPL) is not None
+
+
 async def test_no_reference_while_disconnected_before_first_use(
     gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
 ) -> None:

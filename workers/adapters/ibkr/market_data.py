@@ -61,6 +61,7 @@ class _Line:
     """One instrument's subscription and the prices it last delivered."""
 
     instrument: Instrument
+    opened_at: float
     last_used: float
     req_id: int = 0
     ticker: Ticker | None = None  # None while not subscribed at IBKR (before a connect, after a drop)
@@ -147,9 +148,12 @@ class MarketDataBook:
             del self._lines[con_id]
             self._lines[con_id] = line
             line.last_used = now
-        if line.received_at is None:
+        # Only the first uses wait (within first_tick_timeout of the line's opening): an instrument IBKR
+        # stays silent about must not hold up every later order.
+        wait = line.opened_at + self.first_tick_timeout - now
+        if line.received_at is None and wait > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(line.first_tick.wait(), self.first_tick_timeout)
+                await asyncio.wait_for(line.first_tick.wait(), wait)
         return line.reference()
 
     # -- lines ------------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ class MarketDataBook:
             log.info("market data line released: lines full", con_id=oldest.instrument.con_id,
                      instrument_id=oldest.instrument.instrument_id, lines=self.max_lines)
             evicted.append(self._drop(oldest))
-        line = _Line(instrument, last_used=now)
+        line = _Line(instrument, opened_at=now, last_used=now)
         self._lines[instrument.con_id] = line
         # The cancels go out before the new request, so IBKR never counts more lines than the bound.
         for req_id, held in evicted:
