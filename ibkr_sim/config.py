@@ -47,6 +47,12 @@ class SimConfig:
     # Inside regular trading hours: orders without outsideRth wait (PreSubmitted) while this is False.
     regular_trading_hours: bool = True
     perm_id_base: int | None = None
+    # Streaming market-data lines of the account, every connection together (IB's default: 100).
+    market_data_lines: int = 100
+    # Whether the account has live market-data subscriptions; without (like a new paper account), live
+    # requests get error 354 and delayed ones delayed data. ``unsubscribed_con_ids`` lacks them per contract.
+    market_data_subscribed: bool = True
+    unsubscribed_con_ids: frozenset[int] = frozenset()
     exec_id_prefix: str | None = None
 
     def validate(self) -> SimConfig:
@@ -64,7 +70,13 @@ class SimConfig:
             raise SimConfigError("clip_size: must be positive")
         if self.tick_interval is not None and self.tick_interval <= 0:
             raise SimConfigError("tick_interval: must be positive")
+        if self.market_data_lines < 0:
+            raise SimConfigError("market_data_lines: must not be negative")
         return self
+
+    def has_market_data(self, con_id: int) -> bool:
+        """Whether the account has a live market-data subscription for the contract."""
+        return self.market_data_subscribed and con_id not in self.unsubscribed_con_ids
 
 
 def parse_accounts(text: str) -> tuple[str, ...]:

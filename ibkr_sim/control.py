@@ -84,6 +84,8 @@ def operations(sim: SimGateway) -> dict[str, Op]:
         "run_opening_auction": sim.run_opening_auction,
         "set_regular_trading_hours": sim.set_regular_trading_hours,
         "expire_day_orders": sim.expire_day_orders,
+        "set_market_data": sim.set_market_data,
+        "market_data_lines_in_use": sim.market_data_lines_in_use,
         "place_count": sim.place_count,
         "orders": lambda: [_order_dict(o) for o in sim.orders()],
         "executions": lambda: [_exec_dict(e) for e in sim.executions()],

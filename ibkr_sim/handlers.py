@@ -17,7 +17,18 @@ from ibkr_sim.admission import NO_SECURITY
 from ibkr_sim.broker import SimBroker
 from ibkr_sim.config import SimConfig
 from ibkr_sim.framing import parse_bool, parse_int
+from ibkr_sim.market import PriceProcess
 from ibkr_sim.orders import SimExecution, SimOrder
+from ibkr_sim.quotes import (
+    DISPLAYING_DELAYED,
+    DUPLICATE_TICKER,
+    LIVE,
+    MAX_TICKERS,
+    NOT_SUBSCRIBED,
+    MarketDataLine,
+    data_type_served,
+    quote_frames,
+)
 from ibkr_sim.reports import Reports
 from ibkr_sim.requests import (
     ExecutionFilterRequest,
@@ -27,7 +38,7 @@ from ibkr_sim.requests import (
     parse_req_executions,
     read_contract,
 )
-from ibkr_sim.universe import Instrument, Universe
+from ibkr_sim.universe import Universe
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +49,9 @@ class Backend:
     broker: SimBroker
     reports: Reports
     universe: Universe
-    # tickPrice frames (bid, ask, last) of an instrument at its current price, for a request id.
-    quotes: Callable[[int, Instrument], list[bytes]]
+    prices: PriceProcess
+    # Streaming market-data lines held by every connection together (IB counts them per account).
+    lines_in_use: Callable[[], int]
 
 
 class Connection(Protocol):
@@ -50,7 +62,8 @@ class Connection(Protocol):
     account_updates: set[str]
     account_multi: dict[int, tuple[str, str]]
     positions_subscribed: bool
-    market_data: dict[int, int]
+    market_data: dict[int, MarketDataLine]
+    market_data_type: int
 
     def send(self, frame: bytes) -> None:
         """Queue one frame."""
@@ -281,7 +294,7 @@ def req_completed_orders(backend: Backend, conn: Connection, fields: list[str]) 
 
 
 def req_mkt_data(backend: Backend, conn: Connection, fields: list[str]) -> None:
-    """reqMktData (1): bid, ask and last from the price process; snapshot ends with tickSnapshotEnd."""
+    """reqMktData (1): a quote from the price process, then updates (streaming) or tickSnapshotEnd."""
     f = Fields(fields, start=2)
     req_id = f.integer()
     query = read_contract(f)
@@ -294,16 +307,45 @@ def req_mkt_data(backend: Backend, conn: Connection, fields: list[str]) -> None:
     f.skip(1)  # genericTickList
     snapshot = f.flag()
     inst = found[0]
-    conn.send_all(backend.quotes(req_id, inst))
+    if not snapshot and req_id in conn.market_data:
+        conn.error(req_id, 322, DUPLICATE_TICKER)
+        return
+    served = data_type_served(
+        conn.market_data_type, subscribed=backend.config.has_market_data(inst.con_id),
+        trading_hours=backend.config.regular_trading_hours,
+    )
+    if served is None:
+        conn.error(req_id, 354, NOT_SUBSCRIBED)
+        return
+    if not snapshot and backend.lines_in_use() >= backend.config.market_data_lines:
+        conn.error(req_id, 101, MAX_TICKERS)
+        return
+    line = MarketDataLine(inst.con_id, delayed=served >= 3, frozen=served in (2, 4))
+    if line.delayed:
+        conn.error(req_id, 10167, DISPLAYING_DELAYED)
+    if served != LIVE:
+        conn.send(m.market_data_type(req_id, served))
+    conn.send_all(quote_frames(req_id, inst, backend.prices.price(inst), delayed=line.delayed))
     if snapshot:
         conn.send(m.tick_snapshot_end(req_id))
     else:
-        conn.market_data[req_id] = inst.con_id
+        conn.market_data[req_id] = line
 
 
 def cancel_mkt_data(backend: Backend, conn: Connection, fields: list[str]) -> None:
-    """cancelMktData (2)."""
-    conn.market_data.pop(parse_int(fields[2]), None)
+    """cancelMktData (2): frees the line; error 300 for a request id that holds none."""
+    req_id = parse_int(fields[2])
+    if conn.market_data.pop(req_id, None) is None:
+        conn.error(req_id, 300, f"Can't find EId with tickerId:{req_id}")
+
+
+def req_market_data_type(backend: Backend, conn: Connection, fields: list[str]) -> None:
+    """reqMarketDataType (59): live 1, frozen 2, delayed 3, delayed-frozen 4 for later requests."""
+    wanted = parse_int(fields[2])
+    if wanted not in (1, 2, 3, 4):
+        conn.error(-1, 321, f"Error validating request.-'cJ' : cause - Invalid market data type {wanted}")
+        return
+    conn.market_data_type = wanted
 
 
 def ignore(backend: Backend, conn: Connection, fields: list[str]) -> None:
@@ -325,7 +367,7 @@ HANDLERS: dict[int, Handler] = {
     17: req_managed_accounts,
     49: req_current_time,
     58: req_global_cancel,
-    59: ignore,  # reqMarketDataType
+    59: req_market_data_type,
     61: req_positions,
     62: req_account_summary,
     63: ignore,  # cancelAccountSummary

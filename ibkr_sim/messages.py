@@ -365,3 +365,8 @@ def tick_snapshot_end(req_id: int) -> bytes:
 def market_data_type(req_id: int, data_type: int) -> bytes:
     """marketDataType (58)."""
     return encode_frame(("58", "1", str(req_id), str(data_type)))
+
+
+def tick_size(req_id: int, tick_type: int, size: float) -> bytes:
+    """tickSize (2)."""
+    return encode_frame(("2", "6", str(req_id), str(tick_type), fmt_qty(size)))

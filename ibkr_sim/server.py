@@ -14,10 +14,11 @@ from ibkr_sim.broker import SimBroker
 from ibkr_sim.config import SimConfig
 from ibkr_sim.handlers import Backend
 from ibkr_sim.logs import get_logger
-from ibkr_sim.market import PriceProcess, on_grid
+from ibkr_sim.market import PriceProcess
 from ibkr_sim.matching import Rejection
 from ibkr_sim.orders import SimExecution, SimOrder
 from ibkr_sim.portfolio import Portfolio, Position
+from ibkr_sim.quotes import quote_frames
 from ibkr_sim.reports import Reports
 from ibkr_sim.requests import OrderRequest
 from ibkr_sim.session import ClientSession
@@ -44,7 +45,9 @@ class SimGateway:
         self.portfolio = Portfolio(list(self.config.accounts), self.config.initial_cash)
         self.reports = Reports(self.portfolio, self.prices)
         self.broker = SimBroker(self.config, self.universe, self.prices, self.portfolio, self, clock=clock)
-        self.backend = Backend(self.config, self.broker, self.reports, self.universe, self.quote_frames)
+        self.backend = Backend(
+            self.config, self.broker, self.reports, self.universe, self.prices, self.market_data_lines_in_use
+        )
         self.sessions: set[ClientSession] = set()
         self.clients: dict[int, ClientSession] = {}
         self.frozen = False
@@ -204,21 +207,16 @@ class SimGateway:
         for session in self.sessions:
             session.push_account_values(values)
 
-    def quote_frames(self, req_id: int, inst: Instrument) -> list[bytes]:
-        """tickPrice messages (bid, ask, last) for an instrument at its current price."""
-        price = self.prices.price(inst)
-        tick = inst.min_tick
-        return [
-            m.tick_price(req_id, 1, on_grid(max(price - tick, tick), tick), 100),
-            m.tick_price(req_id, 2, on_grid(price + tick, tick), 100),
-            m.tick_price(req_id, 4, price, 100),
-        ]
+    def market_data_lines_in_use(self) -> int:
+        """Streaming market-data lines held by every connection together."""
+        return sum(len(session.market_data) for session in self.sessions)
 
     def _price_moved(self, inst: Instrument) -> None:
+        price = self.prices.price(inst)
         for session in self.sessions:
-            for req_id, con_id in session.market_data.items():
-                if con_id == inst.con_id:
-                    session.send_all(self.quote_frames(req_id, inst))
+            for req_id, line in session.market_data.items():
+                if line.con_id == inst.con_id and not line.frozen:
+                    session.send_all(quote_frames(req_id, inst, price, delayed=line.delayed))
         self.broker.match_instrument(inst.con_id)
 
     # --- prices and the market ---------------------------------------------------------------
@@ -263,6 +261,21 @@ class SimGateway:
         self.config.regular_trading_hours = inside
         if inside:
             self.broker.match_all()
+
+    def set_market_data(
+        self, subscribed: bool | None = None, unsubscribed_con_ids: Iterable[int] | None = None,
+        lines: int | None = None,
+    ) -> None:
+        """Change the account's market-data subscriptions (for the whole account, or the contracts without
+        one) or its number of lines; streams already open keep going."""
+        if subscribed is not None:
+            self.config.market_data_subscribed = subscribed
+        if unsubscribed_con_ids is not None:
+            self.config.unsubscribed_con_ids = frozenset(int(c) for c in unsubscribed_con_ids)
+        if lines is not None:
+            if lines < 0:
+                raise ValueError("lines must not be negative")
+            self.config.market_data_lines = lines
 
     def expire_day_orders(self) -> None:
         """End of day: cancel DAY and OPG orders."""

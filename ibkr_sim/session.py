@@ -18,6 +18,7 @@ from ibkr_sim.framing import (
 )
 from ibkr_sim.handlers import HANDLERS, Backend, request_id_of
 from ibkr_sim.logs import get_logger
+from ibkr_sim.quotes import LIVE, MarketDataLine
 
 log = get_logger(__name__)
 
@@ -71,7 +72,8 @@ class ClientSession(asyncio.Protocol):
         self.account_updates: set[str] = set()
         self.account_multi: dict[int, tuple[str, str]] = {}
         self.positions_subscribed = False
-        self.market_data: dict[int, int] = {}  # reqId -> conId of streaming market data
+        self.market_data: dict[int, MarketDataLine] = {}  # reqId -> streaming market data
+        self.market_data_type = LIVE
         self._sent_values: dict[str, dict[tuple[str, str], str]] = {}
 
     # --- asyncio.Protocol --------------------------------------------------------------------

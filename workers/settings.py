@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TradingMode = Literal["paper", "live"]
 IbkrApi = Literal["gateway", "tws"]
+MarketDataType = Literal["live", "frozen", "delayed", "delayed-frozen"]
 
 # (api, mode) -> the port IB Gateway / TWS listen on by default.
 DEFAULT_IBKR_PORTS: dict[tuple[IbkrApi, TradingMode], int] = {
@@ -116,6 +117,16 @@ class Settings(BaseSettings):
     never got it (a message dropped over the pacing limit, error 100), placed again."""
     ibkr_pacing_per_second: float = Field(default=45.0, gt=0)
     """Outbound API messages per second per connection (IBKR allows 50)."""
+    ibkr_market_data_type: MarketDataType = "live"
+    """Market data asked of IBKR for reference prices (`reqMarketDataType`): `live`, `frozen` (the last
+    quote while the market is closed), `delayed` or `delayed-frozen`. IBKR serves live data wherever the
+    account has a subscription; without one, `live` gets nothing (error 354) and `delayed` gets data
+    delayed by 15-20 minutes (paper accounts without subscriptions need it)."""
+    ibkr_market_data_lines: int = Field(default=100, ge=1, le=10_000)
+    """Instruments streamed at once for reference prices (IBKR's default allowance is 100 lines per
+    account, shared with every other client of it); when full, the least recently used is released."""
+    ibkr_market_data_idle: float = Field(default=600.0, gt=0)
+    """Seconds a market-data line may go unused (no order asked for its price) before it is released."""
 
     # Guards
     kill_switch: bool = False
@@ -195,7 +206,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("ibkr_trading_mode", "ibkr_api", mode="before")
+    @field_validator("ibkr_trading_mode", "ibkr_api", "ibkr_market_data_type", mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -1,4 +1,9 @@
-"""What the risk rules need of IBKR's market data: the latest prices of a contract."""
+"""The market-data port: IBKR's latest prices of an instrument, for the pre-trade rules that need a reference.
+
+The IBKR adapter (:mod:`workers.adapters.ibkr.market_data`) implements :class:`ReferencePrices`
+structurally; the service layer and the domain see only this module's types. How a BUY or a SELL picks
+among ask, bid, last and close, and when a price is too old, is the domain's decision, not the port's.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ class ReferencePrice:
 
 
 class ReferencePrices(Protocol):
+    """Where the pre-trade rules get an instrument's latest market prices."""
+
     async def reference(self, instrument: Instrument) -> ReferencePrice | None:
         """The latest prices of ``instrument``, subscribing on first use (None while none has arrived or
         when IBKR refuses: unknown contract, no subscription, lines exhausted)."""
+        ...

@@ -82,6 +82,9 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
   "IBKR_READONLY" (toString $v.ibkr.readonly)
   "IBKR_PACING_PER_SECOND" (toString $v.ibkr.pacingPerSecond)
   "IBKR_CONNECT_TIMEOUT" (toString $v.ibkr.connectTimeout)
+  "IBKR_MARKET_DATA_TYPE" $v.ibkr.marketDataType
+  "IBKR_MARKET_DATA_LINES" (toString (int64 $v.ibkr.marketDataLines))
+  "IBKR_MARKET_DATA_IDLE" (toString $v.ibkr.marketDataIdle)
   "KILL_SWITCH" (toString $v.config.killSwitch)
   "HEALTH_PORT" (toString (int64 $v.config.healthPort))
   "HEALTH_INTERVAL" (toString $v.config.healthInterval)
