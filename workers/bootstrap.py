@@ -19,6 +19,7 @@ from workers.adapters.avro.wire import codec_for, decode_any
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
+from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import (
@@ -220,6 +221,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     instruments = InstrumentCache(mapper, resolver=on_demand_resolver(gateway, mapper)
                                   if settings.instrument_resolve_on_demand else None)
     switches = RuntimeSwitches()
+    market_data = MarketDataBook(gateway, data_type=settings.ibkr_market_data_type,
+                                 lines=settings.ibkr_market_data_lines, idle=settings.ibkr_market_data_idle)
     orders_first = OrdersFirst(max_wait=ORDERS_FIRST_MAX_WAIT)
     outbox_relay = OutboxRelay(outbox, producer, pass_interval=OUTBOX_PASS_INTERVAL, turn=orders_first.turn)
     fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,
@@ -230,7 +233,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         positions=PositionStore(pool), instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
-        metrics=metrics, orders_first=orders_first, rate=order_rate(settings),
+        metrics=metrics, orders_first=orders_first, rate=order_rate(settings), prices=market_data,
     )
     gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)
@@ -264,7 +267,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         kill_switch=lambda on: flip_kill_switch(switches, service, on),
     )
     return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,
-                            gateway=gateway, service=service, loop=loop, outbox_relay=outbox_relay,
+                            gateway=gateway, market_data=market_data, service=service, loop=loop,
+                            outbox_relay=outbox_relay,
                             fill_relay=fill_relay, switches=switches, metrics=metrics, monitor=monitor,
                             health=health, probes=probes, instance_id=instance_id)
 

@@ -52,7 +52,7 @@ class InstrumentRiskLimits(BaseModel):
     max_quantity: Decimal | None = Field(default=None, gt=0)
     max_notional: Decimal | None = Field(default=None, gt=0)
     max_position: Decimal | None = Field(default=None, gt=0)
-    price_band: Decimal | None = Field(default=None, gt=0)
+    price_band: Decimal | None = Field(default=Decimal("0.10"), gt=0)
 
 
 class Settings(BaseSettings):
@@ -148,11 +148,12 @@ class Settings(BaseSettings):
     order-consumer process: orders over it are rejected `ORDER_RATE_EXCEEDED`, not delayed. Unset, no limit."""
     max_order_burst: float | None = Field(default=None, ge=1)
     """Orders an account may send at once within `MAX_ORDERS_PER_SECOND`; unset, twice the rate (at least 1)."""
-    price_band: Decimal | None = Field(default=None, gt=0)
+    price_band: Decimal | None = Field(default=Decimal("0.10"), gt=0)
     """How far, as a fraction of the market price (ask for a BUY, bid for a SELL, else last, else close), a
     limit or stop price may be on the worse side; beyond it, or a stop on the wrong side of the market, is
     `PRICE_OUT_OF_BAND`. Unset, no band (except per security type or instrument)."""
-    price_band_by_sec_type: dict[str, Decimal] = Field(default_factory=dict)
+    price_band_by_sec_type: dict[str, Decimal] = Field(default_factory=lambda: {"OPT": Decimal("0.50"),
+                                                                                "FOP": Decimal("0.50")})
     """The price band of a security type, as JSON (`{"OPT": 0.5}`): options move more than their underlying."""
     reference_price_max_age: float = Field(default=300.0, gt=0)
     """Seconds since IBKR last sent a price for a contract after which it is no reference any more."""

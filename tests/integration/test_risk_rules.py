@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 from prometheus_client import generate_latest
 
-from tests.integration.harness import ES, order, running_harness
-from workers.domain.orders import Side
+from tests.integration.harness import AAPL, ES, order, running_harness
+from workers.domain.orders import OrderType, Side
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -107,3 +107,52 @@ async def test_a_known_order_id_with_other_content_is_dead_lettered_and_the_orig
         assert letter.key == original.order_id.encode()
         assert h.sim.place_count(original.order_id) == 1
         assert h.status_trail(original.order_id) == [*trail, "FILLED"]  # the redelivery re-published it
+
+
+async def test_fat_finger_limits_on_each_side_are_rejected_against_the_sims_market_price(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, price_band="0.10") as h:
+        price = Decimal(str(h.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+        buy_high = order(order_type=OrderType.LIMIT, limit=str(price * 3))
+        sell_low = order(side=Side.SELL, order_type=OrderType.LIMIT, limit=str((price / 3).quantize(Decimal("0.01"))))
+        near = order(order_type=OrderType.LIMIT, limit=str(price + 1))
+
+        for request in (buy_high, sell_low, near):
+            await h.send(request)
+
+        for request in (buy_high, sell_low):
+            rejected = await h.wait_status(request.order_id, "REJECTED")
+            assert rejected["reason"].startswith("PRICE_OUT_OF_BAND")
+            assert h.sim.place_count(request.order_id) == 0
+        await h.wait_status(near.order_id, "FILLED")
+
+
+async def test_a_market_order_over_the_notional_limit_at_the_sims_price_is_rejected(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, max_order_notional=50_000) as h:
+        price = Decimal(str(h.sim.price(AAPL.con_id)))
+        too_big = order(quantity=str(int(100_000 / price)))  # about 100,000 at the market
+        small = order(quantity="10")
+
+        await h.send(too_big)
+        await h.send(small)
+
+        rejected = await h.wait_status(too_big.order_id, "REJECTED")
+        assert rejected["reason"].startswith("MAX_NOTIONAL_EXCEEDED")
+        assert "at the market price" in rejected["reason"]
+        await h.wait_status(small.order_id, "FILLED")
+        assert h.sim.place_count(too_big.order_id) == 0
+
+
+async def test_without_market_data_a_rule_that_needs_a_price_rejects_the_order(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics, max_order_notional=50_000) as h:
+        h.sim.config.market_data_subscribed = False  # live data asked for, no subscription: error 354
+        request = order(quantity="1")
+
+        await h.send(request)
+
+        rejected = await h.wait_status(request.order_id, "REJECTED")
+        assert rejected["reason"].startswith("NO_REFERENCE_PRICE")
+        assert "IBKR_MARKET_DATA_TYPE" in rejected["reason"]
+        assert h.sim.place_count(request.order_id) == 0

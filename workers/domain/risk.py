@@ -70,8 +70,10 @@ def no_reference(order: OrderRequested, why: str) -> OrderRejected:
 
 
 def check_price_band(order: OrderRequested, reference: Decimal, band: Decimal) -> None:
-    """Refuse a limit or stop price that would trade worse than ``reference`` ± ``band`` (a fraction), or a
-    stop that is on the wrong side of the market (it would trigger at once)."""
+    """Refuse a limit price that would trade worse than ``reference`` ± ``band`` (a fraction): a BUY limit
+    above the band, a SELL limit below it; and a stop whose trigger is on the wrong side of the market by
+    more than the band (a BUY stop far below the market, a SELL stop far above: a mistyped price, not a
+    stop). A stop just through the market triggers at once and trades at the market: it passes."""
     high, low = reference * (1 + band), reference * (1 - band)
     buying = order.side is Side.BUY
     if order.limit_price is not None:
@@ -80,19 +82,10 @@ def check_price_band(order: OrderRequested, reference: Decimal, band: Decimal) -
         if not buying and order.limit_price < low:
             raise _out_of_band("SELL limit_price", order.limit_price, "below", low, reference, band)
     if order.stop_price is not None:
-        stop = order.stop_price
-        if buying and stop < reference:
-            raise OrderRejected(RejectReason.PRICE_OUT_OF_BAND,
-                                f"BUY stop_price {stop} is below the market ({reference}): it would trigger at "
-                                "once; a buy stop goes above the market")
-        if not buying and stop > reference:
-            raise OrderRejected(RejectReason.PRICE_OUT_OF_BAND,
-                                f"SELL stop_price {stop} is above the market ({reference}): it would trigger "
-                                "at once; a sell stop goes below the market")
-        if buying and stop > high:
-            raise _out_of_band("BUY stop_price", stop, "above", high, reference, band)
-        if not buying and stop < low:
-            raise _out_of_band("SELL stop_price", stop, "below", low, reference, band)
+        if buying and order.stop_price < low:
+            raise _out_of_band("BUY stop_price", order.stop_price, "below", low, reference, band)
+        if not buying and order.stop_price > high:
+            raise _out_of_band("SELL stop_price", order.stop_price, "above", high, reference, band)
 
 
 def _out_of_band(what: str, price: Decimal, side: str, bound: Decimal, reference: Decimal,

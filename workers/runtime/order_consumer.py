@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from workers import __version__
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.gateway import IbkrGateway
+from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import ConsumeLoop
 from workers.adapters.kafka.health_publisher import HealthPublisher
@@ -44,6 +45,7 @@ class OrderConsumerApp:
     producer: AIOKafkaProducer
     consumer: AIOKafkaConsumer
     gateway: IbkrGateway
+    market_data: MarketDataBook
     service: OrderService
     loop: ConsumeLoop
     outbox_relay: OutboxRelay
@@ -78,6 +80,7 @@ class OrderConsumerApp:
                                 name="position-writer"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
             asyncio.create_task(self.gateway.run_pruning(self.stop), name="ib-pruning"),
+            asyncio.create_task(self.market_data.run_idle_release(self.stop), name="market-data-idle"),
             asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
                                                            settings.ibkr_heartbeat_timeout), name="heartbeat"),
         ]
@@ -142,6 +145,8 @@ class OrderConsumerApp:
             await self.probes.stop()
         with contextlib.suppress(Exception):
             await self.consumer.stop()
+        with contextlib.suppress(Exception):
+            await self.market_data.close()
         await self.gateway.close()
         with contextlib.suppress(Exception):
             await self.producer.stop()

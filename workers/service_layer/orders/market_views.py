@@ -7,6 +7,7 @@ orders, only when a position limit is in force).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -74,19 +75,23 @@ class MarketViews:
         exposed = [(o, i) for o, i in orders if needs_exposure(o.instrument_id, policy)]
         working = await self.ledger.working_quantities(
             [o.account for o, _ in exposed], [o.instrument_id for o, _ in exposed]) if exposed else {}
-        quotes: dict[int, Quote | None] = {}
+        quotes = await self._quotes({i.con_id: i for o, i in orders if needs_quote(o, i, policy)})
         views: dict[str, MarketView] = {}
         for order, instrument in orders:
-            quote = None
-            if self.prices is not None and needs_quote(order, instrument, policy):
-                if instrument.con_id not in quotes:
-                    price = await self.prices.reference(instrument)
-                    quotes[instrument.con_id] = quote_of(price, self.clock()) if price is not None else None
-                quote = quotes[instrument.con_id]
             views[order.order_id] = MarketView(
-                quote=quote,
+                quote=quotes.get(instrument.con_id) if needs_quote(order, instrument, policy) else None,
                 position=self.positions.position(order.account, instrument.con_id),
                 working_buy=working.get((order.account, order.instrument_id, Side.BUY), Decimal(0)),
                 working_sell=working.get((order.account, order.instrument_id, Side.SELL), Decimal(0)),
             )
         return views
+
+    async def _quotes(self, instruments: dict[int, Instrument]) -> dict[int, Quote | None]:
+        """The quote of each instrument, asked for at once (a first use may wait for IBKR's first prices)."""
+        if self.prices is None or not instruments:
+            return {}
+        prices = self.prices
+        answers = await asyncio.gather(*(prices.reference(i) for i in instruments.values()))
+        now = self.clock()
+        return {con_id: quote_of(price, now) if price is not None else None
+                for con_id, price in zip(instruments, answers, strict=True)}
