@@ -257,6 +257,14 @@ async def stage_quantiles(health_port: int) -> dict[str, dict[str, float]]:
     return result
 
 
+# --rules: the worker's risk rules all off, or all on (each set so that the bench's orders pass it: what is
+# measured is the cost of checking, not of rejecting).
+RULES_OFF = {"PRICE_BAND": "none", "PRICE_BAND_BY_SEC_TYPE": "{}", "MAX_ORDER_AGE": "none"}
+RULES_ON = {"PRICE_BAND": "0.10", "MAX_ORDER_AGE": "60", "MAX_ORDER_NOTIONAL": "1000000000",
+            "MAX_POSITION": "1000000000000", "MAX_ORDERS_PER_SECOND": "100000"}
+WORKER_EXTRA_ENV: dict[str, str] = {}
+
+
 def worker_env(setup: Setup, pacing: float, health_port: int = 0) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -268,6 +276,7 @@ def worker_env(setup: Setup, pacing: float, health_port: int = 0) -> dict[str, s
         # BENCH_WORKER_X=v runs the worker with X=v (to try a setting without editing the bench).
         **{name.removeprefix("BENCH_WORKER_"): value for name, value in os.environ.items()
            if name.startswith("BENCH_WORKER_")},
+        **WORKER_EXTRA_ENV,
     }
 
 
@@ -563,10 +572,40 @@ async def latency_runs(bootstrap: str, server_url: str, args: argparse.Namespace
     return summary
 
 
+async def rules_compare(bootstrap: str, server_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency runs with every risk rule off and on, interleaved (off, on, off, on …): worker CPU per order
+    and p99 produce → placeOrder of each, and the ratios on / off."""
+    figures: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(max(1, args.latency_runs)):
+        for name, env in (("off", RULES_OFF), ("on", RULES_ON)):
+            WORKER_EXTRA_ENV.clear()
+            WORKER_EXTRA_ENV.update(env)
+            run = await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate, args.ramp,
+                                             plain_consumer=False)
+            run.pop("measured_ms", None)
+            figures[name].append(run)
+    WORKER_EXTRA_ENV.clear()
+
+    def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+        return {"worker_cpu_ms_per_order": statistics.median(r["worker_cpu_ms_per_order"] for r in runs),
+                "p50_ms": statistics.median(r["produce_to_place_ms"]["p50"] for r in runs),
+                "p99_ms": statistics.median(r["produce_to_place_ms"]["p99"] for r in runs),
+                "cpu_each_run": [r["worker_cpu_ms_per_order"] for r in runs],
+                "p99_each_run": [round(r["produce_to_place_ms"]["p99"], 1) for r in runs]}
+
+    off, on = medians(figures["off"]), medians(figures["on"])
+    return {"rules_off": off, "rules_on": on, "rate": args.rate,
+            "ratio_cpu_on_to_off": round(on["worker_cpu_ms_per_order"] / off["worker_cpu_ms_per_order"], 3),
+            "ratio_p99_on_to_off": round(on["p99_ms"] / off["p99_ms"], 3)}
+
+
 async def run_all(args: argparse.Namespace) -> None:
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     server_url = os.environ["DATABASE_URL"]
     results: dict[str, Any] = {}
+    if args.rules_compare:
+        print(json.dumps(await rules_compare(bootstrap, server_url, args), indent=2))
+        return
     if args.only_latency:
         print(json.dumps(await latency_runs(bootstrap, server_url, args), indent=2))
         return
@@ -598,6 +637,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-pacing", action="store_true")
     parser.add_argument("--only-backlog", action="store_true", help="only the worker's backlog throughput")
     parser.add_argument("--only-latency", action="store_true", help="only the worker's latency at 200/s")
+    parser.add_argument("--rules-compare", action="store_true",
+                        help="only latency runs, every risk rule off then on (interleaved), with the ratios")
     parser.add_argument("--no-plain-consumer", action="store_true",
                         help="latency runs without the plain consumer of the orders topic (the baseline)")
     asyncio.run(main(parser.parse_args()))

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     order's at its reference price (`NO_REFERENCE_PRICE` without one). Unset, no limit."""
     max_order_age: float | None = Field(default=60.0, gt=0)
     """Seconds: an order whose `created_at` is older when it is consumed, or when it is placed after waiting
-    for IBKR, is rejected `STALE_ORDER` (a backlog after an outage is not traded). Unset, no limit."""
+    for IBKR, is rejected `STALE_ORDER` (a backlog after an outage is not traded). `none` turns it off."""
     max_position: Decimal | None = Field(default=None, gt=0)
     """Largest absolute position an account may reach in one instrument: IBKR's position, plus the working
     orders on the order's side, plus the order (`MAX_POSITION_EXCEEDED`); orders that only reduce a position
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     price_band: Decimal | None = Field(default=Decimal("0.10"), gt=0)
     """How far, as a fraction of the market price (ask for a BUY, bid for a SELL, else last, else close), a
     limit or stop price may be on the worse side; beyond it, or a stop on the wrong side of the market, is
-    `PRICE_OUT_OF_BAND`. Unset, no band (except per security type or instrument)."""
+    `PRICE_OUT_OF_BAND`. `none`: no band (except per security type or instrument)."""
     price_band_by_sec_type: dict[str, Decimal] = Field(default_factory=lambda: {"OPT": Decimal("0.50"),
                                                                                 "FOP": Decimal("0.50")})
     """The price band of a security type, as JSON (`{"OPT": 0.5}`): options move more than their underlying."""
@@ -201,6 +201,15 @@ class Settings(BaseSettings):
     """Topic of the workers' health events."""
     topic_orders_requested_dlq: str = TopicNames.orders_requested_dlq
     """Dead-letter topic of records the order-consumer cannot decode."""
+
+    @field_validator("max_order_quantity", "max_order_notional", "max_order_age", "max_position",
+                     "max_orders_per_second", "max_order_burst", "price_band", mode="before")
+    @classmethod
+    def _none_turns_off(cls, value: object) -> object:
+        """``none`` or an empty value turns a limit off (also one whose default is on)."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

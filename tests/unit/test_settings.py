@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 
@@ -110,3 +111,22 @@ def test_cli_exits_non_zero_with_one_line_on_bad_configuration() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "IBKR_TRADING_MODE" in lines[0] or "IBKR_LIVE_CONFIRM" in lines[0]
+
+
+@pytest.mark.parametrize("off", ["none", "", "OFF"])
+def test_none_turns_off_a_risk_limit_that_is_on_by_default(off: str) -> None:
+    settings = load_settings(database_url="postgresql://u@h/d", price_band=off, max_order_age=off)
+
+    assert (settings.price_band, settings.max_order_age) == (None, None)
+    assert load_settings(database_url="postgresql://u@h/d").price_band == Decimal("0.10")
+
+
+def test_per_instrument_risk_limits_are_read_from_json_and_refuse_unknown_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISK_LIMITS_BY_INSTRUMENT", '{"STK:AAPL:USD": {"max_position": 200, "price_band": 0.05}}')
+    settings = load_settings(database_url="postgresql://u@h/d")
+    limits = settings.risk_limits_by_instrument["STK:AAPL:USD"]
+    assert (limits.max_position, limits.price_band, limits.max_quantity) == (Decimal(200), Decimal("0.05"), None)
+    monkeypatch.setenv("RISK_LIMITS_BY_INSTRUMENT", '{"X": {"max_postion": 1}}')  # a mistyped key
+    with pytest.raises(SettingsError, match="RISK_LIMITS_BY_INSTRUMENT"):
+        load_settings(database_url="postgresql://u@h/d")
