@@ -39,7 +39,8 @@ from workers.adapters.postgres.pool import Pool, close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
 from workers.domain.universe import entries_from_document
 from workers.logs import configure_logging
-from workers.service_layer.instrument_sync import InstrumentSync, PassSummary
+from workers.service_layer.instrument_sync import InstrumentSync
+from workers.service_layer.sync_records import PassSummary
 
 FIRST_CON_ID = 60_000_000
 

@@ -34,7 +34,8 @@ from workers.domain.instruments import Instrument
 from workers.domain.universe import entries_from_document
 from workers.ports.instruments import ContractLookup, InstrumentChange, InstrumentRow
 from workers.service_layer.contract_resolution import resolve_on_demand
-from workers.service_layer.instrument_sync import InstrumentSync, PassSummary
+from workers.service_layer.instrument_sync import InstrumentSync
+from workers.service_layer.sync_records import PassSummary
 
 pytestmark = pytest.mark.integration
 

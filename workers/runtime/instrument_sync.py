@@ -22,7 +22,8 @@ from workers.domain.health import HealthMonitor
 from workers.logs import get_logger
 from workers.metrics import Metrics
 from workers.ports.ibkr import ConnectionChanged, IbReport
-from workers.service_layer.instrument_sync import InstrumentSync, PassSummary, run_passes
+from workers.service_layer.instrument_sync import InstrumentSync, run_passes
+from workers.service_layer.sync_records import PassSummary
 from workers.settings import Settings
 
 log = get_logger(__name__)

@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from workers.domain.contracts import (
     ContractDetail,
@@ -41,112 +41,16 @@ from workers.ports.instruments import (
     EventFactory,
     InstrumentChange,
     InstrumentMapper,
-    InstrumentRow,
-    InstrumentUpsert,
     InstrumentWrite,
-    PassFailure,
     UniverseRow,
     UniverseStore,
 )
 from workers.service_layer.contract_resolution import differs, instrument_from_detail, utc_today
 from workers.service_layer.group_commit import GroupCommitter
+from workers.service_layer.sync_reads import ExistingInstruments
+from workers.service_layer.sync_records import PassRun, PassSummary, SyncCounters, SyncMetrics
 
 log = get_logger(__name__)
-
-
-class SyncMetrics(Protocol):
-    """Where a sync reports what it did (:class:`workers.metrics.Metrics` is one)."""
-
-    def instrument_synced(self, change: str) -> None: ...
-
-    def instrument_sync_failed(self) -> None: ...
-
-    def instrument_sync_pass(self, seconds: float, *, completed: bool = True) -> None: ...
-
-
-@dataclass
-class SyncCounters:
-    """What a health reporter needs to know about the sync, updated as it goes."""
-
-    entries_total: int = 0
-    entries_done: int = 0
-    entries_failed: int = 0
-    instruments_created: int = 0
-    instruments_updated: int = 0
-    instruments_deactivated: int = 0
-    passes_completed: int = 0
-    running: bool = False
-    last_pass_started_at: datetime | None = None
-    last_pass_finished_at: datetime | None = None
-    last_pass_seconds: float | None = None
-    last_pass_ok: bool | None = None
-    last_error: str | None = None
-
-
-@dataclass(frozen=True)
-class PassSummary:
-    """The outcome of one pass (or of the part of it this process ran, when it was resumed)."""
-
-    pass_id: int
-    resumed: bool
-    entries_total: int
-    entries_done: int
-    entries_failed: int
-    entries_skipped: int
-    entries_unchanged: int
-    created: int
-    updated: int
-    deactivated: int
-    lookups: int
-    seconds: float
-    failures: tuple[PassFailure, ...] = ()
-    interrupted: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """The whole universe was handled and no entry failed."""
-        return self.interrupted is None and self.entries_failed == 0
-
-    def describe(self) -> str:
-        """One line for people: what the pass did."""
-        text = (f"pass {self.pass_id}: {self.entries_done}/{self.entries_total} entries, "
-                f"{self.entries_failed} failed; {self.created} created, {self.updated} updated, "
-                f"{self.deactivated} deactivated in {self.seconds:.1f} s")
-        if self.interrupted:
-            text += f"; interrupted ({self.interrupted}), resumable"
-        if self.failures:
-            shown = "; ".join(f"{f.instrument_id}: {f.error}" for f in self.failures[:5])
-            more = f" (+{len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
-            text += f"; failures: {shown}{more}"
-        return text
-
-
-@dataclass
-class _PassRun:
-    """The mutable state of the pass this process is running."""
-
-    pass_id: int
-    total: int
-    skipped: int
-    failed_before: int
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    failed: int = 0
-    unchanged: int = 0
-    created: int = 0
-    updated: int = 0
-    deactivated: int = 0
-    lookups: int = 0
-    interrupted: str | None = None
-    last_progress: float = field(default_factory=time.monotonic)
-
-    def count(self, outcome: InstrumentUpsert) -> None:
-        if outcome.change is InstrumentChange.CREATED:
-            self.created += 1
-        elif outcome.change is InstrumentChange.UPDATED:
-            self.updated += 1
-        elif outcome.change is InstrumentChange.DEACTIVATED:
-            self.deactivated += 1
 
 
 @dataclass(frozen=True)
@@ -156,43 +60,6 @@ class _EntrySync:
     row: UniverseRow
     writes: tuple[InstrumentWrite, ...]
     unchanged: int = 0  # instruments the entry found right as they were
-
-
-class _ExistingRows:
-    """The mapper's instruments of the pass's single entries, read a chunk of entries at a time, one ahead."""
-
-    def __init__(self, mapper: InstrumentMapper, pending: list[UniverseRow], chunk: int) -> None:
-        self._mapper = mapper
-        self._chunk = chunk
-        self._ids = [r.instrument_id if isinstance(r.entry, SingleEntry) else None for r in pending]
-        self._chunks: dict[int, asyncio.Task[dict[str, InstrumentRow]]] = {}
-
-    async def single(self, index: int, instrument_id: str) -> Instrument | None:
-        """The mapper's instrument of the single entry at ``index`` of the pending entries, or None."""
-        number = index // self._chunk
-        if index % self._chunk == 0:
-            self._load(number + 1)
-            stale = self._chunks.pop(number - 2, None)
-            if stale is not None:
-                stale.cancel()
-        rows = await self._load(number)
-        row = rows.get(instrument_id)
-        return row.instrument if row is not None else None
-
-    def close(self) -> None:
-        for task in self._chunks.values():
-            task.cancel()
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: a read ahead that failed is not an unhandled error
-        self._chunks.clear()
-
-    def _load(self, number: int) -> asyncio.Task[dict[str, InstrumentRow]]:
-        task = self._chunks.get(number)
-        if task is None:
-            ids = [i for i in self._ids[number * self._chunk:(number + 1) * self._chunk] if i is not None]
-            task = asyncio.create_task(self._mapper.get_many(ids))
-            self._chunks[number] = task
-        return task
 
 
 class InstrumentSync:
@@ -232,13 +99,13 @@ class InstrumentSync:
         sync_pass = await self.store.open_pass(len(entries), self.resume_within)
         pending = await self.store.pending(sync_pass.pass_id)
         _, failed_before = await self.store.pass_counts(sync_pass.pass_id)
-        run = _PassRun(pass_id=sync_pass.pass_id, total=len(entries), skipped=len(entries) - len(pending),
+        run = PassRun(pass_id=sync_pass.pass_id, total=len(entries), skipped=len(entries) - len(pending),
                        failed_before=failed_before)
         self._pass_started(run, sync_pass.resumed)
         if not entries:
             log.warning("the instrument universe is empty: load one with `ibkr-workers instruments load FILE`")
         queue = enumerate(pending)
-        existing = _ExistingRows(self.mapper, pending, self.read_ahead)
+        existing = ExistingInstruments(self.mapper, pending, self.read_ahead)
         committer: GroupCommitter[_EntrySync] = GroupCommitter(
             lambda batch: self._commit(run, batch), max_batch=self.commit_batch,
             max_pending=4 * self.commit_batch, name="instrument-sync-commit")
@@ -315,7 +182,7 @@ class InstrumentSync:
                 await task
             raise
 
-    async def _work(self, run: _PassRun, queue: Iterator[tuple[int, UniverseRow]], existing: _ExistingRows,
+    async def _work(self, run: PassRun, queue: Iterator[tuple[int, UniverseRow]], existing: ExistingInstruments,
                     committer: GroupCommitter[_EntrySync], stop: asyncio.Event | None) -> None:
         # One shared iterator: each worker takes the next entry when it is free.
         for index, row in queue:
@@ -333,8 +200,8 @@ class InstrumentSync:
                 await committer.submit(entry_sync)
             await self._progress(run)
 
-    async def _sync_entry(self, run: _PassRun, index: int, row: UniverseRow,
-                          existing_rows: _ExistingRows) -> _EntrySync | None:
+    async def _sync_entry(self, run: PassRun, index: int, row: UniverseRow,
+                          existing_rows: ExistingInstruments) -> _EntrySync | None:
         """What the entry must write (nothing, when the mapper has it right); None when it failed."""
         entry = row.entry
         try:
@@ -348,7 +215,7 @@ class InstrumentSync:
             return _EntrySync(row, (), unchanged=len(writes))
         return _EntrySync(row, tuple(writes))
 
-    async def _commit(self, run: _PassRun, batch: list[_EntrySync]) -> None:
+    async def _commit(self, run: PassRun, batch: list[_EntrySync]) -> None:
         """Commit a group of entries in one transaction; count and log what each did."""
         results = await self.store.commit_entries(
             run.pass_id, [EntryWrites((e.row.instrument_id, e.row.spec_hash), e.writes) for e in batch],
@@ -377,7 +244,7 @@ class InstrumentSync:
         if changed and self.on_change is not None:
             self.on_change()
 
-    async def _fail(self, run: _PassRun, row: UniverseRow, error: str) -> None:
+    async def _fail(self, run: PassRun, row: UniverseRow, error: str) -> None:
         log.warning("instrument entry failed", entry=row.instrument_id, error=error, pass_id=run.pass_id)
         await self.store.mark_failed(run.pass_id, row.instrument_id, row.spec_hash, error)
         run.done += 1
@@ -387,7 +254,7 @@ class InstrumentSync:
             self.metrics.instrument_sync_failed()
         self._count(run)
 
-    async def _existing(self, entry: UniverseEntry, index: int, prefetched: _ExistingRows) -> list[Instrument]:
+    async def _existing(self, entry: UniverseEntry, index: int, prefetched: ExistingInstruments) -> list[Instrument]:
         """The mapper's instruments the entry owns now (its instrument, or its family's members)."""
         if isinstance(entry, SingleEntry):
             known = await prefetched.single(index, entry.instrument_id)
@@ -395,11 +262,11 @@ class InstrumentSync:
         rows = await self.mapper.with_prefix(entry.instrument_id + ":")
         return [r.instrument for r in rows if entry.owns(r.instrument.instrument_id)]
 
-    async def _ask(self, run: _PassRun, spec: ContractSpec) -> list[ContractDetail]:
+    async def _ask(self, run: PassRun, spec: ContractSpec) -> list[ContractDetail]:
         run.lookups += 1
         return await self.lookup.lookup(spec)
 
-    async def _ask_con_id(self, run: _PassRun, known: Instrument,
+    async def _ask_con_id(self, run: PassRun, known: Instrument,
                           spec: ContractSpec) -> ContractDetail | None:
         """The contract ``known`` maps to, as IBKR lists it now; None when IBKR no longer knows it."""
         answer = await self._ask(run, spec.by_con_id(known.con_id, known.exchange))
@@ -407,13 +274,13 @@ class InstrumentSync:
 
     # -- what an entry should write ---------------------------------------------------------------
 
-    async def _plan(self, run: _PassRun, entry: UniverseEntry, existing: list[Instrument],
+    async def _plan(self, run: PassRun, entry: UniverseEntry, existing: list[Instrument],
                     resolved_before: bool) -> list[InstrumentWrite]:
         if isinstance(entry, SingleEntry):
             return await self._plan_single(run, entry, existing[0] if existing else None, resolved_before)
         return await self._plan_family(run, entry, existing)
 
-    async def _plan_single(self, run: _PassRun, entry: SingleEntry, current: Instrument | None,
+    async def _plan_single(self, run: PassRun, entry: SingleEntry, current: Instrument | None,
                            resolved_before: bool) -> list[InstrumentWrite]:
         today = self.today()
         if current is not None and resolved_before:
@@ -432,7 +299,7 @@ class InstrumentSync:
             return [Deactivate(current.instrument_id, "expired")]
         return [instrument_from_detail(entry.instrument_id, detail, entry.spec)]
 
-    async def _plan_family(self, run: _PassRun, entry: UniverseEntry,
+    async def _plan_family(self, run: PassRun, entry: UniverseEntry,
                            existing: list[Instrument]) -> list[InstrumentWrite]:
         assert not isinstance(entry, SingleEntry)
         today = self.today()
@@ -475,7 +342,7 @@ class InstrumentSync:
 
     # -- the end of a pass ------------------------------------------------------------------------
 
-    async def _deactivate_expired(self, run: _PassRun) -> None:
+    async def _deactivate_expired(self, run: PassRun) -> None:
         """Deactivate every active instrument past its last trading day, whichever entry it came from."""
         for row in await self.mapper.expired(self.today().strftime("%Y%m%d")):
             expired = row.instrument
@@ -493,7 +360,7 @@ class InstrumentSync:
 
     # -- progress ---------------------------------------------------------------------------------
 
-    def _pass_started(self, run: _PassRun, resumed: bool) -> None:
+    def _pass_started(self, run: PassRun, resumed: bool) -> None:
         c = self.counters
         c.running = True
         c.entries_total = run.total
@@ -505,11 +372,11 @@ class InstrumentSync:
         if self.on_pass_started is not None:
             self.on_pass_started()
 
-    def _count(self, run: _PassRun) -> None:
+    def _count(self, run: PassRun) -> None:
         self.counters.entries_done = run.skipped + run.done
         self.counters.entries_failed = run.failed_before + run.failed
 
-    async def _progress(self, run: _PassRun) -> None:
+    async def _progress(self, run: PassRun) -> None:
         now = time.monotonic()
         if now - run.last_progress < self.progress_every:
             return
