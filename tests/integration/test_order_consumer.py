@@ -429,3 +429,16 @@ async def test_a_commission_in_the_report_batch_of_its_execution_is_kept_also_fo
     await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) == 2, what="the new fill")
     published = harness.observed.fills[request.order_id][1]
     assert (published["fill_id"], published["commission"]) == (new_exec_id, Decimal("0.75"))
+
+
+async def test_every_status_record_carries_the_orders_working_terms(harness: Harness) -> None:
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    resting = order(order_type=OrderType.LIMIT, limit=str(price - 20), quantity="7", tif=TimeInForce.GTC)
+
+    await harness.send(resting)
+    await harness.wait_status(resting.order_id, "SUBMITTED")
+
+    for record in harness.observed.statuses[resting.order_id]:
+        assert (record["quantity"], record["limit_price"], record["stop_price"], record["time_in_force"]) == (
+            Decimal(7), price - 20, None, "GTC")
+        assert record["modify_id"] is None and record["parent_order_id"] is None

@@ -60,6 +60,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "event_time": AT,
         "ib_error_code": 201,
         "previous_status": "SUBMITTED",
+        "quantity": Decimal("100"),
+        "limit_price": Decimal("187.25"),
+        "stop_price": None,
+        "time_in_force": "GTC",
+        "modify_id": None,
+        "parent_order_id": None,
     },
     "FillExecuted": {
         "fill_id": "0000e0d5.65e1c2a4.01.01",

@@ -40,6 +40,13 @@ class OrderStatusChanged:
     ib_perm_id: int | None = None
     ib_error_code: int | None = None
     previous_status: OrderState | None = None
+    # The order's working terms at IBKR (records written before version 3 carry none).
+    quantity: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: str | None = None
+    modify_id: str | None = None
+    parent_order_id: str | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> OrderStatusChanged:
@@ -52,6 +59,9 @@ class OrderStatusChanged:
             ib_order_id=record.get("ib_order_id"), ib_perm_id=record.get("ib_perm_id"),
             ib_error_code=record.get("ib_error_code"),
             previous_status=OrderState(previous) if previous else None,
+            quantity=record.get("quantity"), limit_price=record.get("limit_price"),
+            stop_price=record.get("stop_price"), time_in_force=record.get("time_in_force"),
+            modify_id=record.get("modify_id"), parent_order_id=record.get("parent_order_id"),
         )
 
     @property

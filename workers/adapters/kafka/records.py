@@ -105,6 +105,12 @@ def status_record(row: Order, event_time: datetime, previous: OrderState | None 
         "event_time": event_time,
         "ib_error_code": row.ib_error_code,
         "previous_status": previous.published_status.value if previous is not None else None,
+        "quantity": d8(row.quantity),
+        "limit_price": d8_or_none(row.limit_price),
+        "stop_price": d8_or_none(row.stop_price),
+        "time_in_force": row.time_in_force.value,
+        "modify_id": None,
+        "parent_order_id": None,
     }
 
 
@@ -125,7 +131,18 @@ def rejection_record(order: OrderRequested, reason: str, event_time: datetime) -
         "event_time": event_time,
         "ib_error_code": None,
         "previous_status": None,
+        "quantity": _finite_or_none(order.quantity) if order.quantity.is_finite() and order.quantity > 0 else None,
+        "limit_price": _finite_or_none(order.limit_price),
+        "stop_price": _finite_or_none(order.stop_price),
+        "time_in_force": order.time_in_force.value,
+        "modify_id": None,
+        "parent_order_id": None,
     }
+
+
+def _finite_or_none(price: Decimal | None) -> Decimal | None:
+    """A rejected request's price as it can be published (a NaN or an infinity cannot)."""
+    return d8_or_none(price) if price is not None and price.is_finite() and abs(price) < 10**12 else None
 
 
 def fill_record(row: FillRow) -> dict[str, Any]:
