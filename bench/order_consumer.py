@@ -406,17 +406,19 @@ async def bench_worker_backlog(bootstrap: str, server_url: str, count: int) -> d
 
 
 async def bench_worker_latency(bootstrap: str, server_url: str, count: int, rate: float,
-                               ramp_seconds: float, plain_consumer: bool = True) -> dict[str, Any]:
+                               ramp_seconds: float, plain_consumer: bool = True,
+                               pacing: bool = False) -> dict[str, Any]:
     """Latency at ``rate`` orders/s, steady state: one stream of orders at that rate, of which the first
     ``ramp_seconds`` are not counted in the figures but reported on their own (the moment load starts,
     the broker, PostgreSQL and the worker all warm up on the same two cores). With ``plain_consumer``, the
-    same orders' produce → fetch by a plain consumer of the topic is measured alongside (the baseline)."""
-    setup = await prepare(bootstrap, server_url, pacing=False)
+    same orders' produce → fetch by a plain consumer of the topic is measured alongside (the baseline).
+    With ``pacing``, the worker paces at 45 messages/s and the sim enforces IB's 50/s, as with a real gateway."""
+    setup = await prepare(bootstrap, server_url, pacing=pacing)
     codec = AvroCodec()
     watcher = Watcher(setup, codec)
     watcher.task = asyncio.create_task(watcher.run())
     health_port = free_port()
-    process = await start_worker(setup, pacing=100_000, health_port=health_port)
+    process = await start_worker(setup, pacing=45 if pacing else 100_000, health_port=health_port)
     warmup = [market_order() for _ in range(20)]
     ramp = [market_order() for _ in range(int(rate * ramp_seconds))]
     orders = [market_order() for _ in range(count)]
@@ -581,7 +583,7 @@ async def rules_compare(bootstrap: str, server_url: str, args: argparse.Namespac
             WORKER_EXTRA_ENV.clear()
             WORKER_EXTRA_ENV.update(env)
             run = await bench_worker_latency(bootstrap, server_url, args.latency_orders, args.rate, args.ramp,
-                                             plain_consumer=False)
+                                             plain_consumer=False, pacing=args.pacing)
             run.pop("measured_ms", None)
             figures[name].append(run)
     WORKER_EXTRA_ENV.clear()
@@ -594,7 +596,7 @@ async def rules_compare(bootstrap: str, server_url: str, args: argparse.Namespac
                 "p99_each_run": [round(r["produce_to_place_ms"]["p99"], 1) for r in runs]}
 
     off, on = medians(figures["off"]), medians(figures["on"])
-    return {"rules_off": off, "rules_on": on, "rate": args.rate,
+    return {"rules_off": off, "rules_on": on, "rate": args.rate, "pacing": args.pacing,
             "ratio_cpu_on_to_off": round(on["worker_cpu_ms_per_order"] / off["worker_cpu_ms_per_order"], 3),
             "ratio_p99_on_to_off": round(on["p99_ms"] / off["p99_ms"], 3)}
 
@@ -639,6 +641,8 @@ if __name__ == "__main__":
     parser.add_argument("--only-latency", action="store_true", help="only the worker's latency at 200/s")
     parser.add_argument("--rules-compare", action="store_true",
                         help="only latency runs, every risk rule off then on (interleaved), with the ratios")
+    parser.add_argument("--pacing", action="store_true",
+                        help="with --rules-compare: the worker paces at 45 msg/s and the sim enforces 50/s")
     parser.add_argument("--no-plain-consumer", action="store_true",
                         help="latency runs without the plain consumer of the orders topic (the baseline)")
     asyncio.run(main(parser.parse_args()))
