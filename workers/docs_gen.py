@@ -304,7 +304,7 @@ SETTINGS_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_", "schema_registry_")),
     ("PostgreSQL", ("database_",)),
     ("IBKR", ("ibkr_",)),
-    ("Order guards", ("kill_switch", "max_", "price_band")),
+    ("Order guards", ("trading_state", "kill_switch", "max_", "price_band")),
     ("Health, metrics and logs", ("health_", "log_", "admin_")),
     ("Instrument-sync", ("instrument_",)),
     ("Topic names", ("topic_",)),

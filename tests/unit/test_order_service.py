@@ -33,6 +33,7 @@ from workers.domain.orders import (
     OrderState,
     StatusChange,
 )
+from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbPosition
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService
@@ -47,7 +48,7 @@ class World:
     cancels: InMemoryCancelRequests
     ibkr: FakeIbkr
     positions: InMemoryPositions
-    kill_switch: dict[str, bool] = field(default_factory=lambda: {"on": False})
+    trading: dict[str, TradingState] = field(default_factory=lambda: {"state": TradingState.ACTIVE})
 
 
 def a_world(*, readonly: bool = False, next_valid_id: int = 1) -> World:
@@ -55,14 +56,14 @@ def a_world(*, readonly: bool = False, next_valid_id: int = 1) -> World:
     ledger = InMemoryLedger(cancels)
     ibkr = FakeIbkr(next_valid_id_at_connect=next_valid_id)
     positions = InMemoryPositions()
-    kill = {"on": False}
+    trading = {"state": TradingState.ACTIVE}
     service = OrderService(
         ledger=ledger, cancel_requests=cancels, fills=ledger, outbox=InMemoryOutbox(ledger), positions=positions,
         instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(),
-        policy=lambda: GuardPolicy(allowed_accounts=frozenset({ACCOUNT}), kill_switch=kill["on"]),
-        readonly=readonly,
+        policy=lambda: GuardPolicy(allowed_accounts=frozenset({ACCOUNT})),
+        readonly=readonly, trading_state=lambda: trading["state"],
     )
-    return World(service, ledger, cancels, ibkr, positions, kill)
+    return World(service, ledger, cancels, ibkr, positions, trading)
 
 
 async def receive(world: World, *orders: OrderRequested) -> None:
@@ -196,17 +197,33 @@ async def test_a_readonly_worker_records_orders_and_never_places_them() -> None:
     assert world.ibkr.placed == []
 
 
-async def test_orders_reserved_when_the_kill_switch_goes_on_are_cancelled_unsent() -> None:
+async def test_orders_reserved_when_trading_is_halted_are_cancelled_unsent() -> None:
     world = a_world()
     order = an_order()
     async with placer_running(world):
         await receive(world, order)  # not reconciled yet: queued ACCEPTED
-        world.kill_switch["on"] = True
+        world.trading["state"] = TradingState.HALTED
         await world.service.reconcile()
         await until(lambda: world.ledger.orders[order.order_id].state is OrderState.CANCELLED, "the cancel")
 
     stored = world.ledger.orders[order.order_id]
-    assert stored.reason is not None and stored.reason.startswith("KILL_SWITCH")
+    assert stored.reason is not None and stored.reason.startswith("TRADING_HALTED")
+    assert world.ibkr.placed == []
+
+
+@pytest.mark.parametrize(("state", "code"), [(TradingState.HALTED, "TRADING_HALTED"),
+                                             (TradingState.REDUCING, "TRADING_REDUCING")])
+async def test_new_orders_are_rejected_while_trading_is_not_active(state: TradingState, code: str) -> None:
+    world = a_world()
+    await world.service.reconcile()
+    world.trading["state"] = state
+    order = an_order()
+
+    await receive(world, order)
+
+    stored = world.ledger.orders[order.order_id]
+    assert stored.state is OrderState.REJECTED
+    assert stored.reason is not None and stored.reason.startswith(f"{code}: trading is {state}")
     assert world.ibkr.placed == []
 
 
@@ -284,10 +301,13 @@ async def test_a_cancel_while_ibkr_is_away_is_sent_by_the_sweep_once_connected()
     assert world.ibkr.cancelled == [60]
 
 
-async def test_the_kill_switch_cancels_every_open_order_at_ibkr() -> None:
+async def test_a_global_cancel_is_sent_only_when_asked_for_never_on_halted() -> None:
     world = a_world()
+    world.trading["state"] = TradingState.HALTED
+    await world.service.reconcile()
+    assert world.ibkr.global_cancels == 0
 
-    await world.service.kill_switch_flipped()
+    await world.service.global_cancel()
 
     assert world.ibkr.global_cancels == 1
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order
 from workers.domain.orders import NewOrder, OrderRequested, OrderState
+from workers.domain.trading_state import TradingState, admits, refusal_detail
 from workers.logs import get_logger
 from workers.ports.orders import EventSink, InstrumentSource, OrderMetrics, OrderRepository
 from workers.ports.outbox import OutboxMessage, OutboxWriter
@@ -48,7 +49,8 @@ class OrderIntake:
     def __init__(self, *, ledger: OrderRepository, instruments: InstrumentSource, events: EventSink,
                  outbox: OutboxWriter, placer: Placer, watchdog: PlacementWatchdog,
                  policy: Callable[[], GuardPolicy], metrics: OrderMetrics,
-                 on_published: Callable[[], None]) -> None:
+                 on_published: Callable[[], None],
+                 trading_state: Callable[[], TradingState] = lambda: TradingState.ACTIVE) -> None:
         self.ledger = ledger
         self.instruments = instruments
         self.events = events
@@ -58,6 +60,7 @@ class OrderIntake:
         self.policy = policy
         self.metrics = metrics
         self.on_published = on_published
+        self.trading_state = trading_state
         self.client_id = placer.client_id
 
     async def on_orders_requested(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> None:
@@ -108,6 +111,7 @@ class OrderIntake:
     async def _check(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> _Checked:
         """The guards for each new order: what to record, what to re-publish, what to announce only."""
         policy = self.policy()
+        trading = self.trading_state()
         checked = _Checked([], [], [], {})
         seen: set[str] = set()
         for order, source in items:
@@ -118,6 +122,10 @@ class OrderIntake:
             state, reason = OrderState.ACCEPTED, None
             try:
                 check_order(order, await self.instruments.get(order.instrument_id), policy)
+                # Whether an order reduces a position is not known here yet: REDUCING refuses (fail closed).
+                refused = admits(trading, reduces_position=False)
+                if refused is not None:
+                    raise OrderRejected(refused, refusal_detail(trading))
             except OrderRejected as rejection:
                 if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
                     # Too malformed for the ledger's constraints: announce the rejection, keep nothing.

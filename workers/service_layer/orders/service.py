@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from workers.domain.guards import GuardPolicy
 from workers.domain.orders import OrderCancelRequested, OrderRequested
+from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import IbkrConnection, IbReport
 from workers.ports.orders import (
     CancelRequestStore,
@@ -43,7 +44,8 @@ class OrderService:
                  broker: IbkrConnection, events: EventSink, policy: Callable[[], GuardPolicy],
                  readonly: bool = False, on_published: Callable[[], None] = lambda: None,
                  on_fill: Callable[[], None] = lambda: None, metrics: OrderMetrics | None = None,
-                 orders_first: OrdersFirst | None = None) -> None:
+                 orders_first: OrdersFirst | None = None,
+                 trading_state: Callable[[], TradingState] = lambda: TradingState.ACTIVE) -> None:
         self.ledger = ledger
         self.client_id = broker.client_id
         metrics = metrics or NoMetrics()
@@ -56,12 +58,13 @@ class OrderService:
                                           reconciled=self._reconciled, readonly=readonly)
         self.placer = Placer(ledger=ledger, broker=broker, instruments=instruments, status=status,
                              watchdog=self.watchdog, metrics=metrics,
-                             kill_switch=lambda: policy().kill_switch, reconciled=self._reconciled,
+                             halted=lambda: trading_state() is TradingState.HALTED or policy().kill_switch,
+                             reconciled=self._reconciled,
                              readonly=readonly)
         self.watchdog.retry = self.placer.retry_unplaced
         self.intake = OrderIntake(ledger=ledger, instruments=instruments, events=events, outbox=outbox,
                                   placer=self.placer, watchdog=self.watchdog, policy=policy, metrics=metrics,
-                                  on_published=on_published)
+                                  on_published=on_published, trading_state=trading_state)
         self.cancels = Cancels(ledger=ledger, requests=cancel_requests, broker=broker, status=status,
                                placer=self.placer)
         self.positions = PositionBook(store=positions, instruments=instruments, events=events,
@@ -103,8 +106,8 @@ class OrderService:
     async def sweep_cancels(self) -> None:
         await self.cancels.sweep()
 
-    async def kill_switch_flipped(self) -> None:
-        await self.cancels.kill_switch_flipped()
+    async def global_cancel(self) -> None:
+        await self.cancels.global_cancel()
 
     async def write_positions(self) -> None:
         await self.positions.write()
