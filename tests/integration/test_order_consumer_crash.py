@@ -41,7 +41,7 @@ class WorkerProcess:
             "IBKR_PACING_PER_SECOND": "1000",
             "KAFKA_CONSUMER_GROUP": group,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "HEALTH_PORT": "0",
+            "HEALTH_PORT": "0", "ADMIN_PORT": "0",
             "LOG_LEVEL": "WARNING",
             **{f"TOPIC_{name.upper()}": getattr(harness.topics, name)
                for name in harness.topics.__dataclass_fields__},
