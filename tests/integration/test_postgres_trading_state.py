@@ -131,3 +131,17 @@ async def test_a_watch_that_never_read_the_state_is_halted() -> None:
     with pytest.raises(OSError):
         await watch.refresh()
     assert watch.state is TradingState.HALTED
+
+
+async def test_a_worker_following_a_halt_asks_cancels_only_for_its_own_open_orders(pool: Pool) -> None:
+    store = PostgresTradingStateStore(pool)
+    await store.change(TradingState.HALTED, reason="incident", changed_by="ops")
+    # Sent by worker 7 after the halt committed, before it saw the halt: no cancel request yet.
+    late = await insert_order(pool, "SUBMITTED", owner=7)
+    others = await insert_order(pool, "SUBMITTED", owner=8)
+    await insert_order(pool, "FILLED", owner=7)
+
+    assert await store.request_cancels(7, "HALTED: incident") == 1
+    assert await store.request_cancels(7, "HALTED: incident") == 0
+    assert await pending_cancels(pool) == {late}
+    assert others not in await pending_cancels(pool)

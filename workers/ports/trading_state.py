@@ -22,6 +22,14 @@ class TradingStateStore(Protocol):
         """
         ...
 
+    async def request_cancels(self, owner_client_id: int, reason: str) -> int:
+        """A cancel request for every open order ``owner_client_id`` owns that has none; how many were added.
+
+        A worker calls it when it follows HALTED: an order it sent between the halt and the moment it saw
+        the halt (up to a second) was not open yet when the halt asked for the cancels.
+        """
+        ...
+
     async def history(self, limit: int = 20) -> list[TradingStateRecord]:
         """The latest ``limit`` recorded changes, newest first."""
         ...

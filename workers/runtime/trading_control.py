@@ -44,11 +44,18 @@ class TradingControl:
         worker's cancels right away rather than at the next sweep."""
         self.metrics.set_trading_state(record.state.value, STATES, changed=record.state is not previous)
         self.notify()
-        if record.state is TradingState.HALTED and self.connected():
-            try:
+        if record.state is not TradingState.HALTED:
+            return
+        try:
+            # From now on this worker sends nothing; an order it sent before it saw the halt is asked too.
+            added = await self.store.request_cancels(self.service.client_id,
+                                                     f"{TradingState.HALTED}: {record.reason}")
+            if added:
+                log.warning("cancels requested for orders sent while the halt was on its way", count=added)
+            if self.connected():
                 await self.service.sweep_cancels()
-            except Exception:  # the periodic sweep tries again
-                log.exception("cancel sweep after HALTED failed")
+        except Exception:  # the periodic sweep tries again
+            log.exception("cancels after HALTED failed")
 
     # -- admin actions (see workers.adapters.http.admin) ---------------------------------------------
 

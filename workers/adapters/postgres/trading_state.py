@@ -30,6 +30,12 @@ INSERT INTO cancel_requests (order_id, account, requested_at, reason)
 SELECT order_id, account, now(), %(reason)s FROM orders WHERE state <> ALL(%(final)s)
 ON CONFLICT (order_id) DO NOTHING
 """
+_REQUEST_OWN_CANCELS = """
+INSERT INTO cancel_requests (order_id, account, requested_at, reason)
+SELECT order_id, account, now(), %(reason)s FROM orders
+WHERE owner_client_id = %(owner)s AND state <> ALL(%(final)s)
+ON CONFLICT (order_id) DO NOTHING
+"""
 _RECORD = """
 INSERT INTO trading_state_changes (action, state, previous, reason, changed_by, changed_at, cancels_requested)
 VALUES (%(action)s, %(state)s, %(previous)s, %(reason)s, %(by)s, coalesce(%(at)s::timestamptz, now()),
@@ -77,6 +83,12 @@ class PostgresTradingStateStore:
                 "action": "SET", "state": state.value, "previous": previous.value, "reason": reason,
                 "by": changed_by, "at": current.changed_at, "cancels": cancels})
         return TradingStateChange(current, previous, cancels)
+
+    async def request_cancels(self, owner_client_id: int, reason: str) -> int:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_REQUEST_OWN_CANCELS, {
+                "owner": owner_client_id, "reason": reason, "final": FINAL})
+            return max(cursor.rowcount, 0)
 
     async def history(self, limit: int = 20) -> list[TradingStateRecord]:
         async with self._pool.connection() as conn:
