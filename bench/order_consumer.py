@@ -271,7 +271,7 @@ def worker_env(setup: Setup, pacing: float, health_port: int = 0) -> dict[str, s
         "KAFKA_BOOTSTRAP_SERVERS": setup.bootstrap, "DATABASE_URL": setup.database_url,
         "IBKR_PORT": str(setup.port), "IBKR_CLIENT_ID": "7", "IBKR_ACCOUNTS": ACCOUNT,
         "IBKR_PACING_PER_SECOND": str(pacing), "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
-        "HEALTH_PORT": str(health_port), "LOG_LEVEL": "WARNING",
+        "HEALTH_PORT": str(health_port), "ADMIN_PORT": "0", "LOG_LEVEL": "WARNING",
         **{f"TOPIC_{f.upper()}": getattr(setup.topics, f) for f in setup.topics.__dataclass_fields__},
         # BENCH_WORKER_X=v runs the worker with X=v (to try a setting without editing the bench).
         **{name.removeprefix("BENCH_WORKER_"): value for name, value in os.environ.items()

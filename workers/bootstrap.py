@@ -16,6 +16,7 @@ from psycopg_pool import PoolTimeout
 from workers import __version__
 from workers.adapters.avro import AvroCodec, DecodeError, RegistryError
 from workers.adapters.avro.wire import codec_for, decode_any
+from workers.adapters.http.admin import AdminServer
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
@@ -59,17 +60,20 @@ from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
+from workers.adapters.postgres.trading_state import PostgresTradingStateStore
 from workers.adapters.postgres.universe import TopicOutbox, UniverseStore
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.health import HealthMonitor, HealthThresholds, ProgressWatch
 from workers.domain.risk import OrderRate
 from workers.domain.trading_mode import check_port
+from workers.domain.trading_state import TradingState
 from workers.logs import get_logger
 from workers.metrics import Metrics, seconds_since
 from workers.ports.instruments import InstrumentRow
 from workers.runtime.instrument_sync import CONCURRENCY, InstrumentSyncApp, StartupFailed
 from workers.runtime.instrument_sync import WORKER as INSTRUMENT_SYNC
-from workers.runtime.order_consumer import OrderConsumerApp, RuntimeSwitches, flip_kill_switch
+from workers.runtime.order_consumer import OrderConsumerApp
+from workers.runtime.trading_control import TradingControl
 from workers.service_layer.contract_resolution import resolve_on_demand
 from workers.service_layer.instrument_cache import InstrumentCache
 from workers.service_layer.instrument_sync import InstrumentSync
@@ -108,8 +112,9 @@ def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
     return resolve
 
 
-def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
-    """The guards and risk rules in force, from the settings and the runtime switches."""
+def guard_policy(settings: Settings) -> GuardPolicy:
+    """The guards and risk rules in force, from the settings (the trading state is followed at run time;
+    KILL_SWITCH starts the deployment HALTED)."""
     return GuardPolicy(
         allowed_accounts=settings.allowed_accounts,
         global_limits=OrderLimits(max_quantity=settings.max_order_quantity,
@@ -117,7 +122,6 @@ def guard_policy(settings: Settings, switches: RuntimeSwitches) -> GuardPolicy:
                                   price_band=settings.price_band),
         instrument_limits={instrument_id: OrderLimits(**limits.model_dump())
                            for instrument_id, limits in settings.risk_limits_by_instrument.items()},
-        kill_switch=settings.kill_switch or switches.kill_switch,
         sec_type_price_bands=dict(settings.price_band_by_sec_type),
         max_order_age=timedelta(seconds=settings.max_order_age) if settings.max_order_age else None,
         reference_max_age=settings.reference_price_max_age,
@@ -220,9 +224,11 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     mapper = InstrumentMapper(pool)
     instruments = InstrumentCache(mapper, resolver=on_demand_resolver(gateway, mapper)
                                   if settings.instrument_resolve_on_demand else None)
-    switches = RuntimeSwitches()
     market_data = MarketDataBook(gateway, data_type=settings.ibkr_market_data_type,
                                  lines=settings.ibkr_market_data_lines, idle=settings.ibkr_market_data_idle)
+    policy = guard_policy(settings)
+    trading_store = PostgresTradingStateStore(pool)
+    trading: TradingControl | None = None
     orders_first = OrdersFirst(max_wait=ORDERS_FIRST_MAX_WAIT)
     outbox_relay = OutboxRelay(outbox, producer, pass_interval=OUTBOX_PASS_INTERVAL, turn=orders_first.turn)
     fill_relay = FillRelay(fills, producer, codec, topics.fills_executed,
@@ -231,10 +237,16 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     service = OrderService(
         ledger=ledger, cancel_requests=CancelRequests(pool), fills=fills, outbox=outbox,
         positions=PositionStore(pool), instruments=instruments, broker=gateway,
-        events=AvroEventSink(codec, topics, writer), policy=lambda: guard_policy(settings, switches),
+        events=AvroEventSink(codec, topics, writer), policy=lambda: policy,
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
         metrics=metrics, orders_first=orders_first, rate=order_rate(settings), prices=market_data,
+        trading_state=lambda: trading.state if trading is not None else TradingState.HALTED,
     )
+    trading = TradingControl(store=trading_store, service=service, metrics=metrics,
+                             connected=lambda: gateway.connected)
+    await trading.watch.start(configured=TradingState(settings.trading_state) if settings.trading_state else None,
+                              kill_switch=settings.kill_switch,
+                              instance=f"order-consumer:{instance_id} (client id {settings.ibkr_client_id})")
     gateway.listen(service.on_reports)
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)
@@ -255,6 +267,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         ibkr_rtt_ms=lambda: gateway.rtt_ms,
         paused=lambda: loop.paused or loop.gate_closed,
         pacing_limited=lambda: limiter.queued > 0,
+        trading_state=lambda: trading.state.value,
     )
     health = HealthPublisher(producer, codec, topics.workers_health, worker="order-consumer",
                              instance_id=instance_id, version=__version__, monitor=monitor,
@@ -264,12 +277,14 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         progress=ProgressWatch(lambda: monitor.last.facts.consumer_lag if monitor.last else None,
                                counter=lambda: loop.consumed),
         ibkr_connected=lambda: gateway.connected,
-        kill_switch=lambda on: flip_kill_switch(switches, service, on),
+        admin=AdminServer(actions=trading, host=settings.admin_bind, port=settings.admin_port,
+                          token=settings.admin_token.get_secret_value() if settings.admin_token else None),
     )
+    trading.notify = health.notify
     return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,
                             gateway=gateway, market_data=market_data, service=service, loop=loop,
-                            outbox_relay=outbox_relay,
-                            fill_relay=fill_relay, switches=switches, metrics=metrics, monitor=monitor,
+                            outbox_relay=outbox_relay, fill_relay=fill_relay, trading=trading, metrics=metrics,
+                            monitor=monitor,
                             health=health, probes=probes, instance_id=instance_id)
 
 

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "workers.entrypoints.cancel:run",
     "tail": "workers.entrypoints.tail:run",
     "paper-check": "workers.entrypoints.paper_check:run",
+    "trading-state": "workers.entrypoints.trading_state:run",
 }
 
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_client_commands(sub)
     _add_paper_check(sub)
+    _add_trading_state(sub)
     return parser
 
 
@@ -141,6 +143,19 @@ def _add_paper_check(sub: Any) -> None:
                        help="a liquid US stock to buy and sell 1 share of (default AAPL)")
     check.add_argument("--timeout", type=_positive, default=30.0, metavar="S",
                        help="seconds to wait for the connection, each request and each fill (default 30)")
+
+
+def _add_trading_state(sub: Any) -> None:
+    trading = sub.add_parser("trading-state", help="show or change the deployment's trading state")
+    actions = trading.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="the state in force and its latest changes")
+    show.add_argument("--history", type=int, default=10, metavar="N", help="changes to list (default 10)")
+    for action, help_text in (("halt", "no new orders; cancel every open order of the deployment"),
+                              ("reduce", "only orders that reduce a position"),
+                              ("resume", "back to ACTIVE")):
+        parser = actions.add_parser(action, help=help_text)
+        parser.add_argument("--reason", required=True, help="why (recorded with the change)")
+        parser.add_argument("--by", help="who (recorded; default: the OS user)")
 
 
 def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:

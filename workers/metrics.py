@@ -149,6 +149,12 @@ class Metrics:
                                     "Changes of the worker's health status.", ["from", "to"], registry=r)
         self._status = Gauge(PREFIX + "health_status", "1 for the worker's current health status.",
                              ["status"], registry=r)
+        self._trading_state = Gauge(PREFIX + "trading_state",
+                                    "1 for the deployment's trading state as this worker follows it "
+                                    "(ACTIVE, REDUCING, HALTED).", ["state"], registry=r)
+        self._trading_state_changes = Counter(PREFIX + "trading_state_changes",
+                                              "Changes of the trading state this worker followed.",
+                                              ["state"], registry=r)
         self._lag = Gauge(PREFIX + "consumer_lag",
                           "Records of the assigned partitions not committed yet (NaN when unknown).",
                           registry=r)
@@ -213,6 +219,13 @@ class Metrics:
         self._fills.inc()
         if latency is not None:
             self._execution_to_fill.observe(max(0.0, latency))
+
+    def set_trading_state(self, state: str, states: tuple[str, ...], *, changed: bool) -> None:
+        """The trading state in force (one of ``states``); ``changed``: a change was followed."""
+        for each in states:
+            self._trading_state.labels(each).set(1.0 if each == state else 0.0)
+        if changed:
+            self._trading_state_changes.labels(state).inc()
 
     def set_orders_in_flight(self, count: int) -> None:
         self._in_flight.set(count)

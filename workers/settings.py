@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 TradingMode = Literal["paper", "live"]
 IbkrApi = Literal["gateway", "tws"]
 MarketDataType = Literal["live", "frozen", "delayed", "delayed-frozen"]
+TradingStateName = Literal["ACTIVE", "REDUCING", "HALTED"]
 
 # (api, mode) -> the port IB Gateway / TWS listen on by default.
 DEFAULT_IBKR_PORTS: dict[tuple[IbkrApi, TradingMode], int] = {
@@ -129,8 +130,13 @@ class Settings(BaseSettings):
     """Seconds a market-data line may go unused (no order asked for its price) before it is released."""
 
     # Guards
+    trading_state: TradingStateName | None = None
+    """The trading state a worker starts in, for the whole deployment: `ACTIVE`, `REDUCING` (only orders that
+    reduce a position) or `HALTED` (no new orders; open orders cancelled). It only makes the stored state
+    stricter, never looser: a restart does not resume a halted deployment (`ibkr-workers trading-state
+    resume` does). Unset, the stored state holds."""
     kill_switch: bool = False
-    """Reject every new order from the start (it can also be flipped at run time)."""
+    """Same as `TRADING_STATE=HALTED`: start HALTED (kept for existing deployments)."""
     max_order_quantity: Decimal | None = Field(default=None, gt=0)
     """Largest quantity one order may have; unset, no limit."""
     max_order_notional: Decimal | None = Field(default=None, gt=0)
@@ -167,7 +173,16 @@ class Settings(BaseSettings):
 
     # Operations
     health_port: int = Field(default=8080, ge=0, le=65535)
-    """HTTP port of `/healthz`, `/readyz`, `/metrics` and `POST /kill-switch`; never expose it publicly."""
+    """HTTP port of `/healthz`, `/readyz` and `/metrics` (no authentication, nothing on it changes state)."""
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin endpoints (`POST /kill-switch`, `/trading-state`, `POST /global-cancel`):
+    requests must send `Authorization: Bearer <token>`. Unset, the admin endpoints answer 403 and change
+    nothing."""
+    admin_bind: str = "127.0.0.1"
+    """Address the admin endpoints listen on: loopback by default (reach them with `kubectl port-forward` or
+    from the pod); `0.0.0.0` to serve them to the network (then restrict who may reach `ADMIN_PORT`)."""
+    admin_port: int = Field(default=8081, ge=0, le=65535)
+    """HTTP port of the admin endpoints, a port of their own (0: a free one)."""
     health_interval: float = Field(default=10.0, gt=0)
     """Seconds between `workers.health` events (one is also sent on every status change)."""
     health_unhealthy_after: float = Field(default=60.0, gt=0)
@@ -215,6 +230,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("trading_state", mode="before")
+    @classmethod
+    def _upper_trading_state(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().upper() or None
+        return value
 
     @field_validator("ibkr_trading_mode", "ibkr_api", "ibkr_market_data_type", mode="before")
     @classmethod

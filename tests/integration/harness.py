@@ -125,7 +125,7 @@ class Harness:
             "kafka_bootstrap_servers": self.bootstrap, "database_url": self.database_url,
             "ibkr_port": self.sim_port, "ibkr_client_id": 7, "ibkr_accounts": ACCOUNT,
             "kafka_consumer_group": f"oc-{uuid.uuid4().hex[:8]}", "ibkr_pacing_per_second": 1000,
-            "ibkr_connect_timeout": 5, "health_port": 0, "health_interval": 1, **topic_fields,
+            "ibkr_connect_timeout": 5, "health_port": 0, "admin_port": 0, "health_interval": 1, **topic_fields,
             # Orders here wait only for the machine: a slow one must not make them stale.
             "max_order_age": 600,
         }

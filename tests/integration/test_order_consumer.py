@@ -247,26 +247,6 @@ async def test_probes_and_metrics_during_a_run_match_the_orders_sent(harness: Ha
     assert samples["ibkr_workers_fills_total"] == 4
 
 
-async def test_kill_switch_flipped_at_runtime_rejects_new_orders_and_cancels_open_ones(
-        harness: Harness) -> None:
-    import httpx
-
-    assert harness.app is not None
-    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
-    resting = order(order_type=OrderType.LIMIT, limit=str(price - 30), tif=TimeInForce.GTC)
-    await harness.send(resting)
-    await harness.wait_status(resting.order_id, "SUBMITTED")
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{harness.app.probes.port}") as client:
-        response = await client.post("/kill-switch", content="on")
-    assert response.status_code == 200
-    await harness.wait_status(resting.order_id, "CANCELLED")
-    after = order()
-    await harness.send(after)
-    rejected = await harness.wait_status(after.order_id, "REJECTED")
-    assert rejected["reason"].startswith("KILL_SWITCH")
-    assert harness.sim.place_count(after.order_id) == 0
-
-
 async def test_execution_correction_replaces_the_fill_instead_of_adding_one(harness: Harness) -> None:
     request = order(quantity="5")
     await harness.send(request)

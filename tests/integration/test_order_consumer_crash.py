@@ -42,7 +42,7 @@ class WorkerProcess:
             "MAX_ORDER_AGE": "600",
             "KAFKA_CONSUMER_GROUP": group,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "HEALTH_PORT": "0",
+            "HEALTH_PORT": "0", "ADMIN_PORT": "0",
             "LOG_LEVEL": "WARNING",
             **{f"TOPIC_{name.upper()}": getattr(harness.topics, name)
                for name in harness.topics.__dataclass_fields__},

@@ -1,4 +1,4 @@
-"""The probe server over real HTTP: /healthz, /readyz, /metrics and the kill switch."""
+"""The probe server over real HTTP: /healthz, /readyz, /metrics; the admin endpoints behind their token."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers.adapters.http import LoopHeartbeat, ProbeServer, parse_switch
+from workers.adapters.http import AdminServer, LoopHeartbeat, ProbeServer, parse_switch
 from workers.domain.guards import RejectReason
 from workers.domain.health import (
     HealthFacts,
@@ -21,6 +23,7 @@ from workers.domain.health import (
     HealthThresholds,
     ProgressWatch,
 )
+from workers.domain.trading_state import TradingState
 from workers.metrics import Metrics
 
 pytestmark = pytest.mark.integration
@@ -97,8 +100,8 @@ async def test_metrics_shows_the_counters_incremented(start_server: StartServer,
     server = await start_server()
     for _ in range(3):
         metrics.order_consumed()
-    metrics.order_rejected(RejectReason.KILL_SWITCH)
-    metrics.order_rejected(RejectReason.KILL_SWITCH)
+    metrics.order_rejected(RejectReason.TRADING_HALTED)
+    metrics.order_rejected(RejectReason.TRADING_HALTED)
     metrics.order_rejected(RejectReason.ACCOUNT_NOT_ALLOWED)
     metrics.order_placed(latency=0.02)
     metrics.order_placed()
@@ -113,7 +116,7 @@ async def test_metrics_shows_the_counters_incremented(start_server: StartServer,
     assert response.headers["content-type"].startswith("text/plain")
     found = samples(response.text)
     assert found[("ibkr_workers_orders_consumed_total", ())] == 3
-    assert found[("ibkr_workers_orders_rejected_total", (("reason", "KILL_SWITCH"),))] == 2
+    assert found[("ibkr_workers_orders_rejected_total", (("reason", "TRADING_HALTED"),))] == 2
     assert found[("ibkr_workers_orders_rejected_total", (("reason", "ACCOUNT_NOT_ALLOWED"),))] == 1
     assert found[("ibkr_workers_orders_placed_total", ())] == 2
     assert found[("ibkr_workers_orders_cancelled_total", ())] == 1
@@ -319,44 +322,125 @@ async def test_healthz_fails_when_the_consume_loop_stalls_with_records_waiting(
     assert moving.status_code == 200
 
 
-# -- kill switch ------------------------------------------------------------------------------------------
+# -- admin endpoints -------------------------------------------------------------------------------------
+
+TOKEN = "a-test-token-of-some-length"
 
 
-async def test_kill_switch_flips_through_the_callback(start_server: StartServer) -> None:
-    flips: list[bool] = []
-    server = await start_server(kill_switch=flips.append)
-    async with await client_for(server) as client:
+@dataclass
+class FakeActions:
+    """Records what the admin endpoints asked for."""
+
+    changes: list[tuple[TradingState, str, str]] = field(default_factory=list)
+    global_cancels: list[tuple[str, str]] = field(default_factory=list)
+
+    async def trading_state(self) -> dict[str, Any]:
+        state = self.changes[-1][0] if self.changes else TradingState.ACTIVE
+        return {"state": state.value}
+
+    async def set_trading_state(self, state: TradingState, *, reason: str, changed_by: str) -> dict[str, Any]:
+        self.changes.append((state, reason, changed_by))
+        return {"state": state.value}
+
+    async def global_cancel(self, *, reason: str, changed_by: str) -> dict[str, Any]:
+        self.global_cancels.append((reason, changed_by))
+        return {"global_cancel": "sent"}
+
+
+@pytest.fixture
+async def admin_server(start_server: StartServer) -> AsyncIterator[tuple[ProbeServer, AdminServer, FakeActions]]:
+    actions = FakeActions()
+    admin = AdminServer(actions=actions, token=TOKEN, host="127.0.0.1", port=0)
+    server = await start_server(admin=admin)
+    yield server, admin, actions
+
+
+def admin_client(admin: AdminServer, token: str | None = TOKEN) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin.port}", timeout=5.0, headers=headers)
+
+
+async def test_without_a_configured_token_the_admin_endpoints_answer_403_and_change_nothing(
+        start_server: StartServer) -> None:
+    actions = FakeActions()
+    admin = AdminServer(actions=actions, token=None, host="127.0.0.1", port=0)
+    await start_server(admin=admin)
+    async with admin_client(admin, token="anything") as client:
+        answers = [await client.post("/kill-switch", content="on"),
+                   await client.post("/trading-state", json={"state": "HALTED", "reason": "x"}),
+                   await client.post("/global-cancel", json={"reason": "x"}),
+                   await client.get("/trading-state")]
+    assert [a.status_code for a in answers] == [403, 403, 403, 403]
+    assert actions.changes == [] and actions.global_cancels == []
+
+
+@pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x", TOKEN[:-1]])
+async def test_a_missing_or_wrong_token_gets_401_a_warning_and_changes_nothing(
+        admin_server: tuple[ProbeServer, AdminServer, FakeActions], token: str | None) -> None:
+    _, admin, actions = admin_server
+    with structlog.testing.capture_logs() as logs:
+        async with admin_client(admin, token) as client:
+            response = await client.post("/kill-switch", content="on")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert actions.changes == []
+    assert any(e["log_level"] == "warning" and "token" in e["event"] for e in logs)
+
+
+async def test_the_right_token_changes_the_trading_state(
+        admin_server: tuple[ProbeServer, AdminServer, FakeActions]) -> None:
+    _, admin, actions = admin_server
+    async with admin_client(admin) as client:
         on = await client.post("/kill-switch", content="on")
-        off = await client.post("/kill-switch", content="off\n")
-        json_on = await client.post("/kill-switch", json={"kill_switch": True})
-        bad = await client.post("/kill-switch", content="maybe")
-    assert on.status_code == 200
-    assert on.json() == {"kill_switch": True}
-    assert off.json() == {"kill_switch": False}
-    assert json_on.json() == {"kill_switch": True}
-    assert bad.status_code == 400
-    assert flips == [True, False, True]
+        off = await client.post("/kill-switch", json={"kill_switch": False})
+        reduce = await client.post("/trading-state", json={"state": "reducing", "reason": "risk review",
+                                                           "by": "desk lead"})
+        current = await client.get("/trading-state")
+        cancel = await client.post("/global-cancel", json={"reason": "gateway orders left over"})
+    assert [r.status_code for r in (on, off, reduce, current, cancel)] == [200] * 5
+    assert on.json()["kill_switch"] is True
+    assert [(state, reason) for state, reason, _ in actions.changes] == [
+        (TradingState.HALTED, "kill switch on"), (TradingState.ACTIVE, "kill switch off"),
+        (TradingState.REDUCING, "risk review")]
+    assert actions.changes[2][2].startswith("desk lead (HTTP from 127.0.0.1")
+    assert current.json() == {"state": "REDUCING"}
+    assert actions.global_cancels[0][0] == "gateway orders left over"
 
 
-async def test_kill_switch_accepts_an_async_callback(start_server: StartServer) -> None:
-    flips: list[bool] = []
+@pytest.mark.parametrize(("path", "body"), [
+    ("/kill-switch", "maybe"), ("/trading-state", '{"state": "HALTED"}'),
+    ("/trading-state", '{"state": "PAUSED", "reason": "x"}'),
+    ("/trading-state", '{"state": "HALTED", "reason": "x", "extra": "y"}'),
+    ("/trading-state", '{"state": "HALTED", "reason": ""}'), ("/trading-state", '["HALTED"]'),
+    ("/trading-state", "HALTED"), ("/global-cancel", "{}"), ("/global-cancel", '{"reason": 1}'),
+])
+async def test_only_the_documented_bodies_are_accepted(
+        admin_server: tuple[ProbeServer, AdminServer, FakeActions], path: str, body: str) -> None:
+    _, admin, actions = admin_server
+    async with admin_client(admin) as client:
+        response = await client.post(path, content=body)
+    assert response.status_code == 400
+    assert actions.changes == [] and actions.global_cancels == []
 
-    async def flip(on: bool) -> None:
-        await asyncio.sleep(0)
-        flips.append(on)
 
-    server = await start_server(kill_switch=flip)
+async def test_a_large_body_is_refused(admin_server: tuple[ProbeServer, AdminServer, FakeActions]) -> None:
+    _, admin, actions = admin_server
+    async with admin_client(admin) as client:
+        response = await client.post("/trading-state", json={"state": "HALTED", "reason": "x" * 5000})
+    assert response.status_code == 413
+    assert actions.changes == []
+
+
+async def test_health_endpoints_stay_open_and_carry_no_admin_route(
+        admin_server: tuple[ProbeServer, AdminServer, FakeActions]) -> None:
+    server, admin, _ = admin_server
+    assert admin.port != server.port
     async with await client_for(server) as client:
-        response = await client.post("/kill-switch", content="true")
-    assert response.status_code == 200
-    assert flips == [True]
-
-
-async def test_without_a_callback_there_is_no_kill_switch_route(start_server: StartServer) -> None:
-    server = await start_server()
-    async with await client_for(server) as client:
-        response = await client.post("/kill-switch", content="on")
-    assert response.status_code in (404, 405)
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/readyz")).status_code in (200, 503)
+        assert (await client.post("/kill-switch", content="on",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})).status_code in (404, 405)
 
 
 @pytest.mark.parametrize(("body", "expected"), [

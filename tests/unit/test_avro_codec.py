@@ -128,6 +128,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "version": "0.1.0",
         "emitted_at": AT,
         "ibkr_rtt_ms": 12.5,
+        "trading_state": "REDUCING",
     },
 }
 

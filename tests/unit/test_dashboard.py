@@ -79,6 +79,8 @@ def scraped() -> dict[str, set[str]]:
         "fill_published": lambda: metrics.fill_published(0.4),
         "set_orders_in_flight": lambda: metrics.set_orders_in_flight(2),
         "set_consumer_lag": lambda: metrics.set_consumer_lag(5),
+        "set_trading_state": lambda: metrics.set_trading_state("HALTED", ("ACTIVE", "REDUCING", "HALTED"),
+                                                               changed=True),
         "observe_health": lambda: metrics.observe_health(
             HealthAssessment(HealthStatus.HEALTHY, (), facts, previous=HealthStatus.STARTING)),
         "watch_ibkr": lambda: metrics.watch_ibkr(FakeGateway()),

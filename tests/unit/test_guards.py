@@ -12,6 +12,7 @@ import pytest
 from workers.domain.guards import GuardPolicy, OrderLimits, OrderRejected, RejectReason, check_order
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
+from workers.domain.trading_state import TradingState
 
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK",
                   exchange="SMART", currency="USD", min_tick=Decimal("0.01"))
@@ -68,8 +69,11 @@ def test_unknown_and_inactive_instruments_are_rejected() -> None:
     assert reason_of(limit_order(), instrument=replace(AAPL, active=False)) is RejectReason.INACTIVE_INSTRUMENT
 
 
-def test_kill_switch_rejects_every_new_order() -> None:
-    assert reason_of(limit_order(), policy=replace(POLICY, kill_switch=True)) is RejectReason.KILL_SWITCH
+def test_a_halted_deployment_rejects_every_new_order() -> None:
+    halted = replace(POLICY, trading_state=TradingState.HALTED)
+    assert reason_of(limit_order(), policy=halted) is RejectReason.TRADING_HALTED
+    # REDUCING needs the position: the risk rules decide (workers.domain.risk), not these guards.
+    check_order(limit_order(), AAPL, replace(POLICY, trading_state=TradingState.REDUCING))
 
 
 def test_global_and_per_instrument_limits() -> None:

@@ -40,6 +40,7 @@ from workers.domain.orders import (
     StatusChange,
 )
 from workers.domain.risk import OrderRate
+from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbPosition
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService
@@ -56,7 +57,7 @@ class World:
     cancels: InMemoryCancelRequests
     ibkr: FakeIbkr
     positions: InMemoryPositions
-    kill_switch: dict[str, bool]
+    trading: dict[str, TradingState]
     prices: FixedPrices
     clock: dict[str, Any]
 
@@ -67,17 +68,17 @@ def a_world(*, readonly: bool = False, next_valid_id: int = 1, policy: GuardPoli
     ledger = InMemoryLedger(cancels)
     ibkr = FakeIbkr(next_valid_id_at_connect=next_valid_id)
     positions = InMemoryPositions()
-    kill = {"on": False}
+    trading = {"state": TradingState.ACTIVE}
     base = policy or GuardPolicy(allowed_accounts=frozenset({ACCOUNT}))
     clock = {"now": CREATED + timedelta(seconds=1)}
     prices = FixedPrices(time.monotonic)
     service = OrderService(
         ledger=ledger, cancel_requests=cancels, fills=ledger, outbox=InMemoryOutbox(ledger), positions=positions,
-        instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(),
-        policy=lambda: replace(base, kill_switch=kill["on"]), readonly=readonly, prices=prices, rate=rate,
-        clock=lambda: clock["now"],
+        instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(), policy=lambda: base,
+        readonly=readonly, prices=prices, rate=rate, clock=lambda: clock["now"],
+        trading_state=lambda: trading["state"],
     )
-    return World(service, ledger, cancels, ibkr, positions, kill, prices, clock)
+    return World(service, ledger, cancels, ibkr, positions, trading, prices, clock)
 
 
 async def receive(world: World, *orders: OrderRequested) -> None:
@@ -211,17 +212,33 @@ async def test_a_readonly_worker_records_orders_and_never_places_them() -> None:
     assert world.ibkr.placed == []
 
 
-async def test_orders_reserved_when_the_kill_switch_goes_on_are_cancelled_unsent() -> None:
+async def test_orders_reserved_when_trading_is_halted_are_cancelled_unsent() -> None:
     world = a_world()
     order = an_order()
     async with placer_running(world):
         await receive(world, order)  # not reconciled yet: queued ACCEPTED
-        world.kill_switch["on"] = True
+        world.trading["state"] = TradingState.HALTED
         await world.service.reconcile()
         await until(lambda: world.ledger.orders[order.order_id].state is OrderState.CANCELLED, "the cancel")
 
     stored = world.ledger.orders[order.order_id]
-    assert stored.reason is not None and stored.reason.startswith("KILL_SWITCH")
+    assert stored.reason is not None and stored.reason.startswith("TRADING_HALTED")
+    assert world.ibkr.placed == []
+
+
+@pytest.mark.parametrize(("state", "code"), [(TradingState.HALTED, "TRADING_HALTED"),
+                                             (TradingState.REDUCING, "TRADING_REDUCING")])
+async def test_new_orders_are_rejected_while_trading_is_not_active(state: TradingState, code: str) -> None:
+    world = a_world()
+    await world.service.reconcile()
+    world.trading["state"] = state
+    order = an_order()
+
+    await receive(world, order)
+
+    stored = world.ledger.orders[order.order_id]
+    assert stored.state is OrderState.REJECTED
+    assert stored.reason is not None and stored.reason.startswith(f"{code}: trading is {state}")
     assert world.ibkr.placed == []
 
 
@@ -299,10 +316,13 @@ async def test_a_cancel_while_ibkr_is_away_is_sent_by_the_sweep_once_connected()
     assert world.ibkr.cancelled == [60]
 
 
-async def test_the_kill_switch_cancels_every_open_order_at_ibkr() -> None:
+async def test_a_global_cancel_is_sent_only_when_asked_for_never_on_halted() -> None:
     world = a_world()
+    world.trading["state"] = TradingState.HALTED
+    await world.service.reconcile()
+    assert world.ibkr.global_cancels == 0
 
-    await world.service.kill_switch_flipped()
+    await world.service.global_cancel()
 
     assert world.ibkr.global_cancels == 1
 

@@ -13,6 +13,7 @@ from tests.unit.order_service_fakes import AAPL, an_order
 from workers.domain.guards import GuardPolicy, OrderLimits, OrderRejected, RejectReason
 from workers.domain.orders import OrderType, Side
 from workers.domain.risk import MarketView, OrderRate, Quote, check_risk, reduces_position
+from workers.domain.trading_state import TradingState
 
 D = Decimal
 NOW = datetime(2026, 1, 5, 15, 0, 30, tzinfo=UTC)
@@ -193,3 +194,14 @@ def test_orders_over_the_rate_are_rejected_and_the_bucket_refills() -> None:
     rate.take("A")
     with pytest.raises(OrderRejected):
         rate.take("A")
+
+
+def test_reducing_lets_through_only_orders_that_bring_the_position_towards_zero() -> None:
+    reducing = replace(POLICY, trading_state=TradingState.REDUCING)
+    long_50 = MarketView(position=D(50), working_sell=D(10))
+
+    assert passes(an_order(side=Side.SELL, quantity=D(40)), reducing, long_50) == []
+    rejection = rejected(RejectReason.TRADING_REDUCING, an_order(side=Side.SELL, quantity=D(41)), reducing, long_50)
+    assert "REDUCING" in rejection.detail
+    rejected(RejectReason.TRADING_REDUCING, an_order(side=Side.BUY, quantity=D(1)), reducing, long_50)
+    rejected(RejectReason.TRADING_REDUCING, an_order(side=Side.SELL), reducing, MarketView())  # flat

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested
+from workers.domain.trading_state import TradingState, refusal_detail
 
 
 class RejectReason(enum.StrEnum):
@@ -30,13 +31,14 @@ class RejectReason(enum.StrEnum):
     INACTIVE_INSTRUMENT = "INACTIVE_INSTRUMENT"
     MAX_QUANTITY_EXCEEDED = "MAX_QUANTITY_EXCEEDED"
     MAX_NOTIONAL_EXCEEDED = "MAX_NOTIONAL_EXCEEDED"
-    KILL_SWITCH = "KILL_SWITCH"
     NO_REFERENCE_PRICE = "NO_REFERENCE_PRICE"
     PRICE_OUT_OF_BAND = "PRICE_OUT_OF_BAND"
     STALE_ORDER = "STALE_ORDER"
     INVALID_QUANTITY_INCREMENT = "INVALID_QUANTITY_INCREMENT"
     MAX_POSITION_EXCEEDED = "MAX_POSITION_EXCEEDED"
     ORDER_RATE_EXCEEDED = "ORDER_RATE_EXCEEDED"
+    TRADING_REDUCING = "TRADING_REDUCING"
+    TRADING_HALTED = "TRADING_HALTED"
     IBKR_REJECTED = "IBKR_REJECTED"
     CANCELLED_BEFORE_PLACED = "CANCELLED_BEFORE_PLACED"
 
@@ -74,13 +76,14 @@ class OrderLimits:
 
 @dataclass(frozen=True)
 class GuardPolicy:
-    """The pre-trade guards in force: allowlisted accounts, limits, the kill switch, and the risk rules'
+    """The pre-trade guards in force: allowlisted accounts, limits, the trading state, and the risk rules'
     settings (see :mod:`workers.domain.risk`)."""
 
     allowed_accounts: frozenset[str]
     global_limits: OrderLimits = OrderLimits()
     instrument_limits: dict[str, OrderLimits] = field(default_factory=dict)
-    kill_switch: bool = False
+    # The deployment's trading state (REDUCING and HALTED refuse orders: see workers.domain.trading_state).
+    trading_state: TradingState = TradingState.ACTIVE
     # The price band by security type where no instrument limit sets one (else the global limit's).
     sec_type_price_bands: dict[str, Decimal] = field(default_factory=dict)
     max_order_age: timedelta | None = None
@@ -104,8 +107,9 @@ class GuardPolicy:
 def check_order(order: OrderRequested, instrument: Instrument | None, policy: GuardPolicy) -> None:
     """Raise :class:`OrderRejected` for the first rule ``order`` breaks; return when it may be placed."""
     _check_shape(order)
-    if policy.kill_switch:
-        raise OrderRejected(RejectReason.KILL_SWITCH, "the kill switch is on: no new orders are accepted")
+    if policy.trading_state is TradingState.HALTED:
+        # REDUCING needs the position: it is checked with the risk rules (workers.domain.risk).
+        raise OrderRejected(RejectReason.TRADING_HALTED, refusal_detail(policy.trading_state))
     if order.account not in policy.allowed_accounts:
         raise OrderRejected(
             RejectReason.ACCOUNT_NOT_ALLOWED,

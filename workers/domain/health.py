@@ -64,6 +64,8 @@ class HealthFacts:
     paused: bool = False
     pacing_limited: bool = False
     ibkr_rtt_ms: float | None = None
+    trading_state: str | None = None
+    """The deployment's trading state as the worker follows it; None for a worker that places no order."""
 
     def reachable(self, dependency: Dependency) -> bool:
         """Whether ``dependency`` answered in this snapshot."""

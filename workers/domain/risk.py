@@ -15,6 +15,7 @@ from decimal import Decimal
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, OrderType, Side
+from workers.domain.trading_state import admits, refusal_detail
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ def check_risk(order: OrderRequested, instrument: Instrument, policy: GuardPolic
     Returns warnings to log loudly: a rule that needed a reference price and let the order pass without one
     (``require_reference`` off).
     """
+    refused = admits(policy.trading_state, reduces_position(order, view))
+    if refused is not None:
+        raise OrderRejected(refused, refusal_detail(policy.trading_state))
     if policy.max_order_age is not None:
         check_age(order, now, policy.max_order_age)
     check_increment(order, instrument)

@@ -192,6 +192,7 @@ class DemoStack:
             "ibkr_port": self.port, "ibkr_client_id": self.client_id, "kafka_consumer_group": self.group,
             "ibkr_accounts": ",".join(self.accounts),
             "health_port": self.settings.health_port if "health_port" in self.settings.model_fields_set else 0,
+            "admin_port": self.settings.admin_port if "admin_port" in self.settings.model_fields_set else 0,
         })
         topics = settings.topics
         await start_group_at_end(self.kafka, self.group, [topics.orders_requested,

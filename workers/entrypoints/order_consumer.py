@@ -7,6 +7,8 @@ import asyncio
 import gc
 import signal
 
+import psycopg
+
 from workers.adapters.avro import RegistryError
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
@@ -27,6 +29,9 @@ async def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"refusing to trade: {exc}") from None
     except RegistryError as exc:
         raise SettingsError(f"schema registry unreachable: {exc}") from None
+    except psycopg.errors.UndefinedTable:
+        # The trading state is read before anything is consumed: a database not migrated stops here.
+        raise SettingsError("the database has no trading_state table: run `ibkr-workers migrate`") from None
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()

@@ -20,6 +20,7 @@ from workers.adapters.postgres.pool import Pool, close_pool
 from workers.domain.health import HealthMonitor
 from workers.logs import get_logger
 from workers.metrics import Metrics
+from workers.runtime.trading_control import TradingControl
 from workers.service_layer.orders.service import OrderService
 from workers.settings import Settings
 
@@ -27,13 +28,6 @@ log = get_logger(__name__)
 
 # Positions (IBKR reports one after each fill) are written at most every 100 ms, each at its latest.
 POSITION_WRITE_INTERVAL = 0.1
-
-
-@dataclass
-class RuntimeSwitches:
-    """Switches an operator can flip without a restart."""
-
-    kill_switch: bool = False
 
 
 @dataclass
@@ -50,7 +44,7 @@ class OrderConsumerApp:
     loop: ConsumeLoop
     outbox_relay: OutboxRelay
     fill_relay: FillRelay
-    switches: RuntimeSwitches
+    trading: TradingControl
     metrics: Metrics
     monitor: HealthMonitor
     health: HealthPublisher
@@ -79,6 +73,7 @@ class OrderConsumerApp:
             asyncio.create_task(self.service.run_position_writer(self.stop, every=POSITION_WRITE_INTERVAL),
                                 name="position-writer"),
             asyncio.create_task(self._sweep_cancels(), name="cancel-sweep"),
+            asyncio.create_task(self.trading.watch.run(self.stop), name="trading-state"),
             asyncio.create_task(self.gateway.run_pruning(self.stop), name="ib-pruning"),
             asyncio.create_task(self.market_data.run_idle_release(self.stop), name="market-data-idle"),
             asyncio.create_task(self.gateway.run_heartbeat(self.stop, settings.ibkr_heartbeat_interval,
@@ -137,9 +132,6 @@ class OrderConsumerApp:
             except Exception:
                 log.exception("cancel sweep failed")
 
-    async def set_kill_switch(self, on: bool) -> None:
-        await flip_kill_switch(self.switches, self.service, on)
-
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.probes.stop()
@@ -151,14 +143,4 @@ class OrderConsumerApp:
         with contextlib.suppress(Exception):
             await self.producer.stop()
         await close_pool(self.pool)
-
-
-async def flip_kill_switch(switches: RuntimeSwitches, service: OrderService, on: bool) -> None:
-    """The operator's runtime kill switch: reject new orders and cancel this worker's open ones."""
-    was_on = switches.kill_switch
-    switches.kill_switch = on
-    log.warning("kill switch flipped", on=on)
-    if on and not was_on:
-        await service.kill_switch_flipped()
-
 

@@ -87,6 +87,8 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
   "IBKR_MARKET_DATA_IDLE" (toString $v.ibkr.marketDataIdle)
   "KILL_SWITCH" (toString $v.config.killSwitch)
   "HEALTH_PORT" (toString (int64 $v.config.healthPort))
+  "ADMIN_BIND" $v.config.adminBind
+  "ADMIN_PORT" (toString (int64 $v.config.adminPort))
   "HEALTH_INTERVAL" (toString $v.config.healthInterval)
   "LOG_LEVEL" $v.config.logLevel
   "DATABASE_POOL_SIZE" (toString (int64 $v.config.databasePoolSize))
@@ -96,6 +98,7 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- with $v.kafka.schemaRegistryUrl }}{{ $_ := set $s "SCHEMA_REGISTRY_URL" . }}{{ end -}}
 {{- with $v.ibkr.port }}{{ $_ := set $s "IBKR_PORT" (toString (int64 .)) }}{{ end -}}
 {{- if $v.ibkr.liveConfirm }}{{ $_ := set $s "IBKR_LIVE_CONFIRM" "yes" }}{{ end -}}
+{{- with $v.config.tradingState }}{{ $_ := set $s "TRADING_STATE" . }}{{ end -}}
 {{- with $v.config.maxOrderQuantity }}{{ $_ := set $s "MAX_ORDER_QUANTITY" (toString .) }}{{ end -}}
 {{- with $v.config.maxOrderNotional }}{{ $_ := set $s "MAX_ORDER_NOTIONAL" (toString .) }}{{ end -}}
 {{- with $v.config.maxOrderAge }}{{ $_ := set $s "MAX_ORDER_AGE" (toString .) }}{{ end -}}
@@ -128,6 +131,12 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
     secretKeyRef:
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.kafkaSaslPasswordKey }}
+      optional: true
+- name: ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.adminTokenKey }}
       optional: true
 {{- end -}}
 

@@ -1,4 +1,4 @@
-"""The HTTP endpoint on ``HEALTH_PORT``: ``/healthz``, ``/readyz``, ``/metrics``, ``POST /kill-switch``.
+"""The HTTP endpoint on ``HEALTH_PORT``: ``/healthz``, ``/readyz``, ``/metrics``.
 
 It runs on the worker's own event loop (aiohttp, no thread), so its answers say something about that
 loop:
@@ -12,36 +12,30 @@ loop:
   otherwise 503 with the reason in JSON.
 * ``/metrics``: the Prometheus text format (or OpenMetrics, by content negotiation) of the worker's
   :class:`~workers.metrics.Metrics` registry.
-* ``POST /kill-switch`` with body ``on`` / ``off`` (or JSON ``true`` / ``false`` /
-  ``{"kill_switch": true}``): flips the runtime kill switch through the callback given. It has no
-  authentication: the port is for the orchestrator and Prometheus inside the cluster and must never be
-  exposed publicly.
+
+Nothing on this port changes the worker's state. The admin endpoints (trading state, kill switch) are an
+:class:`~workers.adapters.http.admin.AdminServer` of their own, behind a token, on their own address and
+port; the probe server starts and stops it with itself when given one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from workers.adapters.http.admin import AdminServer
 from workers.domain.health import HealthMonitor, ProgressWatch, readiness
 from workers.logs import get_logger
 from workers.metrics import Metrics
 
 log = get_logger(__name__)
-
-KillSwitchCallback = Callable[[bool], Awaitable[None] | None]
-
-_ON = frozenset({"on", "true", "1", "yes"})
-_OFF = frozenset({"off", "false", "0", "no"})
 
 
 class LoopHeartbeat:
@@ -100,29 +94,6 @@ class LoopHeartbeat:
         return max(0.0, recent, overdue)
 
 
-def parse_switch(body: str) -> bool:
-    """``on``/``off`` (and true/false, 1/0, yes/no), or JSON ``true``/``false``/``{"kill_switch": b}``.
-
-    Raises ValueError for anything else.
-    """
-    text = body.strip()
-    if text.lower() in _ON:
-        return True
-    if text.lower() in _OFF:
-        return False
-    try:
-        value: Any = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"expected on or off, got {text[:40]!r}") from None
-    if isinstance(value, dict):
-        value = value.get("kill_switch", value.get("enabled"))
-    if isinstance(value, str) and value.lower() in _ON | _OFF:
-        return value.lower() in _ON
-    if isinstance(value, bool):
-        return value
-    raise ValueError('expected on, off, true, false or {"kill_switch": true|false}')
-
-
 class ProbeServer:
     """The worker's operational HTTP server; ``port=0`` binds a free port (see :attr:`port`)."""
 
@@ -130,7 +101,7 @@ class ProbeServer:
                  port: int = 8080, heartbeat: LoopHeartbeat | None = None,
                  progress: ProgressWatch | None = None, max_loop_lag: float = 2.0,
                  ibkr_connected: Callable[[], bool] | None = None,
-                 kill_switch: KillSwitchCallback | None = None) -> None:
+                 admin: AdminServer | None = None) -> None:
         self.monitor = monitor
         self.metrics = metrics
         self.host = host
@@ -139,7 +110,7 @@ class ProbeServer:
         self.progress = progress
         self.max_loop_lag = max_loop_lag
         self.ibkr_connected = ibkr_connected
-        self.kill_switch = kill_switch
+        self.admin = admin
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -155,8 +126,6 @@ class ProbeServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        if self.kill_switch is not None:
-            app.router.add_post("/kill-switch", self._kill_switch)
         return app
 
     async def start(self) -> None:
@@ -174,8 +143,16 @@ class ProbeServer:
         address = runner.addresses[0]
         self._port = int(address[1])
         log.info("probe server listening", host=self.host, port=self._port)
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except BaseException:
+                await self.stop()
+                raise
 
     async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -223,15 +200,3 @@ class ProbeServer:
         # The text format by default; OpenMetrics when the scraper asks for it.
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encode(self.metrics.registry), headers={"Content-Type": content_type})
-
-    async def _kill_switch(self, request: web.Request) -> web.Response:
-        assert self.kill_switch is not None  # the route exists only with a callback
-        try:
-            on = parse_switch(await request.text())
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        result = self.kill_switch(on)
-        if inspect.isawaitable(result):
-            await result
-        log.warning("kill switch flipped over HTTP", kill_switch=on, peer=request.remote)
-        return web.json_response({"kill_switch": on})

@@ -78,6 +78,7 @@ class ProbeSet:
     paused: Probe[bool] = lambda: False
     pacing_limited: Probe[bool] = lambda: False
     ibkr_rtt_ms: Probe[float | None] = lambda: None
+    trading_state: Probe[str | None] = lambda: None
     timeout: float = 2.0
 
     async def _read(self, name: str, probe: Probe[T], fallback: T) -> T:
@@ -101,11 +102,13 @@ class ProbeSet:
         paused = read("paused", self.paused, False)
         pacing = read("pacing_limited", self.pacing_limited, False)
         rtt = read("ibkr_rtt_ms", self.ibkr_rtt_ms, None)
+        trading = read("trading_state", self.trading_state, None)
         return HealthFacts(
             ibkr_connected=bool(await ibkr), kafka_connected=bool(await kafka),
             database_connected=bool(await database), consumer_lag=await lag,
             orders_in_flight=int(await in_flight), last_error=one_line(await error),
             paused=bool(await paused), pacing_limited=bool(await pacing), ibkr_rtt_ms=await rtt,
+            trading_state=await trading,
         )
 
 
@@ -156,6 +159,7 @@ def health_record(worker: str, instance_id: str, version: str, assessment: Healt
         "version": version,
         "emitted_at": emitted_at,
         "ibkr_rtt_ms": facts.ibkr_rtt_ms,
+        "trading_state": facts.trading_state,
     }
 
 
@@ -186,6 +190,7 @@ class HealthPublisher:
         self.wall_clock = wall_clock
         self.published = 0
         self.last_published_status: HealthStatus | None = None
+        self.last_published_trading_state: str | None = None
         self._last_published_at: float | None = None
         self._wake = asyncio.Event()
 
@@ -209,7 +214,9 @@ class HealthPublisher:
                      reason=assessment.reason)
         due = (self._last_published_at is None
                or self.clock() - self._last_published_at >= self.interval)
-        if due or assessment.status != self.last_published_status:
+        # A trading state change goes out at once, like a status change: ops watch this topic for both.
+        if (due or assessment.status != self.last_published_status
+                or assessment.facts.trading_state != self.last_published_trading_state):
             await self.publish(assessment)
         return assessment
 
@@ -230,6 +237,7 @@ class HealthPublisher:
             return False
         self.published += 1
         self.last_published_status = assessment.status
+        self.last_published_trading_state = assessment.facts.trading_state
         self._last_published_at = self.clock()
         return True
 

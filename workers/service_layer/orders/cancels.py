@@ -73,8 +73,10 @@ class Cancels:
             if cancel is not None:
                 await self._cancel(order, cancel.reason)
 
-    async def kill_switch_flipped(self) -> None:
-        """The kill switch went on: cancel this worker's open orders at IBKR."""
-        log.warning("kill switch on: cancelling open orders", client_id=self.client_id)
-        if self.broker.connected:
-            await self.broker.global_cancel()
+    async def global_cancel(self) -> None:
+        """reqGlobalCancel: every open order of the account at the gateway, other client ids' and manual
+        orders included. Only ever an operator's explicit action; HALTED cancels the ledger's orders instead."""
+        if not self.broker.connected:
+            raise ConnectionError("not connected to IBKR: the global cancel was not sent")
+        log.warning("global cancel sent to IBKR", client_id=self.client_id)
+        await self.broker.global_cancel()

@@ -16,6 +16,7 @@ from workers.domain.guards import GuardPolicy
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, Side
 from workers.domain.risk import MarketView, Quote
+from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import IbPosition
 from workers.ports.market_data import ReferencePrice, ReferencePrices
 from workers.ports.orders import OrderRepository
@@ -55,8 +56,11 @@ def needs_quote(order: OrderRequested, instrument: Instrument, policy: GuardPoli
 
 
 def needs_exposure(instrument_id: str, policy: GuardPolicy) -> bool:
+    """Whether a rule in force needs the account's working orders (a position limit; REDUCING, to tell an
+    order that reduces the position)."""
     return (policy.global_limits.max_position is not None
-            or policy.limits_for(instrument_id).max_position is not None)
+            or policy.limits_for(instrument_id).max_position is not None
+            or policy.trading_state is TradingState.REDUCING)
 
 
 class MarketViews:

@@ -61,7 +61,7 @@ class Placer:
 
     def __init__(self, *, ledger: OrderRepository, broker: IbkrConnection, instruments: InstrumentSource,
                  status: StatusWriter, watchdog: PlacementWatchdog, metrics: OrderMetrics,
-                 kill_switch: Callable[[], bool], reconciled: asyncio.Event, readonly: bool,
+                 halted: Callable[[], bool], reconciled: asyncio.Event, readonly: bool,
                  recheck: Recheck | None = None) -> None:
         self.ledger = ledger
         self.broker = broker
@@ -69,7 +69,7 @@ class Placer:
         self.status = status
         self.watchdog = watchdog
         self.metrics = metrics
-        self.kill_switch = kill_switch
+        self.halted = halted
         self.reconciled = reconciled
         self.readonly = readonly
         self.recheck = recheck
@@ -192,13 +192,13 @@ class Placer:
         return [order_id for order_id in order_ids if order_id not in rejected]
 
     async def send(self, reserved: Sequence[tuple[Order, int]]) -> None:
-        """placeOrder for each reserved order, in id order (none while the kill switch is on)."""
-        if reserved and self.kill_switch():
-            # Accepted before the switch went on, not sent yet: they never reach IBKR.
+        """placeOrder for each reserved order, in id order (none while trading is HALTED)."""
+        if reserved and self.halted():
+            # Accepted before trading was halted, not sent yet: they never reach IBKR.
             for order, _ in reserved:
                 self._received_at.pop(order.order_id, None)
                 await self.status.transition(order.order_id, OrderState.CANCELLED,
-                                             reason=f"{RejectReason.KILL_SWITCH}: the kill switch went on "
+                                             reason=f"{RejectReason.TRADING_HALTED}: trading was halted "
                                                     "before the order was placed")
             return
         started = time.monotonic()

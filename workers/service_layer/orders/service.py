@@ -15,6 +15,7 @@ from datetime import datetime
 from workers.domain.guards import GuardPolicy, OrderRejected
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.risk import OrderRate
+from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import IbkrConnection, IbReport
 from workers.ports.market_data import ReferencePrices
 from workers.ports.orders import (
@@ -50,7 +51,8 @@ class OrderService:
                  readonly: bool = False, on_published: Callable[[], None] = lambda: None,
                  on_fill: Callable[[], None] = lambda: None, metrics: OrderMetrics | None = None,
                  orders_first: OrdersFirst | None = None, prices: ReferencePrices | None = None,
-                 rate: OrderRate | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+                 rate: OrderRate | None = None, clock: Callable[[], datetime] = utc_now,
+                 trading_state: Callable[[], TradingState] = lambda: TradingState.ACTIVE) -> None:
         self.ledger = ledger
         self.client_id = broker.client_id
         metrics = metrics or NoMetrics()
@@ -64,21 +66,27 @@ class OrderService:
             instruments=instruments, rate=rate, clock=clock,
             views=MarketViews(ledger=ledger, prices=prices, positions=self.position_cache))
 
+        def current_policy() -> GuardPolicy:
+            return replace(policy(), trading_state=trading_state())
+
         async def recheck(orders: Sequence[OrderRequested]) -> dict[str, OrderRejected]:
-            # Orders that waited (IBKR away): every rule again but the kill switch, which cancels them
-            # when they are sent, and the order rate, which they passed when they came.
-            return await self.rules.check(orders, replace(policy(), kill_switch=False), count_rate=False)
+            # Orders that waited (IBKR away): every rule again but the order rate, which they passed when
+            # they came, and HALTED, under which the placer cancels them unsent.
+            now = current_policy()
+            if now.trading_state is TradingState.HALTED:
+                now = replace(now, trading_state=TradingState.ACTIVE)
+            return await self.rules.check(orders, now, count_rate=False)
 
         self.watchdog = PlacementWatchdog(ledger=ledger, broker=broker, status=status,
                                           reconciled=self._reconciled, readonly=readonly)
         self.placer = Placer(ledger=ledger, broker=broker, instruments=instruments, status=status,
                              watchdog=self.watchdog, metrics=metrics,
-                             kill_switch=lambda: policy().kill_switch, reconciled=self._reconciled,
-                             readonly=readonly, recheck=recheck)
+                             halted=lambda: trading_state() is TradingState.HALTED,
+                             reconciled=self._reconciled, readonly=readonly, recheck=recheck)
         self.watchdog.retry = self.placer.retry_unplaced
         self.intake = OrderIntake(ledger=ledger, rules=self.rules, events=events, outbox=outbox,
-                                  placer=self.placer, watchdog=self.watchdog, policy=policy, metrics=metrics,
-                                  on_published=on_published)
+                                  placer=self.placer, watchdog=self.watchdog, policy=current_policy,
+                                  metrics=metrics, on_published=on_published)
         self.cancels = Cancels(ledger=ledger, requests=cancel_requests, broker=broker, status=status,
                                placer=self.placer)
         self.positions = PositionBook(store=positions, instruments=instruments, events=events,
@@ -123,8 +131,8 @@ class OrderService:
     async def sweep_cancels(self) -> None:
         await self.cancels.sweep()
 
-    async def kill_switch_flipped(self) -> None:
-        await self.cancels.kill_switch_flipped()
+    async def global_cancel(self) -> None:
+        await self.cancels.global_cancel()
 
     async def write_positions(self) -> None:
         await self.positions.write()
