@@ -25,6 +25,7 @@ from workers.adapters.kafka.consuming import (
     Undecodable,
 )
 from workers.adapters.kafka.event_sink import AvroEventSink
+from workers.adapters.kafka.failures import ErrorKind, classifier
 from workers.adapters.kafka.health_publisher import (
     HealthPublisher,
     ProbeSet,
@@ -45,6 +46,7 @@ from workers.adapters.kafka.records import (
     order_requested_from_record,
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
+from workers.adapters.postgres.errors import is_connection_error, is_data_error
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
@@ -121,6 +123,15 @@ def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[st
     return decode
 
 
+def _database_error_kind(exc: BaseException) -> ErrorKind | None:
+    """PostgreSQL's errors by kind: connection and timeouts are infrastructure, refused values the record's."""
+    if is_connection_error(exc):
+        return ErrorKind.INFRASTRUCTURE
+    if is_data_error(exc):
+        return ErrorKind.RECORD
+    return None
+
+
 def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, instruments: InstrumentCache,
                   metrics: Metrics) -> dict[str, Subscription]:
     """What the order-consumer reads: per topic, the record it holds, how it becomes a command, its handler."""
@@ -142,7 +153,8 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
     topics = settings.topics
     return {
         topics.orders_requested: Subscription(
-            _avro_decoder(codec, ORDER_REQUESTED, order_requested_from_record), orders),
+            _avro_decoder(codec, ORDER_REQUESTED, order_requested_from_record), orders,
+            reject=service.reject_unprocessable),
         topics.orders_cancel_requested: Subscription(
             _avro_decoder(codec, ORDER_CANCEL_REQUESTED, cancel_from_record), cancels),
         topics.instruments_updated: Subscription(
@@ -207,8 +219,10 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
 
     await consumer.start()
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
-                       DeadLetters(producer, topics.orders_requested_dlq),
-                       gate=lambda: gateway.connected and service.reconciled)
+                       DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
+                       gate=lambda: gateway.connected and service.reconciled,
+                       classify=classifier(_database_error_kind),
+                       on_retry=lambda kind: metrics.consume_retried(kind.value))
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
                                                max_lag=settings.health_max_lag))
     facts = ProbeSet(

@@ -32,6 +32,7 @@ class RejectReason(enum.StrEnum):
     KILL_SWITCH = "KILL_SWITCH"
     IBKR_REJECTED = "IBKR_REJECTED"
     CANCELLED_BEFORE_PLACED = "CANCELLED_BEFORE_PLACED"
+    UNPROCESSABLE = "UNPROCESSABLE"  # the worker failed on the request itself; it is on the dead-letter topic
 
 
 class OrderRejected(Exception):

@@ -105,6 +105,21 @@ class OrderIntake:
         log.info("orders recorded", count=len(inserted),
                  accepted=sum(o.state in (OrderState.ACCEPTED, OrderState.PLACING) for o in inserted))
 
+    async def reject_unprocessable(self, order: OrderRequested, error: str) -> None:
+        """Announce REJECTED for a request the worker failed on (its record was dead-lettered).
+
+        Unless the ledger knows its ``order_id``: that order has a life of its own, which a second request
+        carrying its id must not overwrite.
+        """
+        if (await self.ledger.get_many([order.order_id])).get(order.order_id) is not None:
+            log.warning("unprocessable request for a known order; its status stays", order_id=order.order_id)
+            return
+        rejection = OrderRejected(RejectReason.UNPROCESSABLE, f"the request could not be processed ({error}); "
+                                                              "it is on the dead-letter topic")
+        self._count_rejection(order, rejection)
+        await self.outbox.add_many([self.events.rejection(order, rejection.text)])
+        self.on_published()
+
     async def _check(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> _Checked:
         """The guards for each new order: what to record, what to re-publish, what to announce only."""
         policy = self.policy()
