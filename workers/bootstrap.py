@@ -42,7 +42,9 @@ from workers.adapters.kafka.records import (
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
     WORKER_HEALTH,
+    InvalidText,
     cancel_from_record,
+    instrument_id_from_record,
     order_requested_from_record,
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
@@ -117,6 +119,8 @@ def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[st
             raise Undecodable(f"{exc.kind}: {exc.reason}") from None
         try:
             return convert(record)
+        except InvalidText as exc:
+            raise Undecodable(str(exc), stage="validate") from None
         except (KeyError, ValueError, TypeError) as exc:
             raise Undecodable(f"invalid record: {exc}", stage="convert") from None
 
@@ -158,7 +162,7 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
         topics.orders_cancel_requested: Subscription(
             _avro_decoder(codec, ORDER_CANCEL_REQUESTED, cancel_from_record), cancels),
         topics.instruments_updated: Subscription(
-            _avro_decoder(codec, INSTRUMENT_UPDATED, lambda record: str(record["instrument_id"])),
+            _avro_decoder(codec, INSTRUMENT_UPDATED, instrument_id_from_record),
             instrument_changes),
     }
 

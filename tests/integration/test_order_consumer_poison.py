@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from tests.integration.harness import Harness, order, running_harness
+from workers.adapters.kafka.records import order_requested_record
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,48 @@ async def test_orders_placed_in_a_batch_that_then_failed_on_a_cancel_are_not_pla
     assert headers["error.stage"] == b"handle"
     for request in requests:
         assert harness.sim.place_count(request.order_id) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("instrument_id", "STK:AAPL\x00:USD"),  # the record that stalled a partition (PostgreSQL refuses NUL)
+    ("account", "DU\x1b[2J"),
+    ("source", "s" * 129),
+])
+async def test_an_order_with_bad_text_is_rejected_naming_the_field_and_the_orders_around_it_fill(
+        harness: Harness, field: str, value: str) -> None:
+    good = [order(quantity="1") for _ in range(4)]
+    bad = dataclasses.replace(order(), **{field: value})
+    await asyncio.gather(*(harness.send(request) for request in [good[0], good[1], bad, good[2], good[3]]))
+
+    for request in good:
+        await harness.wait_status(request.order_id, "FILLED")
+    rejected = await harness.wait_status(bad.order_id, "REJECTED")
+    assert rejected["reason"].startswith(f"INVALID_TEXT: {field} ")
+    assert "\x00" not in rejected["instrument_id"] and "\x1b" not in rejected["account"]
+    assert harness.sim.place_count(bad.order_id) == 0
+    assert harness.observed.dead_letters == []
+
+
+async def test_records_whose_text_cannot_be_taken_go_to_the_dead_letter_topic_at_stage_validate(
+        harness: Harness) -> None:
+    good = order()
+    huge_id = order(order_id="o" * 600_000)
+    nul_id = order(order_id="0b8f8c5e-3a1c-4c59-9f4e-8d2f7e1b6a0\x00")
+    body = harness.codec.encode("OrderRequested", order_requested_record(order()))
+    # A string field whose bytes are not UTF-8: the source (last field) "tests" becomes five bytes of 0xff.
+    not_utf8 = body[:-5] + b"\xff" * 5
+    await harness.send_raw(b"huge", harness.codec.encode("OrderRequested", order_requested_record(huge_id)))
+    await harness.send_raw(b"nul", harness.codec.encode("OrderRequested", order_requested_record(nul_id)))
+    await harness.send_raw(b"utf8", not_utf8)
+    await harness.cancel(good.order_id, reason="stop\x00now")
+    await harness.send(good)
+
+    await harness.wait_status(good.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.dead_letters) == 4, what="four dead letters")
+    stages = {record.key[:8]: dict(record.headers)["error.stage"] for record in harness.observed.dead_letters}
+    assert stages == {b"huge": b"validate", b"nul": b"validate", b"utf8": b"decode",
+                      good.order_id.encode()[:8]: b"validate"}
+    reasons = [dict(record.headers)["error.reason"] for record in harness.observed.dead_letters]
+    assert all(len(reason) <= 1000 for reason in reasons)
+    assert b"order_id is 600000 characters long, more than 64" in reasons
+    assert harness.sim.place_count(good.order_id) == 1  # its cancel was refused: the order filled

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order
+from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason, check_order, check_text
 from workers.domain.orders import NewOrder, OrderRequested, OrderState
 from workers.logs import get_logger
 from workers.ports.orders import EventSink, InstrumentSource, OrderMetrics, OrderRepository
@@ -20,6 +20,10 @@ from workers.service_layer.orders.placing import Placer
 from workers.service_layer.orders.watchdog import PlacementWatchdog
 
 log = get_logger(__name__)
+
+
+# Rejections too malformed for the ledger's constraints (or for PostgreSQL's text): announced, not kept.
+_NOT_KEPT = (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY, RejectReason.INVALID_TEXT)
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,10 @@ class OrderIntake:
             seen.add(order.order_id)
             state, reason = OrderState.ACCEPTED, None
             try:
+                check_text(order)  # before the instrument lookup: the mapper cannot take such a value
                 check_order(order, await self.instruments.get(order.instrument_id), policy)
             except OrderRejected as rejection:
-                if rejection.reason in (RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY):
+                if rejection.reason in _NOT_KEPT:
                     # Too malformed for the ledger's constraints: announce the rejection, keep nothing.
                     self._count_rejection(order, rejection)
                     checked.loose.append(self.events.rejection(order, rejection.text))
