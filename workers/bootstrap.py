@@ -83,6 +83,12 @@ REPORT_LINGER = 0.01
 # The ledger rows the worker wrote last that it keeps (with their versions), so IBKR's reports about its
 # recent orders are applied without reading them first: a few MB, many seconds of orders at full speed.
 REMEMBERED_ORDERS = 4096
+# The largest input record taken (key and value): an order or a cancel with every text field at its
+# maximum length is under 4 KiB; anything far larger is dead-lettered before it is decoded.
+MAX_INPUT_RECORD_BYTES = 16 * 1024
+# Fetch limits: a partition's fetch stays around a topic's max.message.bytes, a fetch a few MiB.
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 
 
 def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
@@ -190,7 +196,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
         group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
         isolation_level="read_committed", session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4), **kafka_kwargs,
+        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4),
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=FETCH_MAX_BYTES, **kafka_kwargs,
     )
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
     gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
@@ -226,7 +233,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                        DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
                        gate=lambda: gateway.connected and service.reconciled,
                        classify=classifier(_database_error_kind),
-                       on_retry=lambda kind: metrics.consume_retried(kind.value))
+                       on_retry=lambda kind: metrics.consume_retried(kind.value),
+                       max_record_bytes=MAX_INPUT_RECORD_BYTES)
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
                                                max_lag=settings.health_max_lag))
     facts = ProbeSet(

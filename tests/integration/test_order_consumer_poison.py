@@ -116,12 +116,12 @@ async def test_an_order_with_bad_text_is_rejected_naming_the_field_and_the_order
 async def test_records_whose_text_cannot_be_taken_go_to_the_dead_letter_topic_at_stage_validate(
         harness: Harness) -> None:
     good = order()
-    huge_id = order(order_id="o" * 600_000)
+    long_id = order(order_id="o" * 65)
     nul_id = order(order_id="0b8f8c5e-3a1c-4c59-9f4e-8d2f7e1b6a0\x00")
     body = harness.codec.encode("OrderRequested", order_requested_record(order()))
     # A string field whose bytes are not UTF-8: the source (last field) "tests" becomes five bytes of 0xff.
     not_utf8 = body[:-5] + b"\xff" * 5
-    await harness.send_raw(b"huge", harness.codec.encode("OrderRequested", order_requested_record(huge_id)))
+    await harness.send_raw(b"long", harness.codec.encode("OrderRequested", order_requested_record(long_id)))
     await harness.send_raw(b"nul", harness.codec.encode("OrderRequested", order_requested_record(nul_id)))
     await harness.send_raw(b"utf8", not_utf8)
     await harness.cancel(good.order_id, reason="stop\x00now")
@@ -130,9 +130,26 @@ async def test_records_whose_text_cannot_be_taken_go_to_the_dead_letter_topic_at
     await harness.wait_status(good.order_id, "FILLED")
     await harness.wait_for(lambda: len(harness.observed.dead_letters) == 4, what="four dead letters")
     stages = {record.key[:8]: dict(record.headers)["error.stage"] for record in harness.observed.dead_letters}
-    assert stages == {b"huge": b"validate", b"nul": b"validate", b"utf8": b"decode",
+    assert stages == {b"long": b"validate", b"nul": b"validate", b"utf8": b"decode",
                       good.order_id.encode()[:8]: b"validate"}
-    reasons = [dict(record.headers)["error.reason"] for record in harness.observed.dead_letters]
-    assert all(len(reason) <= 1000 for reason in reasons)
-    assert b"order_id is 600000 characters long, more than 64" in reasons
+    reasons = {dict(record.headers)["error.reason"] for record in harness.observed.dead_letters}
+    assert b"order_id is 65 characters long, more than 64" in reasons
+    assert b"reason contains the control character U+0000 at position 4" in reasons
     assert harness.sim.place_count(good.order_id) == 1  # its cancel was refused: the order filled
+
+
+async def test_an_oversized_record_is_dead_lettered_before_it_is_decoded_and_the_orders_behind_it_fill(
+        harness: Harness) -> None:
+    good = order()
+    huge_id = order(order_id="o" * 600_000)
+    payload = harness.codec.encode("OrderRequested", order_requested_record(huge_id))
+    await harness.send_raw(b"huge", payload)
+    await harness.send(good)
+
+    await harness.wait_status(good.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.dead_letters) == 1, what="the dead letter")
+    [letter] = harness.observed.dead_letters
+    headers = dict(letter.headers)
+    assert headers["error.stage"] == b"size"
+    assert headers["error.reason"] == f"record of {len(payload) + 4} bytes, more than 16384".encode()
+    assert letter.value == payload

@@ -83,7 +83,8 @@ class ConsumeLoop:
                  dead_letters: DeadLetters, *, batch_size: int = 500, retry_delay: float = 0.5,
                  max_retry_delay: float = 10.0, gate: Callable[[], bool] = lambda: True,
                  commit_interval: float = 0.1, classify: Classifier = classify_error, max_attempts: int = 5,
-                 on_retry: Callable[[ErrorKind], None] = lambda kind: None) -> None:
+                 on_retry: Callable[[ErrorKind], None] = lambda kind: None,
+                 max_record_bytes: int | None = None) -> None:
         self.consumer = consumer
         self.subscriptions = subscriptions
         self.dead_letters = dead_letters
@@ -101,6 +102,8 @@ class ConsumeLoop:
         # dead-lettered; infrastructure errors are retried for as long as they last.
         self.max_attempts = max_attempts
         self.on_retry = on_retry
+        # A record larger than this (key and value) is dead-lettered before anything reads it.
+        self.max_record_bytes = max_record_bytes
         self.retries = 0
         self._failures = 0  # failed attempts in a row at the batch now at the head of the partitions
         # Offsets handled but not committed yet, and the task committing them (one commit at a time).
@@ -319,6 +322,9 @@ class ConsumeLoop:
         try:
             if record.value is None:
                 raise Undecodable("record has no value (tombstone)")
+            size = len(record.value) + len(record.key or b"")
+            if self.max_record_bytes is not None and size > self.max_record_bytes:
+                raise Undecodable(f"record of {size} bytes, more than {self.max_record_bytes}", stage="size")
             subscription = self.subscriptions.get(record.topic)
             if subscription is None:
                 raise Undecodable(f"no decoder for topic {record.topic}", stage="route")
