@@ -15,6 +15,7 @@ from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import (
     ConsumeLoop,
@@ -192,6 +193,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            min_size=settings.database_pool_size)
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
     await producer.start()
+    bound_gzip()
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
         group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import noted_topic
+from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
 
 pytestmark = pytest.mark.integration
@@ -368,3 +369,46 @@ async def test_an_infrastructure_error_is_retried_while_it_lasts_and_nothing_is_
     assert loop.dead_letters.count == 0
     assert paused_during_outage[1:] and all(paused_during_outage[1:])  # DEGRADED while retrying
     assert loop.retries == 12 and not loop.paused
+
+
+async def test_a_gzip_batch_beyond_the_decompression_bound_leaves_the_loop_running_and_degraded(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    # 32 MiB of zeros: about 32 KiB once compressed, far beyond the 1 MiB bound of this test.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="gzip",
+                                max_request_size=64 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, bytes(32 * 1024 * 1024), key=b"bomb")
+    finally:
+        await producer.stop()
+    bound_gzip(limit=1024 * 1024)
+    handled: list[str] = []
+    dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await dlq_producer.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(dlq_producer, topic + ".dlq"),
+                       retry_delay=0.05, max_retry_delay=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while loop.last_error is None:
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+        assert not task.done(), "the consume loop ended on a batch it cannot read"
+        assert loop.paused
+        assert loop.last_error is not None and "expands beyond 1048576 bytes" in loop.last_error
+        assert handled == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        bound_gzip()
+        await consumer.stop()
+        await dlq_producer.stop()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import Harness, order, running_harness
 from workers.adapters.kafka.records import order_requested_record
@@ -153,3 +154,20 @@ async def test_an_oversized_record_is_dead_lettered_before_it_is_decoded_and_the
     assert headers["error.stage"] == b"size"
     assert headers["error.reason"] == f"record of {len(payload) + 4} bytes, more than 16384".encode()
     assert letter.value == payload
+
+
+async def test_orders_sent_with_every_compression_type_fill(harness: Harness) -> None:
+    requests = {codec: order(quantity="1") for codec in ("gzip", "snappy", "lz4", "zstd")}
+    for codec, request in requests.items():
+        producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap, compression_type=codec)
+        await producer.start()
+        try:
+            payload = harness.codec.encode("OrderRequested", order_requested_record(request))
+            await producer.send_and_wait(harness.topics.orders_requested, payload, key=request.order_id.encode())
+        finally:
+            await producer.stop()
+
+    for request in requests.values():
+        await harness.wait_status(request.order_id, "FILLED")
+        assert harness.sim.place_count(request.order_id) == 1
+    assert harness.observed.dead_letters == []

@@ -144,7 +144,19 @@ class ConsumeLoop:
             await self._wait_for_gate(stop)
             if stop.is_set():
                 break
-            batches = list((await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)).items())
+            try:
+                fetched = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+            except KafkaError as exc:
+                # A batch the client cannot read (corrupt, or expanding beyond the decompression bound): the
+                # worker stays up and says so (DEGRADED) rather than restarting at the same offset.
+                self._failures += 1
+                self.paused = True
+                self.last_error = f"fetch failed: {describe(exc)}"
+                self.on_retry(ErrorKind.INFRASTRUCTURE)
+                log.error("fetch failed; will retry", error=self.last_error)
+                await self._back_off(self._failures, stop)
+                continue
+            batches = list(fetched.items())
             if not batches:
                 continue
             if not await self._handle_all(batches, stop) and self.last_failed_offset is not None:
