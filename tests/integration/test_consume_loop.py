@@ -412,3 +412,33 @@ async def test_a_gzip_batch_beyond_the_decompression_bound_leaves_the_loop_runni
         bound_gzip()
         await consumer.stop()
         await dlq_producer.stop()
+
+
+async def test_a_record_too_large_for_the_dead_letter_topic_keeps_its_place_there_with_its_headers(
+        kafka_bootstrap: str) -> None:
+    name = noted_topic(f"loop.{uuid.uuid4().hex[:10]}")
+    noted_topic(name + ".dlq")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1), NewTopic(name + ".dlq", 1, 1,
+                                                                   topic_configs={"max.message.bytes": "4096"})])
+    finally:
+        await admin.close()
+    big = b"bad " + b"x" * 20_000
+    handled: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+        done.set()
+
+    loop, _ = await run_to_the_end(kafka_bootstrap, name, [big, b"m1"], handler, done)
+
+    assert handled == ["m1"]
+    [letter] = await dead_letters_on(kafka_bootstrap, name + ".dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.value is None
+    assert headers["source.offset"] == b"0" and headers["error.stage"] == b"decode"
+    assert headers["error.reason"].startswith(b"record of 20004 bytes too large for the dead-letter topic; ")
+    assert loop.dead_letters.count == 1
