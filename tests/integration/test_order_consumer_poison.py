@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -171,3 +173,21 @@ async def test_orders_sent_with_every_compression_type_fill(harness: Harness) ->
         await harness.wait_status(request.order_id, "FILLED")
         assert harness.sim.place_count(request.order_id) == 1
     assert harness.observed.dead_letters == []
+
+
+async def test_an_instrument_change_with_a_bad_id_is_dead_lettered_and_orders_go_on(harness: Harness) -> None:
+    change = {"instrument_id": "STK:AAPL\x00", "con_id": 265598, "symbol": "AAPL", "sec_type": "STK",
+              "exchange": "SMART", "primary_exchange": "NASDAQ", "currency": "USD", "local_symbol": "AAPL",
+              "trading_class": "NMS", "multiplier": Decimal(1), "min_tick": Decimal("0.01"),
+              "last_trade_date": None, "active": True, "change": "UPDATED", "updated_at": datetime.now(UTC)}
+    await harness.send_raw(b"bad-id", harness.codec.encode("InstrumentUpdated", change),
+                           topic=harness.topics.instruments_updated)
+    good = order()
+    await harness.send(good)
+
+    await harness.wait_status(good.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.dead_letters) == 1, what="the dead letter")
+    headers = dict(harness.observed.dead_letters[0].headers)
+    assert headers["source.topic"] == harness.topics.instruments_updated.encode()
+    assert headers["error.stage"] == b"validate"
+    assert headers["error.reason"] == b"instrument_id contains the control character U+0000 at position 8"
