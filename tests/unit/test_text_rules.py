@@ -94,3 +94,16 @@ def test_a_rejection_repeats_the_orders_text_escaped_and_bounded() -> None:
     assert record["instrument_id"].startswith("STK:\\x00xxx") and len(record["instrument_id"]) == 128
     assert record["account"] == "DU\\x1b"
     assert len(record["reason"]) == 1000
+
+
+def test_an_id_may_not_hold_invisible_characters_but_free_text_may() -> None:
+    zero_width = "AAPL\ufeff"
+    found = text_problem("instrument_id", zero_width, 128)
+    assert found is not None and found.text == "instrument_id contains the control character U+FEFF at position 4"
+    assert text_problem("instrument_id", "A\u00a0B", 128) is not None  # a no-break space looks like a space
+    assert text_problem("source", "desk \U0001f468\u200d\U0001f4bb", 128, free_text=True) is None
+
+
+def test_a_rejection_repeats_an_order_id_the_rules_allow_exactly() -> None:
+    record = rejection_record(an_order(order_id="not-a-uuid é"), "INVALID_ORDER_ID: …", NOW)
+    assert record["order_id"] == "not-a-uuid é"

@@ -24,6 +24,7 @@ from workers.domain.text import (
     ORDER_ID_MAX,
     SOURCE_MAX,
     TextProblem,
+    escaped,
     first_problem,
 )
 
@@ -150,16 +151,16 @@ def instrument_id_from_record(record: dict[str, Any]) -> str:
 
 
 def _echo(value: str, limit: int) -> str:
-    # A rejected request's own text, repeated in its status: control characters escaped, length bounded, so
-    # the status can be stored and read by anyone downstream.
-    return bounded(printable(value), limit)
+    # A rejected request's own text, repeated in its status: refused characters escaped, length bounded, so
+    # the status can be stored and read by anyone downstream; text the rules allow is repeated as it is.
+    return escaped(value, limit)
 
 
 def rejection_record(order: OrderRequested, reason: str, event_time: datetime) -> dict[str, Any]:
     """A REJECTED status for an order too malformed to be kept in the ledger (its text fields made safe)."""
     quantity = order.quantity if order.quantity.is_finite() and order.quantity >= 0 else Decimal(0)
     return {
-        "order_id": _echo(order.order_id, ORDER_ID_MAX),
+        "order_id": order.order_id,  # checked where it was decoded: the status's key is the request's
         "account": _echo(order.account, ACCOUNT_MAX),
         "instrument_id": _echo(order.instrument_id, INSTRUMENT_ID_MAX),
         "status": OrderState.REJECTED.value,
@@ -168,7 +169,7 @@ def rejection_record(order: OrderRequested, reason: str, event_time: datetime) -
         "filled_quantity": Decimal(0),
         "remaining_quantity": quantity,
         "avg_fill_price": None,
-        "reason": _echo(reason, STATUS_REASON_MAX),
+        "reason": bounded(printable(reason), STATUS_REASON_MAX),
         "event_time": event_time,
         "ib_error_code": None,
         "previous_status": None,
