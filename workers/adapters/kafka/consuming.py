@@ -114,6 +114,7 @@ class ConsumeLoop:
         self._commit_now = asyncio.Event()  # set while flushing: the interval is not waited for
         # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
         self._dead_lettered: set[tuple[str, int, int]] = set()
+        self._letters_sent: set[tuple[str, int, int]] = set()  # sent, not known to be written yet
 
     async def _wait_for_gate(self, stop: asyncio.Event) -> None:
         """While the gate is closed (IBKR down), pause every partition: consume nothing we cannot place."""
@@ -197,6 +198,7 @@ class ConsumeLoop:
                     decoded = await self._decode_or_dead_letter(record)
                     if decoded is not None:
                         by_topic.setdefault(record.topic, []).append(decoded)
+            await self._flush_dead_letters()
             for topic, commands in by_topic.items():
                 await self.subscriptions[topic].handle(commands)
         except Exception as exc:
@@ -255,6 +257,7 @@ class ConsumeLoop:
         while True:
             try:
                 decoded = await self._decode_or_dead_letter(record)
+                await self._flush_dead_letters()
                 if decoded is None:
                     return True
                 subscription = self.subscriptions[record.topic]
@@ -292,7 +295,8 @@ class ConsumeLoop:
         where = (record.topic, record.partition, record.offset)
         if where not in self._dead_lettered:
             await self.dead_letters.send(record, reason, "handle")
-            self._dead_lettered.add(where)
+            self._letters_sent.add(where)
+            await self._flush_dead_letters()
         if subscription.reject is None:
             return
         try:
@@ -343,10 +347,18 @@ class ConsumeLoop:
             return await subscription.decode(record.value), source
         except Undecodable as exc:
             where = (record.topic, record.partition, record.offset)
-            if where not in self._dead_lettered:
+            if where not in self._dead_lettered and where not in self._letters_sent:
                 await self.dead_letters.send(record, exc.reason, exc.stage)
-                self._dead_lettered.add(where)
+                self._letters_sent.add(where)
             return None
+
+    async def _flush_dead_letters(self) -> None:
+        """Wait for the dead letters sent; only then are they known to be written (and never sent again)."""
+        try:
+            await self.dead_letters.flush()
+        finally:
+            sent, self._letters_sent = self._letters_sent, set()
+        self._dead_lettered |= sent
 
     async def flush_commits(self) -> None:
         """Commit every handled offset now and wait for it (or for its commit to fail)."""
