@@ -134,7 +134,7 @@ def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[st
     return decode
 
 
-def _database_error_kind(exc: BaseException) -> ErrorKind | None:
+def database_error_kind(exc: BaseException) -> ErrorKind | None:
     """PostgreSQL's errors by kind: connection and timeouts are infrastructure, refused values the record's."""
     if is_connection_error(exc):
         return ErrorKind.INFRASTRUCTURE
@@ -234,7 +234,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
                        DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
                        gate=lambda: gateway.connected and service.reconciled,
-                       classify=classifier(_database_error_kind),
+                       classify=classifier(database_error_kind),
                        on_retry=lambda kind: metrics.consume_retried(kind.value),
                        max_record_bytes=MAX_INPUT_RECORD_BYTES)
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,

@@ -228,13 +228,13 @@ class ConsumeLoop:
                       stop: asyncio.Event) -> bool:
         """Handle a failed batch a record at a time, in order; dead-letter the records that fail.
 
-        Each partition's offsets are committed once its records are handled. An infrastructure error (or a
-        stop) ends the narrowing: each partition is fetched again from its first record not handled, and
-        False is returned (the loop backs off).
+        Each partition's offsets are committed once its records are handled. An infrastructure error, a
+        stop or a closed gate ends the narrowing: each partition is fetched again from its first record not
+        handled, and False is returned (the loop backs off).
         """
         for n, (partition, records) in enumerate(batches):
             for i, record in enumerate(records):
-                if stop.is_set() or not await self._handle_alone(record, stop):
+                if stop.is_set() or not self.gate() or not await self._handle_alone(record, stop):
                     if i:
                         self._commit_later({partition: record.offset})
                     self.consumer.seek(partition, record.offset)
