@@ -9,6 +9,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
 from psycopg_pool import PoolTimeout
 
+from workers.adapters.avro import EncodeError
 from workers.adapters.kafka.failures import ErrorKind, classifier, classify_error, describe
 from workers.bootstrap import database_error_kind
 
@@ -28,6 +29,7 @@ def test_connections_and_timeouts_are_infrastructure(error: BaseException) -> No
     psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
     psycopg.IntegrityError("violates check constraint"), ValueError("bad value"), TypeError("not a str"),
     decimal.InvalidOperation(), UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    EncodeError("OrderStatusChanged.reason: expected a str"),
 ])
 def test_values_refused_are_the_records(error: BaseException) -> None:
     assert CLASSIFY(error) is ErrorKind.RECORD

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
 
+from workers.adapters.avro import EncodeError
+
 
 class ErrorKind(enum.StrEnum):
     INFRASTRUCTURE = "infrastructure"
@@ -23,9 +25,10 @@ class ErrorKind(enum.StrEnum):
 
 Classifier = Callable[[BaseException], ErrorKind]
 
-# Errors Python raises for values it refuses (ValueError covers UnicodeError and Avro's encoding errors,
-# ArithmeticError covers decimal.InvalidOperation): the same value fails the same way every time.
-_RECORD_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, ArithmeticError)
+# Errors raised for values that are refused (ValueError covers UnicodeError, ArithmeticError covers
+# decimal.InvalidOperation; EncodeError: a value the contract's schema cannot carry): the same value fails
+# the same way every time.
+_RECORD_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, ArithmeticError, EncodeError)
 # OSError covers ConnectionError and TimeoutError.
 _INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OSError, KafkaError)
 
