@@ -22,6 +22,7 @@ from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import (
     ConsumeLoop,
@@ -33,6 +34,7 @@ from workers.adapters.kafka.consuming import (
     Undecodable,
 )
 from workers.adapters.kafka.event_sink import AvroEventSink
+from workers.adapters.kafka.failures import ErrorKind, classifier
 from workers.adapters.kafka.health_publisher import (
     HealthPublisher,
     ProbeSet,
@@ -50,10 +52,13 @@ from workers.adapters.kafka.records import (
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
     WORKER_HEALTH,
+    InvalidText,
     cancel_from_record,
+    instrument_id_from_record,
     order_requested_from_record,
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
+from workers.adapters.postgres.errors import is_connection_error, is_data_error
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
@@ -96,6 +101,12 @@ REPORT_LINGER = 0.01
 # The ledger rows the worker wrote last that it keeps (with their versions), so IBKR's reports about its
 # recent orders are applied without reading them first: a few MB, many seconds of orders at full speed.
 REMEMBERED_ORDERS = 4096
+# The largest input record taken (key and value): an order or a cancel with every text field at its
+# maximum length is under 4 KiB; anything far larger is dead-lettered before it is decoded.
+MAX_INPUT_RECORD_BYTES = 16 * 1024
+# Fetch limits: a partition's fetch stays around a topic's max.message.bytes, a fetch a few MiB.
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 
 
 def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
@@ -148,10 +159,21 @@ def _avro_decoder(codec: AvroCodec, record_name: str, convert: Callable[[dict[st
             raise Undecodable(f"{exc.kind}: {exc.reason}") from None
         try:
             return convert(record)
+        except InvalidText as exc:
+            raise Undecodable(str(exc), stage="validate") from None
         except (KeyError, ValueError, TypeError) as exc:
             raise Undecodable(f"invalid record: {exc}", stage="convert") from None
 
     return decode
+
+
+def database_error_kind(exc: BaseException) -> ErrorKind | None:
+    """PostgreSQL's errors by kind: connection and timeouts are infrastructure, refused values the record's."""
+    if is_connection_error(exc):
+        return ErrorKind.INFRASTRUCTURE
+    if is_data_error(exc):
+        return ErrorKind.RECORD
+    return None
 
 
 def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, instruments: InstrumentCache,
@@ -178,11 +200,12 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
     topics = settings.topics
     return {
         topics.orders_requested: Subscription(
-            _avro_decoder(codec, ORDER_REQUESTED, order_requested_from_record), orders),
+            _avro_decoder(codec, ORDER_REQUESTED, order_requested_from_record), orders,
+            reject=service.reject_unprocessable),
         topics.orders_cancel_requested: Subscription(
             _avro_decoder(codec, ORDER_CANCEL_REQUESTED, cancel_from_record), cancels),
         topics.instruments_updated: Subscription(
-            _avro_decoder(codec, INSTRUMENT_UPDATED, lambda record: str(record["instrument_id"])),
+            _avro_decoder(codec, INSTRUMENT_UPDATED, instrument_id_from_record),
             instrument_changes),
     }
 
@@ -206,11 +229,13 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            min_size=settings.database_pool_size)
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
     await producer.start()
+    bound_gzip()
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
         group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
         isolation_level="read_committed", session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4), **kafka_kwargs,
+        heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4),
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=FETCH_MAX_BYTES, **kafka_kwargs,
     )
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
     gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
@@ -253,8 +278,11 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
 
     await consumer.start()
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
-                       DeadLetters(producer, topics.orders_requested_dlq),
-                       gate=lambda: gateway.connected and service.reconciled)
+                       DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
+                       gate=lambda: gateway.connected and service.reconciled,
+                       classify=classifier(database_error_kind),
+                       on_retry=lambda kind: metrics.consume_retried(kind.value),
+                       max_record_bytes=MAX_INPUT_RECORD_BYTES)
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
                                                max_lag=settings.health_max_lag))
     facts = ProbeSet(

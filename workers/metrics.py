@@ -133,6 +133,12 @@ class Metrics:
                                  registry=r)
         self._cancelled = Counter(PREFIX + "orders_cancelled", "Orders IBKR confirmed cancelled.",
                                   registry=r)
+        self._dead_letters = Counter(PREFIX + "dead_letters", "Records set aside on the dead-letter topic, by "
+                                     "stage (decode, validate, convert, route, handle).", ["stage"], registry=r)
+        self._consume_retries = Counter(
+            PREFIX + "consume_retries", "Failed attempts at handling consumed records, by kind of error "
+            "(infrastructure: retried while it lasts; record, unknown: narrowed down to a dead letter).",
+            ["kind"], registry=r)
         self._fills = Counter(PREFIX + "fills", "Fills published to Kafka.", registry=r)
         self._stage = Histogram(
             PREFIX + "order_stage_seconds",
@@ -212,6 +218,14 @@ class Metrics:
     def order_cancelled(self) -> None:
         """IBKR confirmed an order cancelled."""
         self._cancelled.inc()
+
+    def dead_lettered(self, stage: str) -> None:
+        """A consumed record went to the dead-letter topic; ``stage`` says where it failed."""
+        self._dead_letters.labels(stage).inc()
+
+    def consume_retried(self, kind: str) -> None:
+        """Handling consumed records failed once; ``kind`` is the error's kind."""
+        self._consume_retries.labels(kind).inc()
 
     def fill_published(self, latency: float | None = None) -> None:
         """A fill reached ``fills.executed``; ``latency``: seconds since the execution (see

@@ -218,9 +218,9 @@ class Harness:
     async def send_raw(self, key: bytes, value: bytes, topic: str | None = None) -> None:
         await self.producer.send_and_wait(topic or self.topics.orders_requested, value, key=key)
 
-    async def cancel(self, order_id: str, account: str = ACCOUNT) -> None:
+    async def cancel(self, order_id: str, account: str = ACCOUNT, reason: str = "tests") -> None:
         cancel = OrderCancelRequested(order_id=order_id, account=account, requested_at=datetime.now(UTC),
-                                      reason="tests")
+                                      reason=reason)
         payload = self.codec.encode(ORDER_CANCEL_REQUESTED, cancel_record(cancel))
         await self.producer.send_and_wait(self.topics.orders_cancel_requested, payload, key=order_id.encode())
 

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import noted_topic
+from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
 
 pytestmark = pytest.mark.integration
@@ -230,3 +231,214 @@ async def test_a_slow_commit_holds_up_no_batch_and_the_offsets_handled_meanwhile
         assert await reader.committed(TopicPartition(topic, 0)) == 30
     finally:
         await reader.stop()
+
+
+async def dead_letters_on(bootstrap: str, topic: str, count: int) -> list[Any]:
+    """The first ``count`` records of ``topic`` (waits up to 10 s for them)."""
+    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                              enable_auto_commit=False)
+    await reader.start()
+    records: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(records) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await reader.getmany(timeout_ms=500)
+            records.extend(r for batch in batches.values() for r in batch)
+    finally:
+        await reader.stop()
+    return records
+
+
+async def committed(bootstrap: str, group: str, partition: TopicPartition) -> int | None:
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await reader.start()
+    try:
+        return await reader.committed(partition)
+    finally:
+        await reader.stop()
+
+
+async def run_to_the_end(bootstrap: str, topic: str, values: list[bytes], handler: Any, done: asyncio.Event, *,
+                         reject: Any = None, seen: list[ConsumeLoop] | None = None,
+                         **loop_options: Any) -> tuple[ConsumeLoop, str]:
+    """Write ``values`` to ``topic`` (one partition), run a consume loop until ``done`` is set; its group id."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    for value in values:
+        await producer.send_and_wait(topic, value, key=b"k")
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler, reject=reject)},
+                       DeadLetters(producer, topic + ".dlq"), **{"retry_delay": 0.02, **loop_options})
+    if seen is not None:
+        seen.append(loop)
+    try:
+        await run_until_set(loop, done)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return loop, group
+
+
+async def test_a_record_its_handler_refuses_is_dead_lettered_and_the_records_around_it_go_on(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    values = [f"m{n}".encode() for n in range(20)]
+    values[7] = b"poison \x00 value"
+    handled: list[str] = []
+    rejected: list[tuple[str, str]] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        if any("\x00" in command for command, _ in commands):  # all or nothing, as the ledger's statements
+            raise ValueError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 19:
+            all_handled.set()
+
+    async def reject(command: str, reason: str) -> None:
+        rejected.append((command, reason))
+
+    loop, group = await run_to_the_end(kafka_bootstrap, topic, values, handler, all_handled, reject=reject)
+
+    assert handled == [v.decode() for n, v in enumerate(values) if n != 7]  # in order, each once
+    [letter] = await dead_letters_on(kafka_bootstrap, topic + ".dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.value == values[7]
+    assert headers["error.stage"] == b"handle"
+    assert headers["source.offset"] == b"7"
+    assert headers["error.reason"].startswith(b"ValueError: PostgreSQL text fields cannot contain NUL")
+    assert rejected == [("poison \x00 value", headers["error.reason"].decode())]
+    assert loop.dead_letters.by_stage == {"handle": 1}
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 20
+    assert not loop.paused
+
+
+async def test_a_record_failing_for_an_unknown_reason_is_dead_lettered_after_a_bounded_number_of_attempts(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    values = [b"m0", b"stuck", b"m2"]
+    handled: list[str] = []
+    attempts_at_stuck = {"n": 0}
+    both_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        if any(command == "stuck" for command, _ in commands):
+            attempts_at_stuck["n"] += 1
+            raise RuntimeError("something nobody foresaw")
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 2:
+            both_handled.set()
+
+    _, group = await run_to_the_end(kafka_bootstrap, topic, values, handler, both_handled, max_attempts=3)
+
+    assert handled == ["m0", "m2"]
+    # Three attempts at the batch, then three at the record alone.
+    assert attempts_at_stuck["n"] == 6
+    [letter] = await dead_letters_on(kafka_bootstrap, topic + ".dlq", 1)
+    assert letter.value == b"stuck"
+    assert dict(letter.headers)["error.reason"] == b"failed 3 times: RuntimeError: something nobody foresaw"
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 3
+
+
+async def test_an_infrastructure_error_is_retried_while_it_lasts_and_nothing_is_dead_lettered(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    handled: list[str] = []
+    outage = {"left": 12}  # far more failures than max_attempts
+    paused_during_outage: list[bool] = []
+    loop_ref: list[ConsumeLoop] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            if loop_ref:
+                paused_during_outage.append(loop_ref[0].paused)
+            raise ConnectionError("the database is away")
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 3:
+            all_handled.set()
+
+    loop, _ = await run_to_the_end(kafka_bootstrap, topic, [b"m0", b"m1", b"m2"], handler,
+                                   all_handled, seen=loop_ref, max_attempts=2, max_retry_delay=0.05)
+
+    assert handled == ["m0", "m1", "m2"]
+    assert loop.dead_letters.count == 0
+    assert paused_during_outage[1:] and all(paused_during_outage[1:])  # DEGRADED while retrying
+    assert loop.retries == 12 and not loop.paused
+
+
+async def test_a_gzip_batch_beyond_the_decompression_bound_leaves_the_loop_running_and_degraded(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    # 32 MiB of zeros: about 32 KiB once compressed, far beyond the 1 MiB bound of this test.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="gzip",
+                                max_request_size=64 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, bytes(32 * 1024 * 1024), key=b"bomb")
+    finally:
+        await producer.stop()
+    bound_gzip(limit=1024 * 1024)
+    handled: list[str] = []
+    dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await dlq_producer.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(dlq_producer, topic + ".dlq"),
+                       retry_delay=0.05, max_retry_delay=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while loop.last_error is None:
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+        assert not task.done(), "the consume loop ended on a batch it cannot read"
+        assert loop.paused
+        assert loop.last_error is not None and "expands beyond 1048576 bytes" in loop.last_error
+        assert handled == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        bound_gzip()
+        await consumer.stop()
+        await dlq_producer.stop()
+
+
+async def test_a_record_too_large_for_the_dead_letter_topic_keeps_its_place_there_with_its_headers(
+        kafka_bootstrap: str) -> None:
+    name = noted_topic(f"loop.{uuid.uuid4().hex[:10]}")
+    noted_topic(name + ".dlq")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1), NewTopic(name + ".dlq", 1, 1,
+                                                                   topic_configs={"max.message.bytes": "4096"})])
+    finally:
+        await admin.close()
+    big = b"bad " + b"x" * 20_000
+    handled: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+        done.set()
+
+    loop, _ = await run_to_the_end(kafka_bootstrap, name, [big, b"m1"], handler, done)
+
+    assert handled == ["m1"]
+    [letter] = await dead_letters_on(kafka_bootstrap, name + ".dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.value is None
+    assert headers["source.offset"] == b"0" and headers["error.stage"] == b"decode"
+    assert headers["error.reason"].startswith(b"record of 20004 bytes too large for the dead-letter topic; ")
+    assert loop.dead_letters.count == 1

@@ -8,8 +8,10 @@ from dataclasses import astuple
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
 
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.topics import TopicCreationError, ensure_topics, topic_specs
@@ -71,6 +73,28 @@ async def test_creates_every_contract_topic_with_partitions_and_configs(
     assert int(health["retention.ms"]) == 3 * DAY_MS
     assert int(dlq["retention.ms"]) == 90 * DAY_MS
     assert int(dlq["retention.ms"]) > int(health["retention.ms"])
+
+
+async def test_every_contract_topic_has_a_record_size_limit_and_the_dead_letters_take_any_input_record(
+    kafka_bootstrap: str, topics: TopicNames, kafka_admin: Any
+) -> None:
+    await ensure_topics(kafka_bootstrap, topics, partitions=1, replication_factor=1)
+
+    limits = {name: int((await topic_config(kafka_admin, name))["max.message.bytes"]) for name in astuple(topics)}
+    inputs = [topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated]
+    assert all(limits[name] == 256 * 1024 for name in inputs)
+    assert all(limits[name] == 1024 * 1024 for name in (topics.orders_status, topics.fills_executed,
+                                                          topics.positions_updated, topics.workers_health))
+    assert limits[topics.orders_requested_dlq] > max(limits[name] for name in inputs)
+    # The broker refuses a record over the limit before any consumer sees it.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            await producer.send_and_wait(topics.orders_requested, b"x" * (300 * 1024), key=b"k")
+        await producer.send_and_wait(topics.orders_requested, b"x" * (200 * 1024), key=b"k")
+    finally:
+        await producer.stop()
 
 
 async def test_running_twice_is_harmless(kafka_bootstrap: str, topics: TopicNames, kafka_admin: Any) -> None:

@@ -136,3 +136,22 @@ async def test_a_pass_waits_while_orders_are_on_their_way_to_ibkr(relaying: Rela
     await published(relay, 1)
 
     assert await relaying.keys_on_topic() == ["status"]
+
+
+async def test_a_record_kafka_refuses_is_set_aside_with_its_error_and_the_records_behind_it_go_out(
+        relaying: Relaying) -> None:
+    await relaying.add("before")
+    # Larger than the producer's request limit (1 MiB): no pass could ever send it.
+    await relaying.outbox.add(OutboxMessage(relaying.topic, "huge", b"x" * (2 * 1024 * 1024)))
+    await relaying.add("after")
+    relay = relaying.relay()
+    await published(relay, 2)
+    await relaying.add("later")
+    relay.notify()
+    await published(relay, 3)
+
+    assert await relaying.keys_on_topic() == ["before", "after", "later"]
+    [error] = (await relaying.outbox.set_aside_errors()).values()
+    assert error.startswith("MessageSizeTooLargeError")
+    assert relay.set_aside == 1
+    assert await relaying.outbox.unpublished() == []

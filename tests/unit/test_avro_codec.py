@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,8 @@ from workers.adapters.avro import (
     SchemaCatalog,
     UnknownRecordError,
 )
+from workers.adapters.avro.single_object import HEADER_SIZE
+from workers.adapters.kafka.records import ORDER_REQUESTED
 from workers.domain.orders import OrderType, Side
 
 AT = datetime(2024, 3, 1, 14, 30, 15, 123456, tzinfo=UTC)
@@ -333,3 +336,28 @@ def test_a_pinned_writer_must_be_of_the_record_being_encoded(codec: AvroCodec) -
     other = codec.catalog.current("WorkerHealth")
     with pytest.raises(EncodeError, match=r"writer schema is prometheus\.execution\.WorkerHealth"):
         codec.encode("OrderRequested", SAMPLES["OrderRequested"], writer=other)
+
+
+def test_a_huge_decimal_is_refused_before_it_is_converted_naming_the_field() -> None:
+    codec = AvroCodec()
+    good = codec.encode(ORDER_REQUESTED, {
+        "order_id": "o", "account": "a", "instrument_id": "i", "side": "BUY", "quantity": Decimal(1),
+        "order_type": "MARKET", "created_at": datetime(2026, 1, 1, tzinfo=UTC)})
+    # The body: order_id, account, instrument_id (each a length 1 and a character), the side, then the
+    # quantity's bytes: its length (zigzag varint) and its value. Replace the value with 1 MiB.
+    head = good[: HEADER_SIZE + 7]
+    quantity_length = good[HEADER_SIZE + 7]
+    rest = good[HEADER_SIZE + 8 + quantity_length // 2:]
+    size = 1024 * 1024
+    varint = bytearray()
+    n = size * 2
+    while n >= 0x80:
+        varint.append((n & 0x7F) | 0x80)
+        n >>= 7
+    varint.append(n)
+    hostile = head + bytes(varint) + b"\x7f" + b"\xff" * (size - 1) + rest
+    started = time.perf_counter()
+    with pytest.raises(DecodeError, match=r"OrderRequested\.quantity: decimal of 1048576 bytes"):
+        codec.decode(hostile, ORDER_REQUESTED)
+    assert time.perf_counter() - started < 0.05
+    assert codec.decode(good, ORDER_REQUESTED)["quantity"] == Decimal("1.00000000")

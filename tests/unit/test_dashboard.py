@@ -77,6 +77,8 @@ def scraped() -> dict[str, set[str]]:
         "order_rejected": lambda: metrics.order_rejected("UNKNOWN_INSTRUMENT"),
         "order_cancelled": metrics.order_cancelled,
         "fill_published": lambda: metrics.fill_published(0.4),
+        "dead_lettered": lambda: metrics.dead_lettered("validate"),
+        "consume_retried": lambda: metrics.consume_retried("infrastructure"),
         "set_orders_in_flight": lambda: metrics.set_orders_in_flight(2),
         "set_consumer_lag": lambda: metrics.set_consumer_lag(5),
         "set_trading_state": lambda: metrics.set_trading_state("HALTED", ("ACTIVE", "REDUCING", "HALTED"),

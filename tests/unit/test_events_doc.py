@@ -49,8 +49,10 @@ def test_topic_table_shows_the_cleanup_policy_the_topics_command_creates(page: s
     assert compacted == {"positions.updated", "instruments.updated"}
     rows = {line.split(" | ")[0].strip("| `"): line for line in page.splitlines() if line.startswith("| `")}
     for name in compacted:
-        assert "| compacted |" in rows[name]
+        assert "| compacted, " in rows[name]
     assert "delete, kept 90 days" in rows["orders.requested.dlq"]
+    for spec in topic_specs(TopicNames()):
+        assert f"`max.message.bytes={spec.configs['max.message.bytes']}`" in rows[spec.name]
 
 
 def test_every_record_and_every_field_is_documented(page: str) -> None:

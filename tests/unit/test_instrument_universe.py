@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.adapters.universe_file import parse_universe
+from workers.adapters.universe_file import MAX_UNIVERSE_FILE_BYTES, parse_universe, read_universe_file
 from workers.domain.contracts import (
     AmbiguousContract,
     ContractDetail,
@@ -208,3 +210,35 @@ def test_expiry_counts_from_the_day_after_the_last_trading_day() -> None:
     assert not is_expired("202612", date(2026, 12, 31))
     assert is_expired("202612", date(2027, 1, 1))
     assert not is_expired(None, date(2030, 1, 1))
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({"instrument_id": "STK:AAPL\x00"}, "entry #1: instrument_id contains the control character U+0000 at position 8"),
+    ({"instrument_id": "X" * 129}, "entry #1: instrument_id is 129 characters long, more than 128"),
+    ({"instrument_id": "STK:AAPL", "exchange": "SMART\x1b[2J"},
+     "entry STK:AAPL: exchange contains the control character U+001B at position 5"),
+    ({"instrument_id": "STK:AAPL", "localSymbol": "A" * 500},
+     "entry STK:AAPL: localSymbol is 500 characters long, more than 128"),
+])
+def test_universe_text_with_control_characters_or_too_long_is_refused_naming_the_field(
+        item: dict[str, Any], message: str) -> None:
+    with pytest.raises(UniverseError) as refused:
+        parse_universe(json.dumps([item]), json_only=True)
+    assert str(refused.value) == message
+
+
+def test_a_universe_error_never_repeats_a_huge_value() -> None:
+    with pytest.raises(UniverseError) as refused:
+        parse_universe(json.dumps([{"instrument_id": "STK:AAPL", "multiplier": "9" * 100_000}]), json_only=True)
+    assert len(str(refused.value)) < 200
+
+
+def test_a_universe_file_too_large_or_not_utf8_is_refused_before_parsing(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (MAX_UNIVERSE_FILE_BYTES + 1))
+    with pytest.raises(UniverseError, match=f"more than {MAX_UNIVERSE_FILE_BYTES}"):
+        read_universe_file(huge)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"- instrument_id: STK:\xe9")
+    with pytest.raises(UniverseError, match="not UTF-8 text"):
+        read_universe_file(latin)

@@ -11,6 +11,8 @@ import yaml
 from workers.domain.universe import UniverseEntry, UniverseError, entries_from_document
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+# A universe of tens of thousands of entries is a few MiB; a larger file is refused before it is read.
+MAX_UNIVERSE_FILE_BYTES = 16 * 1024 * 1024
 
 
 class _UniverseLoader(yaml.SafeLoader):
@@ -40,9 +42,14 @@ def read_universe_file(path: str | Path) -> list[UniverseEntry]:
     """
     file = Path(path)
     try:
+        size = file.stat().st_size
+        if size > MAX_UNIVERSE_FILE_BYTES:
+            raise UniverseError(f"{file}: {size} bytes, more than {MAX_UNIVERSE_FILE_BYTES}")
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise UniverseError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UniverseError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     try:
         return parse_universe(text, json_only=file.suffix.lower() == ".json")
     except UniverseError as exc:

@@ -14,11 +14,13 @@ from decimal import Decimal
 
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested
+from workers.domain.text import ACCOUNT_MAX, INSTRUMENT_ID_MAX, ORDER_ID_MAX, SOURCE_MAX, first_problem
 from workers.domain.trading_state import TradingState, refusal_detail
 
 
 class RejectReason(enum.StrEnum):
     INVALID_ORDER_ID = "INVALID_ORDER_ID"
+    INVALID_TEXT = "INVALID_TEXT"  # a text field with control characters or longer than its maximum
     INVALID_QUANTITY = "INVALID_QUANTITY"
     MISSING_LIMIT_PRICE = "MISSING_LIMIT_PRICE"
     UNEXPECTED_LIMIT_PRICE = "UNEXPECTED_LIMIT_PRICE"
@@ -41,6 +43,7 @@ class RejectReason(enum.StrEnum):
     TRADING_HALTED = "TRADING_HALTED"
     IBKR_REJECTED = "IBKR_REJECTED"
     CANCELLED_BEFORE_PLACED = "CANCELLED_BEFORE_PLACED"
+    UNPROCESSABLE = "UNPROCESSABLE"  # the worker failed on the request itself; it is on the dead-letter topic
 
 
 class OrderRejected(Exception):
@@ -132,7 +135,20 @@ def check_order(order: OrderRequested, instrument: Instrument | None, policy: Gu
         _check_limits(order, instrument, per_instrument, f"instrument {order.instrument_id}")
 
 
+def check_text(order: OrderRequested) -> None:
+    """Raise :class:`OrderRejected` (INVALID_TEXT, naming the field) for a text field the rules refuse.
+
+    Checked before anything else reads the order: such a value cannot be stored, looked up or logged.
+    """
+    problem = first_problem(("order_id", order.order_id, ORDER_ID_MAX), ("account", order.account, ACCOUNT_MAX),
+                            ("instrument_id", order.instrument_id, INSTRUMENT_ID_MAX),
+                            ("source", order.source, SOURCE_MAX))
+    if problem is not None:
+        raise OrderRejected(RejectReason.INVALID_TEXT, problem.text)
+
+
 def _check_shape(order: OrderRequested) -> None:
+    check_text(order)
     try:
         uuid.UUID(order.order_id)
     except ValueError:

@@ -39,6 +39,7 @@ from workers.domain.instrument_ids import (
     parse_instrument_id,
     spec_for_id,
 )
+from workers.domain.text import INSTRUMENT_ID_MAX, text_problem
 
 _MONTH_SUFFIX = re.compile(r"\d{6}|\d{8}")
 _OPTION_SUFFIX = re.compile(r"(?:0|[1-9]\d*)(?:\.\d*[1-9])?:[CP]")
@@ -46,6 +47,8 @@ _FUTURE_PREFIX = re.compile(r"FUT:([^:]+)(?::([^:]+))?")
 _OPTION_PREFIX = re.compile(r"OPT:([^:]+):(\d{8})")
 
 _RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
+# The longest text field of an entry (symbols, exchanges, local symbols are far shorter).
+UNIVERSE_TEXT_MAX = 128
 
 # File field name (either spelling) -> ContractSpec field.
 _SPEC_FIELDS: dict[str, str] = {
@@ -156,23 +159,34 @@ UniverseEntry = SingleEntry | FutureMonthsEntry | OptionChainEntry
 # -- reading entries -------------------------------------------------------------------------------
 
 
+def _shown(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, cut short (a message never repeats a huge value)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
 def _text(entry_id: str, name: str, value: object) -> str:
     if isinstance(value, dt.date):
         return value.strftime("%Y%m%d")
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise UniverseError(f"entry {entry_id}: {name} must be text, not {value!r}")
+        raise UniverseError(f"entry {entry_id}: {name} must be text, not {_shown(value)}")
+    problem = text_problem(name, str(value), UNIVERSE_TEXT_MAX)
+    if problem is not None:
+        raise UniverseError(f"entry {entry_id}: {problem.text}")
     return str(value).strip()
 
 
 def _decimal(entry_id: str, name: str, value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
-        raise UniverseError(f"entry {entry_id}: {name} must be a number, not {value!r}")
+        raise UniverseError(f"entry {entry_id}: {name} must be a number, not {_shown(value)}")
+    if isinstance(value, str) and len(value) > UNIVERSE_TEXT_MAX:
+        raise UniverseError(f"entry {entry_id}: {name} must be a number, not {_shown(value)}")
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
-        raise UniverseError(f"entry {entry_id}: {name} must be a number, not {value!r}") from None
+        raise UniverseError(f"entry {entry_id}: {name} must be a number, not {_shown(value)}") from None
     if not number.is_finite() or number <= 0:
-        raise UniverseError(f"entry {entry_id}: {name} must be positive, not {value!r}")
+        raise UniverseError(f"entry {entry_id}: {name} must be positive, not {_shown(value)}")
     return number
 
 
@@ -182,7 +196,7 @@ def _spec_values(entry_id: str, item: Mapping[str, Any]) -> dict[str, Any]:
         name = _SPEC_FIELDS.get(key)
         if name is None:
             if key not in _ENTRY_FIELDS:
-                raise UniverseError(f"entry {entry_id}: unknown field {key!r}")
+                raise UniverseError(f"entry {entry_id}: unknown field {_shown(key)}")
             continue
         if raw is None or raw == "":
             continue
@@ -197,7 +211,7 @@ def _spec_values(entry_id: str, item: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "right":
             right = _RIGHTS.get(_text(entry_id, key, raw).upper())
             if right is None:
-                raise UniverseError(f"entry {entry_id}: right must be C or P, not {raw!r}")
+                raise UniverseError(f"entry {entry_id}: right must be C or P, not {_shown(raw)}")
             values[name] = right
         else:
             text = _text(entry_id, key, raw)
@@ -282,7 +296,7 @@ def _option_chain(entry_id: str, given: dict[str, Any], item: Mapping[str, Any])
     for raw in raw_rights:
         right = _RIGHTS.get(str(raw).strip().upper())
         if right is None:
-            raise UniverseError(f"entry {entry_id}: right must be C or P, not {raw!r}")
+            raise UniverseError(f"entry {entry_id}: right must be C or P, not {_shown(raw)}")
         rights.add(right)
     _check_member(entry_id, option_member_id(entry_id, Decimal(1), "C"))
     return OptionChainEntry(entry_id, spec, strike_min, strike_max, tuple(sorted(rights)))
@@ -299,12 +313,15 @@ def entry_from_item(item: object, position: int | None = None) -> UniverseEntry:
     """One universe entry from a file item (a mapping); raises :class:`UniverseError`."""
     where = f"#{position + 1}" if position is not None else "?"
     if not isinstance(item, Mapping):
-        raise UniverseError(f"entry {where}: must be a mapping with an instrument_id, not {item!r}")
+        raise UniverseError(f"entry {where}: must be a mapping with an instrument_id, not {_shown(item)}")
     raw_id = item.get("instrument_id", item.get("id"))
     if "instrument_id" in item and "id" in item:
         raise UniverseError(f"entry {where}: give instrument_id or id, not both")
     if not isinstance(raw_id, str) or not raw_id.strip():
         raise UniverseError(f"entry {where}: instrument_id is missing")
+    problem = text_problem("instrument_id", raw_id, INSTRUMENT_ID_MAX)
+    if problem is not None:
+        raise UniverseError(f"entry {where}: {problem.text}")
     entry_id = raw_id.strip()
     given = _spec_values(entry_id, item)
     months = item.get("months", item.get("next_months"))

@@ -9,8 +9,9 @@ from typing import Any
 import fastavro
 
 from workers.adapters.avro.catalog import SchemaVersion
+from workers.adapters.avro.decimals import DecimalOutOfRange, read_decimals
 from workers.adapters.avro.errors import DecodeError, DecodeFailure, EncodeError
-from workers.adapters.avro.values import oversized_decimal, prepare_record
+from workers.adapters.avro.values import prepare_record
 
 
 def write_body(writer: SchemaVersion, value: Mapping[str, Any]) -> bytes:
@@ -27,9 +28,10 @@ def write_body(writer: SchemaVersion, value: Mapping[str, Any]) -> bytes:
 def read_body(body: bytes | memoryview, writer: SchemaVersion, reader: SchemaVersion) -> dict[str, Any]:
     """Decode ``body`` written with ``writer`` into a record of ``reader``; raises :class:`DecodeError`."""
     stream = io.BytesIO(body)
-    resolve_to = None if reader.fingerprint == writer.fingerprint else reader.parsed
+    # Read with decimals as raw bytes (see workers.adapters.avro.decimals), converted below.
+    resolve_to = None if reader.fingerprint == writer.fingerprint else reader.parsed_raw
     try:
-        record = fastavro.schemaless_reader(stream, writer.parsed, resolve_to)
+        record = fastavro.schemaless_reader(stream, writer.parsed_raw, resolve_to)
     except Exception as error:
         # A varint cut short shows as IndexError, not EOFError: the reader having reached the end of
         # the input is what tells truncation apart from a malformed body.
@@ -48,9 +50,7 @@ def read_body(body: bytes | memoryview, writer: SchemaVersion, reader: SchemaVer
         raise DecodeError(DecodeFailure.TRAILING_BYTES, f"{writer.fullname}: {left} bytes after the record")
     if not isinstance(record, dict):
         raise DecodeError(DecodeFailure.MALFORMED_BODY, f"{writer.fullname}: body is not a record")
-    where = oversized_decimal(reader.schema, reader.names, record)
-    if where is not None:
-        raise DecodeError(
-            DecodeFailure.MALFORMED_BODY, f"{reader.fullname}{where}: decimal beyond its precision"
-        )
-    return record
+    try:
+        return dict(read_decimals(reader.schema, reader.names, record))
+    except DecimalOutOfRange as error:
+        raise DecodeError(DecodeFailure.MALFORMED_BODY, f"{reader.fullname}{error}") from None

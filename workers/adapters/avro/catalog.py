@@ -13,6 +13,7 @@ import fastavro
 
 import workers
 from workers.adapters.avro.canonical import named_types, parsing_canonical_form, self_contained
+from workers.adapters.avro.decimals import without_decimals
 from workers.adapters.avro.errors import SchemaError, UnknownRecordError
 from workers.adapters.avro.fingerprint import schema_fingerprint
 
@@ -49,6 +50,8 @@ class SchemaVersion:
     fingerprint: bytes = field(repr=False)
     parsed: dict[str, Any] = field(repr=False, compare=False)
     """The schema as fastavro's ``parse_schema`` returns it."""
+    parsed_raw: dict[str, Any] = field(repr=False, compare=False)
+    """``parsed`` with decimals as plain bytes: what records are read with (see :mod:`.decimals`)."""
     names: dict[str, dict[str, Any]] = field(repr=False, compare=False)
     """Named types defined in ``schema``, by fullname."""
 
@@ -71,9 +74,10 @@ class SchemaVersion:
         canonical = parsing_canonical_form(schema)
         try:
             parsed = fastavro.parse_schema(schema)
+            parsed_raw = fastavro.parse_schema(without_decimals(schema))
         except Exception as error:  # fastavro raises several unrelated types for a bad schema
             raise SchemaError(f"{schema['name']}: {error}") from error
-        if not isinstance(parsed, dict):
+        if not isinstance(parsed, dict) or not isinstance(parsed_raw, dict):
             raise SchemaError(f"{schema['name']}: fastavro did not parse it as a record")
         return cls(
             fullname=schema["name"],
@@ -82,6 +86,7 @@ class SchemaVersion:
             canonical_form=canonical,
             fingerprint=schema_fingerprint(canonical),
             parsed=parsed,
+            parsed_raw=parsed_raw,
             names=named_types(schema),
         )
 

@@ -23,9 +23,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import UnknownTopicOrPartitionError, for_code
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 
 from workers.adapters.avro import AvroCodec, DecodeError
+from workers.adapters.kafka.failures import describe
 from workers.adapters.kafka.records import FILL_EXECUTED, fill_record
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.outbox import Outbox
@@ -33,6 +40,9 @@ from workers.adapters.postgres.rows import FillRow
 from workers.logs import get_logger
 
 log = get_logger(__name__)
+
+# Kafka refusing a record for what it is (not for the state of the broker): sending it again fails again.
+_REFUSED_RECORD = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 class _Relay:
@@ -96,15 +106,35 @@ class OutboxRelay(_Relay):
         self.outbox = outbox
         self.producer = producer
         self.batch = batch
+        self.set_aside = 0
 
     async def publish_pending(self) -> bool:
         rows = await self.outbox.unpublished(self.batch)
         if not rows:
             return False
-        sends = [await self.producer.send(row.topic, value=row.payload, key=row.key.encode()) for row in rows]
-        await asyncio.gather(*sends)
-        await self.outbox.mark_many_published([row.id for row in rows])
-        self.published += len(rows)
+        refused: dict[int, str] = {}
+        sends: list[Awaitable[Any]] = []
+        sent: list[int] = []
+        for row in rows:
+            try:
+                sends.append(await self.producer.send(row.topic, value=row.payload, key=row.key.encode()))
+                sent.append(row.id)
+            except _REFUSED_RECORD as exc:  # checked by the client before sending
+                refused[row.id] = describe(exc)
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        for row_id, outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, _REFUSED_RECORD):
+                refused[row_id] = describe(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome  # the broker or the connection: the pass is retried, in order
+        if refused:
+            # Set aside so the records behind them go out; retrying them would fail every pass.
+            await self.outbox.set_aside(refused)
+            self.set_aside += len(refused)
+            log.error("outbox records refused by Kafka; set aside", ids=sorted(refused),
+                      error=next(iter(refused.values())))
+        await self.outbox.mark_many_published([row.id for row in rows if row.id not in refused])
+        self.published += len(rows) - len(refused)
         return len(rows) == self.batch
 
 

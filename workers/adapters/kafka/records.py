@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from workers.adapters.kafka.failures import bounded, printable
 from workers.adapters.postgres.rows import FillRow
 from workers.domain.orders import (
     Order,
@@ -15,6 +16,16 @@ from workers.domain.orders import (
     OrderType,
     Side,
     TimeInForce,
+)
+from workers.domain.text import (
+    ACCOUNT_MAX,
+    CANCEL_REASON_MAX,
+    INSTRUMENT_ID_MAX,
+    ORDER_ID_MAX,
+    SOURCE_MAX,
+    TextProblem,
+    escaped,
+    first_problem,
 )
 
 ORDER_REQUESTED = "prometheus.execution.OrderRequested"
@@ -26,6 +37,9 @@ INSTRUMENT_UPDATED = "prometheus.execution.InstrumentUpdated"
 WORKER_HEALTH = "prometheus.execution.WorkerHealth"
 
 _SCALE = Decimal("1e-8")
+# A status's reason is a sentence for people (with an IBKR code): bounded, so no record grows with the
+# text it quotes.
+STATUS_REASON_MAX = 1000
 
 
 def d8(value: Decimal) -> Decimal:
@@ -37,7 +51,25 @@ def d8_or_none(value: Decimal | None) -> Decimal | None:
     return None if value is None else d8(value)
 
 
+class InvalidText(ValueError):
+    """A record whose text cannot be taken at all (its key field, or any field of a cancel): dead-lettered."""
+
+    def __init__(self, problem: TextProblem) -> None:
+        super().__init__(problem.text)
+        self.problem = problem
+
+
+def _refuse(problem: TextProblem | None) -> None:
+    if problem is not None:
+        raise InvalidText(problem)
+
+
 def order_requested_from_record(record: dict[str, Any]) -> OrderRequested:
+    """The order of ``record``; raises :class:`InvalidText` when its ``order_id`` cannot be a key.
+
+    Its other text fields are checked by the guards (the order is REJECTED, naming the field).
+    """
+    _refuse(first_problem(("order_id", record["order_id"], ORDER_ID_MAX)))
     return OrderRequested(
         order_id=record["order_id"],
         account=record["account"],
@@ -72,6 +104,10 @@ def order_requested_record(order: OrderRequested) -> dict[str, Any]:
 
 
 def cancel_from_record(record: dict[str, Any]) -> OrderCancelRequested:
+    """The cancel of ``record``; raises :class:`InvalidText` naming a text field the rules refuse."""
+    _refuse(first_problem(("order_id", record["order_id"], ORDER_ID_MAX), ("account", record["account"], ACCOUNT_MAX),
+                          ("reason", record.get("reason"), CANCEL_REASON_MAX),
+                          ("source", record.get("source"), SOURCE_MAX)))
     return OrderCancelRequested(
         order_id=record["order_id"],
         account=record["account"],
@@ -101,7 +137,7 @@ def status_record(row: Order, event_time: datetime, previous: OrderState | None 
         "filled_quantity": d8(row.filled_quantity),
         "remaining_quantity": d8(row.remaining_quantity),
         "avg_fill_price": d8_or_none(row.avg_fill_price),
-        "reason": row.reason,
+        "reason": None if row.reason is None else bounded(row.reason, STATUS_REASON_MAX),
         "event_time": event_time,
         "ib_error_code": row.ib_error_code,
         "previous_status": previous.published_status.value if previous is not None else None,
@@ -114,20 +150,32 @@ def status_record(row: Order, event_time: datetime, previous: OrderState | None 
     }
 
 
+def instrument_id_from_record(record: dict[str, Any]) -> str:
+    """The ``instrument_id`` of an ``InstrumentUpdated`` record; raises :class:`InvalidText`."""
+    _refuse(first_problem(("instrument_id", record["instrument_id"], INSTRUMENT_ID_MAX)))
+    return str(record["instrument_id"])
+
+
+def _echo(value: str, limit: int) -> str:
+    # A rejected request's own text, repeated in its status: refused characters escaped, length bounded, so
+    # the status can be stored and read by anyone downstream; text the rules allow is repeated as it is.
+    return escaped(value, limit)
+
+
 def rejection_record(order: OrderRequested, reason: str, event_time: datetime) -> dict[str, Any]:
-    """A REJECTED status for an order too malformed to be kept in the ledger."""
+    """A REJECTED status for an order too malformed to be kept in the ledger (its text fields made safe)."""
     quantity = order.quantity if order.quantity.is_finite() and order.quantity >= 0 else Decimal(0)
     return {
-        "order_id": order.order_id,
-        "account": order.account,
-        "instrument_id": order.instrument_id,
+        "order_id": order.order_id,  # checked where it was decoded: the status's key is the request's
+        "account": _echo(order.account, ACCOUNT_MAX),
+        "instrument_id": _echo(order.instrument_id, INSTRUMENT_ID_MAX),
         "status": OrderState.REJECTED.value,
         "ib_order_id": None,
         "ib_perm_id": None,
         "filled_quantity": Decimal(0),
         "remaining_quantity": quantity,
         "avg_fill_price": None,
-        "reason": reason,
+        "reason": bounded(printable(reason), STATUS_REASON_MAX),
         "event_time": event_time,
         "ib_error_code": None,
         "previous_status": None,

@@ -23,13 +23,27 @@ DAY_MS = 24 * 60 * 60 * 1000
 # How long the broker may take to create the topics, and then to serve them.
 TIMEOUT_MS = 30_000
 
+# The largest record batch a topic takes. The input topics' records are small (the order-consumer refuses
+# one over 16 KiB); the limit keeps a producer from putting a huge one in front of the orders. The
+# dead-letter topic takes any input record with its headers.
+INPUT_MAX_MESSAGE_BYTES = str(256 * 1024)
+OUTPUT_MAX_MESSAGE_BYTES = str(1024 * 1024)
+DEAD_LETTER_MAX_MESSAGE_BYTES = str(2 * 1024 * 1024)
+
+INPUT: Mapping[str, str] = MappingProxyType({"max.message.bytes": INPUT_MAX_MESSAGE_BYTES})
+OUTPUT: Mapping[str, str] = MappingProxyType({"max.message.bytes": OUTPUT_MAX_MESSAGE_BYTES})
 # Latest value per key is what consumers need: the current position, the current instrument.
-COMPACTED: Mapping[str, str] = MappingProxyType({"cleanup.policy": "compact"})
+COMPACTED: Mapping[str, str] = MappingProxyType({"cleanup.policy": "compact",
+                                                 "max.message.bytes": OUTPUT_MAX_MESSAGE_BYTES})
+COMPACTED_INPUT: Mapping[str, str] = MappingProxyType({"cleanup.policy": "compact",
+                                                       "max.message.bytes": INPUT_MAX_MESSAGE_BYTES})
 # Health beats are only interesting while they are recent.
-HEALTH: Mapping[str, str] = MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)})
+HEALTH: Mapping[str, str] = MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS),
+                                              "max.message.bytes": OUTPUT_MAX_MESSAGE_BYTES})
 # Dead letters wait for a person: keep them long.
 DEAD_LETTERS: Mapping[str, str] = MappingProxyType(
-    {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)}
+    {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS),
+     "max.message.bytes": DEAD_LETTER_MAX_MESSAGE_BYTES}
 )
 
 
@@ -48,12 +62,12 @@ class TopicSpec:
 def topic_specs(topics: TopicNames) -> list[TopicSpec]:
     """Every topic of the contract, with compaction and retention where the contract asks for them."""
     return [
-        TopicSpec(topics.orders_requested),
-        TopicSpec(topics.orders_cancel_requested),
-        TopicSpec(topics.orders_status),
-        TopicSpec(topics.fills_executed),
+        TopicSpec(topics.orders_requested, INPUT),
+        TopicSpec(topics.orders_cancel_requested, INPUT),
+        TopicSpec(topics.orders_status, OUTPUT),
+        TopicSpec(topics.fills_executed, OUTPUT),
         TopicSpec(topics.positions_updated, COMPACTED),
-        TopicSpec(topics.instruments_updated, COMPACTED),
+        TopicSpec(topics.instruments_updated, COMPACTED_INPUT),
         TopicSpec(topics.workers_health, HEALTH),
         TopicSpec(topics.orders_requested_dlq, DEAD_LETTERS),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 
 class MigrationError(Exception):
     """The schema cannot be migrated (an applied migration was edited, a file is misnamed, ...)."""
@@ -22,3 +24,13 @@ class ConIdConflict(Exception):
         super().__init__(f"instrument {instrument_id}: con_id {con_id} already belongs to another instrument")
         self.instrument_id = instrument_id
         self.con_id = con_id
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """PostgreSQL (or the pool) away, a statement timed out: says nothing about the data sent."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A value PostgreSQL refuses (a NUL in a text, a constraint broken): the same value fails again."""
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)

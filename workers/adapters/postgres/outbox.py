@@ -43,6 +43,11 @@ _UNPUBLISHED_OF_WRITER = sql.SQL(
 ).format(_COLUMNS)
 _MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = %s AND published_at IS NULL"
 _MARK_MANY_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s) AND published_at IS NULL"
+_SET_ASIDE = (
+    "UPDATE outbox SET published_at = now(), publish_error = e.error "
+    "FROM unnest(%s::bigint[], %s::text[]) AS e(id, error) WHERE outbox.id = e.id AND outbox.published_at IS NULL"
+)
+_SET_ASIDE_ERRORS = "SELECT id, publish_error FROM outbox WHERE publish_error IS NOT NULL ORDER BY id"
 
 
 async def add_to_outbox(conn: AsyncConnection[TupleRow], message: OutboxMessage) -> int:
@@ -104,6 +109,18 @@ class Outbox:
         """Record that Kafka acknowledged all of ``message_ids``; return how many were newly marked."""
         async with self._pool.connection() as conn:
             return await execute_count(conn, _MARK_MANY_PUBLISHED, (message_ids,))
+
+    async def set_aside(self, errors: dict[int, str]) -> int:
+        """Give up on records Kafka refused for themselves (``errors``: id -> why); they are not retried."""
+        if not errors:
+            return 0
+        async with self._pool.connection() as conn:
+            return await execute_count(conn, _SET_ASIDE, (list(errors), list(errors.values())))
+
+    async def set_aside_errors(self) -> dict[int, str]:
+        """Every record set aside, with why (for operators and tests)."""
+        async with self._pool.connection() as conn:
+            return {r["id"]: r["publish_error"] for r in await fetch_all(conn, _SET_ASIDE_ERRORS, ())}
 
 
 def _outbox_row(record: Record) -> OutboxRow:

@@ -23,6 +23,9 @@ from workers.service_layer.orders.watchdog import PlacementWatchdog
 log = get_logger(__name__)
 
 
+# Rejections too malformed for the ledger's constraints (or for PostgreSQL's text): announced, not kept.
+
+
 @dataclass(frozen=True)
 class OrderSource:
     """Where an order request was read from (kept in the ledger for operators)."""
@@ -34,7 +37,7 @@ class OrderSource:
 
 
 # Rejections of orders too malformed for the ledger's constraints: announced, not recorded.
-_UNRECORDABLE = frozenset({RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY})
+_UNRECORDABLE = frozenset({RejectReason.INVALID_ORDER_ID, RejectReason.INVALID_QUANTITY, RejectReason.INVALID_TEXT})
 
 
 ORDER_ID_CONFLICT = "ORDER_ID_CONFLICT"
@@ -153,6 +156,21 @@ class OrderIntake:
                   fields=list(differing), source_topic=source.topic, partition=source.partition,
                   offset=source.offset)
         return OrderIdConflict(request.order_id, source, differing)
+
+    async def reject_unprocessable(self, order: OrderRequested, error: str) -> None:
+        """Announce REJECTED for a request the worker failed on (its record was dead-lettered).
+
+        Unless the ledger knows its ``order_id``: that order has a life of its own, which a second request
+        carrying its id must not overwrite.
+        """
+        if (await self.ledger.get_many([order.order_id])).get(order.order_id) is not None:
+            log.warning("unprocessable request for a known order; its status stays", order_id=order.order_id)
+            return
+        rejection = OrderRejected(RejectReason.UNPROCESSABLE, f"the request could not be processed ({error}); "
+                                                              "it is on the dead-letter topic")
+        self._count_rejection(order, rejection)
+        await self.outbox.add_many([self.events.rejection(order, rejection.text)])
+        self.on_published()
 
     async def _check(self, items: Sequence[tuple[OrderRequested, OrderSource]]) -> _Checked:
         """The guards and risk rules for each new order: what to record, re-publish, announce only."""

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from workers.domain.guards import GuardPolicy, OrderRejected, check_order
+from workers.domain.guards import GuardPolicy, OrderRejected, check_order, check_text
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, Side
 from workers.domain.risk import OrderRate, check_risk
@@ -50,6 +50,11 @@ class PreTradeRules:
         rejected: dict[str, OrderRejected] = {}
         passed: list[tuple[OrderRequested, Instrument]] = []
         for order in orders:
+            try:
+                check_text(order)  # before the instrument lookup: the mapper cannot take such a value
+            except OrderRejected as rejection:
+                rejected[order.order_id] = rejection
+                continue
             instrument = await self.instruments.get(order.instrument_id)
             try:
                 check_order(order, instrument, policy)

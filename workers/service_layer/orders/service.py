@@ -117,6 +117,10 @@ class OrderService:
         with self.orders_first.order_batch():
             return await self.intake.on_orders_requested(items)
 
+    async def reject_unprocessable(self, order: OrderRequested, error: str) -> None:
+        """Announce REJECTED for an order request the worker failed on (see :class:`~.intake.OrderIntake`)."""
+        await self.intake.reject_unprocessable(order, error)
+
     async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
         with self.orders_first.order_batch():
