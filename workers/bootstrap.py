@@ -53,6 +53,7 @@ from workers.adapters.kafka.records import (
     order_requested_from_record,
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
+from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
@@ -290,8 +291,8 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
         pool = await open_pool(settings.database_dsn, max_size=max(settings.database_pool_size,
                                                                    concurrency + 2),
                                name="ibkr-workers-instrument-sync")
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise StartupFailed(f"cannot reach PostgreSQL: {exc}") from None
+    except (PoolTimeout, psycopg.Error) as exc:
+        raise StartupFailed(describe_database_error(exc)) from None
     kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
                                     **kafka_client_kwargs(settings)}
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=5, **kafka_kwargs)

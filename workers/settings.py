@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.logs import register_secrets
+
 TradingMode = Literal["paper", "live"]
 IbkrApi = Literal["gateway", "tws"]
 MarketDataType = Literal["live", "frozen", "delayed", "delayed-frozen"]
@@ -265,11 +267,20 @@ class Settings(BaseSettings):
     def database_dsn(self) -> str:
         return self.database_url.get_secret_value()
 
+    def secret_values(self) -> tuple[str, ...]:
+        """The values of every secret setting that is set (the passwords inside them are the log's job)."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return tuple(value.get_secret_value() for value in values
+                     if isinstance(value, SecretStr) and value.get_secret_value())
+
 
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment; raise :class:`SettingsError` with a one-line message."""
+    """Build the settings from the environment; raise :class:`SettingsError` with a one-line message.
+
+    The secret values are registered with the log's mask (:func:`workers.logs.register_secrets`).
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         location = "_".join(str(part) for part in first["loc"]).upper()
@@ -277,3 +288,6 @@ def load_settings(**overrides: object) -> Settings:
         if location:
             raise SettingsError(f"invalid configuration: {location}: {message}") from None
         raise SettingsError(f"invalid configuration: {message}") from None
+    # From here on, no log line or masked output shows a secret value, whatever quotes it.
+    register_secrets(settings.secret_values())
+    return settings

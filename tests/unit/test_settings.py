@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from workers.logs import forget_secrets, mask_secrets
 from workers.settings import DEFAULT_IBKR_PORTS, Settings, SettingsError, load_settings
 
 CONTRACT_VARIABLES = [
@@ -76,6 +77,21 @@ def test_secrets_absent_from_repr_and_str(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.kafka_sasl_password is not None
     assert settings.kafka_sasl_password.get_secret_value() == "s3cr3t-kafka"
     assert settings.database_dsn.endswith("@db:5432/x")
+
+
+def test_loaded_settings_mask_every_secret_value_and_the_database_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "kafka-pw-" + "7f3a")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:db%pw-" + "91c2@db:5432/x")
+    try:
+        settings = load_settings()
+        assert set(settings.secret_values()) == {"kafka-pw-7f3a", "postgresql://app:db%pw-91c2@db:5432/x"}
+        line = 'SASL failed for kafka-pw-7f3a; invalid percent-encoded token: "db%pw-91c2"'
+        assert mask_secrets(line) == 'SASL failed for **********; invalid percent-encoded token: "**********"'
+    finally:
+        forget_secrets()
 
 
 def test_accounts_allowlist_is_split_and_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,7 @@ from ibkr_sim.server import SimGateway
 from ibkr_sim.universe import Universe
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.topics import ensure_topics
+from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
@@ -137,8 +138,8 @@ class DemoStack:
             say(f"using the IBKR gateway at {settings.ibkr_host}:{self.port} (paper)")
         try:
             applied = await migrate(settings.database_dsn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DemoFailed(f"cannot reach PostgreSQL: {str(exc).splitlines()[0]}") from None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DemoFailed(describe_database_error(exc)) from None
         say(f"database migrated ({len(applied)} migrations applied now)")
         try:
             security: dict[str, Any] = kafka_client_kwargs(settings)
@@ -326,6 +327,9 @@ async def run(args: argparse.Namespace) -> int:
                 return 130
         except (DemoFailed, KafkaError, OSError) as exc:
             print(f"ibkr-workers demo: {exc}", file=sys.stderr)
+            return 3
+        except (psycopg.Error, PoolTimeout) as exc:
+            print(f"ibkr-workers demo: {describe_database_error(exc)}", file=sys.stderr)
             return 3
         assert stack.client is not None
         samples = sample_orders(args.orders, stack.instruments, stack.price, stack.accounts[0],

@@ -6,8 +6,13 @@ import argparse
 import asyncio
 import gc
 import signal
+import sys
+
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from workers.adapters.avro import RegistryError
+from workers.adapters.postgres.failure import describe_database_error
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import SettingsError, load_settings
@@ -27,6 +32,9 @@ async def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"refusing to trade: {exc}") from None
     except RegistryError as exc:
         raise SettingsError(f"schema registry unreachable: {exc}") from None
+    except (psycopg.Error, PoolTimeout) as exc:
+        print(f"ibkr-workers order-consumer: {describe_database_error(exc)}", file=sys.stderr)
+        return 3
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()
