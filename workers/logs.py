@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any, TextIO, cast
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import structlog
 
@@ -70,8 +70,8 @@ def _embedded_passwords(secret: str) -> set[str]:
 
 
 def _spellings(value: str) -> set[str]:
-    """``value`` as written and URL-decoded, each as JSON and ``repr`` escape it, once and twice over."""
-    found = {value, unquote(value)}
+    """``value`` as written, URL-decoded and -encoded, each as JSON and ``repr`` escape it, once and twice."""
+    found = {value, unquote(value), quote(value, safe="")}
     for _ in range(2):  # a repr inside a JSON log line is escaped twice
         found |= {jsonlib.dumps(v)[1:-1] for v in found} | {repr(v)[1:-1] for v in found}
     return found

@@ -6,9 +6,11 @@ result (or parts of it) to whatever they build.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +87,9 @@ class Settings(BaseSettings):
     # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://localhost:5432/ibkr_workers")
     """PostgreSQL, as a libpq URL; secret, since it may hold the password."""
+    database_password: SecretStr | None = None
+    """The password of `DATABASE_URL`'s user, given apart from the URL (as it is, never percent-encoded);
+    the URL then holds none."""
     database_pool_size: int = Field(default=5, ge=1, le=100)
     """PostgreSQL connections per process."""
 
@@ -229,6 +234,12 @@ class Settings(BaseSettings):
         return ",".join(part.strip() for part in value.split(",") if part.strip())
 
     @model_validator(mode="after")
+    def _one_database_password(self) -> Settings:
+        if self.database_password is not None and _has_password(self.database_url.get_secret_value()):
+            raise ValueError("DATABASE_PASSWORD is set and DATABASE_URL holds a password too: keep one")
+        return self
+
+    @model_validator(mode="after")
     def _live_needs_confirmation(self) -> Settings:
         if self.ibkr_trading_mode == "live" and (self.ibkr_live_confirm or "").lower() != "yes":
             raise ValueError(
@@ -265,13 +276,34 @@ class Settings(BaseSettings):
 
     @property
     def database_dsn(self) -> str:
-        return self.database_url.get_secret_value()
+        """The libpq connection string: ``DATABASE_URL``, with ``DATABASE_PASSWORD`` added when set."""
+        url = self.database_url.get_secret_value()
+        if self.database_password is None:
+            return url
+        return with_password(url, self.database_password.get_secret_value())
 
     def secret_values(self) -> tuple[str, ...]:
         """The values of every secret setting that is set (the passwords inside them are the log's job)."""
         values = (getattr(self, name) for name in type(self).model_fields)
         return tuple(value.get_secret_value() for value in values
                      if isinstance(value, SecretStr) and value.get_secret_value())
+
+
+def _has_password(dsn: str) -> bool:
+    """Whether ``dsn`` names a password: in a URL's user info or query, or as a keyword."""
+    if "://" in dsn:
+        userinfo = dsn.split("://", 1)[1].partition("@")
+        return (bool(userinfo[1]) and ":" in userinfo[0]) or "password=" in dsn.partition("?")[2]
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` (a libpq URL or keyword/value string) with ``password`` added as libpq reads it."""
+    if "://" in dsn:
+        # A URL's query takes any connection keyword; percent-encoded, every character survives.
+        return f"{dsn}{'&' if '?' in dsn else '?'}password={quote(password, safe='')}"
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{dsn} password='{escaped}'"
 
 
 def load_settings(**overrides: object) -> Settings:

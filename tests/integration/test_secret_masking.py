@@ -84,8 +84,9 @@ def role(postgres_server_url: str, database_url: str) -> Iterator[Role]:
         ])
 
 
-def run_command(*args: str, database_url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "HEALTH_PORT": "0", "LOG_LEVEL": "INFO"}
+def run_command(*args: str, database_url: str, timeout: float = 60,
+                **more_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "HEALTH_PORT": "0", "LOG_LEVEL": "INFO", **more_env}
     return subprocess.run([sys.executable, "-m", "workers", *args], check=False, cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -93,6 +94,13 @@ def run_command(*args: str, database_url: str, timeout: float = 60) -> subproces
 def test_the_role_logs_in_with_its_password_percent_encoded(role: Role) -> None:
     done = run_command("migrate", database_url=role.url(quote(role.password, safe="")))
     assert done.returncode == 0, done.stderr
+
+
+def test_the_password_given_apart_logs_in_as_it_is(role: Role) -> None:
+    url = role.url("").replace(":@", "@")  # no password in the URL
+    done = run_command("migrate", database_url=url, DATABASE_PASSWORD=role.password)
+    assert done.returncode == 0, done.stderr
+    assert role.password not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["demo", "--headless", "--orders", "1"], ["order-consumer"],

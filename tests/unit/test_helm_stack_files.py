@@ -62,6 +62,13 @@ def test_no_password_is_written_in_a_compose_file() -> None:
     assert password.startswith("${POSTGRES_PASSWORD:?")
 
 
+def test_the_workers_get_the_database_password_apart_from_the_url() -> None:
+    stack = load("docker-compose.kafka.yml")
+    environment = stack["x-worker-environment"]
+    assert environment["DATABASE_PASSWORD"] == stack["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert "@" in environment["DATABASE_URL"] and ":" not in environment["DATABASE_URL"].split("//")[1].split("@")[0]
+
+
 def test_worker_services_run_known_commands_as_the_same_image(stack: dict[str, Any]) -> None:
     images = {stack[name]["image"] for name in WORKER_SERVICES}
     assert len(images) == 1

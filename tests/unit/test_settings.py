@@ -146,3 +146,29 @@ def test_per_instrument_risk_limits_are_read_from_json_and_refuse_unknown_keys(
     monkeypatch.setenv("RISK_LIMITS_BY_INSTRUMENT", '{"X": {"max_postion": 1}}')  # a mistyped key
     with pytest.raises(SettingsError, match="RISK_LIMITS_BY_INSTRUMENT"):
         load_settings(database_url="postgresql://u@h/d")
+
+
+def test_database_password_apart_from_the_url_reaches_libpq_unencoded_and_masked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    password = "p%zz@/:'\\" + "x1"  # every character a URL or a keyword string would trip over
+    monkeypatch.setenv("DATABASE_PASSWORD", password)
+    for url in ("postgresql://app@db:5432/x?sslmode=require", "host=db dbname=x user=app"):
+        monkeypatch.setenv("DATABASE_URL", url)
+        try:
+            settings = load_settings()
+            assert conninfo_to_dict(settings.database_dsn)["password"] == password
+            assert password not in repr(settings)
+            assert password not in mask_secrets(settings.database_dsn)
+        finally:
+            forget_secrets()
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:other@db/x", "postgresql://app@db/x?password=other",
+                                 "host=db password=other"])
+def test_a_database_password_in_both_places_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_PASSWORD", "given-" + "apart")
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError, match="DATABASE_PASSWORD is set and DATABASE_URL holds a password"):
+        load_settings()
