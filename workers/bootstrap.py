@@ -189,7 +189,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     """Build the order-consumer with real adapters from ``settings``."""
     check_port(settings.ibkr_trading_mode, settings.ibkr_effective_port)
     topics = settings.topics
-    codec = codec or await codec_for(settings.schema_registry_url, {
+    codec = codec or await codec_for(settings.schema_registry, {
         ORDER_STATUS_CHANGED: topics.orders_status, FILL_EXECUTED: topics.fills_executed,
         POSITION_UPDATED: topics.positions_updated, WORKER_HEALTH: topics.workers_health,
     })
@@ -279,7 +279,7 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
                                 instance_id: str | None = None) -> InstrumentSyncApp:
     """Build the instrument-sync with real adapters from ``settings``; raises :class:`StartupFailed`."""
     try:
-        codec = codec or await codec_for(settings.schema_registry_url, {
+        codec = codec or await codec_for(settings.schema_registry, {
             INSTRUMENT_UPDATED: settings.topics.instruments_updated, WORKER_HEALTH: settings.topics.workers_health,
         })
     except RegistryError as exc:

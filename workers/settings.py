@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     """The order-consumer's consumer group; all its replicas share it."""
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     """How long the group waits for a silent member before rebalancing (the broker's minimum is 6000)."""
-    schema_registry_url: str | None = None
-    """When set: values use the Confluent framing, with schemas registered in this schema registry."""
+    schema_registry_url: SecretStr | None = None
+    """When set: values use the Confluent framing, with schemas registered in this schema registry; secret,
+    since it may hold a user and password (`https://user:password@host`, sent as HTTP basic auth)."""
 
     # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://localhost:5432/ibkr_workers")
@@ -273,6 +274,17 @@ class Settings(BaseSettings):
             workers_health=self.topic_workers_health,
             orders_requested_dlq=self.topic_orders_requested_dlq,
         )
+
+    @property
+    def schema_registry(self) -> str | None:
+        """``SCHEMA_REGISTRY_URL`` itself (credentials included), or None."""
+        return self.schema_registry_url.get_secret_value() if self.schema_registry_url else None
+
+    @property
+    def schema_registry_shown(self) -> str:
+        """``SCHEMA_REGISTRY_URL`` without its user and password, fit for a message."""
+        url = self.schema_registry or ""
+        return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#]*@", r"\1", url)
 
     @property
     def database_dsn(self) -> str:

@@ -172,3 +172,15 @@ def test_a_database_password_in_both_places_is_refused(monkeypatch: pytest.Monke
     monkeypatch.setenv("DATABASE_URL", url)
     with pytest.raises(SettingsError, match="DATABASE_PASSWORD is set and DATABASE_URL holds a password"):
         load_settings()
+
+
+def test_schema_registry_credentials_stay_out_of_repr_messages_and_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "https://svc-user:" + "reg-pw-5d1e" + "@registry.example:8081/")
+    try:
+        settings = load_settings()
+        assert "reg-pw-5d1e" not in repr(settings) and "reg-pw-5d1e" not in str(settings.model_dump())
+        assert settings.schema_registry == "https://svc-user:reg-pw-5d1e@registry.example:8081/"
+        assert settings.schema_registry_shown == "https://registry.example:8081/"
+        assert mask_secrets("401 for svc-user:reg-pw-5d1e") == "401 for svc-user:**********"
+    finally:
+        forget_secrets()

@@ -93,7 +93,6 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
   "INSTRUMENT_SYNC_INTERVAL" (toString $v.instrumentSync.interval)
 -}}
 {{- with $v.kafka.saslMechanism }}{{ $_ := set $s "KAFKA_SASL_MECHANISM" . }}{{ end -}}
-{{- with $v.kafka.schemaRegistryUrl }}{{ $_ := set $s "SCHEMA_REGISTRY_URL" . }}{{ end -}}
 {{- with $v.database.host }}
 {{- $url := printf "postgresql://%s@%s:%d/%s?sslmode=%s" ($v.database.user | urlquery) . (int64 $v.database.port) ($v.database.name | urlquery) $v.database.sslmode -}}
 {{- $_ := set $s "DATABASE_URL" $url -}}
@@ -143,6 +142,12 @@ DATABASE_URL from database.*, else the whole DATABASE_URL.
     secretKeyRef:
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.kafkaSaslPasswordKey }}
+      optional: true
+- name: SCHEMA_REGISTRY_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.schemaRegistryUrlKey }}
       optional: true
 {{- end -}}
 
