@@ -153,7 +153,6 @@ def test_dockerfile_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
 def test_dockerfile_entrypoint_healthcheck_and_schemas(dockerfile: str) -> None:
     assert 'ENTRYPOINT ["ibkr-workers"]' in dockerfile
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*/healthz.*HEALTH_PORT", dockerfile, re.MULTILINE)
-    assert "-c constraints.txt" in dockerfile
     # The codec looks for schemas/ next to the installed package; the build proves it finds them.
     assert 'cp -r /tmp/schemas "$site/schemas"' in dockerfile
     assert "SchemaCatalog()" in dockerfile
