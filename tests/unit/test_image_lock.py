@@ -1,4 +1,4 @@
-"""The image installs only what requirements/*.lock pins, each file checked against its hash.
+"""The image and ``make install`` install only what requirements/*.lock pins, each file checked by hash.
 
 scripts/lock writes the locks (it needs PyPI); these tests read the files, so a pin changed in one place
 and not the other fails here rather than in an image build.
@@ -47,18 +47,33 @@ def project_table(key: str) -> list[Requirement]:
     return requirements
 
 
-@pytest.mark.parametrize("name", ["image", "build"])
+@pytest.mark.parametrize("name", ["image", "build", "dev"])
 def test_every_locked_package_is_pinned_with_hashes(name: str) -> None:
     entries = locked(name)
     assert entries
     assert [package for package, (_, hashes) in entries.items() if not hashes] == []
 
 
-def test_the_image_lock_pins_the_versions_constraints_pin() -> None:
+@pytest.mark.parametrize("name", ["image", "dev"])
+def test_the_locks_pin_the_versions_constraints_pin(name: str) -> None:
     pins = pinned()
-    differ = {name: (version, pins.get(name)) for name, (version, _) in locked("image").items()
-              if pins.get(name) != version}
+    differ = {package: (version, pins.get(package)) for package, (version, _) in locked(name).items()
+              if pins.get(package) != version}
     assert differ == {}
+
+
+def test_the_dev_lock_holds_every_pinned_package() -> None:
+    assert set(locked("dev")) == set(pinned())
+
+
+def test_make_install_takes_every_dependency_from_the_hashed_locks() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    installs = re.findall(r"pip install (.*)", makefile)
+    assert "--quiet --require-hashes -r requirements/dev.lock" in installs
+    assert "--quiet --require-hashes -r requirements/build.lock" in installs
+    # The rest: pip itself, and the project without dependencies or an unchecked build backend.
+    others = [line for line in installs if "--require-hashes" not in line]
+    assert others == ["--quiet --upgrade pip", "--quiet --no-deps --no-build-isolation -e . -e ./ibkr_sim"]
 
 
 def test_the_image_lock_holds_every_runtime_dependency_at_an_accepted_version() -> None:
