@@ -110,6 +110,10 @@ class _MaskedStream:
         self._stream.write(_secret_mask(text))
         return len(text)
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 

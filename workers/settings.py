@@ -304,8 +304,10 @@ class Settings(BaseSettings):
 def _has_password(dsn: str) -> bool:
     """Whether ``dsn`` names a password: in a URL's user info or query, or as a keyword."""
     if "://" in dsn:
-        userinfo = dsn.split("://", 1)[1].partition("@")
-        return (bool(userinfo[1]) and ":" in userinfo[0]) or "password=" in dsn.partition("?")[2]
+        rest = dsn.split("://", 1)[1]
+        authority = re.match(r"[^/?#]*", rest)
+        userinfo, at, _ = (authority.group(0) if authority else "").rpartition("@")
+        return (bool(at) and ":" in userinfo) or "password=" in dsn.partition("?")[2]
     return re.search(r"(^|\s)password\s*=", dsn) is not None
 
 

@@ -165,6 +165,15 @@ def test_database_password_apart_from_the_url_reaches_libpq_unencoded_and_masked
             forget_secrets()
 
 
+def test_an_at_sign_after_the_host_is_no_password_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_PASSWORD", "given-" + "apart")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db:5432/x?application_name=orders@desk:1")
+    try:
+        assert load_settings().database_dsn.endswith("application_name=orders@desk:1&password=given-apart")
+    finally:
+        forget_secrets()
+
+
 @pytest.mark.parametrize("url", ["postgresql://app:other@db/x", "postgresql://app@db/x?password=other",
                                  "host=db password=other"])
 def test_a_database_password_in_both_places_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
