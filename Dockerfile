@@ -8,20 +8,26 @@
 #   docker run --rm ibkr-workers --help
 #   docker run --rm -e DATABASE_URL=... ibkr-workers migrate
 #
-# Two stages. The builder turns the project into wheels and installs them, with every dependency pinned by
-# constraints.txt, into a virtual environment at /opt/venv. The final stage is the same slim Python base
-# with only that virtual environment and the event schemas copied in: no compiler, no pip cache, no
-# source tree, and it runs as an unprivileged user (uid/gid 10001).
+# Two stages. The builder installs every dependency from requirements/image.lock with
+# `pip --require-hashes` (each file checked against the sha256 recorded for it; a file PyPI serves
+# differently, or a dependency missing from the lock, fails the build), builds the project's wheels with a
+# build backend installed the same way from requirements/build.lock, and installs them into a virtual
+# environment at /opt/venv. The final stage is the same slim Python base with only that virtual
+# environment and the event schemas copied in: no compiler, no pip cache, no source tree, no build
+# backend, and it runs as an unprivileged user (uid/gid 10001). scripts/lock writes both locks.
 #
-# The base is pinned by tag; pin it by digest too (python:3.12-slim-bookworm@sha256:...) where the
-# registry allows it. PYTHON_VERSION=3.11 reproduces the interpreter CI runs the tests on; every pinned
-# dependency ships binary wheels for 3.11, 3.12 and 3.13 (x86_64 and aarch64), so neither stage compiles.
+# The base is pinned by tag; pin it by digest too (--build-arg BASE_DIGEST=@sha256:... with the digest
+# your registry reports for python:<version>-slim-<release>). PYTHON_VERSION=3.11 reproduces the
+# interpreter CI runs the tests on; every locked dependency ships binary wheels for 3.11, 3.12 and 3.13
+# (x86_64 and aarch64), so neither stage compiles.
 
 ARG PYTHON_VERSION=3.12
 ARG DEBIAN_RELEASE=bookworm
+# Empty, or "@sha256:<digest>" of the base image (the same for both stages).
+ARG BASE_DIGEST=
 
 # ---------------------------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}${BASE_DIGEST} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,24 +35,27 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
-# The dependencies first, in their own layer: it is rebuilt only when the pins change, not on every code
-# change. The constraints file pins runtime, test and dev packages alike; installing the runtime
-# requirements (read from pyproject.toml) under it takes the runtime pins only, as binary wheels.
-COPY pyproject.toml constraints.txt ./
+# The dependencies first, in their own layer: it is rebuilt only when the lock changes, not on every code
+# change. Binary wheels only, each checked against its hash.
+COPY requirements/image.lock requirements/build.lock ./
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
- && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/requirements.txt
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r image.lock \
+ && python -m venv /tmp/build \
+ && /tmp/build/bin/pip install --require-hashes --only-binary=:all: -r build.lock
 
 # Then the project itself, as wheels (a regular, non-editable install: the source tree stays behind): the
 # workers, and the sim gateway (its own distribution, ibkr-sim), which `sim-gateway`, `demo` and the compose
-# stack run. WITH_SIM=no builds an image without it, where those two commands say what to install.
+# stack run. WITH_SIM=no builds an image without it, where those two commands say what to install. The
+# wheels are built with the locked backend (no build isolation, which would fetch one unchecked), and
+# installed without dependencies: the lock brought them all, which `pip check` confirms.
 ARG WITH_SIM=yes
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY workers ./workers
 COPY ibkr_sim ./ibkr_sim
-RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
- && if [ "$WITH_SIM" = yes ]; then /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels ./ibkr_sim; fi \
- && /opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl
+RUN /tmp/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+ && if [ "$WITH_SIM" = yes ]; then /tmp/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels ./ibkr_sim; fi \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl \
+ && /opt/venv/bin/pip check
 
 # The event schemas. The codec looks for them at Path(workers.__file__).parent.parent / "schemas", which in
 # an installed (non-editable) package is site-packages/schemas: put them exactly there.
@@ -58,7 +67,7 @@ RUN site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("
  && if [ "$WITH_SIM" = yes ]; then /opt/venv/bin/ibkr-sim --help > /dev/null; fi
 
 # ---------------------------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}${BASE_DIGEST} AS runtime
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="ibkr-workers" \

@@ -7,12 +7,17 @@ PYTEST_ARGS ?=
 
 .PHONY: install test lint demo docs services-up services-down clean
 
-$(BIN)/ibkr-workers: pyproject.toml ibkr_sim/pyproject.toml constraints.txt
+$(BIN)/ibkr-workers: pyproject.toml ibkr_sim/pyproject.toml constraints.txt requirements/dev.lock requirements/build.lock
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "Python 3.11-3.13 required (ib_insync fails on 3.14)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# Two distributions from this repository: the workers and the sim gateway (ibkr_sim/, `ibkr-sim`).
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dev]" -e ./ibkr_sim
+	# Every dependency and the build backend from the hashed locks (scripts/lock writes them), then the two
+	# distributions of this repository, editable and without dependencies: the workers and the sim gateway
+	# (ibkr_sim/, `ibkr-sim`). No build isolation, which would fetch a backend unchecked.
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/build.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./ibkr_sim
+	$(BIN)/python -m pip check
 	touch $(BIN)/ibkr-workers
 
 install: $(BIN)/ibkr-workers

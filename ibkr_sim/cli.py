@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the price process (default 0)")
     parser.add_argument("--pacing", choices=("on", "off"), default="on", help="enforce 50 msg/s (default on)")
     parser.add_argument("--control-port", type=int, help="serve the JSON control interface on this port")
+    # Apart from --host: the control port injects faults and moves prices, so a sim listening for workers
+    # on every interface still keeps it to this machine unless told otherwise.
+    parser.add_argument("--control-host", default="127.0.0.1",
+                        help="address of the control port (default 127.0.0.1, whatever --host is)")
     parser.add_argument("--server-version", type=int, default=157, help="API version to announce (157)")
     parser.add_argument(
         "--tick-interval", type=float, default=1.0, help="seconds between price steps; 0: prices stay put"
@@ -114,13 +118,15 @@ async def _serve(args: argparse.Namespace, config: SimConfig, universe: Universe
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     control: ControlServer | None = None
-    control_port = None
+    control_host = control_port = None
     if args.control_port is not None:
         control = ControlServer(sim)
-        _, control_port = await control.start(args.host, args.control_port)
-    log.info("sim gateway started", host=host, port=port, control_port=control_port, accounts=list(config.accounts))
+        control_host, control_port = await control.start(args.control_host, args.control_port)
+    log.info("sim gateway started", host=host, port=port, control_host=control_host, control_port=control_port,
+             accounts=list(config.accounts))
     if args.ready_file:
-        _write_ready_file(args.ready_file, {"host": host, "port": port, "control_port": control_port})
+        _write_ready_file(args.ready_file, {"host": host, "port": port, "control_host": control_host,
+                                            "control_port": control_port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

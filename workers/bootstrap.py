@@ -59,6 +59,7 @@ from workers.adapters.kafka.records import (
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
 from workers.adapters.postgres.errors import is_connection_error, is_data_error
+from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
@@ -215,7 +216,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     """Build the order-consumer with real adapters from ``settings``."""
     check_port(settings.ibkr_trading_mode, settings.ibkr_effective_port)
     topics = settings.topics
-    codec = codec or await codec_for(settings.schema_registry_url, {
+    codec = codec or await codec_for(settings.schema_registry, {
         ORDER_STATUS_CHANGED: topics.orders_status, FILL_EXECUTED: topics.fills_executed,
         POSITION_UPDATED: topics.positions_updated, WORKER_HEALTH: topics.workers_health,
     })
@@ -321,7 +322,7 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
                                 instance_id: str | None = None) -> InstrumentSyncApp:
     """Build the instrument-sync with real adapters from ``settings``; raises :class:`StartupFailed`."""
     try:
-        codec = codec or await codec_for(settings.schema_registry_url, {
+        codec = codec or await codec_for(settings.schema_registry, {
             INSTRUMENT_UPDATED: settings.topics.instruments_updated, WORKER_HEALTH: settings.topics.workers_health,
         })
     except RegistryError as exc:
@@ -333,8 +334,8 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
         pool = await open_pool(settings.database_dsn, max_size=max(settings.database_pool_size,
                                                                    concurrency + 2),
                                name="ibkr-workers-instrument-sync")
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise StartupFailed(f"cannot reach PostgreSQL: {exc}") from None
+    except (PoolTimeout, psycopg.Error) as exc:
+        raise StartupFailed(describe_database_error(exc)) from None
     kafka_kwargs: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
                                     **kafka_client_kwargs(settings)}
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=5, **kafka_kwargs)

@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import importlib
 import sys
+import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from workers import __version__
+from workers.logs import mask_secrets, masked_output
 from workers.settings import SettingsError
 
 # The sim gateway is a distribution of its own (ibkr-sim); `sim-gateway` and `demo` start it.
@@ -199,17 +201,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the command, return its exit code."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    try:
-        handler = _resolve(args.command)
-        # Without the sim installed, its options are unknown: say what to install, not "unrecognized".
-        if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        result: Any = asyncio.run(handler(args))
-    except (SettingsError, CommandUnavailable) as exc:
-        print(f"ibkr-workers {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    # Whatever a command prints, a traceback included, shows no secret value of its settings.
+    with masked_output():
+        try:
+            handler = _resolve(args.command)
+            # Without the sim installed, its options are unknown: say what to install, not "unrecognized".
+            if unknown:
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            result: Any = asyncio.run(handler(args))
+        except (SettingsError, CommandUnavailable) as exc:
+            print(f"ibkr-workers {args.command}: {mask_secrets(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        except Exception:
+            # What the interpreter would print and exit with, but through the masked stream.
+            traceback.print_exc()
+            return 1
     return int(result or 0)
 
 

@@ -6,12 +6,16 @@ result (or parts of it) to whatever they build.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.logs import register_secrets
 
 TradingMode = Literal["paper", "live"]
 IbkrApi = Literal["gateway", "tws"]
@@ -78,12 +82,16 @@ class Settings(BaseSettings):
     """The order-consumer's consumer group; all its replicas share it."""
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     """How long the group waits for a silent member before rebalancing (the broker's minimum is 6000)."""
-    schema_registry_url: str | None = None
-    """When set: values use the Confluent framing, with schemas registered in this schema registry."""
+    schema_registry_url: SecretStr | None = None
+    """When set: values use the Confluent framing, with schemas registered in this schema registry; secret,
+    since it may hold a user and password (`https://user:password@host`, sent as HTTP basic auth)."""
 
     # PostgreSQL
     database_url: SecretStr = SecretStr("postgresql://localhost:5432/ibkr_workers")
     """PostgreSQL, as a libpq URL; secret, since it may hold the password."""
+    database_password: SecretStr | None = None
+    """The password of `DATABASE_URL`'s user, given apart from the URL (as it is, never percent-encoded);
+    the URL then holds none."""
     database_pool_size: int = Field(default=5, ge=1, le=100)
     """PostgreSQL connections per process."""
 
@@ -249,6 +257,12 @@ class Settings(BaseSettings):
         return ",".join(part.strip() for part in value.split(",") if part.strip())
 
     @model_validator(mode="after")
+    def _one_database_password(self) -> Settings:
+        if self.database_password is not None and _has_password(self.database_url.get_secret_value()):
+            raise ValueError("DATABASE_PASSWORD is set and DATABASE_URL holds a password too: keep one")
+        return self
+
+    @model_validator(mode="after")
     def _live_needs_confirmation(self) -> Settings:
         if self.ibkr_trading_mode == "live" and (self.ibkr_live_confirm or "").lower() != "yes":
             raise ValueError(
@@ -284,14 +298,57 @@ class Settings(BaseSettings):
         )
 
     @property
+    def schema_registry(self) -> str | None:
+        """``SCHEMA_REGISTRY_URL`` itself (credentials included), or None."""
+        return self.schema_registry_url.get_secret_value() if self.schema_registry_url else None
+
+    @property
+    def schema_registry_shown(self) -> str:
+        """``SCHEMA_REGISTRY_URL`` without its user and password, fit for a message."""
+        url = self.schema_registry or ""
+        return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#]*@", r"\1", url)
+
+    @property
     def database_dsn(self) -> str:
-        return self.database_url.get_secret_value()
+        """The libpq connection string: ``DATABASE_URL``, with ``DATABASE_PASSWORD`` added when set."""
+        url = self.database_url.get_secret_value()
+        if self.database_password is None:
+            return url
+        return with_password(url, self.database_password.get_secret_value())
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The values of every secret setting that is set (the passwords inside them are the log's job)."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return tuple(value.get_secret_value() for value in values
+                     if isinstance(value, SecretStr) and value.get_secret_value())
+
+
+def _has_password(dsn: str) -> bool:
+    """Whether ``dsn`` names a password: in a URL's user info or query, or as a keyword."""
+    if "://" in dsn:
+        rest = dsn.split("://", 1)[1]
+        authority = re.match(r"[^/?#]*", rest)
+        userinfo, at, _ = (authority.group(0) if authority else "").rpartition("@")
+        return (bool(at) and ":" in userinfo) or "password=" in dsn.partition("?")[2]
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` (a libpq URL or keyword/value string) with ``password`` added as libpq reads it."""
+    if "://" in dsn:
+        # A URL's query takes any connection keyword; percent-encoded, every character survives.
+        return f"{dsn}{'&' if '?' in dsn else '?'}password={quote(password, safe='')}"
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{dsn} password='{escaped}'"
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment; raise :class:`SettingsError` with a one-line message."""
+    """Build the settings from the environment; raise :class:`SettingsError` with a one-line message.
+
+    The secret values are registered with the log's mask (:func:`workers.logs.register_secrets`).
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         location = "_".join(str(part) for part in first["loc"]).upper()
@@ -299,3 +356,6 @@ def load_settings(**overrides: object) -> Settings:
         if location:
             raise SettingsError(f"invalid configuration: {location}: {message}") from None
         raise SettingsError(f"invalid configuration: {message}") from None
+    # From here on, no log line or masked output shows a secret value, whatever quotes it.
+    register_secrets(settings.secret_values())
+    return settings

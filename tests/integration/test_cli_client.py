@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -189,6 +190,18 @@ async def test_bad_configuration_and_unknown_topic_exit_two_with_one_line(cli: C
     unknown = await cli("tail", "orders.nope", "--max", "1", "--timeout", "5")
     assert unknown.code == 2
     assert "unknown topic 'orders.nope'" in unknown.err
+
+
+async def test_tail_names_an_unreachable_schema_registry_without_its_credentials(cli: Cli) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    password = "reg-" + uuid.uuid4().hex[:10]
+    run = await cli("tail", "orders.status", "--max", "1", "--timeout", "20",
+                    SCHEMA_REGISTRY_URL=f"http://tail-user:{password}@127.0.0.1:{port}")
+    assert run.code == 3, run.err
+    assert f"schema registry at http://127.0.0.1:{port}" in run.err
+    assert password not in run.err + "\n".join(run.out) and "tail-user" not in run.err
 
 
 async def test_a_resting_order_submitted_by_the_harness_can_be_cancelled_by_id(harness: Harness,

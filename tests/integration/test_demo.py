@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import noted_topic
+from workers.entrypoints.demo import DEMO_TOPIC_PREFIX
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,13 +45,16 @@ async def run_demo(env: dict[str, str], *args: str, timeout: float = 60) -> tupl
 @pytest.fixture
 async def demo_env(kafka_bootstrap: str, database_url: str, topic_env: dict[str, str],
                    kafka_admin: Any) -> AsyncIterator[dict[str, str]]:
+    demo_topics = [noted_topic(DEMO_TOPIC_PREFIX + name) for name in topic_env.values()]
     yield {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", **topic_env}
     with contextlib.suppress(Exception):  # the demo created them; the shared broker should not keep them
-        await kafka_admin.delete_topics(list(topic_env.values()))
+        await kafka_admin.delete_topics(demo_topics)
 
 
-async def test_headless_demo_brings_every_sample_order_to_a_final_status(demo_env: dict[str, str]) -> None:
+async def test_headless_demo_brings_every_sample_order_to_a_final_status(demo_env: dict[str, str],
+                                                                         topic_env: dict[str, str],
+                                                                         kafka_admin: Any) -> None:
     started = time.monotonic()
     code, out, err = await run_demo(demo_env, "--orders", "50", "--rate", "25", "--headless")
     assert code == 0, "\n".join(out[-20:]) + err[-3000:]
@@ -69,6 +75,19 @@ async def test_headless_demo_brings_every_sample_order_to_a_final_status(demo_en
         assert kind in shown, kind
     for reason in ("ACCOUNT_NOT_ALLOWED", "UNKNOWN_INSTRUMENT", "PRICE_OFF_TICK"):
         assert any(reason in line for line in out), reason
+    # Everything went through the demo's own topics; the configured names were never even created.
+    existing = set(await kafka_admin.list_topics())
+    configured = set(topic_env.values())
+    assert {DEMO_TOPIC_PREFIX + name for name in configured} <= existing
+    assert not configured & existing
+
+
+@pytest.mark.parametrize("accounts", ["U0000002", "DU0000001,U0000002"])
+async def test_demo_refuses_an_account_that_is_not_a_paper_account(accounts: str) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_ACCOUNTS": accounts}
+    code, out, err = await run_demo(env, "--orders", "1", "--headless", timeout=30)
+    assert code == 2 and out == []
+    assert "refused" in err and "U0000002" in err and "paper" in err and err.strip().count("\n") == 0
 
 
 async def test_demo_refuses_a_live_trading_configuration() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,13 +123,52 @@ async def test_sim_runs_as_its_own_process(tmp_path: Path) -> None:
         assert ib.managedAccounts() == ["DU0000021"]
         trade = ib.placeOrder(Contract(conId=AAPL, exchange="SMART"), MarketOrder("BUY", 1))
         await until(lambda: trade.orderStatus.status == "Filled", what="filled")
-        stats = await control_call(ports["host"], ports["control_port"], "stats")
+        stats = await control_call(ports["control_host"], ports["control_port"], "stats")
         assert stats["executions"] == 1
         ib.disconnect()
     finally:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 10)
     assert code == 0
+
+
+async def test_control_port_stays_on_loopback_when_the_api_listens_everywhere(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ibkr_sim", "--host", "0.0.0.0", "--port", "0", "--control-port", "0",
+        "--ready-file", str(ready), "--tick-interval", "0", "--log-level", "WARNING",
+    )
+    try:
+        await until(ready.exists, timeout=10, what="ready file")
+        ports = json.loads(ready.read_text())
+        assert ports["host"] == "0.0.0.0" and ports["control_host"] == "127.0.0.1"
+        assert await control_call("127.0.0.1", ports["control_port"], "ping") == "pong"
+        # Anything but loopback finds no control port (here: the machine's own outward address, if any).
+        outward = outward_address()
+        if outward is not None:
+            with pytest.raises(OSError):
+                await asyncio.wait_for(asyncio.open_connection(outward, ports["control_port"]), 3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)
+    assert code == 0
+
+
+def outward_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere real
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_control_host_is_its_own_option_and_loopback_by_default() -> None:
+    assert parse([]).control_host == "127.0.0.1"
+    assert parse(["--host", "0.0.0.0"]).control_host == "127.0.0.1"
+    assert parse(["--control-host", "0.0.0.0"]).control_host == "0.0.0.0"
 
 
 @pytest.mark.parametrize("sim_config", [SimConfig(server_version=v) for v in (163, 164, 170, 176)])

@@ -173,8 +173,8 @@ async def test_ibkr_workers_sim_gateway_starts_answers_and_logs_json(tmp_path: P
         await ib.connectAsync(ports["host"], ports["port"], clientId=7, timeout=5)
         try:
             assert ib.managedAccounts() == ["DU0000031", "DU0000032"]
-            assert await control_call(ports["host"], ports["control_port"], "ping") == "pong"
-            stats = await control_call(ports["host"], ports["control_port"], "stats")
+            assert await control_call(ports["control_host"], ports["control_port"], "ping") == "pong"
+            stats = await control_call(ports["control_host"], ports["control_port"], "stats")
             assert stats["connected_client_ids"] == [7]
         finally:
             ib.disconnect()
@@ -186,6 +186,7 @@ async def test_ibkr_workers_sim_gateway_starts_answers_and_logs_json(tmp_path: P
     started = [e for e in events if e["event"] == "sim gateway started"]
     assert started == [{
         "event": "sim gateway started", "host": ports["host"], "port": ports["port"],
-        "control_port": ports["control_port"], "accounts": ["DU0000031", "DU0000032"], "level": "info",
+        "control_host": "127.0.0.1", "control_port": ports["control_port"],
+        "accounts": ["DU0000031", "DU0000032"], "level": "info",
         "logger": "ibkr_sim.cli", "timestamp": started[0]["timestamp"], "component": "sim-gateway",
     }]

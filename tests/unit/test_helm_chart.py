@@ -131,6 +131,19 @@ def test_every_environment_variable_the_chart_sets_is_a_setting() -> None:
     assert sorted(names - settings - shell_only) == []
 
 
+def test_no_secret_setting_is_written_into_the_config_map() -> None:
+    helpers = (TEMPLATES / "_helpers.tpl").read_text(encoding="utf-8")
+    settings_block = helpers.split('define "ibkr-workers.settings"')[1].split("{{- end -}}\n\n")[0]
+    secret_env = helpers.split('define "ibkr-workers.secretEnv"')[1].split("{{- end -}}\n\n")[0]
+    in_config_map = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', settings_block))
+    secrets = {name.upper() for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+    assert {"DATABASE_URL", "DATABASE_PASSWORD", "KAFKA_SASL_PASSWORD", "SCHEMA_REGISTRY_URL"} <= secrets
+    # DATABASE_URL only as the chart builds it from database.*: a user and no password.
+    assert in_config_map & secrets == {"DATABASE_URL"}
+    assert 'printf "postgresql://%s@%s:%d/%s?sslmode=%s"' in settings_block
+    assert secrets - {"DATABASE_URL"} <= set(re.findall(r"- name: ([A-Z][A-Z0-9_]+)", secret_env))
+
+
 def test_topic_overrides_cover_every_topic_setting(values: dict[str, Any]) -> None:
     def camel_to_env(name: str) -> str:
         return "TOPIC_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()

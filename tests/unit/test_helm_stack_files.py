@@ -62,6 +62,13 @@ def test_no_password_is_written_in_a_compose_file() -> None:
     assert password.startswith("${POSTGRES_PASSWORD:?")
 
 
+def test_the_workers_get_the_database_password_apart_from_the_url() -> None:
+    stack = load("docker-compose.kafka.yml")
+    environment = stack["x-worker-environment"]
+    assert environment["DATABASE_PASSWORD"] == stack["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert "@" in environment["DATABASE_URL"] and ":" not in environment["DATABASE_URL"].split("//")[1].split("@")[0]
+
+
 def test_worker_services_run_known_commands_as_the_same_image(stack: dict[str, Any]) -> None:
     images = {stack[name]["image"] for name in WORKER_SERVICES}
     assert len(images) == 1
@@ -146,7 +153,6 @@ def test_dockerfile_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
 def test_dockerfile_entrypoint_healthcheck_and_schemas(dockerfile: str) -> None:
     assert 'ENTRYPOINT ["ibkr-workers"]' in dockerfile
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*/healthz.*HEALTH_PORT", dockerfile, re.MULTILINE)
-    assert "-c constraints.txt" in dockerfile
     # The codec looks for schemas/ next to the installed package; the build proves it finds them.
     assert 'cp -r /tmp/schemas "$site/schemas"' in dockerfile
     assert "SchemaCatalog()" in dockerfile

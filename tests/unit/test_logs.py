@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Iterator
 
 import pytest
 
-from workers.logs import configure_logging, get_logger
+from workers.logs import configure_logging, forget_secrets, get_logger, mask_secrets, masked_output, register_secrets
 
 
 def test_json_lines_carry_identity_and_mask_secrets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,3 +51,47 @@ def test_a_call_below_the_level_costs_no_processing(capsys: pytest.CaptureFixtur
     log.warning("orders refused", detail=value)
     (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
     assert value.times >= 1 and line["detail"] == "rendered" and line["level"] == "warning"
+
+
+@pytest.fixture
+def secret_url() -> Iterator[str]:
+    """A DATABASE_URL whose password libpq would echo, registered with the mask; forgotten afterwards."""
+    url = "postgresql://app:" + 'Ab%zz"q\\x' + "@db:5432/orders"  # built, so no password literal sits here
+    register_secrets([url])
+    yield url
+    forget_secrets()
+
+
+def test_a_secret_quoted_in_a_message_and_a_traceback_is_masked_last(
+        capsys: pytest.CaptureFixture[str], secret_url: str) -> None:
+    password = secret_url.split(":")[2].split("@", maxsplit=1)[0]
+    configure_logging("INFO", worker="migrate", json=True)
+    try:
+        raise ValueError(f'invalid percent-encoded token: "{password}"')
+    except ValueError:
+        get_logger("tests").exception("migration failed", detail=f"token {password!r}")
+    logging.getLogger("psycopg.pool").warning("error connecting: %s", password)
+    text = capsys.readouterr().err
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 2 and "**********" in lines[0]["exception"] and "**********" in lines[1]["event"]
+    assert "zz" not in text and password not in text and json.dumps(password)[1:-1] not in text
+
+
+def test_masked_output_masks_what_is_printed(capsys: pytest.CaptureFixture[str], secret_url: str) -> None:
+    with masked_output():
+        print(f"cannot connect to {secret_url}", file=sys.stderr)
+        print(repr(secret_url))
+        sys.stderr.writelines(["url: ", secret_url, "\n"])
+    captured = capsys.readouterr()
+    assert captured.err == "cannot connect to **********\nurl: **********\n"
+    assert captured.out == "'**********'\n"
+
+
+def test_a_password_alone_is_masked_written_and_decoded() -> None:
+    register_secrets(["postgresql://app:p%40ss%2Fword@db/x", "host=db password='it''s' user=app"])
+    try:
+        assert mask_secrets("p%40ss%2Fword p@ss/word") == "********** **********"
+        assert "it''s" not in mask_secrets("password='it''s'")
+        assert mask_secrets("an unrelated line") == "an unrelated line"
+    finally:
+        forget_secrets()

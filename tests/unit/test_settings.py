@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from workers.logs import forget_secrets, mask_secrets
 from workers.settings import DEFAULT_IBKR_PORTS, Settings, SettingsError, load_settings
 
 CONTRACT_VARIABLES = [
@@ -78,6 +79,21 @@ def test_secrets_absent_from_repr_and_str(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.database_dsn.endswith("@db:5432/x")
 
 
+def test_loaded_settings_mask_every_secret_value_and_the_database_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "kafka-pw-" + "7f3a")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:db%pw-" + "91c2@db:5432/x")
+    try:
+        settings = load_settings()
+        assert set(settings.secret_values()) == {"kafka-pw-7f3a", "postgresql://app:db%pw-91c2@db:5432/x"}
+        line = 'SASL failed for kafka-pw-7f3a; invalid percent-encoded token: "db%pw-91c2"'
+        assert mask_secrets(line) == 'SASL failed for **********; invalid percent-encoded token: "**********"'
+    finally:
+        forget_secrets()
+
+
 def test_accounts_allowlist_is_split_and_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IBKR_ACCOUNTS", " DU111 ,DU222,, ")
     assert load_settings().allowed_accounts == frozenset({"DU111", "DU222"})
@@ -130,3 +146,50 @@ def test_per_instrument_risk_limits_are_read_from_json_and_refuse_unknown_keys(
     monkeypatch.setenv("RISK_LIMITS_BY_INSTRUMENT", '{"X": {"max_postion": 1}}')  # a mistyped key
     with pytest.raises(SettingsError, match="RISK_LIMITS_BY_INSTRUMENT"):
         load_settings(database_url="postgresql://u@h/d")
+
+
+def test_database_password_apart_from_the_url_reaches_libpq_unencoded_and_masked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    password = "p%zz@/:'\\" + "x1"  # every character a URL or a keyword string would trip over
+    monkeypatch.setenv("DATABASE_PASSWORD", password)
+    for url in ("postgresql://app@db:5432/x?sslmode=require", "host=db dbname=x user=app"):
+        monkeypatch.setenv("DATABASE_URL", url)
+        try:
+            settings = load_settings()
+            assert conninfo_to_dict(settings.database_dsn)["password"] == password
+            assert password not in repr(settings)
+            assert password not in mask_secrets(settings.database_dsn)
+        finally:
+            forget_secrets()
+
+
+def test_an_at_sign_after_the_host_is_no_password_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_PASSWORD", "given-" + "apart")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db:5432/x?application_name=orders@desk:1")
+    try:
+        assert load_settings().database_dsn.endswith("application_name=orders@desk:1&password=given-apart")
+    finally:
+        forget_secrets()
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:other@db/x", "postgresql://app@db/x?password=other",
+                                 "host=db password=other"])
+def test_a_database_password_in_both_places_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_PASSWORD", "given-" + "apart")
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError, match="DATABASE_PASSWORD is set and DATABASE_URL holds a password"):
+        load_settings()
+
+
+def test_schema_registry_credentials_stay_out_of_repr_messages_and_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "https://svc-user:" + "reg-pw-5d1e" + "@registry.example:8081/")
+    try:
+        settings = load_settings()
+        assert "reg-pw-5d1e" not in repr(settings) and "reg-pw-5d1e" not in str(settings.model_dump())
+        assert settings.schema_registry == "https://svc-user:reg-pw-5d1e@registry.example:8081/"
+        assert settings.schema_registry_shown == "https://registry.example:8081/"
+        assert mask_secrets("401 for svc-user:reg-pw-5d1e") == "401 for svc-user:**********"
+    finally:
+        forget_secrets()

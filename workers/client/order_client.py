@@ -160,9 +160,9 @@ class OrderClient:
     def from_settings(cls, settings: Settings, **options: Any) -> OrderClient:
         """A client for the brokers, security settings and topic names of ``settings``."""
         security: dict[str, Any] = kafka_client_kwargs(settings)
-        if settings.schema_registry_url and "codec" not in options:
+        if settings.schema_registry and "codec" not in options:
             # The contract's framing with a registry: Confluent, schemas registered under <topic>-value.
-            options["codec"] = RegistryCodec(SchemaRegistryClient(settings.schema_registry_url))
+            options["codec"] = RegistryCodec(SchemaRegistryClient(settings.schema_registry))
         return cls(settings.kafka_bootstrap_servers, topics=settings.topics, **options, **security)
 
     # -- life cycle -------------------------------------------------------------------------------

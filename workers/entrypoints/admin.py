@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from workers.adapters.postgres.failure import describe_database_error
 from workers.logs import configure_logging, get_logger
 from workers.settings import load_settings
 
@@ -16,7 +21,11 @@ async def run_migrate(args: argparse.Namespace) -> int:
     from workers.adapters.postgres.migrate import migrate
 
     configure_logging(settings.log_level, worker="migrate")
-    applied = await migrate(settings.database_dsn)
+    try:
+        applied = await migrate(settings.database_dsn)
+    except (psycopg.Error, PoolTimeout) as exc:
+        print(f"ibkr-workers migrate: {describe_database_error(exc)}", file=sys.stderr)
+        return 3
     log.info("migrations applied", versions=applied, count=len(applied))
     return 0
 

@@ -10,7 +10,10 @@ A live table shows each order's status and fills and the positions; ``--headless
 Resting orders still open at the end are cancelled, so every order ends FILLED, CANCELLED or REJECTED.
 
 ``IBKR_PORT`` set explicitly aims the demo at a real *paper* gateway instead of the sim
-(``IBKR_ACCOUNTS`` must then name the paper account; ``IBKR_TRADING_MODE=live`` is refused). Prices then
+(``IBKR_ACCOUNTS`` must then name the paper account; ``IBKR_TRADING_MODE=live`` and any account in
+``IBKR_ACCOUNTS`` that is not a paper account are refused). The demo's topics are the configured names
+with the prefix ``demo.`` (``demo.orders.requested`` ...): it never writes to the topics real workers
+and upstream services use on the same cluster. Prices then
 come from the sim universe's reference prices, so some "marketable" orders may rest until cancelled.
 Each run uses a fresh consumer group that starts at the topics' end, and its own IBKR client ids (random
 unless ``IBKR_CLIENT_ID`` is set; instrument-sync uses the next one), so runs never see each other's orders.
@@ -47,6 +50,7 @@ from ibkr_sim.server import SimGateway
 from ibkr_sim.universe import Universe
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.topics import ensure_topics
+from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
@@ -55,17 +59,21 @@ from workers.bootstrap import build_instrument_sync, build_order_consumer
 from workers.client import OrderClient
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderState
+from workers.domain.trading_mode import is_paper_account
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_orders
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger
 from workers.runtime.instrument_sync import StartupFailed
 from workers.runtime.order_consumer import OrderConsumerApp
-from workers.settings import Settings, load_settings
+from workers.settings import Settings, TopicNames, load_settings
 
 log = get_logger(__name__)
 
 LOG_FILE = Path(tempfile.gettempdir()) / "ibkr-workers-demo.log"
+# Before every topic name: the demo's sample orders never reach the topics of a configured cluster's
+# real workers (nor do its statuses, fills and positions reach their readers).
+DEMO_TOPIC_PREFIX = "demo."
 SETTLE_SECONDS = 20.0
 FINISH_SECONDS = 30.0
 REFRESH_SECONDS = 0.25
@@ -77,6 +85,13 @@ class DemoFailed(Exception):
 
 def say(text: str) -> None:
     print(f"demo: {text}", flush=True)
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with every topic name under :data:`DEMO_TOPIC_PREFIX`."""
+    return settings.model_copy(update={
+        f"topic_{name}": DEMO_TOPIC_PREFIX + getattr(settings.topics, name)
+        for name in TopicNames.__dataclass_fields__})
 
 
 @contextlib.contextmanager
@@ -137,15 +152,15 @@ class DemoStack:
             say(f"using the IBKR gateway at {settings.ibkr_host}:{self.port} (paper)")
         try:
             applied = await migrate(settings.database_dsn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DemoFailed(f"cannot reach PostgreSQL: {str(exc).splitlines()[0]}") from None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DemoFailed(describe_database_error(exc)) from None
         say(f"database migrated ({len(applied)} migrations applied now)")
         try:
             security: dict[str, Any] = kafka_client_kwargs(settings)
             created = await ensure_topics(settings.kafka_bootstrap_servers, settings.topics, **security)
         except (KafkaError, OSError) as exc:
             raise DemoFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None
-        say(f"kafka topics ready ({len(created)} created now)")
+        say(f"kafka topics {DEMO_TOPIC_PREFIX}* ready ({len(created)} created now)")
         await self._sync_instruments()
         await self._start_order_consumer()
         self.client = OrderClient.from_settings(settings, watch_positions=True, source="ibkr-workers-demo")
@@ -304,6 +319,11 @@ async def run(args: argparse.Namespace) -> int:
         print("ibkr-workers demo: refused with IBKR_TRADING_MODE=live: the demo sends sample orders",
               file=sys.stderr)
         return 2
+    not_paper = sorted(account for account in settings.allowed_accounts if not is_paper_account(account))
+    if not_paper:
+        print(f"ibkr-workers demo: refused: IBKR_ACCOUNTS holds non-paper account(s) {', '.join(not_paper)}: "
+              "the demo sends sample orders to paper accounts only", file=sys.stderr)
+        return 2
     if settings.ibkr_port is not None and not settings.allowed_accounts:
         print("ibkr-workers demo: IBKR_PORT aims at a real gateway: set IBKR_ACCOUNTS to its paper account",
               file=sys.stderr)
@@ -311,6 +331,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.orders < 1 or args.rate <= 0:
         print("ibkr-workers demo: --orders and --rate must be positive", file=sys.stderr)
         return 2
+    settings = demo_settings(settings)
     headless = bool(args.headless) or not sys.stdout.isatty()
     configure_demo_logging(settings, headless)
     stop = asyncio.Event()
@@ -327,6 +348,9 @@ async def run(args: argparse.Namespace) -> int:
                 return 130
         except (DemoFailed, KafkaError, OSError) as exc:
             print(f"ibkr-workers demo: {exc}", file=sys.stderr)
+            return 3
+        except (psycopg.Error, PoolTimeout) as exc:
+            print(f"ibkr-workers demo: {describe_database_error(exc)}", file=sys.stderr)
             return 3
         assert stack.client is not None
         samples = sample_orders(args.orders, stack.instruments, stack.price, stack.accounts[0],

@@ -35,6 +35,7 @@ import sys
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from workers.adapters.postgres.failure import describe_database_error
 from workers.bootstrap import build_instrument_sync
 from workers.entrypoints.instruments import UniverseLoadError, load_universe
 from workers.logs import configure_logging, get_logger, instance_id
@@ -58,6 +59,9 @@ async def run(args: argparse.Namespace) -> int:
     except StartupFailed as exc:
         print(f"ibkr-workers instrument-sync: {exc}", file=sys.stderr)
         return 3
+    except (psycopg.Error, PoolTimeout) as exc:
+        print(f"ibkr-workers instrument-sync: {describe_database_error(exc)}", file=sys.stderr)
+        return 3
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop.set)
@@ -79,9 +83,8 @@ async def run(args: argparse.Namespace) -> int:
         print("ibkr-workers instrument-sync: the database is not migrated: run `ibkr-workers migrate`",
               file=sys.stderr)
         return 2
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        print(f"ibkr-workers instrument-sync: PostgreSQL failed: {str(exc).splitlines()[0] if str(exc) else exc!r}",
-              file=sys.stderr)
+    except (psycopg.Error, PoolTimeout) as exc:
+        print(f"ibkr-workers instrument-sync: {describe_database_error(exc)}", file=sys.stderr)
         return 3
     finally:
         await app.close()

@@ -14,6 +14,7 @@ import sys
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import LoadResult, UniverseStore
 from workers.adapters.universe_file import read_universe_file
@@ -40,8 +41,8 @@ async def load_universe(settings: Settings, path: str) -> LoadResult:
         raise UniverseLoadError(str(exc), 2) from None
     try:
         pool = await open_pool(settings.database_dsn, max_size=1, name="ibkr-workers-instruments")
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise UniverseLoadError(f"cannot reach PostgreSQL: {exc}", 3) from None
+    except (PoolTimeout, psycopg.Error) as exc:
+        raise UniverseLoadError(describe_database_error(exc), 3) from None
     try:
         result = await UniverseStore(pool).replace(entries)
     except psycopg.errors.UndefinedTable:

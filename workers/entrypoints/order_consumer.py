@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import gc
 import signal
+import sys
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from workers.adapters.avro import RegistryError
+from workers.adapters.postgres.failure import describe_database_error
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import SettingsError, load_settings
@@ -32,6 +35,9 @@ async def run(args: argparse.Namespace) -> int:
     except psycopg.errors.UndefinedTable:
         # The trading state is read before anything is consumed: a database not migrated stops here.
         raise SettingsError("the database has no trading_state table: run `ibkr-workers migrate`") from None
+    except (psycopg.Error, PoolTimeout) as exc:
+        print(f"ibkr-workers order-consumer: {describe_database_error(exc)}", file=sys.stderr)
+        return 3
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()

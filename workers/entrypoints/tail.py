@@ -173,12 +173,12 @@ async def run(args: argparse.Namespace) -> int:
         return 3
     try:
         # With a registry: the contract's schema ids under each topic's subject, looked up once.
-        codec = await codec_for(settings.schema_registry_url, {
+        codec = await codec_for(settings.schema_registry, {
             record: getattr(settings.topics, name) for name, record in RECORDS.items() if record is not None})
         printed = await tail(consumer, codec, RECORDS[field_name], as_json=args.json,
                              max_records=args.max, stop=stop)
     except RegistryError as exc:
-        print(f"ibkr-workers tail: schema registry at {settings.schema_registry_url}: {exc}", file=sys.stderr)
+        print(f"ibkr-workers tail: schema registry at {settings.schema_registry_shown}: {exc}", file=sys.stderr)
         return 3
     finally:
         with contextlib.suppress(Exception):

@@ -95,7 +95,10 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
   "INSTRUMENT_SYNC_INTERVAL" (toString $v.instrumentSync.interval)
 -}}
 {{- with $v.kafka.saslMechanism }}{{ $_ := set $s "KAFKA_SASL_MECHANISM" . }}{{ end -}}
-{{- with $v.kafka.schemaRegistryUrl }}{{ $_ := set $s "SCHEMA_REGISTRY_URL" . }}{{ end -}}
+{{- with $v.database.host }}
+{{- $url := printf "postgresql://%s@%s:%d/%s?sslmode=%s" ($v.database.user | urlquery) . (int64 $v.database.port) ($v.database.name | urlquery) $v.database.sslmode -}}
+{{- $_ := set $s "DATABASE_URL" $url -}}
+{{- end -}}
 {{- with $v.ibkr.port }}{{ $_ := set $s "IBKR_PORT" (toString (int64 .)) }}{{ end -}}
 {{- if $v.ibkr.liveConfirm }}{{ $_ := set $s "IBKR_LIVE_CONFIRM" "yes" }}{{ end -}}
 {{- with $v.config.tradingState }}{{ $_ := set $s "TRADING_STATE" . }}{{ end -}}
@@ -113,13 +116,24 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- toYaml $s -}}
 {{- end -}}
 
-{{/* The environment entries read from the existing Secret. */}}
+{{/*
+The environment entries read from the existing Secret: the database password alone when the chart builds
+DATABASE_URL from database.*, else the whole DATABASE_URL.
+*/}}
 {{- define "ibkr-workers.secretEnv" -}}
+{{- if .Values.database.host -}}
+- name: DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.databasePasswordKey }}
+{{- else -}}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.databaseUrlKey }}
+{{- end }}
 - name: KAFKA_SASL_USERNAME
   valueFrom:
     secretKeyRef:
@@ -137,6 +151,12 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
     secretKeyRef:
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.adminTokenKey }}
+      optional: true
+- name: SCHEMA_REGISTRY_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.schemaRegistryUrlKey }}
       optional: true
 {{- end -}}
 
@@ -164,6 +184,9 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- end -}}
 {{- if and (eq .Values.ibkr.tradingMode "live") (not .Values.ibkr.liveConfirm) -}}
 {{- fail "ibkr.tradingMode=live needs ibkr.liveConfirm=true (the workers refuse live mode without IBKR_LIVE_CONFIRM=yes)" -}}
+{{- end -}}
+{{- if and (eq .Values.ibkr.tradingMode "live") (eq .Values.kafka.securityProtocol "PLAINTEXT") (not .Values.kafka.allowPlaintextLive) -}}
+{{- fail "ibkr.tradingMode=live with kafka.securityProtocol=PLAINTEXT: whoever reaches the brokers could place live orders; use SASL_SSL (or SSL with client certificates) and ACLs, or set kafka.allowPlaintextLive=true" -}}
 {{- end -}}
 {{- if and (hasPrefix "SASL" .Values.kafka.securityProtocol) (not .Values.kafka.saslMechanism) -}}
 {{- fail "kafka.saslMechanism is required when kafka.securityProtocol is SASL_PLAINTEXT or SASL_SSL" -}}
