@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import pytest
-from ib_insync import Contract, LimitOrder, MarketOrder
+from ib_insync import Contract, LimitOrder, MarketOrder, Trade
+from ib_insync.objects import Fill
 
 from workers.adapters.ibkr.gateway import IbExecution, IbkrGateway, IbReport
 from workers.adapters.ibkr.pacing import PacingLimiter
@@ -72,6 +75,65 @@ async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: Si
         statuses = await gateway.order_statuses()  # IBKR still knows them all
         assert set(refs) <= set(statuses) and statuses[refs[0]].ib_status == "Filled"
         assert {e.order_ref for e in await gateway.executions()} == set(refs)
+    finally:
+        await gateway.close()
+
+
+def live_objects(kind: type) -> int:
+    """How many objects of ``kind`` the collector tracks, garbage in cycles not yet collected included."""
+    return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
+async def test_pruning_frees_ib_insyncs_record_of_a_few_hundred_settled_orders(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 24, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    stop = asyncio.Event()
+    gc.collect()
+    trades_before, fills_before = live_objects(Trade), live_objects(Fill)
+    gc.disable()  # what is freed must be freed at once, not by a collection of the cycles
+    try:
+        wrapper = gateway.ib.wrapper
+        for n in range(300):
+            order = MarketOrder("BUY", 1, orderRef=f"many-{n}", orderId=gateway.ib.client.getReqId())
+            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+        await eventually(lambda: all(t.isDone() for t in wrapper.trades.values()) and len(wrapper.fills) == 300
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        held = [weakref.ref(trade) for trade in wrapper.trades.values()]
+        assert live_objects(Trade) - trades_before >= 300
+
+        pruning = asyncio.create_task(gateway.run_pruning(stop, every=0.1, older_than=0.2))
+        await eventually(lambda: not wrapper.trades)
+
+        assert wrapper.fills == {} and wrapper.permId2Trade == {}
+        # ib_insync's own events keep the last trade and fill they reported: a few, not hundreds.
+        assert sum(ref() is not None for ref in held) <= 3
+        assert live_objects(Trade) - trades_before <= 3
+        assert live_objects(Fill) - fills_before <= 3
+        stop.set()
+        await pruning
+    finally:
+        gc.enable()
+        stop.set()
+        await gateway.close()
+
+
+async def test_a_done_order_is_kept_until_its_commission_arrives(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 25, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    try:
+        wrapper = gateway.ib.wrapper
+        order = MarketOrder("BUY", 1, orderRef="late-commission", orderId=gateway.ib.client.getReqId())
+        await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+        await eventually(lambda: len(wrapper.fills) == 1
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        (trade,) = wrapper.trades.values()
+        trade.fills[0].commissionReport.execId = ""  # as if IBKR had not sent the commission yet
+
+        assert gateway.prune_done(older_than=0) == 0  # ib_insync reports a commission only for a held trade
+        assert gateway.prune_done(older_than=0, unsettled_after=0) == 1  # not forever
+        assert wrapper.trades == {} and wrapper.fills == {}
     finally:
         await gateway.close()
 

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from ib_insync import IB, Contract, ContractDetails, Order, Trade
 from ib_insync.objects import CommissionReport, Fill, Position
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
-from workers.adapters.ibkr import compact_repr
+from workers.adapters.ibkr import compact_repr, retention
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
 from workers.domain.trading_mode import ModeMismatch, check_accounts
 from workers.logs import get_logger
@@ -84,6 +84,12 @@ class IbCommission:
 
 # ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
 _LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
+# ib_insync's record of a done order is forgotten this long after it is settled (every execution and
+# commission in, the ledger has them): at 40 orders/s, a few hundred trades, a few MB. One still missing an
+# execution or a commission is kept up to UNSETTLED_RETENTION seconds, for ib_insync to report it.
+SETTLED_RETENTION = 5.0
+UNSETTLED_RETENTION = 600.0
+PRUNE_EVERY = 5.0
 # IB drops a message over its pacing limit and says so with this code, naming no request.
 PACING_VIOLATION = 100
 
@@ -278,36 +284,30 @@ class IbkrGateway:
             raise
         self.last_error = None
 
-    def prune_done(self, older_than: float) -> int:
-        """Forget ib_insync's trades that are done and untouched for ``older_than`` seconds, with their fills.
+    def prune_done(self, older_than: float, unsettled_after: float = 600.0) -> int:
+        """Forget ib_insync's done trades settled and untouched for ``older_than`` seconds, with their fills.
 
-        ib_insync keeps every trade and fill of a session in memory, so a connection
-        that lives for weeks would grow without bound. The ledger is the record; what reconciliation asks
-        IBKR for comes back from IBKR. Returns how many trades were forgotten.
+        ib_insync keeps every trade and fill of a session in memory, so a connection that lives for weeks
+        would grow without bound. The ledger is the record; what reconciliation asks IBKR for comes back
+        from IBKR. A done trade still missing an execution or a commission is kept (ib_insync needs it to
+        report them) for ``unsettled_after`` seconds at most. Returns how many trades were forgotten.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-        wrapper = self.ib.wrapper
-        done = [key for key, trade in wrapper.trades.items() if trade.isDone() and _last_touched(trade) <= cutoff]
-        for key in done:
-            trade = wrapper.trades.pop(key)
-            if trade.order.permId:
-                wrapper.permId2Trade.pop(trade.order.permId, None)
-            for fill in trade.fills:
-                wrapper.fills.pop(fill.execution.execId, None)
-        # Fills of trades this session never held (another client's, or replayed) age out the same way.
-        for exec_id in [e for e, fill in wrapper.fills.items() if fill.time <= cutoff]:
-            fill = wrapper.fills[exec_id]
-            key = (fill.execution.clientId, fill.execution.orderId)
-            if key not in wrapper.trades:
-                del wrapper.fills[exec_id]
-        return len(done)
+        return retention.prune(self.ib.wrapper, datetime.now(UTC), settled_for=older_than,
+                               unsettled_for=max(older_than, unsettled_after))
 
-    async def run_pruning(self, stop: asyncio.Event, *, every: float = 60.0, older_than: float = 600.0) -> None:
+    async def run_pruning(self, stop: asyncio.Event, *, every: float = PRUNE_EVERY,
+                          older_than: float = SETTLED_RETENTION,
+                          unsettled_after: float = UNSETTLED_RETENTION) -> None:
         """:meth:`prune_done` every ``every`` seconds until ``stop`` is set."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
-            forgotten = self.prune_done(older_than)
+            try:
+                forgotten = self.prune_done(older_than, unsettled_after)
+            except Exception:
+                # Pruning must not stop for good over one odd trade: memory would grow again.
+                log.exception("pruning ib_insync's done trades failed")
+                continue
             if forgotten:
                 log.debug("done trades forgotten", count=forgotten, kept=len(self.ib.wrapper.trades))
 
@@ -463,10 +463,3 @@ class IbkrGateway:
 
 ReportHandler = Callable[[IbReport], Awaitable[None]]
 
-
-def _last_touched(trade: Trade) -> datetime:
-    """When IBKR last said something about ``trade`` (the time of its last log entry)."""
-    if not trade.log:
-        return datetime.min.replace(tzinfo=UTC)
-    last: datetime = trade.log[-1].time
-    return last if last.tzinfo is not None else last.replace(tzinfo=UTC)

@@ -1,0 +1,76 @@
+"""How long ib_insync's record of an order is kept: until its reports are settled, then forgotten.
+
+ib_insync keeps every ``Trade`` and ``Fill`` of a session in its wrapper (``trades``, ``permId2Trade``,
+``fills``). The ledger is the record; ib_insync's copy is only needed while IBKR may still say something
+about the order that needs the trade to be turned into a report: an execution (IBKR may send the ``Filled``
+status before the executions), or a commission (delivered only while the trade is held). A trade is
+*settled* once it is done, its fills add up to its filled quantity and every fill has its commission.
+
+A ``Trade`` is in a reference cycle with its own events: each of its ``eventkit`` events keeps the last
+values it emitted, which include the trade. Dropped from the wrapper it would wait for the cyclic garbage
+collector's full pass (rare in the order-consumer, which collects the old generations seldom), so
+forgetting a trade also replaces its events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from eventkit import Event
+from ib_insync import Trade
+from ib_insync.wrapper import OrderKeyType, Wrapper
+
+
+def last_touched(trade: Trade) -> datetime:
+    """When IBKR last said something about ``trade`` (the time of its last log entry)."""
+    if not trade.log:
+        return datetime.min.replace(tzinfo=UTC)
+    last: datetime = trade.log[-1].time
+    return last if last.tzinfo is not None else last.replace(tzinfo=UTC)
+
+
+def is_settled(trade: Trade) -> bool:
+    """Done, with every execution of its filled quantity received, each with its commission."""
+    if not trade.isDone():
+        return False
+    received = sum(fill.execution.shares for fill in trade.fills)
+    return received >= trade.orderStatus.filled and all(fill.commissionReport.execId for fill in trade.fills)
+
+
+def _fill_time(time: datetime) -> datetime:
+    return time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+
+
+def forget(wrapper: Wrapper, key: OrderKeyType) -> None:
+    """Drop the trade under ``key`` from the wrapper, with its fills, and break its reference cycles."""
+    trade: Trade = wrapper.trades.pop(key)
+    if trade.order.permId and wrapper.permId2Trade.get(trade.order.permId) is trade:
+        del wrapper.permId2Trade[trade.order.permId]
+    for fill in trade.fills:
+        wrapper.fills.pop(fill.execution.execId, None)
+    for name in Trade.events:
+        setattr(trade, name, Event(name))
+
+
+def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: float) -> int:
+    """Forget the done trades settled and untouched for ``settled_for`` seconds, and those untouched for
+    ``unsettled_for`` seconds whatever their state of settlement; returns how many were forgotten.
+
+    A trade still working is never forgotten. Fills of trades the wrapper does not hold (another client's,
+    or replayed by ``reqExecutions``) are forgotten after ``unsettled_for`` seconds.
+    """
+    settled_cutoff = now - timedelta(seconds=settled_for)
+    cutoff = now - timedelta(seconds=unsettled_for)
+    done: list[OrderKeyType] = []
+    for key, trade in wrapper.trades.items():
+        if not trade.isDone():
+            continue
+        touched = last_touched(trade)
+        if touched <= cutoff or (touched <= settled_cutoff and is_settled(trade)):
+            done.append(key)
+    for key in done:
+        forget(wrapper, key)
+    held = {fill.execution.execId for trade in wrapper.trades.values() for fill in trade.fills}
+    for exec_id in [e for e, fill in wrapper.fills.items() if e not in held and _fill_time(fill.time) <= cutoff]:
+        del wrapper.fills[exec_id]
+    return len(done)
