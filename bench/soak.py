@@ -10,6 +10,9 @@ prints one JSON line with the worker's and the sim's RSS; at the end, one JSON s
 slope of each in MB per hour (least squares over the samples after ``--warmup`` minutes), the worker's RSS
 after 5 minutes and at the end, and how many orders were not FILLED.
 
+``--instrument-sync --entries N --passes P`` soaks the instrument-sync instead: P passes over a universe of N
+instruments (pacing off, the sim in a process of its own), RSS of the sync (this process) after each pass.
+
 With ``--tracemalloc DIR`` the worker runs under tracemalloc and writes a snapshot to DIR every sample;
 ``--diff DIR`` prints what grew the most between the first snapshot after the warm-up and the last one.
 """
@@ -142,6 +145,77 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def soak_instrument_sync(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``args.passes`` instrument-sync passes in this process; RSS after each."""
+    import tempfile
+
+    import psycopg
+
+    from bench.instrument_sync import sim_universe, start_sim, with_schema
+    from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
+    from workers.adapters.ibkr.gateway import IbkrGateway
+    from workers.adapters.ibkr.pacing import PacingLimiter
+    from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
+    from workers.adapters.postgres.instruments import InstrumentMapper
+    from workers.adapters.postgres.migrate import migrate
+    from workers.adapters.postgres.pool import close_pool, open_pool
+    from workers.adapters.postgres.universe import UniverseStore
+    from workers.domain.universe import entries_from_document
+    from workers.service_layer.instrument_sync import InstrumentSync
+
+    base_url = os.environ["DATABASE_URL"]
+    schema = f"soak_{os.getpid()}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = with_schema(base_url, schema)
+    series: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        universe_file = Path(tmp) / "universe.json"
+        universe_file.write_text(json.dumps(sim_universe(args.entries)))
+        sim = await start_sim(universe_file, Path(tmp) / "ready.json", pacing=False)
+        try:
+            ports = json.loads((Path(tmp) / "ready.json").read_text())
+            await migrate(url)
+            pool = await open_pool(url, max_size=10)
+            gateway = IbkrGateway(ports["host"], ports["port"], 31, limiter=PacingLimiter(1e9, burst=1e9),
+                                  readonly=True)
+            try:
+                await gateway.connect()
+                store = UniverseStore(pool)
+                await store.replace(entries_from_document(
+                    [{"instrument_id": f"STK:S{n:07d}:USD"} for n in range(args.entries)]))
+                sync = InstrumentSync(store=store, mapper=InstrumentMapper(pool), lookup=IbkrContractLookup(gateway),
+                                      events=InstrumentEventEncoder(AvroCodec(), "instruments.updated"),
+                                      concurrency=8, progress_every=60.0)
+                started = time.monotonic()
+                for n in range(args.passes):
+                    summary = await sync.run_pass()
+                    sample = {"pass": n + 1, "t_s": round(time.monotonic() - started),
+                              "sync_mb": round(rss_mb(os.getpid()), 1), "sim_mb": round(rss_mb(sim.pid), 1),
+                              "failed": summary.entries_failed}
+                    series.append(sample)
+                    print(json.dumps(sample), flush=True)
+            finally:
+                await gateway.close()
+                await close_pool(pool)
+        finally:
+            sim.terminate()
+            await sim.wait()
+            with psycopg.connect(base_url, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    warm = series[len(series) // 5:] or series
+    return {"entries": args.entries, "passes": args.passes, "sync_mb": [s["sync_mb"] for s in series],
+            "sim_mb": [s["sim_mb"] for s in series],
+            "sync_slope_mb_per_hour": round(slope_mb_per_hour([(s["t_s"], s["sync_mb"]) for s in warm]), 1),
+            "sync_mb_after_first_fifth": warm[0]["sync_mb"], "sync_mb_at_end": series[-1]["sync_mb"]}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """One ``key: value`` JSON line per figure (the series on one line each)."""
+    for key, value in summary.items():
+        print(f"{key}: {json.dumps(value)}", flush=True)
+
+
 def traced_worker(directory: str, every: float) -> int:
     """Run the order-consumer in this process under tracemalloc, a snapshot to ``directory`` every ``every`` s."""
     from workers.cli import main
@@ -186,6 +260,9 @@ if __name__ == "__main__":
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=5.0, help="minutes left out of the slope")
     parser.add_argument("--history", type=int, default=0, help="finished orders in the ledger before the run")
+    parser.add_argument("--instrument-sync", action="store_true", help="soak the instrument-sync instead")
+    parser.add_argument("--entries", type=int, default=2000, help="instrument-sync: universe size")
+    parser.add_argument("--passes", type=int, default=50, help="instrument-sync: passes")
     parser.add_argument("--tracemalloc", metavar="DIR", help="trace the worker; snapshots into DIR")
     parser.add_argument("--diff", metavar="DIR", help="only compare the snapshots in DIR")
     parser.add_argument("--diff-from", type=int, default=2, help="snapshot number to compare the last against")
@@ -193,5 +270,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.diff:
         diff(arguments.diff, arguments.diff_from, arguments.top)
+    elif arguments.instrument_sync:
+        print_summary(asyncio.run(soak_instrument_sync(arguments)))
     else:
-        print(json.dumps(asyncio.run(soak(arguments)), indent=2))
+        print_summary(asyncio.run(soak(arguments)))
