@@ -7,12 +7,13 @@ import gc
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 import pytest
 from ib_insync import Contract, LimitOrder, MarketOrder, Trade
 from ib_insync.objects import Fill
 
-from workers.adapters.ibkr.gateway import IbExecution, IbkrGateway, IbReport
+from workers.adapters.ibkr.gateway import IbCommission, IbExecution, IbkrGateway, IbReport
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.sim import SimConfig, SimGateway
 
@@ -134,6 +135,37 @@ async def test_a_done_order_is_kept_until_its_commission_arrives(sim: SimGateway
         assert gateway.prune_done(older_than=0) == 0  # ib_insync reports a commission only for a held trade
         assert gateway.prune_done(older_than=0, unsettled_after=0) == 1  # not forever
         assert wrapper.trades == {} and wrapper.fills == {}
+    finally:
+        await gateway.close()
+
+
+async def test_a_correction_of_a_forgotten_order_is_still_reported_with_its_commission(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 26, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    reports: list[IbReport] = []
+
+    async def listener(batch: Sequence[IbReport]) -> None:
+        reports.extend(batch)
+
+    gateway.listen(listener)
+    await gateway.connect()
+    try:
+        order = MarketOrder("BUY", 3, orderRef="corrected-later", orderId=gateway.ib.client.getReqId())
+        await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+        await eventually(lambda: any(isinstance(r, IbCommission) for r in reports))
+        (execution,) = [r for r in reports if isinstance(r, IbExecution)]
+        assert gateway.prune_done(older_than=0) == 1
+        reports.clear()
+
+        assert execution.price != Decimal("250.5")
+        corrected = sim.correct_execution(execution.exec_id, price=250.5)
+
+        await eventually(lambda: any(isinstance(r, IbCommission) for r in reports))
+        (correction,) = [r for r in reports if isinstance(r, IbExecution)]
+        assert correction.exec_id == corrected and correction.order_ref == "corrected-later"
+        assert correction.price == Decimal("250.5")
+        assert [r.exec_id for r in reports if isinstance(r, IbCommission)] == [corrected]
+        assert gateway.ib.wrapper.trades == {}  # reported without bringing the trade back
     finally:
         await gateway.close()
 

@@ -208,6 +208,7 @@ class IbkrGateway:
         self.last_error: str | None = None
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
+        retention.report_untracked(self.ib.wrapper, self._on_untracked_execution, self._queue_commission)
         compact_repr.install()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -420,6 +421,12 @@ class IbkrGateway:
         self._reports.put_nowait(_execution_report(fill, trade.order.orderRef))
 
     def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        self._queue_commission(report)
+
+    def _on_untracked_execution(self, fill: Fill) -> None:
+        self._reports.put_nowait(_execution_report(fill, fill.execution.orderRef))
+
+    def _queue_commission(self, report: CommissionReport) -> None:
         self._reports.put_nowait(
             IbCommission(exec_id=report.execId, commission=to_decimal(report.commission),
                          currency=report.currency)

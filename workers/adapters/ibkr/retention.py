@@ -10,14 +10,21 @@ A ``Trade`` is in a reference cycle with its own events: each of its ``eventkit`
 values it emitted, which include the trade. Dropped from the wrapper it would wait for the cyclic garbage
 collector's full pass (rare in the order-consumer, which collects the old generations seldom), so
 forgetting a trade also replaces its events.
+
+IBKR can still send an execution of a forgotten order (a correction, ``.02``, minutes later) and its
+commission; ib_insync keeps them but reports neither without the trade. :func:`report_untracked` has them
+reported all the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from eventkit import Event
-from ib_insync import Trade
+from ib_insync import Contract, Trade
+from ib_insync.objects import CommissionReport, Execution, Fill
 from ib_insync.wrapper import OrderKeyType, Wrapper
 
 
@@ -74,3 +81,45 @@ def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: fl
     for exec_id in [e for e, fill in wrapper.fills.items() if e not in held and _fill_time(fill.time) <= cutoff]:
         del wrapper.fills[exec_id]
     return len(done)
+
+
+def _held_trade(wrapper: Wrapper, execution: Execution) -> Trade | None:
+    """The trade ib_insync files ``execution`` under, as its ``execDetails`` finds it."""
+    trade = wrapper.permId2Trade.get(execution.permId)
+    if trade is None:
+        trade = wrapper.trades.get(wrapper.orderKey(execution.clientId, execution.orderId, execution.permId))
+    return trade
+
+
+def report_untracked(wrapper: Wrapper, on_execution: Callable[[Fill], None],
+                     on_commission: Callable[[CommissionReport], None]) -> None:
+    """Call ``on_execution`` for a live execution of an order ib_insync holds no trade for (forgotten, or
+    placed by an earlier session), and ``on_commission`` for the commission of a fill without a trade.
+
+    ib_insync's own events fire only for the orders it holds; these complete them, so forgetting a trade
+    loses none of IBKR's later reports about it.
+    """
+    exec_details = wrapper.execDetails
+    commission_report = wrapper.commissionReport
+
+    def execution_seen(req_id: int, contract: Contract, execution: Execution) -> None:
+        # ib_insync's test for a live execution, not an answer to reqExecutions.
+        live = req_id not in wrapper._futures
+        new = execution.execId not in wrapper.fills
+        exec_details(req_id, contract, execution)
+        if live and new and _held_trade(wrapper, execution) is None:
+            fill = wrapper.fills.get(execution.execId)
+            if fill is not None:
+                on_execution(fill)
+
+    def commission_seen(report: CommissionReport) -> None:
+        fill = wrapper.fills.get(report.execId)
+        untracked = fill is not None and wrapper.permId2Trade.get(fill.execution.permId) is None
+        commission_report(report)
+        if untracked:
+            on_commission(report)
+
+    # The decoder looks the wrapper's methods up at each message, so the instance's own are called.
+    instance: Any = wrapper
+    instance.execDetails = execution_seen
+    instance.commissionReport = commission_seen
