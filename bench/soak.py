@@ -6,15 +6,17 @@ Run (services from scripts/dev-services, exported):
 
 The sim gateway and the worker run in processes of their own (as in bench/order_consumer.py); this process
 produces market orders at ``--rate`` per second and watches orders.status. Every ``--sample`` seconds it
-prints one JSON line with the worker's and the sim's RSS; at the end, one JSON summary: the RSS series, the
-slope of each in MB per hour (least squares over the samples after ``--warmup`` minutes), the worker's RSS
-after 5 minutes and at the end, and how many orders were not FILLED.
+prints one JSON line with the worker's and the sim's RSS; at the end, a summary (one figure a line): the RSS
+series, the slope of each in MB per hour (least squares over the samples after ``--warmup`` minutes), the
+worker's RSS after 5 minutes and at the end, and how many orders were not FILLED a minute after the last was
+sent. ``--drop-at 7 20`` has the sim drop every connection at those minutes: the worker reconnects and
+reconciles (IBKR's completed orders and executions of the day, all at once).
 
 ``--instrument-sync --entries N --passes P`` soaks the instrument-sync instead: P passes over a universe of N
 instruments (pacing off, the sim in a process of its own), RSS of the sync (this process) after each pass.
 
 With ``--tracemalloc DIR`` the worker runs under tracemalloc and writes a snapshot to DIR every sample;
-``--diff DIR`` prints what grew the most between the first snapshot after the warm-up and the last one.
+``--diff DIR`` prints what grew the most between snapshot ``--diff-from`` and the last one.
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ async def produce_steadily(setup: Setup, codec: AvroCodec, rate: float, seconds:
         await producer.stop()
 
 
+async def drop_connections_at(setup: Setup, minutes: list[float]) -> None:
+    """Have the sim drop every connection at each of ``minutes`` (the worker reconnects and reconciles)."""
+    started = time.monotonic()
+    for at in sorted(minutes):
+        await asyncio.sleep(max(0.0, started + at * 60 - time.monotonic()))
+        await setup.sim.call("drop_connections")
+        print(json.dumps({"t_s": round(time.monotonic() - started), "event": "sim dropped connections"}),
+              flush=True)
+
+
 async def start_worker(setup: Setup, pacing: float, trace_dir: Path | None,
                        every: float) -> asyncio.subprocess.Process:
     if trace_dir is None:
@@ -113,6 +125,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     sent: list[OrderRequested] = []
     seconds = args.minutes * 60
     producing = asyncio.create_task(produce_steadily(setup, codec, args.rate, seconds, sent))
+    dropping = asyncio.create_task(drop_connections_at(setup, args.drop_at))
     started = time.monotonic()
     series: list[dict[str, float]] = []
     try:
@@ -128,6 +141,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(SystemExit):  # what is left unfinished after a minute is reported
             await wait_filled(watcher, sent, timeout=60)
     finally:
+        dropping.cancel()
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 30)
         watcher.task.cancel()
@@ -259,6 +273,8 @@ if __name__ == "__main__":
                         help="on: the sim enforces IBKR's 50 messages/s and the worker paces at 45")
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=5.0, help="minutes left out of the slope")
+    parser.add_argument("--drop-at", type=float, nargs="*", default=[], metavar="MINUTES",
+                        help="the sim drops every connection at these minutes (reconnect and reconciliation)")
     parser.add_argument("--history", type=int, default=0, help="finished orders in the ledger before the run")
     parser.add_argument("--instrument-sync", action="store_true", help="soak the instrument-sync instead")
     parser.add_argument("--entries", type=int, default=2000, help="instrument-sync: universe size")
