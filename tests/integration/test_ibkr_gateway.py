@@ -170,6 +170,33 @@ async def test_a_correction_of_a_forgotten_order_is_still_reported_with_its_comm
         await gateway.close()
 
 
+async def test_reconciliation_queries_leave_no_trades_or_settled_fills_behind(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 27, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    try:
+        wrapper = gateway.ib.wrapper
+        refs = [f"day-{n}" for n in range(50)]
+        for ref in refs:
+            order = MarketOrder("BUY", 1, orderRef=ref, orderId=gateway.ib.client.getReqId())
+            await gateway.place(Contract(conId=265598, exchange="SMART"), order)
+        await eventually(lambda: len(wrapper.fills) == len(refs)
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        assert gateway.prune_done(older_than=0) == len(refs)
+
+        statuses = await gateway.order_statuses()  # as after a reconnection: the day's orders, all at once
+        executions = await gateway.executions()
+
+        assert {ref: statuses[ref].ib_status for ref in refs} == dict.fromkeys(refs, "Filled")
+        assert {e.order_ref for e in executions} == set(refs)
+        assert wrapper.trades == {}  # the completed orders were never filed as ib_insync trades
+        assert len(wrapper.fills) == len(refs)  # the replayed executions, with their commissions
+        gateway.prune_done(older_than=0)
+        assert wrapper.fills == {}
+    finally:
+        await gateway.close()
+
+
 @pytest.mark.parametrize("linger", [0.0, 0.5])
 async def test_reports_arriving_within_the_linger_are_delivered_in_one_batch(sim: SimGateway, linger: float) -> None:
     host, port = sim.address

@@ -173,6 +173,17 @@ def _status_report(trade: Trade) -> IbOrderStatus:
     )
 
 
+def _known_status(trade: Trade) -> IbOrderStatus | None:
+    """The status of one of our orders IBKR knows (None: not ours, or not acknowledged by IBKR yet).
+
+    ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId, still
+    PendingSubmit) is not known at IBKR: it may have been dropped.
+    """
+    if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
+        return _status_report(trade)
+    return None
+
+
 class IbkrGateway:
     """One connection to IB Gateway / TWS (or the sim) with a pacing limiter and typed reports."""
 
@@ -209,6 +220,7 @@ class IbkrGateway:
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
         retention.report_untracked(self.ib.wrapper, self._on_untracked_execution, self._queue_commission)
+        retention.keep_completed_orders_as(self.ib.wrapper, _known_status)
         compact_repr.install()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -380,16 +392,17 @@ class IbkrGateway:
     async def order_statuses(self) -> dict[str, IbOrderStatus]:
         """IB's open and completed orders of this client, keyed by orderRef (our order_id)."""
         await self.limiter.acquire(Priority.QUERY)
-        completed: list[Trade] = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(apiOnly=True),
-                                                        self.request_timeout)
+        # Completed orders come as our own status records (see retention.keep_completed_orders_as).
+        answer: list[Any] = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(apiOnly=True),
+                                                   self.request_timeout)
+        completed: list[IbOrderStatus] = answer
         await self.limiter.acquire(Priority.QUERY)
         open_trades: list[Trade] = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
-        result: dict[str, IbOrderStatus] = {}
-        for trade in [*completed, *open_trades, *self.ib.openTrades()]:
-            # ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId,
-            # still PendingSubmit) is not known at IBKR: it may have been dropped.
-            if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
-                result[trade.order.orderRef] = _status_report(trade)
+        result = {status.order_ref: status for status in completed}
+        for trade in [*open_trades, *self.ib.openTrades()]:
+            status = _known_status(trade)
+            if status is not None:
+                result[status.order_ref] = status
         return result
 
     async def executions(self) -> list[IbExecution]:

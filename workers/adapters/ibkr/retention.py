@@ -14,6 +14,11 @@ forgetting a trade also replaces its events.
 IBKR can still send an execution of a forgotten order (a correction, ``.02``, minutes later) and its
 commission; ib_insync keeps them but reports neither without the trade. :func:`report_untracked` has them
 reported all the same.
+
+Completed orders (``reqCompletedOrders``: every order of the day, at each reconnection, twice) are not
+kept as trades at all: :func:`keep_completed_orders_as` turns each into a small record as it arrives. A
+day's worth of ib_insync trades at once is hundreds of MB, and memory the process has grown to stays
+taken.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventkit import Event
-from ib_insync import Contract, Trade
+from ib_insync import Contract, Order, OrderState, OrderStatus, Trade
 from ib_insync.objects import CommissionReport, Execution, Fill
 from ib_insync.wrapper import OrderKeyType, Wrapper
 
@@ -64,7 +69,8 @@ def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: fl
     ``unsettled_for`` seconds whatever their state of settlement; returns how many were forgotten.
 
     A trade still working is never forgotten. Fills of trades the wrapper does not hold (another client's,
-    or replayed by ``reqExecutions``) are forgotten after ``unsettled_for`` seconds.
+    or replayed by ``reqExecutions``) are forgotten the same way: after ``settled_for`` seconds once their
+    commission is in, after ``unsettled_for`` seconds in any case.
     """
     settled_cutoff = now - timedelta(seconds=settled_for)
     cutoff = now - timedelta(seconds=unsettled_for)
@@ -78,7 +84,8 @@ def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: fl
     for key in done:
         forget(wrapper, key)
     held = {fill.execution.execId for trade in wrapper.trades.values() for fill in trade.fills}
-    for exec_id in [e for e, fill in wrapper.fills.items() if e not in held and _fill_time(fill.time) <= cutoff]:
+    for exec_id in [e for e, fill in wrapper.fills.items() if e not in held and _fill_time(fill.time) <= (
+            settled_cutoff if fill.commissionReport.execId else cutoff)]:
         del wrapper.fills[exec_id]
     return len(done)
 
@@ -123,3 +130,20 @@ def report_untracked(wrapper: Wrapper, on_execution: Callable[[Fill], None],
     instance: Any = wrapper
     instance.execDetails = execution_seen
     instance.commissionReport = commission_seen
+
+
+def keep_completed_orders_as(wrapper: Wrapper, convert: Callable[[Trade], object | None]) -> None:
+    """Have ``reqCompletedOrders`` answer with ``convert(trade)`` of each completed order (``None``: left
+    out), made as each arrives, instead of ib_insync's trades, which it would also file in the wrapper."""
+
+    def completed_order(contract: Contract, order: Order, order_state: OrderState) -> None:
+        results = wrapper._results.get("completedOrders")
+        if results is None:
+            return
+        status = OrderStatus(orderId=order.orderId, status=order_state.status)
+        converted = convert(Trade(contract, order, status, [], []))
+        if converted is not None:
+            results.append(converted)
+
+    instance: Any = wrapper
+    instance.completedOrder = completed_order
