@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from ib_insync import Contract, Order, OrderStatus, Trade
-from ib_insync.objects import CommissionReport, Execution, Fill
+import pytest
+from ib_insync import IB, Contract, Order, OrderStatus, Trade
+from ib_insync.objects import CommissionReport, Execution, Fill, TradeLogEntry
 
-from workers.adapters.ibkr.retention import is_settled
+from workers.adapters.ibkr.retention import is_settled, prune
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -41,3 +42,22 @@ def test_a_working_order_is_not_settled() -> None:
 
 def test_an_order_cancelled_unfilled_is_settled() -> None:
     assert is_settled(a_trade("Cancelled", 0, []))
+
+
+@pytest.mark.parametrize(("status", "forgotten_after"), [
+    ("PendingSubmit", 600),  # never acknowledged: IBKR dropped it (the watchdog places it again)
+    ("Inactive", 600),
+    ("Cancelled", 5),
+    ("Submitted", None),  # working at IBKR: kept however long it rests
+    ("PreSubmitted", None),
+])
+def test_a_trade_is_forgotten_after_its_retention_unless_it_works_at_ibkr(status: str,
+                                                                          forgotten_after: int | None) -> None:
+    wrapper = IB().wrapper
+    trade = a_trade(status, 0, [])
+    trade.log.append(TradeLogEntry(time=NOW, status=status))
+    wrapper.trades[(1, 7)] = trade
+    for seconds in (4, 6, 599, 601, 86_400):
+        prune(wrapper, NOW + timedelta(seconds=seconds), settled_for=5, unsettled_for=600)
+        expected_gone = forgotten_after is not None and seconds > forgotten_after
+        assert ((1, 7) not in wrapper.trades) == expected_gone, seconds

@@ -32,6 +32,10 @@ from ib_insync import Contract, Order, OrderState, OrderStatus, Trade
 from ib_insync.objects import CommissionReport, Execution, Fill
 from ib_insync.wrapper import OrderKeyType, Wrapper
 
+# Orders working at IBKR: kept whatever their age. Any other trade (done, Inactive, or never acknowledged by
+# IBKR, as when it dropped the placeOrder over its pacing limit) is forgotten once untouched long enough.
+_WORKING = frozenset({"PreSubmitted", "Submitted"})
+
 
 def last_touched(trade: Trade) -> datetime:
     """When IBKR last said something about ``trade`` (the time of its last log entry)."""
@@ -65,10 +69,11 @@ def forget(wrapper: Wrapper, key: OrderKeyType) -> None:
 
 
 def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: float) -> int:
-    """Forget the done trades settled and untouched for ``settled_for`` seconds, and those untouched for
-    ``unsettled_for`` seconds whatever their state of settlement; returns how many were forgotten.
+    """Forget the trades settled and untouched for ``settled_for`` seconds, and those not working at IBKR
+    untouched for ``unsettled_for`` seconds (done but unsettled, Inactive, never acknowledged); returns how
+    many were forgotten.
 
-    A trade still working is never forgotten. Fills of trades the wrapper does not hold (another client's,
+    A trade working at IBKR is never forgotten. Fills of trades the wrapper does not hold (another client's,
     or replayed by ``reqExecutions``) are forgotten the same way: after ``settled_for`` seconds once their
     commission is in, after ``unsettled_for`` seconds in any case.
     """
@@ -76,7 +81,7 @@ def prune(wrapper: Wrapper, now: datetime, settled_for: float, unsettled_for: fl
     cutoff = now - timedelta(seconds=unsettled_for)
     done: list[OrderKeyType] = []
     for key, trade in wrapper.trades.items():
-        if not trade.isDone():
+        if trade.orderStatus.status in _WORKING:
             continue
         touched = last_touched(trade)
         if touched <= cutoff or (touched <= settled_cutoff and is_settled(trade)):
