@@ -86,7 +86,8 @@ class IbCommission:
 _LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
 # ib_insync's record of a done order is forgotten this long after it is settled (every execution and
 # commission in, the ledger has them): at 40 orders/s, a few hundred trades, a few MB. One still missing an
-# execution or a commission is kept up to UNSETTLED_RETENTION seconds, for ib_insync to report it.
+# execution or a commission is kept up to UNSETTLED_RETENTION seconds untouched, for ib_insync to report it
+# (see retention.py).
 SETTLED_RETENTION = 5.0
 UNSETTLED_RETENTION = 600.0
 PRUNE_EVERY = 5.0
@@ -297,13 +298,14 @@ class IbkrGateway:
             raise
         self.last_error = None
 
-    def prune_done(self, older_than: float, unsettled_after: float = 600.0) -> int:
+    def prune_done(self, older_than: float, unsettled_after: float = UNSETTLED_RETENTION) -> int:
         """Forget ib_insync's done trades settled and untouched for ``older_than`` seconds, with their fills.
 
         ib_insync keeps every trade and fill of a session in memory, so a connection that lives for weeks
         would grow without bound. The ledger is the record; what reconciliation asks IBKR for comes back
-        from IBKR. A done trade still missing an execution or a commission is kept (ib_insync needs it to
-        report them) for ``unsettled_after`` seconds at most. Returns how many trades were forgotten.
+        from IBKR. A done trade still missing an execution or a commission (ib_insync needs it to report
+        them), an Inactive one or one IBKR never acknowledged is forgotten after ``unsettled_after`` seconds
+        untouched; an order working at IBKR never is. Returns how many trades were forgotten.
         """
         return retention.prune(self.ib.wrapper, datetime.now(UTC), settled_for=older_than,
                                unsettled_for=max(older_than, unsettled_after))
