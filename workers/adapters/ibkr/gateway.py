@@ -246,6 +246,9 @@ class IbkrGateway:
         # ib_insync's start-up requests (positions, open and completed orders, executions, account
         # updates) go out without the limiter: they count against the same per-second budget at IB.
         self.limiter.charge(int(getattr(self.ib.client.conn, "numMsgSent", 0)))
+        # Its start-up answers include the day's executions, kept as fills: forgotten now, not 5 s later,
+        # so they are gone before reconciliation asks for them all again (two copies of a busy day at once).
+        self.prune_done(SETTLED_RETENTION)
         log.info("ibkr connected", host=self.host, port=self.port, client_id=self.client_id,
                  next_valid_id=self.next_valid_id_at_connect,
                  accounts=self.ib.wrapper.accounts)
