@@ -33,8 +33,8 @@ from workers.sim.portfolio import Portfolio
 from workers.sim.requests import OrderRequest
 from workers.sim.universe import Instrument, Universe
 
-# About 3 KB each (the order, its request and its execution): at most some 70 MB kept at the bound, an
-# hour of orders at 5 a second, 8 minutes at 40 a second.
+# About 3.5 KB each (the order, its request and its execution): ~75 MB at the bound, where the sim's RSS levels
+# off at ~115 MB (bench/soak.py); an hour of orders at 5 a second, 9 minutes at 40 a second.
 FINISHED_KEPT = 20_000
 FORGET_AT_ONCE = 2_000
 REQUESTS_KEPT = 20_000
