@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from ib_insync import Trade
+from ib_insync.objects import Fill
 
 from ibkr_sim import SimConfig, SimGateway
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.domain.instruments import Instrument
 from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
-from workers.ports.ibkr import IbExecution, IbReport
+from workers.ports.ibkr import IbCommission, IbExecution, IbReport
 
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
                   currency="USD", min_tick=Decimal("0.01"))
 
 
-def an_order(ref: str, limit_price: Decimal | None = None) -> Order:
-    """An order of one share of AAPL whose ``orderRef`` is ``ref``: a market order, or a limit order."""
+def an_order(ref: str, limit_price: Decimal | None = None, quantity: int = 1) -> Order:
+    """An order of ``quantity`` shares of AAPL whose ``orderRef`` is ``ref``: a market order, or a limit order."""
     request = OrderRequested(
-        order_id=ref, account="DU0000001", instrument_id=AAPL.instrument_id, side=Side.BUY, quantity=Decimal(1),
+        order_id=ref, account="DU0000001", instrument_id=AAPL.instrument_id, side=Side.BUY, quantity=Decimal(quantity),
         order_type=OrderType.LIMIT if limit_price is not None else OrderType.MARKET, limit_price=limit_price,
         stop_price=None, time_in_force=TimeInForce.DAY, outside_rth=False, created_at=datetime.now(UTC))
     return Order.recorded(NewOrder(request, OrderState.ACCEPTED), owner_client_id=22)
@@ -86,6 +90,119 @@ async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: Si
         statuses = await gateway.order_statuses()  # IBKR still knows them all
         assert set(refs) <= set(statuses) and statuses[refs[0]].ib_status == "Filled"
         assert {e.order_ref for e in await gateway.executions()} == set(refs)
+    finally:
+        await gateway.close()
+
+
+def live_objects(kind: type) -> int:
+    """How many objects of ``kind`` the collector tracks, garbage in cycles not yet collected included."""
+    return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
+async def test_pruning_frees_ib_insyncs_record_of_a_few_hundred_settled_orders(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 24, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    stop = asyncio.Event()
+    gc.collect()
+    trades_before, fills_before = live_objects(Trade), live_objects(Fill)
+    gc.disable()  # what is freed must be freed at once, not by a collection of the cycles
+    try:
+        wrapper = gateway.ib.wrapper
+        for n in range(300):
+            await gateway.place(AAPL, an_order(f"many-{n}", quantity=1), gateway.ib.client.getReqId())
+        await eventually(lambda: all(t.isDone() for t in wrapper.trades.values()) and len(wrapper.fills) == 300
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        held = [weakref.ref(trade) for trade in wrapper.trades.values()]
+        assert live_objects(Trade) - trades_before >= 300
+
+        pruning = asyncio.create_task(gateway.run_pruning(stop, every=0.1, older_than=0.2))
+        await eventually(lambda: not wrapper.trades)
+
+        assert wrapper.fills == {} and wrapper.permId2Trade == {}
+        # ib_insync's own events keep the last trade and fill they reported: a few, not hundreds.
+        assert sum(ref() is not None for ref in held) <= 3
+        assert live_objects(Trade) - trades_before <= 3
+        assert live_objects(Fill) - fills_before <= 3
+        stop.set()
+        await pruning
+    finally:
+        gc.enable()
+        stop.set()
+        await gateway.close()
+
+
+async def test_a_done_order_is_kept_until_its_commission_arrives(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 25, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    try:
+        wrapper = gateway.ib.wrapper
+        await gateway.place(AAPL, an_order("late-commission", quantity=1), gateway.ib.client.getReqId())
+        await eventually(lambda: len(wrapper.fills) == 1
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        (trade,) = wrapper.trades.values()
+        trade.fills[0].commissionReport.execId = ""  # as if IBKR had not sent the commission yet
+
+        assert gateway.prune_done(older_than=0) == 0  # ib_insync reports a commission only for a held trade
+        assert gateway.prune_done(older_than=0, unsettled_after=0) == 1  # not forever
+        assert wrapper.trades == {} and wrapper.fills == {}
+    finally:
+        await gateway.close()
+
+
+async def test_a_correction_of_a_forgotten_order_is_still_reported_with_its_commission(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 26, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    reports: list[IbReport] = []
+
+    async def listener(batch: Sequence[IbReport]) -> None:
+        reports.extend(batch)
+
+    gateway.listen(listener)
+    await gateway.connect()
+    try:
+        await gateway.place(AAPL, an_order("corrected-later", quantity=3), gateway.ib.client.getReqId())
+        await eventually(lambda: any(isinstance(r, IbCommission) for r in reports))
+        (execution,) = [r for r in reports if isinstance(r, IbExecution)]
+        assert gateway.prune_done(older_than=0) == 1
+        reports.clear()
+
+        assert execution.price != Decimal("250.5")
+        corrected = sim.correct_execution(execution.exec_id, price=250.5)
+
+        await eventually(lambda: any(isinstance(r, IbCommission) for r in reports))
+        (correction,) = [r for r in reports if isinstance(r, IbExecution)]
+        assert correction.exec_id == corrected and correction.order_ref == "corrected-later"
+        assert correction.price == Decimal("250.5")
+        assert [r.exec_id for r in reports if isinstance(r, IbCommission)] == [corrected]
+        assert gateway.ib.wrapper.trades == {}  # reported without bringing the trade back
+    finally:
+        await gateway.close()
+
+
+async def test_reconciliation_queries_leave_no_trades_or_settled_fills_behind(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = IbkrGateway(host, port, 27, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    await gateway.connect()
+    try:
+        wrapper = gateway.ib.wrapper
+        refs = [f"day-{n}" for n in range(50)]
+        for ref in refs:
+            await gateway.place(AAPL, an_order(ref, quantity=1), gateway.ib.client.getReqId())
+        await eventually(lambda: len(wrapper.fills) == len(refs)
+                         and all(f.commissionReport.execId for f in wrapper.fills.values()))
+        assert gateway.prune_done(older_than=0) == len(refs)
+
+        statuses = await gateway.order_statuses()  # as after a reconnection: the day's orders, all at once
+        executions = await gateway.executions()
+
+        assert {ref: statuses[ref].ib_status for ref in refs} == dict.fromkeys(refs, "Filled")
+        assert {e.order_ref for e in executions} == set(refs)
+        assert wrapper.trades == {}  # the completed orders were never filed as ib_insync trades
+        assert len(wrapper.fills) == len(refs)  # the replayed executions, with their commissions
+        gateway.prune_done(older_than=0)
+        assert wrapper.fills == {}
     finally:
         await gateway.close()
 

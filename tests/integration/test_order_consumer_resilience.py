@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -170,24 +172,35 @@ async def test_orders_ib_drops_over_its_pacing_limit_are_placed_again_exactly_on
         await h.stop()
 
 
-def drop_database_connections(database_url: str) -> int:
-    """What a PostgreSQL restart or a network cut does to the worker: every other connection is closed."""
+def with_application_name(database_url: str, name: str) -> str:
+    """``database_url`` whose connections call themselves ``name`` (in ``pg_stat_activity``)."""
+    parts = urlsplit(database_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "application_name"] + [("application_name", name)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def drop_database_connections(database_url: str, application_name: str) -> int:
+    """What a PostgreSQL restart or a network cut does to the worker: its connections are closed (only the
+    worker's, named ``application_name``: the server may be shared by other test runs)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+                            "WHERE datname = current_database() AND application_name = %s", (application_name,),
+                            ).fetchall()
     return sum(1 for (terminated,) in rows if terminated)
 
 
 async def test_database_connections_dropped_mid_stream_lose_and_duplicate_nothing(
         kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
-    async with running_harness(kafka_bootstrap, database_url, kafka_topics, ibkr_order_answer_timeout=1) as h:
+    name = f"resilience-{uuid.uuid4().hex[:8]}"
+    named = with_application_name(database_url, name)  # the harness sets up through its own pool, then closes it
+    async with running_harness(kafka_bootstrap, named, kafka_topics, ibkr_order_answer_timeout=1) as h:
         await h.wait_for(lambda: h.app is not None and h.app.service.reconciled, what="ready")
         requests = [order(quantity="1") for _ in range(60)]
         for i, request in enumerate(requests):
             await h.send(request)
             if i in (20, 40):
                 await asyncio.sleep(0.05)  # some orders on their way: recording, placed, reported
-                assert drop_database_connections(database_url) >= 1
+                assert drop_database_connections(database_url, name) >= 1
         for request in requests:
             await h.wait_status(request.order_id, "FILLED", timeout=60)
         await h.wait_for(lambda: {f["fill_id"] for fills in h.observed.fills.values() for f in fills}

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +19,7 @@ from ib_insync import IB, Contract, ContractDetails, Trade
 from ib_insync.objects import CommissionReport, Fill, Position
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
-from workers.adapters.ibkr import compact_repr
+from workers.adapters.ibkr import compact_repr, retention
 from workers.adapters.ibkr.builders import contract_for, order_for
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
 from workers.adapters.ibkr.status_mapping import status_change
@@ -47,6 +47,13 @@ def to_decimal(value: float) -> Decimal:
 
 # ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
 _LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
+# ib_insync's record of a done order is forgotten this long after it is settled (every execution and
+# commission in, the ledger has them): at 40 orders/s, a few hundred trades, a few MB. One still missing an
+# execution or a commission is kept up to UNSETTLED_RETENTION seconds untouched, for ib_insync to report it
+# (see retention.py).
+SETTLED_RETENTION = 5.0
+UNSETTLED_RETENTION = 600.0
+PRUNE_EVERY = 5.0
 
 
 def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
@@ -93,6 +100,17 @@ def _status_report(trade: Trade) -> IbOrderStatus:
     return replace(report, change=status_change(report))
 
 
+def _known_status(trade: Trade) -> IbOrderStatus | None:
+    """The status of one of our orders IBKR knows (None: not ours, or not acknowledged by IBKR yet).
+
+    ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId, still
+    PendingSubmit) is not known at IBKR: it may have been dropped.
+    """
+    if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
+        return _status_report(trade)
+    return None
+
+
 class IbkrGateway:
     """One connection to IB Gateway / TWS (or the sim) with a pacing limiter and typed reports."""
 
@@ -128,6 +146,8 @@ class IbkrGateway:
         self.last_error: str | None = None
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
+        retention.report_untracked(self.ib.wrapper, self._on_untracked_execution, self._queue_commission)
+        retention.keep_completed_orders_as(self.ib.wrapper, _known_status)
         compact_repr.install()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -152,6 +172,9 @@ class IbkrGateway:
         # ib_insync's start-up requests (positions, open and completed orders, executions, account
         # updates) go out without the limiter: they count against the same per-second budget at IB.
         self.limiter.charge(int(getattr(self.ib.client.conn, "numMsgSent", 0)))
+        # Its start-up answers include the day's executions, kept as fills: forgotten now, not 5 s later,
+        # so they are gone before reconciliation asks for them all again (two copies of a busy day at once).
+        self.prune_done(SETTLED_RETENTION)
         log.info("ibkr connected", host=self.host, port=self.port, client_id=self.client_id,
                  next_valid_id=self.next_valid_id_at_connect,
                  accounts=self.ib.wrapper.accounts)
@@ -204,36 +227,31 @@ class IbkrGateway:
             raise
         self.last_error = None
 
-    def prune_done(self, older_than: float) -> int:
-        """Forget ib_insync's trades that are done and untouched for ``older_than`` seconds, with their fills.
+    def prune_done(self, older_than: float, unsettled_after: float = UNSETTLED_RETENTION) -> int:
+        """Forget ib_insync's done trades settled and untouched for ``older_than`` seconds, with their fills.
 
-        ib_insync keeps every trade and fill of a session in memory, so a connection
-        that lives for weeks would grow without bound. The ledger is the record; what reconciliation asks
-        IBKR for comes back from IBKR. Returns how many trades were forgotten.
+        ib_insync keeps every trade and fill of a session in memory, so a connection that lives for weeks
+        would grow without bound. The ledger is the record; what reconciliation asks IBKR for comes back
+        from IBKR. A done trade still missing an execution or a commission (ib_insync needs it to report
+        them), an Inactive one or one IBKR never acknowledged is forgotten after ``unsettled_after`` seconds
+        untouched; an order working at IBKR never is. Returns how many trades were forgotten.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-        wrapper = self.ib.wrapper
-        done = [key for key, trade in wrapper.trades.items() if trade.isDone() and _last_touched(trade) <= cutoff]
-        for key in done:
-            trade = wrapper.trades.pop(key)
-            if trade.order.permId:
-                wrapper.permId2Trade.pop(trade.order.permId, None)
-            for fill in trade.fills:
-                wrapper.fills.pop(fill.execution.execId, None)
-        # Fills of trades this session never held (another client's, or replayed) age out the same way.
-        for exec_id in [e for e, fill in wrapper.fills.items() if fill.time <= cutoff]:
-            fill = wrapper.fills[exec_id]
-            key = (fill.execution.clientId, fill.execution.orderId)
-            if key not in wrapper.trades:
-                del wrapper.fills[exec_id]
-        return len(done)
+        return retention.prune(self.ib.wrapper, datetime.now(UTC), settled_for=older_than,
+                               unsettled_for=max(older_than, unsettled_after))
 
-    async def run_pruning(self, stop: asyncio.Event, *, every: float = 60.0, older_than: float = 600.0) -> None:
+    async def run_pruning(self, stop: asyncio.Event, *, every: float = PRUNE_EVERY,
+                          older_than: float = SETTLED_RETENTION,
+                          unsettled_after: float = UNSETTLED_RETENTION) -> None:
         """:meth:`prune_done` every ``every`` seconds until ``stop`` is set."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
-            forgotten = self.prune_done(older_than)
+            try:
+                forgotten = self.prune_done(older_than, unsettled_after)
+            except Exception:
+                # Pruning must not stop for good over one odd trade: memory would grow again.
+                log.exception("pruning ib_insync's done trades failed")
+                continue
             if forgotten:
                 log.debug("done trades forgotten", count=forgotten, kept=len(self.ib.wrapper.trades))
 
@@ -307,16 +325,17 @@ class IbkrGateway:
     async def order_statuses(self) -> dict[str, IbOrderStatus]:
         """IB's open and completed orders of this client, keyed by orderRef (our order_id)."""
         await self.limiter.acquire(Priority.QUERY)
-        completed: list[Trade] = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(apiOnly=True),
-                                                        self.request_timeout)
+        # Completed orders come as our own status records (see retention.keep_completed_orders_as).
+        answer: list[Any] = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(apiOnly=True),
+                                                   self.request_timeout)
+        completed: list[IbOrderStatus] = answer
         await self.limiter.acquire(Priority.QUERY)
         open_trades: list[Trade] = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
-        result: dict[str, IbOrderStatus] = {}
-        for trade in [*completed, *open_trades, *self.ib.openTrades()]:
-            # ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId,
-            # still PendingSubmit) is not known at IBKR: it may have been dropped.
-            if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
-                result[trade.order.orderRef] = _status_report(trade)
+        result = {status.order_ref: status for status in completed}
+        for trade in [*open_trades, *self.ib.openTrades()]:
+            status = _known_status(trade)
+            if status is not None:
+                result[status.order_ref] = status
         return result
 
     async def executions(self) -> list[IbExecution]:
@@ -348,6 +367,12 @@ class IbkrGateway:
         self._reports.put_nowait(_execution_report(fill, trade.order.orderRef))
 
     def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        self._queue_commission(report)
+
+    def _on_untracked_execution(self, fill: Fill) -> None:
+        self._reports.put_nowait(_execution_report(fill, fill.execution.orderRef))
+
+    def _queue_commission(self, report: CommissionReport) -> None:
         self._reports.put_nowait(
             IbCommission(exec_id=report.execId, commission=to_decimal(report.commission),
                          currency=report.currency)
@@ -389,9 +414,3 @@ class IbkrGateway:
                     self._reports.task_done()
 
 
-def _last_touched(trade: Trade) -> datetime:
-    """When IBKR last said something about ``trade`` (the time of its last log entry)."""
-    if not trade.log:
-        return datetime.min.replace(tzinfo=UTC)
-    last: datetime = trade.log[-1].time
-    return last if last.tzinfo is not None else last.replace(tzinfo=UTC)
