@@ -30,8 +30,8 @@ import psycopg
 
 from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.migrate import migrate
@@ -111,7 +111,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await migrate(url)
             pool = await open_pool(url, max_size=args.concurrency + 2)
             limiter = PacingLimiter(45.0) if pacing else PacingLimiter(1e9, burst=1e9)
-            gateway = IbkrGateway(ports["host"], ports["port"], 31, limiter=limiter, readonly=True)
+            gateway = TwsConnection(ports["host"], ports["port"], 31, limiter=limiter, readonly=True)
             try:
                 await gateway.connect()
                 store = UniverseStore(pool)

@@ -167,8 +167,8 @@ async def soak_instrument_sync(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.instrument_sync import sim_universe, start_sim, with_schema
     from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-    from workers.adapters.ibkr.gateway import IbkrGateway
     from workers.adapters.ibkr.pacing import PacingLimiter
+    from workers.adapters.ibkr.tws_connection import TwsConnection
     from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
     from workers.adapters.postgres.instruments import InstrumentMapper
     from workers.adapters.postgres.migrate import migrate
@@ -191,7 +191,7 @@ async def soak_instrument_sync(args: argparse.Namespace) -> dict[str, Any]:
             ports = json.loads((Path(tmp) / "ready.json").read_text())
             await migrate(url)
             pool = await open_pool(url, max_size=10)
-            gateway = IbkrGateway(ports["host"], ports["port"], 31, limiter=PacingLimiter(1e9, burst=1e9),
+            gateway = TwsConnection(ports["host"], ports["port"], 31, limiter=PacingLimiter(1e9, burst=1e9),
                                   readonly=True)
             try:
                 await gateway.connect()

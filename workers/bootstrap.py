@@ -19,9 +19,9 @@ from workers.adapters.avro.wire import codec_for, decode_any
 from workers.adapters.http.admin import AdminServer
 from workers.adapters.http.probes import ProbeServer
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import (
@@ -110,7 +110,7 @@ MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 
 
-def on_demand_resolver(gateway: IbkrGateway, mapper: InstrumentMapper) -> Any:
+def on_demand_resolver(gateway: TwsConnection, mapper: InstrumentMapper) -> Any:
     """Resolve an id in the id convention through IBKR; None when it cannot be (the order is rejected)."""
     lookup = IbkrContractLookup(gateway)
 
@@ -239,7 +239,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=FETCH_MAX_BYTES, **kafka_kwargs,
     )
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
-    gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
+    gateway = TwsConnection(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
                           limiter=limiter, connect_timeout=settings.ibkr_connect_timeout,
                           readonly=settings.ibkr_readonly, trading_mode=settings.ibkr_trading_mode,
                           report_linger=REPORT_LINGER)
@@ -345,7 +345,7 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
         await close_pool(pool)
         raise StartupFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None
     limiter = PacingLimiter(settings.ibkr_pacing_per_second)
-    gateway = IbkrGateway(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
+    gateway = TwsConnection(settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
                           limiter=limiter, connect_timeout=settings.ibkr_connect_timeout, readonly=True)
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)

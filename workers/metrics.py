@@ -36,7 +36,7 @@ SYNC_PASS_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 36
 
 
 class IbkrStats(Protocol):
-    """What :meth:`Metrics.watch_ibkr` reads (``IbkrGateway`` has it)."""
+    """What :meth:`Metrics.watch_ibkr` reads (``TwsConnection`` has it)."""
 
     @property
     def connected(self) -> bool: ...

@@ -19,8 +19,8 @@ from ibkr_sim.universe import Instrument as SimInstrument
 from tests.integration.topic_reading import records_on_partition
 from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.instrument_events import InstrumentEventEncoder
 from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.kafka.records import INSTRUMENT_UPDATED
@@ -69,7 +69,7 @@ class World:
 
     sim: SimGateway
     pool: Pool
-    gateway: IbkrGateway
+    gateway: TwsConnection
     sync: InstrumentSync
     store: UniverseStore
     mapper: InstrumentMapper
@@ -129,7 +129,7 @@ def pool_size() -> int:
 @pytest.fixture
 async def world(sim: SimGateway, pool: Pool, kafka_topics: Any) -> AsyncIterator[World]:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 11, limiter=PacingLimiter(1000.0), connect_timeout=5, readonly=True)
+    gateway = TwsConnection(host, port, 11, limiter=PacingLimiter(1000.0), connect_timeout=5, readonly=True)
     await gateway.connect()
     codec = AvroCodec()
     topic = kafka_topics.instruments_updated

@@ -12,10 +12,10 @@ import pytest
 
 from ibkr_sim import SimConfig, SimGateway
 from tests.integration.harness import AAPL, ES, EURUSD, SPY_CALL
-from tests.integration.test_ibkr_gateway import an_order
-from workers.adapters.ibkr.gateway import IbkrGateway
+from tests.integration.test_tws_connection import an_order
 from workers.adapters.ibkr.market_data import FIRST_REQ_ID, MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
+from workers.adapters.ibkr.tws_connection import TwsConnection
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +63,15 @@ def sim_config() -> SimConfig:
 
 
 @pytest.fixture
-async def gateway(sim: SimGateway) -> AsyncIterator[IbkrGateway]:
+async def gateway(sim: SimGateway) -> AsyncIterator[TwsConnection]:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 31, limiter=CountingLimiter(), connect_timeout=5)
+    gateway = TwsConnection(host, port, 31, limiter=CountingLimiter(), connect_timeout=5)
     yield gateway
     await gateway.close()
 
 
 @pytest.fixture
-async def book_of(gateway: IbkrGateway) -> AsyncIterator[Callable[..., MarketDataBook]]:
+async def book_of(gateway: TwsConnection) -> AsyncIterator[Callable[..., MarketDataBook]]:
     """``book_of(**kwargs)``: a book over the (not yet connected) gateway, closed after the test."""
     books: list[MarketDataBook] = []
 
@@ -86,7 +86,7 @@ async def book_of(gateway: IbkrGateway) -> AsyncIterator[Callable[..., MarketDat
 
 
 async def test_first_use_subscribes_and_returns_bid_ask_last_close_that_refresh(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     book = book_of()
     await gateway.connect()
@@ -107,7 +107,7 @@ async def test_first_use_subscribes_and_returns_bid_ask_last_close_that_refresh(
 
 
 async def test_futures_forex_and_options_get_reference_prices(
-    gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     book = book_of()
     await gateway.connect()
@@ -117,7 +117,7 @@ async def test_futures_forex_and_options_get_reference_prices(
 
 
 async def test_delayed_type_gives_delayed_prices_where_the_account_has_no_subscription(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     sim.config.market_data_subscribed = False
     book = book_of(data_type="delayed")
@@ -128,7 +128,7 @@ async def test_delayed_type_gives_delayed_prices_where_the_account_has_no_subscr
 
 
 async def test_live_type_without_subscription_is_no_reference_and_retried_later(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     sim.config.unsubscribed_con_ids = frozenset({AAPL.con_id})
     clock = Clock()
@@ -146,7 +146,7 @@ async def test_live_type_without_subscription_is_no_reference_and_retried_later(
 
 
 async def test_unknown_contract_is_no_reference_without_raising(
-    gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     book = book_of()
     await gateway.connect()
@@ -158,7 +158,7 @@ async def test_unknown_contract_is_no_reference_without_raising(
 
 
 async def test_lines_are_bounded_and_the_least_recently_used_is_released(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     clock = Clock()
     book = book_of(lines=2, clock=clock)
@@ -172,7 +172,7 @@ async def test_lines_are_bounded_and_the_least_recently_used_is_released(
 
 
 async def test_lines_exhausted_at_ibkr_is_no_reference(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     sim.config.market_data_lines = 1
     book = book_of()
@@ -183,7 +183,7 @@ async def test_lines_exhausted_at_ibkr_is_no_reference(
 
 
 async def test_idle_lines_are_released(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     clock = Clock()
     book = book_of(idle=600.0, clock=clock)
@@ -200,7 +200,7 @@ async def test_idle_lines_are_released(
 
 
 async def test_lines_are_subscribed_again_after_a_reconnect_with_the_data_type(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     sim.config.market_data_subscribed = False  # only delayed data: proves reqMarketDataType is sent again
     book = book_of(data_type="delayed")
@@ -218,7 +218,7 @@ async def test_lines_are_subscribed_again_after_a_reconnect_with_the_data_type(
 
 
 async def test_every_market_data_request_goes_through_the_pacing_limiter(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     limiter = gateway.limiter
     assert isinstance(limiter, CountingLimiter)
@@ -232,7 +232,7 @@ async def test_every_market_data_request_goes_through_the_pacing_limiter(
 
 
 async def test_a_refused_request_never_touches_an_order_of_the_same_number(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     # The workers number orders from nextValidId, where ib_insync's request ids start too.
     sim.config.unsubscribed_con_ids = frozenset({MSFT.con_id})
@@ -247,7 +247,7 @@ async def test_a_refused_request_never_touches_an_order_of_the_same_number(
 
 
 async def test_a_book_built_after_the_connect_asks_for_the_data_type_first(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     sim.config.market_data_subscribed = False
     await gateway.connect()
@@ -257,7 +257,7 @@ async def test_a_book_built_after_the_connect_asks_for_the_data_type_first(
 
 
 async def test_only_the_first_use_waits_for_prices_that_do_not_come(
-    sim: SimGateway, gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    sim: SimGateway, gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     clock = Clock()
     book = book_of(first_tick_timeout=0.3, clock=clock)
@@ -276,7 +276,7 @@ async def test_only_the_first_use_waits_for_prices_that_do_not_come(
 
 
 async def test_no_reference_while_disconnected_before_first_use(
-    gateway: IbkrGateway, book_of: Callable[..., MarketDataBook]
+    gateway: TwsConnection, book_of: Callable[..., MarketDataBook]
 ) -> None:
     book = book_of()
     assert await book.reference(AAPL) is None

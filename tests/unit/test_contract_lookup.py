@@ -9,14 +9,14 @@ import pytest
 from ib_insync import Contract, ContractDetails
 
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.domain.contracts import ContractSpec, LookupRejected, LookupUnavailable
 
 AAPL = ContractSpec(sec_type="STK", symbol="AAPL", exchange="SMART", currency="USD")
 
 
-class ScriptedGateway(IbkrGateway):
+class ScriptedGateway(TwsConnection):
     """A gateway that answers reqContractDetails as told, raising IB errors the way ib_insync does."""
 
     def __init__(self, *, error: int | None = None, answer: list[ContractDetails] | None = None,

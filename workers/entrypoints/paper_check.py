@@ -24,8 +24,8 @@ from typing import Any
 
 from ib_insync import Contract, ContractDetails, Order, Trade
 
-from workers.adapters.ibkr.gateway import IbkrGateway, to_decimal
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
+from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
 from workers.logs import configure_logging
 from workers.service_layer.paper_check import (
     ACCOUNT_TAGS,
@@ -91,7 +91,7 @@ class PaperCheck:
         self.assume_yes: bool = bool(args.yes)
         self.allow_live = allow_live
         self.report = Report()
-        self.gateway = IbkrGateway(
+        self.gateway = TwsConnection(
             settings.ibkr_host, settings.ibkr_effective_port, settings.ibkr_client_id,
             limiter=PacingLimiter(settings.ibkr_pacing_per_second),
             connect_timeout=min(settings.ibkr_connect_timeout, self.timeout),

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from workers import __version__
 from workers.adapters.http.probes import ProbeServer
-from workers.adapters.ibkr.gateway import IbkrGateway
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.health_publisher import HealthPublisher
 from workers.adapters.kafka.publishing import OutboxRelay
 from workers.adapters.postgres.pool import Pool, close_pool
@@ -46,7 +46,7 @@ class InstrumentSyncApp:
 
     settings: Settings
     pool: Pool
-    gateway: IbkrGateway
+    gateway: TwsConnection
     producer: AIOKafkaProducer
     relay: OutboxRelay
     outbox: TopicOutbox

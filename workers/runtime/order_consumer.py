@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers import __version__
 from workers.adapters.http.probes import ProbeServer
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.market_data import MarketDataBook
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.connection import kafka_client_kwargs
 from workers.adapters.kafka.consuming import ConsumeLoop
 from workers.adapters.kafka.health_publisher import HealthPublisher
@@ -38,7 +38,7 @@ class OrderConsumerApp:
     pool: Pool
     producer: AIOKafkaProducer
     consumer: AIOKafkaConsumer
-    gateway: IbkrGateway
+    gateway: TwsConnection
     market_data: MarketDataBook
     service: OrderService
     loop: ConsumeLoop

@@ -14,7 +14,7 @@ from typing import Any
 
 from ib_insync import Contract, ContractDetails
 
-from workers.adapters.ibkr.gateway import IbkrGateway, to_decimal
+from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
 from workers.domain.contracts import ContractDetail, ContractSpec, LookupRejected, LookupUnavailable
 from workers.ports.ibkr import IbError
 
@@ -94,7 +94,7 @@ class IbkrContractLookup:
     request IBKR refused; a contract IBKR does not know is an empty list.
     """
 
-    def __init__(self, gateway: IbkrGateway, *, timeout: float = 15.0) -> None:
+    def __init__(self, gateway: TwsConnection, *, timeout: float = 15.0) -> None:
         self.gateway = gateway
         self.timeout = timeout
         self.requests = 0

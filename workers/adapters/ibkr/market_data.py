@@ -27,8 +27,8 @@ from typing import Any
 from ib_insync import Contract, Ticker
 
 from workers.adapters.ibkr.builders import contract_for
-from workers.adapters.ibkr.gateway import IbkrGateway, to_decimal
 from workers.adapters.ibkr.pacing import Priority
+from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
 from workers.domain.instruments import Instrument
 from workers.logs import get_logger
 from workers.ports.market_data import ReferencePrice
@@ -91,7 +91,7 @@ def _price(value: float) -> Decimal | None:
 class MarketDataBook:
     """IBKR's latest prices of the instruments the worker trades, one market-data line each."""
 
-    def __init__(self, gateway: IbkrGateway, *, data_type: MarketDataType = "live", lines: int = 100,
+    def __init__(self, gateway: TwsConnection, *, data_type: MarketDataType = "live", lines: int = 100,
                  idle: float = 600.0, first_tick_timeout: float = 2.0, retry_refused_after: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if lines < 1:

@@ -111,7 +111,7 @@ def _known_status(trade: Trade) -> IbOrderStatus | None:
     return None
 
 
-class IbkrGateway:
+class TwsConnection:
     """One connection to IB Gateway / TWS (or the sim) with a pacing limiter and typed reports."""
 
     def __init__(self, host: str, port: int, client_id: int, *, limiter: PacingLimiter,

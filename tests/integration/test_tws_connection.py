@@ -15,8 +15,8 @@ from ib_insync import Trade
 from ib_insync.objects import Fill
 
 from ibkr_sim import SimConfig, SimGateway
-from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.pacing import PacingLimiter
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.domain.instruments import Instrument
 from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
 from workers.ports.ibkr import IbCommission, IbExecution, IbReport
@@ -52,7 +52,7 @@ def sim_config() -> SimConfig:
 
 async def test_queries_ibkr_does_not_answer_give_up_after_the_request_timeout(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 21, limiter=PacingLimiter(1000.0), connect_timeout=5, request_timeout=0.3)
+    gateway = TwsConnection(host, port, 21, limiter=PacingLimiter(1000.0), connect_timeout=5, request_timeout=0.3)
     await gateway.connect()
     try:
         assert await gateway.order_statuses() == {}  # answered while the sim answers
@@ -69,7 +69,7 @@ async def test_queries_ibkr_does_not_answer_give_up_after_the_request_timeout(si
 
 async def test_done_trades_are_forgotten_and_ibkr_still_answers_for_them(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 22, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    gateway = TwsConnection(host, port, 22, limiter=PacingLimiter(1000.0), connect_timeout=5)
     await gateway.connect()
     try:
         refs = [f"ref-{n}" for n in range(5)]
@@ -101,7 +101,7 @@ def live_objects(kind: type) -> int:
 
 async def test_pruning_frees_ib_insyncs_record_of_a_few_hundred_settled_orders(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 24, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    gateway = TwsConnection(host, port, 24, limiter=PacingLimiter(1000.0), connect_timeout=5)
     await gateway.connect()
     stop = asyncio.Event()
     gc.collect()
@@ -134,7 +134,7 @@ async def test_pruning_frees_ib_insyncs_record_of_a_few_hundred_settled_orders(s
 
 async def test_a_done_order_is_kept_until_its_commission_arrives(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 25, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    gateway = TwsConnection(host, port, 25, limiter=PacingLimiter(1000.0), connect_timeout=5)
     await gateway.connect()
     try:
         wrapper = gateway.ib.wrapper
@@ -153,7 +153,7 @@ async def test_a_done_order_is_kept_until_its_commission_arrives(sim: SimGateway
 
 async def test_a_correction_of_a_forgotten_order_is_still_reported_with_its_commission(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 26, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    gateway = TwsConnection(host, port, 26, limiter=PacingLimiter(1000.0), connect_timeout=5)
     reports: list[IbReport] = []
 
     async def listener(batch: Sequence[IbReport]) -> None:
@@ -183,7 +183,7 @@ async def test_a_correction_of_a_forgotten_order_is_still_reported_with_its_comm
 
 async def test_reconciliation_queries_leave_no_trades_or_settled_fills_behind(sim: SimGateway) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 27, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    gateway = TwsConnection(host, port, 27, limiter=PacingLimiter(1000.0), connect_timeout=5)
     await gateway.connect()
     try:
         wrapper = gateway.ib.wrapper
@@ -210,7 +210,7 @@ async def test_reconciliation_queries_leave_no_trades_or_settled_fills_behind(si
 @pytest.mark.parametrize("linger", [0.0, 0.5])
 async def test_reports_arriving_within_the_linger_are_delivered_in_one_batch(sim: SimGateway, linger: float) -> None:
     host, port = sim.address
-    gateway = IbkrGateway(host, port, 23, limiter=PacingLimiter(1000.0), connect_timeout=5, report_linger=linger)
+    gateway = TwsConnection(host, port, 23, limiter=PacingLimiter(1000.0), connect_timeout=5, report_linger=linger)
     batches: list[list[IbReport]] = []
 
     async def listener(reports: Sequence[IbReport]) -> None:
