@@ -28,6 +28,7 @@ test: install
 lint: install
 	$(BIN)/ruff check workers ibkr_sim tests bench
 	$(BIN)/mypy --strict workers ibkr_sim
+	scripts/dead-code
 
 demo: install
 	scripts/demo

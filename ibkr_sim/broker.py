@@ -27,7 +27,7 @@ from ibkr_sim.admission import account_for, check_order, resolve_contract
 from ibkr_sim.config import SimConfig
 from ibkr_sim.framing import encode_body
 from ibkr_sim.market import PriceProcess
-from ibkr_sim.matching import Rejection, opening_plan, plan_fill, side_of, stop_triggered
+from ibkr_sim.matching import Rejection, opening_plan, plan_fill, side_of
 from ibkr_sim.orders import CANCELLED, FILLED, INACTIVE, PRE_SUBMITTED, SUBMITTED, SimExecution, SimOrder
 from ibkr_sim.portfolio import Portfolio
 from ibkr_sim.requests import OrderRequest
@@ -377,12 +377,6 @@ class SimBroker:
         frames += [m.order_status(order), m.commission_report(ex)]
         self._emit(order, frames)
         self.delivery.position_changed(order.account, inst)
-
-    def triggered_now(self, order: SimOrder) -> bool:
-        """Whether a stop order's trigger is reached at the current price."""
-        if order.aux_price is None:
-            return False
-        return stop_triggered(order.side, order.aux_price, self.prices.price(order.instrument))
 
     # --- ids and corrections -----------------------------------------------------------------
 

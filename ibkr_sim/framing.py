@@ -68,14 +68,6 @@ class FrameReader:
             del buffer[:start]
         return frames
 
-    def take_bytes(self, count: int) -> bytes | None:
-        """Remove and return ``count`` raw bytes if buffered (used for the handshake prefix)."""
-        if len(self._buffer) < count:
-            return None
-        raw = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return raw
-
     @property
     def pending(self) -> int:
         """Number of buffered bytes not yet returned as frames."""
@@ -167,7 +159,3 @@ def fmt_qty(value: float) -> str:
         return str(int(value))
     return repr(round(value, 10))
 
-
-def fmt_unset_double(value: float | None) -> str:
-    """Format a double where TWS writes its unset marker rather than an empty string."""
-    return "1.7976931348623157E308" if value is None else fmt_float(value)

@@ -101,10 +101,6 @@ class Portfolio:
             acct = self.accounts[name] = Account(name, self.initial_cash)
         return acct
 
-    def reset(self, name: str) -> None:
-        """Forget an account's fills (used to replay them after an execution correction)."""
-        self.accounts[name] = Account(name, self.initial_cash)
-
     def apply_fill(
         self, account: str, inst: Instrument, side: int, quantity: float, *, price: float, commission: float
     ) -> tuple[Position, float | None]:

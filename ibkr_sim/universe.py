@@ -167,13 +167,6 @@ class Universe:
         """Undo :meth:`delist`."""
         return self.update(con_id, listed=True)
 
-    def remove(self, con_id: int) -> None:
-        """Forget an instrument entirely."""
-        inst = self._require(con_id)
-        del self._by_con_id[con_id]
-        self._by_symbol.get(inst.symbol.upper(), set()).discard(con_id)
-        self.version += 1
-
     def lookup(self, query: ContractQuery) -> list[Instrument]:
         """Every listed instrument matching ``query`` as IB's reqContractDetails would match it."""
         if query.con_id:

@@ -4,7 +4,7 @@ and how an answer with several contracts is narrowed down by the spec — never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
@@ -31,9 +31,6 @@ class ContractSpec:
         """A request for exactly contract ``con_id`` (routed like this spec unless ``exchange`` is given)."""
         return ContractSpec(sec_type="", con_id=con_id,
                             exchange=self.exchange if exchange is None else exchange)
-
-    def without_date(self) -> ContractSpec:
-        return replace(self, last_trade_date="")
 
     def describe(self) -> str:
         """Short text naming the request in logs and error messages."""

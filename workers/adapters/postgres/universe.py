@@ -253,15 +253,6 @@ class UniverseStore:
 
     # -- per entry --------------------------------------------------------------------------------
 
-    async def mark_synced(self, pass_id: int, entries: Sequence[tuple[str, str]]) -> int:
-        """Mark entries (instrument_id, spec_hash) handled by ``pass_id`` with success, in one statement."""
-        if not entries:
-            return 0
-        ids = [e[0] for e in entries]
-        hashes = [e[1] for e in entries]
-        async with self._pool.connection() as conn:
-            return await execute_count(conn, _MARK_SYNCED, (pass_id, ids, hashes))
-
     async def mark_failed(self, pass_id: int, instrument_id: str, fingerprint: str, error: str) -> None:
         """Mark an entry handled by ``pass_id`` with ``error`` (the next pass tries it again)."""
         async with self._pool.connection() as conn:
