@@ -21,7 +21,7 @@ from workers.adapters.ibkr.contract_lookup import IbkrContractLookup
 from workers.adapters.ibkr.gateway import IbkrGateway
 from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter
-from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.connection import KafkaUnreachable, kafka_client_kwargs, start_kafka_client
 from workers.adapters.kafka.consuming import (
     ConsumeLoop,
     DeadLetters,
@@ -201,7 +201,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     pool = await open_pool(settings.database_dsn, max_size=settings.database_pool_size,
                            min_size=settings.database_pool_size)
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
-    await producer.start()
+    await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
         group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -239,7 +239,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)
 
-    await consumer.start()
+    await start_kafka_client(consumer, settings.kafka_bootstrap_servers, kafka_kwargs)
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
                        DeadLetters(producer, topics.orders_requested_dlq),
                        gate=lambda: gateway.connected and service.reconciled)
@@ -296,7 +296,10 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
                                     **kafka_client_kwargs(settings)}
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=5, **kafka_kwargs)
     try:
-        await producer.start()
+        await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
+    except KafkaUnreachable as exc:
+        await close_pool(pool)
+        raise StartupFailed(str(exc)) from None
     except Exception as exc:
         await close_pool(pool)
         raise StartupFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None

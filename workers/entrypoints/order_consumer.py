@@ -8,6 +8,7 @@ import gc
 import signal
 
 from workers.adapters.avro import RegistryError
+from workers.adapters.kafka.connection import KafkaUnreachable
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
 from workers.settings import SettingsError, load_settings
@@ -27,6 +28,8 @@ async def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"refusing to trade: {exc}") from None
     except RegistryError as exc:
         raise SettingsError(f"schema registry unreachable: {exc}") from None
+    except KafkaUnreachable as exc:
+        raise SettingsError(str(exc)) from None
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()
