@@ -94,6 +94,13 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 -}}
 {{- with $v.kafka.saslMechanism }}{{ $_ := set $s "KAFKA_SASL_MECHANISM" . }}{{ end -}}
 {{- with $v.kafka.schemaRegistryUrl }}{{ $_ := set $s "SCHEMA_REGISTRY_URL" . }}{{ end -}}
+{{- with $v.kafka.tls.existingSecret }}
+{{- $_ := set $s "KAFKA_SSL_CAFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.caKey) }}
+{{- if $v.kafka.tls.certKey }}
+{{- $_ := set $s "KAFKA_SSL_CERTFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.certKey) }}
+{{- $_ := set $s "KAFKA_SSL_KEYFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.keyKey) }}
+{{- end }}
+{{- end -}}
 {{- with $v.ibkr.port }}{{ $_ := set $s "IBKR_PORT" (toString (int64 .)) }}{{ end -}}
 {{- if $v.ibkr.liveConfirm }}{{ $_ := set $s "IBKR_LIVE_CONFIRM" "yes" }}{{ end -}}
 {{- with $v.config.maxOrderQuantity }}{{ $_ := set $s "MAX_ORDER_QUANTITY" (toString .) }}{{ end -}}
@@ -129,6 +136,12 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.kafkaSaslPasswordKey }}
       optional: true
+- name: KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.kafkaSslKeyPasswordKey }}
+      optional: true
 {{- end -}}
 
 {{/* The /tmp volume of every pod (the root file system is read-only). */}}
@@ -143,6 +156,24 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
   mountPath: /tmp
 {{- end -}}
 
+{{/* The Kafka TLS files (kafka.tls.existingSecret), when there are any: volume and mount. */}}
+{{- define "ibkr-workers.kafkaTlsVolume" -}}
+{{- with .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end -}}
+{{- end -}}
+
+{{- define "ibkr-workers.kafkaTlsMount" -}}
+{{- if .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/kafka-tls
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
 {{/* Refuse values that would make two worker processes share an IBKR client id. */}}
 {{- define "ibkr-workers.validate" -}}
 {{- $base := int .Values.orderConsumer.clientIdBase -}}
@@ -155,6 +186,12 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- end -}}
 {{- if and (eq .Values.ibkr.tradingMode "live") (not .Values.ibkr.liveConfirm) -}}
 {{- fail "ibkr.tradingMode=live needs ibkr.liveConfirm=true (the workers refuse live mode without IBKR_LIVE_CONFIRM=yes)" -}}
+{{- end -}}
+{{- if and .Values.kafka.tls.certKey (not .Values.kafka.tls.keyKey) -}}
+{{- fail "kafka.tls.keyKey is required with kafka.tls.certKey (mutual TLS needs the client certificate and its key)" -}}
+{{- end -}}
+{{- if and .Values.kafka.tls.existingSecret (not (hasSuffix "SSL" .Values.kafka.securityProtocol)) -}}
+{{- fail "kafka.tls.existingSecret is set but kafka.securityProtocol is not SSL or SASL_SSL" -}}
 {{- end -}}
 {{- if and (hasPrefix "SASL" .Values.kafka.securityProtocol) (not .Values.kafka.saslMechanism) -}}
 {{- fail "kafka.saslMechanism is required when kafka.securityProtocol is SASL_PLAINTEXT or SASL_SSL" -}}
