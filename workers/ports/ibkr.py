@@ -88,13 +88,18 @@ class IbError:
 
 @dataclass(frozen=True)
 class IbPosition:
-    """IBKR's position of one account in one contract."""
+    """IBKR's position of one account in one contract.
+
+    ``avg_cost`` is IBKR's, per contract with the multiplier in it; ``multiplier`` is the contract's (1 when
+    it has none), None when IBKR sent one that is not a number.
+    """
 
     account: str
     con_id: int
     quantity: Decimal
     avg_cost: Decimal
     currency: str
+    multiplier: Decimal | None = Decimal(1)
 
 
 @dataclass(frozen=True)
