@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -92,6 +95,81 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     pytest.fail(HOW_TO_START.format(what="Kafka broker", var="KAFKA_BOOTSTRAP_SERVERS"), pytrace=False)
+
+
+@dataclass(frozen=True)
+class KafkaTls:
+    """A broker's SASL_SSL listener (SCRAM-SHA-512) and what a client needs to use it, mutual TLS included."""
+
+    bootstrap: str
+    cafile: str
+    username: str
+    password: str = field(repr=False)
+    certfile: str
+    keyfile: str
+    key_password: str = field(repr=False)
+
+    def settings(self, *, client_certificate: bool = True) -> dict[str, Any]:
+        """``Settings`` keywords for this listener (the worker settings an operator would set)."""
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.bootstrap, "kafka_security_protocol": "SASL_SSL",
+            "kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": self.username,
+            "kafka_sasl_password": self.password, "kafka_ssl_cafile": self.cafile,
+        }
+        if client_certificate:
+            values.update(kafka_ssl_certfile=self.certfile, kafka_ssl_keyfile=self.keyfile,
+                          kafka_ssl_key_password=self.key_password)
+        return values
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The same settings as environment variables, with ``overrides`` (names in capitals)."""
+        return {**{name.upper(): str(value) for name, value in self.settings().items()}, **overrides}
+
+
+# The lines `scripts/dev-services up kafka-tls` prints; set them all to use a TLS broker of your own.
+KAFKA_TLS_EXPORTS = ("KAFKA_TLS_BOOTSTRAP_SERVERS", "KAFKA_TLS_SSL_CAFILE", "KAFKA_TLS_SASL_USERNAME",
+                     "KAFKA_TLS_SASL_PASSWORD_FILE", "KAFKA_TLS_SSL_CERTFILE", "KAFKA_TLS_SSL_KEYFILE",
+                     "KAFKA_TLS_SSL_KEY_PASSWORD_FILE")
+# The test broker with the TLS listener: a broker of its own, never the plain one the other tests share.
+KAFKA_TLS_TEST_PORT = int(os.environ.get("KAFKA_TLS_TEST_PORT", "9192"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start_tls_broker() -> dict[str, str]:
+    """Start (or find running) the TLS test broker with scripts/dev-services; return the lines it prints."""
+    env = {**os.environ, "KAFKA_PORT": str(KAFKA_TLS_TEST_PORT),
+           "KAFKA_CONTROLLER_PORT": str(KAFKA_TLS_TEST_PORT + 1),
+           "KAFKA_TLS_PORT": str(KAFKA_TLS_TEST_PORT + 2)}
+    try:
+        done = subprocess.run([str(ROOT / "scripts" / "dev-services"), "up", "kafka-tls"], env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"no Kafka broker with a SASL_SSL listener: scripts/dev-services up kafka-tls: {exc}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        pytest.skip(f"no Kafka broker with a SASL_SSL listener: scripts/dev-services up kafka-tls failed: {last}")
+    return dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines()
+                if line.startswith("export "))
+
+
+@pytest.fixture(scope="session")
+def kafka_tls() -> KafkaTls:
+    """A Kafka broker's SASL_SSL listener: the ``KAFKA_TLS_*`` exports when all are set, else the test broker.
+
+    The test broker (on ``KAFKA_TLS_TEST_PORT``, 9192, and the two ports after it) is started through
+    ``scripts/dev-services up kafka-tls`` once and left running, like the plain one; the tests are skipped,
+    with the script's reason, only when it cannot be started.
+    """
+    exports = {name: os.environ[name] for name in KAFKA_TLS_EXPORTS if os.environ.get(name)}
+    if len(exports) < len(KAFKA_TLS_EXPORTS):
+        exports = _start_tls_broker()
+    return KafkaTls(
+        bootstrap=exports["KAFKA_TLS_BOOTSTRAP_SERVERS"], cafile=exports["KAFKA_TLS_SSL_CAFILE"],
+        username=exports["KAFKA_TLS_SASL_USERNAME"],
+        password=Path(exports["KAFKA_TLS_SASL_PASSWORD_FILE"]).read_text().strip(),
+        certfile=exports["KAFKA_TLS_SSL_CERTFILE"], keyfile=exports["KAFKA_TLS_SSL_KEYFILE"],
+        key_password=Path(exports["KAFKA_TLS_SSL_KEY_PASSWORD_FILE"]).read_text().strip(),
+    )
 
 
 @pytest.fixture(scope="session")

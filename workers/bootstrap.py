@@ -23,7 +23,7 @@ from workers.adapters.ibkr.market_data import MarketDataBook
 from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.adapters.kafka.compression import bound_gzip
-from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.connection import KafkaUnreachable, kafka_client_kwargs, start_kafka_client
 from workers.adapters.kafka.consuming import (
     ConsumeLoop,
     DeadLetters,
@@ -229,7 +229,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     pool = await open_pool(settings.database_dsn, max_size=settings.database_pool_size,
                            min_size=settings.database_pool_size)
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
-    await producer.start()
+    await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
     bound_gzip()
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
@@ -277,7 +277,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     metrics.watch_ibkr(gateway)
     metrics.watch_pacing(limiter)
 
-    await consumer.start()
+    await start_kafka_client(consumer, settings.kafka_bootstrap_servers, kafka_kwargs)
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
                        DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
                        gate=lambda: gateway.connected and service.reconciled,
@@ -340,7 +340,10 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
                                     **kafka_client_kwargs(settings)}
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=5, **kafka_kwargs)
     try:
-        await producer.start()
+        await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
+    except KafkaUnreachable as exc:
+        await close_pool(pool)
+        raise StartupFailed(str(exc)) from None
     except Exception as exc:
         await close_pool(pool)
         raise StartupFailed(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}") from None

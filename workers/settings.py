@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     """SASL user name."""
     kafka_sasl_password: SecretStr | None = None
     """SASL password."""
+    kafka_ssl_cafile: str | None = None
+    """With `SSL` / `SASL_SSL`: PEM file of the CA certificates the brokers' certificates are checked
+    against; unset, the system's CAs."""
+    kafka_ssl_certfile: str | None = None
+    """With `SSL` / `SASL_SSL`: PEM file of the client certificate (chain) for mutual TLS; needs
+    `KAFKA_SSL_KEYFILE`."""
+    kafka_ssl_keyfile: str | None = None
+    """PEM file of the client certificate's private key (mutual TLS)."""
+    kafka_ssl_key_password: SecretStr | None = None
+    """Password of `KAFKA_SSL_KEYFILE` when the key is encrypted."""
     kafka_consumer_group: str = "ibkr-order-consumer"
     """The order-consumer's consumer group; all its replicas share it."""
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
@@ -251,6 +261,12 @@ class Settings(BaseSettings):
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # A chart or compose file renders an unused path as an empty string: that means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("ibkr_accounts")
     @classmethod
     def _normalise_accounts(cls, value: str) -> str:
@@ -270,6 +286,8 @@ class Settings(BaseSettings):
             )
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ValueError("KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL uses SASL")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are set together (mutual TLS) or not at all")
         return self
 
     @property

@@ -90,8 +90,11 @@ class Observed:
 class Harness:
     """The sim, the topics, a migrated schema with instruments, an order-consumer, and a topic watcher."""
 
-    def __init__(self, bootstrap: str, database_url: str, topics: TopicNames) -> None:
+    def __init__(self, bootstrap: str, database_url: str, topics: TopicNames,
+                 security: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        # aiokafka security keywords for the harness's own clients (the worker's come from its settings).
+        self.security = security or {}
         self.database_url = database_url
         self.topics = topics
         self.codec = AvroCodec()
@@ -100,7 +103,7 @@ class Harness:
         self.app: OrderConsumerApp | None = None
         self._app_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **self.security)
         self.sim_port = 0
 
     async def start(self, in_process: bool = True, **settings: Any) -> None:
@@ -157,7 +160,7 @@ class Harness:
         await self._delete_topics()
 
     async def _create_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
         await admin.start()
         try:
             names = [getattr(self.topics, n) for n in self.topics.__dataclass_fields__]
@@ -167,7 +170,7 @@ class Harness:
 
     async def _delete_topics(self) -> None:
         # The shared dev broker would otherwise collect thousands of test partitions.
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
         await admin.start()
         try:
             with contextlib.suppress(Exception):
@@ -180,7 +183,7 @@ class Harness:
             self.topics.orders_status, self.topics.fills_executed, self.topics.positions_updated,
             self.topics.orders_requested_dlq, self.topics.workers_health, bootstrap_servers=self.bootstrap,
             group_id=None,
-            auto_offset_reset="earliest", metadata_max_age_ms=1000,
+            auto_offset_reset="earliest", metadata_max_age_ms=1000, **self.security,
         )
         await consumer.start()
         try:
@@ -203,7 +206,7 @@ class Harness:
     async def raw_records(self, topic: str) -> list[bytes]:
         """Every value on ``topic`` so far, as bytes."""
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+                                    auto_offset_reset="earliest", enable_auto_commit=False, **self.security)
         await consumer.start()
         try:
             batches = await consumer.getmany(timeout_ms=2000)
@@ -242,8 +245,8 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running_harness(bootstrap: str, database_url: str, topics: TopicNames, in_process: bool = True,
-                          **settings: Any) -> AsyncIterator[Harness]:
-    harness = Harness(bootstrap, database_url, topics)
+                          security: dict[str, Any] | None = None, **settings: Any) -> AsyncIterator[Harness]:
+    harness = Harness(bootstrap, database_url, topics, security)
     try:
         await harness.start(in_process, **settings)
         yield harness

@@ -275,6 +275,25 @@ async def test_positions_are_published_after_fills(harness: Harness) -> None:
     assert position["account"] == "DU0000001"
 
 
+async def test_a_future_position_carries_its_price_as_quoted_and_its_cost_per_contract(harness: Harness) -> None:
+    request = order(ES.instrument_id, quantity="2")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "FILLED")
+    await harness.wait_for(lambda: len(harness.observed.fills[request.order_id]) >= 1, what="the ES fill")
+    fill_price = harness.observed.fills[request.order_id][0]["price"]
+    await harness.wait_for(
+        lambda: any(p["con_id"] == ES.con_id and p["quantity"] == Decimal(2) for p in harness.observed.positions),
+        what="a position of 2 ES")
+    position = next(p for p in harness.observed.positions if p["con_id"] == ES.con_id and p["quantity"] == 2)
+
+    assert ES.multiplier is not None
+    # IBKR's cost basis per contract (multiplier and commission in it) stays as it is ...
+    assert position["avg_cost"] > fill_price * ES.multiplier * Decimal("0.99")
+    # ... and the price is what a person reads on a quote: the cost over the multiplier.
+    assert position["avg_price"] == (position["avg_cost"] / ES.multiplier).quantize(Decimal("1e-8"))
+    assert abs(position["avg_price"] - fill_price) < Decimal(1)
+
+
 async def test_positions_table_matches_the_sims_positions_after_a_sequence_of_fills(harness: Harness) -> None:
     from workers.adapters.postgres.positions import PositionStore
 

@@ -7,9 +7,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def records_on_partition(bootstrap: str, topic: str, partition: int = 0) -> list[Any]:
-    """Every record of ``topic``'s ``partition`` (aiokafka ``ConsumerRecord``s), in offset order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+async def records_on_partition(bootstrap: str, topic: str, partition: int = 0, **security: Any) -> list[Any]:
+    """Every record of ``topic``'s ``partition`` (aiokafka ``ConsumerRecord``s), in offset order.
+
+    ``security``: aiokafka security keywords, for a broker that is not plaintext.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **security)
     await consumer.start()
     try:
         assigned = TopicPartition(topic, partition)

@@ -98,6 +98,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "avg_cost": Decimal("150.12345678"),
         "currency": "USD",
         "as_of": AT,
+        "avg_price": Decimal("150.12345678"),
     },
     "InstrumentUpdated": {
         "instrument_id": "ESZ4",

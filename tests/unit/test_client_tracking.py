@@ -45,7 +45,13 @@ def test_records_become_typed_frozen_events() -> None:
     position = PositionUpdated.from_record({"account": "DU0000001", "con_id": 1, "instrument_id": None,
                                             "quantity": Decimal("-5.00000000"), "avg_cost": Decimal("2.5"),
                                             "currency": "USD", "as_of": NOW})
-    assert position.describe() == "DU0000001 con_id 1  -5 @ 2.5 USD"
+    # Written before avg_price existed: IBKR's average cost, said to be one.
+    assert position.describe() == "DU0000001 con_id 1  -5 @ cost 2.5 USD"
+    future = PositionUpdated.from_record({"account": "DU0000001", "con_id": 2, "instrument_id": "FUT:ES:202612",
+                                          "quantity": Decimal("10"), "avg_cost": Decimal("301910.85"),
+                                          "currency": "USD", "as_of": NOW, "avg_price": Decimal("6038.217")})
+    assert future.describe() == "DU0000001 FUT:ES:202612  10 @ 6038.217 USD"
+    assert future.avg_cost == Decimal("301910.85")
 
 
 def test_a_cancelled_or_rejected_status_reads_as_filled_so_much_with_its_reason() -> None:

@@ -148,17 +148,25 @@ class PositionUpdated:
     avg_cost: Decimal
     currency: str
     as_of: datetime
+    avg_price: Decimal | None = None
+    """The average price as quoted (``avg_cost`` over the multiplier); None in records older than it."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> PositionUpdated:
         return cls(account=record["account"], con_id=record["con_id"],
                    instrument_id=record.get("instrument_id"), quantity=record["quantity"],
-                   avg_cost=record["avg_cost"], currency=record["currency"], as_of=record["as_of"])
+                   avg_cost=record["avg_cost"], currency=record["currency"], as_of=record["as_of"],
+                   avg_price=record.get("avg_price"))
 
     def describe(self) -> str:
-        """One line for people: ``DU0000001 STK:AAPL:USD  10 @ 187.25 USD``."""
+        """One line for people: ``DU0000001 FUT:ES:202612  10 @ 6038.22 USD``, the average price as quoted.
+
+        A record without ``avg_price`` (written before it existed) shows IBKR's average cost, marked so.
+        """
         name = self.instrument_id or f"con_id {self.con_id}"
-        return f"{self.account} {name}  {plain(self.quantity)} @ {plain(self.avg_cost)} {self.currency}"
+        if self.avg_price is None:
+            return f"{self.account} {name}  {plain(self.quantity)} @ cost {plain(self.avg_cost)} {self.currency}"
+        return f"{self.account} {name}  {plain(self.quantity)} @ {plain(self.avg_price)} {self.currency}"
 
 
 OrderEvent = OrderStatusChanged | FillExecuted

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from workers.adapters.avro import AvroCodec, DecodeError, EventCodec, RegistryCodec, SchemaRegistryClient
-from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.connection import kafka_client_kwargs, start_kafka_client
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     ORDER_CANCEL_REQUESTED,
@@ -174,7 +174,7 @@ class OrderClient:
                 await self._start_consumer()
             self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
                                               enable_idempotence=True, linger_ms=1, **self._kafka_kwargs)
-            await self._producer.start()
+            await start_kafka_client(self._producer, self.bootstrap_servers, self._kafka_kwargs)
         except BaseException:
             await self.close()
             raise

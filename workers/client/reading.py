@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from workers.adapters.kafka.connection import start_kafka_client
 from workers.client.errors import TopicMissing
 
 ASSIGNMENT_TIMEOUT = 15.0
@@ -27,7 +28,7 @@ async def open_reader(bootstrap_servers: str, names: Sequence[str], *, from_begi
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 isolation_level="read_committed", **kafka_kwargs)
     try:
-        await consumer.start()
+        await start_kafka_client(consumer, bootstrap_servers, kafka_kwargs)
         existing = await consumer.topics()
         missing = [name for name in names if name not in existing]
         if missing:

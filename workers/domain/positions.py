@@ -21,3 +21,14 @@ class Position:
     avg_cost: Decimal
     currency: str
     as_of: datetime
+
+
+def average_price(avg_cost: Decimal, multiplier: Decimal | None) -> Decimal | None:
+    """The average price as quoted: IBKR's ``avg_cost`` (per contract) divided by the contract's multiplier.
+
+    IBKR's average cost of a future or an option is per contract (ES at 6038.22 shows 301911 with its 50
+    multiplier); people and price checks read prices. None when the multiplier is unknown or not positive.
+    """
+    if multiplier is None or multiplier <= 0:
+        return None
+    return avg_cost / multiplier

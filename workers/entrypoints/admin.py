@@ -10,7 +10,7 @@ from psycopg_pool import PoolTimeout
 
 from workers.adapters.postgres.failure import describe_database_error
 from workers.logs import configure_logging, get_logger
-from workers.settings import load_settings
+from workers.settings import SettingsError, load_settings
 
 log = get_logger(__name__)
 
@@ -33,16 +33,19 @@ async def run_migrate(args: argparse.Namespace) -> int:
 async def run_topics(args: argparse.Namespace) -> int:
     """Create the contract's Kafka topics (idempotent)."""
     settings = load_settings()
-    from workers.adapters.kafka.connection import kafka_client_kwargs
+    from workers.adapters.kafka.connection import KafkaUnreachable, kafka_client_kwargs
     from workers.adapters.kafka.topics import ensure_topics
 
     configure_logging(settings.log_level, worker="topics")
-    created = await ensure_topics(
-        settings.kafka_bootstrap_servers,
-        settings.topics,
-        partitions=args.partitions,
-        replication_factor=args.replication_factor,
-        **kafka_client_kwargs(settings),
-    )
+    try:
+        created = await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            settings.topics,
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            **kafka_client_kwargs(settings),
+        )
+    except KafkaUnreachable as exc:
+        raise SettingsError(str(exc)) from None
     log.info("topics ensured", created=created, count=len(created))
     return 0

@@ -12,6 +12,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from workers.adapters.avro import RegistryError
+from workers.adapters.kafka.connection import KafkaUnreachable
 from workers.adapters.postgres.failure import describe_database_error
 from workers.domain.trading_mode import ModeMismatch
 from workers.logs import configure_logging, get_logger, instance_id
@@ -38,6 +39,8 @@ async def run(args: argparse.Namespace) -> int:
     except (psycopg.Error, PoolTimeout) as exc:
         print(f"ibkr-workers order-consumer: {describe_database_error(exc)}", file=sys.stderr)
         return 3
+    except KafkaUnreachable as exc:
+        raise SettingsError(str(exc)) from None
     # Everything built so far lives as long as the process: keep it out of the collector's scans, and
     # collect the young generation less often, so collection pauses do not show in order latency.
     gc.freeze()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
+from workers.adapters.kafka.connection import KafkaUnreachable
 from workers.client import (
     ClientClosed,
     OrderClient,
@@ -69,6 +70,9 @@ async def with_client(command: str, watch: bool,
     except TopicMissing as exc:
         print(f"ibkr-workers {command}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KafkaUnreachable as exc:  # its message names the brokers and the setting to fix
+        print(f"ibkr-workers {command}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (KafkaError, ClientClosed, OSError) as exc:
         print(f"ibkr-workers {command}: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

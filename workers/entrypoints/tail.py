@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 
 from workers.adapters.avro import AvroCodec, DecodeError, RegistryError
 from workers.adapters.avro.wire import codec_for
-from workers.adapters.kafka.connection import kafka_client_kwargs
+from workers.adapters.kafka.connection import KafkaUnreachable, kafka_client_kwargs
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     INSTRUMENT_UPDATED,
@@ -168,6 +168,9 @@ async def run(args: argparse.Namespace) -> int:
     except TopicMissing as exc:
         print(f"ibkr-workers tail: {exc}", file=sys.stderr)
         return 2
+    except KafkaUnreachable as exc:  # its message names the brokers and the setting to fix
+        print(f"ibkr-workers tail: {exc}", file=sys.stderr)
+        return 3
     except (KafkaError, OSError) as exc:
         print(f"ibkr-workers tail: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr)
         return 3

@@ -14,9 +14,9 @@ from typing import Protocol
 from workers.domain.instruments import Instrument
 from workers.domain.orders import Order, StatusChange
 
-# IB error codes that are notices, not failures of a request: connectivity, farms, and the like.
-INFORMATIONAL_CODES = frozenset({202, 1100, 1101, 1102, 2100, 2103, 2104, 2105, 2106, 2107, 2108, 2119,
-                                 2137, 2157, 2158, 10349, 399, 404})
+# IB error codes that are notices, not failures of a request: connectivity, farms, every 21xx warning.
+# docs/troubleshooting.md lists them (a test keeps the two in agreement).
+INFORMATIONAL_CODES = frozenset({202, 399, 404, 1100, 1101, 1102, *range(2100, 2200), 10349})
 # IB drops a message over its pacing limit and says so with this code, naming no request.
 PACING_VIOLATION = 100
 
@@ -83,18 +83,23 @@ class IbError:
 
     @property
     def informational(self) -> bool:
-        return self.code in INFORMATIONAL_CODES or 2100 <= self.code <= 2199
+        return self.code in INFORMATIONAL_CODES
 
 
 @dataclass(frozen=True)
 class IbPosition:
-    """IBKR's position of one account in one contract."""
+    """IBKR's position of one account in one contract.
+
+    ``avg_cost`` is IBKR's, per contract with the multiplier in it; ``multiplier`` is the contract's (1 when
+    it has none), None when IBKR sent one that is not a number.
+    """
 
     account: str
     con_id: int
     quantity: Decimal
     avg_cost: Decimal
     currency: str
+    multiplier: Decimal | None = Decimal(1)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,13 @@ them for the workers; the hook Jobs (which run before the ConfigMap exists) get 
 {{- $url := printf "postgresql://%s@%s:%d/%s?sslmode=%s" ($v.database.user | urlquery) . (int64 $v.database.port) ($v.database.name | urlquery) $v.database.sslmode -}}
 {{- $_ := set $s "DATABASE_URL" $url -}}
 {{- end -}}
+{{- with $v.kafka.tls.existingSecret }}
+{{- $_ := set $s "KAFKA_SSL_CAFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.caKey) }}
+{{- if $v.kafka.tls.certKey }}
+{{- $_ := set $s "KAFKA_SSL_CERTFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.certKey) }}
+{{- $_ := set $s "KAFKA_SSL_KEYFILE" (printf "/etc/kafka-tls/%s" $v.kafka.tls.keyKey) }}
+{{- end }}
+{{- end -}}
 {{- with $v.ibkr.port }}{{ $_ := set $s "IBKR_PORT" (toString (int64 .)) }}{{ end -}}
 {{- if $v.ibkr.liveConfirm }}{{ $_ := set $s "IBKR_LIVE_CONFIRM" "yes" }}{{ end -}}
 {{- with $v.config.tradingState }}{{ $_ := set $s "TRADING_STATE" . }}{{ end -}}
@@ -158,6 +165,12 @@ DATABASE_URL from database.*, else the whole DATABASE_URL.
       name: {{ .Values.secrets.existingSecret }}
       key: {{ .Values.secrets.schemaRegistryUrlKey }}
       optional: true
+- name: KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.kafkaSslKeyPasswordKey }}
+      optional: true
 {{- end -}}
 
 {{/* The /tmp volume of every pod (the root file system is read-only). */}}
@@ -170,6 +183,24 @@ DATABASE_URL from database.*, else the whole DATABASE_URL.
 {{- define "ibkr-workers.tmpMount" -}}
 - name: tmp
   mountPath: /tmp
+{{- end -}}
+
+{{/* The Kafka TLS files (kafka.tls.existingSecret), when there are any: volume and mount. */}}
+{{- define "ibkr-workers.kafkaTlsVolume" -}}
+{{- with .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end -}}
+{{- end -}}
+
+{{- define "ibkr-workers.kafkaTlsMount" -}}
+{{- if .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/kafka-tls
+  readOnly: true
+{{- end -}}
 {{- end -}}
 
 {{/* Refuse values that would make two worker processes share an IBKR client id. */}}
@@ -187,6 +218,12 @@ DATABASE_URL from database.*, else the whole DATABASE_URL.
 {{- end -}}
 {{- if and (eq .Values.ibkr.tradingMode "live") (eq .Values.kafka.securityProtocol "PLAINTEXT") (not .Values.kafka.allowPlaintextLive) -}}
 {{- fail "ibkr.tradingMode=live with kafka.securityProtocol=PLAINTEXT: whoever reaches the brokers could place live orders; use SASL_SSL (or SSL with client certificates) and ACLs, or set kafka.allowPlaintextLive=true" -}}
+{{- end -}}
+{{- if and .Values.kafka.tls.certKey (not .Values.kafka.tls.keyKey) -}}
+{{- fail "kafka.tls.keyKey is required with kafka.tls.certKey (mutual TLS needs the client certificate and its key)" -}}
+{{- end -}}
+{{- if and .Values.kafka.tls.existingSecret (not (hasSuffix "SSL" .Values.kafka.securityProtocol)) -}}
+{{- fail "kafka.tls.existingSecret is set but kafka.securityProtocol is not SSL or SASL_SSL" -}}
 {{- end -}}
 {{- if and (hasPrefix "SASL" .Values.kafka.securityProtocol) (not .Values.kafka.saslMechanism) -}}
 {{- fail "kafka.saslMechanism is required when kafka.securityProtocol is SASL_PLAINTEXT or SASL_SSL" -}}

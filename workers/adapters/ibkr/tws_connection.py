@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ib_insync import IB, Contract, ContractDetails, Trade
@@ -39,6 +39,17 @@ from workers.ports.ibkr import (
 )
 
 log = get_logger(__name__)
+
+def contract_multiplier(text: str | None) -> Decimal | None:
+    """IB's ``Contract.multiplier`` as a number: 1 when empty (a stock, a currency), None when not a number."""
+    if not text or not text.strip():
+        return Decimal(1)
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() and value > 0 else None
+
 
 def to_decimal(value: float) -> Decimal:
     """A float from ib_insync as the shortest exact decimal that prints the same."""
@@ -385,7 +396,8 @@ class TwsConnection:
     def _position_report(self, position: Position) -> IbPosition:
         return IbPosition(account=position.account, con_id=position.contract.conId,
                           quantity=to_decimal(position.position), avg_cost=to_decimal(position.avgCost),
-                          currency=position.contract.currency)
+                          currency=position.contract.currency,
+                          multiplier=contract_multiplier(position.contract.multiplier))
 
     def _on_position(self, position: Position) -> None:
         self._reports.put_nowait(self._position_report(position))

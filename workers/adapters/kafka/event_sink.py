@@ -13,6 +13,7 @@ from workers.adapters.kafka.records import (
     status_record,
 )
 from workers.domain.orders import Order, OrderRequested, OrderState
+from workers.domain.positions import average_price
 from workers.ports.ibkr import IbPosition
 from workers.ports.outbox import OutboxMessage
 from workers.settings import TopicNames
@@ -53,7 +54,8 @@ class AvroEventSink:
 
     def position(self, report: IbPosition, instrument_id: str | None) -> OutboxMessage:
         record = position_record(report.account, report.con_id, instrument_id, report.quantity,
-                                 report.avg_cost, report.currency, datetime.now(UTC))
+                                 report.avg_cost, report.currency, datetime.now(UTC),
+                                 average_price(report.avg_cost, report.multiplier))
         payload = _sized(self.codec.encode(POSITION_UPDATED, record), "position", report.account)
         return OutboxMessage(topic=self.topics.positions_updated, key=f"{report.account}:{report.con_id}",
                              payload=payload, writer=self.writer)

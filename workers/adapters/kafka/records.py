@@ -217,7 +217,8 @@ def fill_record(row: FillRow) -> dict[str, Any]:
 
 
 def position_record(account: str, con_id: int, instrument_id: str | None, quantity: Decimal,
-                    avg_cost: Decimal, currency: str, as_of: datetime) -> dict[str, Any]:
+                    avg_cost: Decimal, currency: str, as_of: datetime,
+                    avg_price: Decimal | None = None) -> dict[str, Any]:
     return {
         "account": account,
         "con_id": con_id,
@@ -226,4 +227,5 @@ def position_record(account: str, con_id: int, instrument_id: str | None, quanti
         "avg_cost": d8(avg_cost),
         "currency": currency,
         "as_of": as_of,
+        "avg_price": None if avg_price is None else d8(avg_price),
     }

@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from workers.adapters.kafka.connection import start_kafka_client
 from workers.settings import TopicNames
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -94,7 +95,7 @@ async def ensure_topics(
         raise ValueError(f"replication_factor must be at least 1, not {replication_factor}")
     specs = topic_specs(topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_kwargs)
-    await admin.start()
+    await start_kafka_client(admin, bootstrap_servers, client_kwargs)
     try:
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
