@@ -156,3 +156,19 @@ async def test_without_market_data_a_rule_that_needs_a_price_rejects_the_order(
         assert rejected["reason"].startswith("NO_REFERENCE_PRICE")
         assert "IBKR_MARKET_DATA_TYPE" in rejected["reason"]
         assert h.sim.place_count(request.order_id) == 0
+
+
+async def test_an_order_past_its_expires_at_is_rejected_stale_and_never_placed(
+        kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> None:
+    async with running_harness(kafka_bootstrap, database_url, kafka_topics) as h:
+        expired = replace(order(), expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        wanted = replace(order(), created_at=datetime.now(UTC) - timedelta(hours=2),
+                         expires_at=datetime.now(UTC) + timedelta(hours=1))
+
+        await h.send(expired)
+        await h.send(wanted)
+
+        rejected = await h.wait_status(expired.order_id, "REJECTED")
+        assert rejected["reason"].startswith("STALE_ORDER") and "expires_at" in rejected["reason"]
+        await h.wait_status(wanted.order_id, "FILLED")  # its own expiry replaces the maximum age
+        assert h.sim.place_count(expired.order_id) == 0

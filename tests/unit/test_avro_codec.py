@@ -27,6 +27,8 @@ from workers.domain.orders import OrderType, Side
 
 AT = datetime(2024, 3, 1, 14, 30, 15, 123456, tzinfo=UTC)
 
+AT_LATER = AT + timedelta(hours=6)
+
 SAMPLES: dict[str, dict[str, Any]] = {
     "OrderRequested": {
         "order_id": "6f1c2b1e-8c1a-4c55-9d5e-0d7f0a9d2b11",
@@ -41,6 +43,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "outside_rth": True,
         "created_at": AT,
         "source": "strategy-7",
+        "expires_at": AT_LATER,
     },
     "OrderCancelRequested": {
         "order_id": "6f1c2b1e-8c1a-4c55-9d5e-0d7f0a9d2b11",

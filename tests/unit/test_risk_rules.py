@@ -205,3 +205,14 @@ def test_reducing_lets_through_only_orders_that_bring_the_position_towards_zero(
     assert "REDUCING" in rejection.detail
     rejected(RejectReason.TRADING_REDUCING, an_order(side=Side.BUY, quantity=D(1)), reducing, long_50)
     rejected(RejectReason.TRADING_REDUCING, an_order(side=Side.SELL), reducing, MarketView())  # flat
+
+
+def test_an_order_past_its_own_expiry_is_stale_and_its_expiry_replaces_the_maximum_age() -> None:
+    policy = replace(POLICY, max_order_age=timedelta(seconds=60))
+    expired = an_order(created_at=NOW - timedelta(seconds=5), expires_at=NOW - timedelta(seconds=1))
+    rejection = rejected(RejectReason.STALE_ORDER, expired, policy)
+    assert "expires_at" in rejection.detail
+    rejected(RejectReason.STALE_ORDER, an_order(expires_at=NOW), policy)  # at the instant: expired
+    # An hour old but wanted until later today: its own expiry decides, not MAX_ORDER_AGE.
+    wanted = an_order(created_at=NOW - timedelta(hours=1), expires_at=NOW + timedelta(hours=1))
+    assert passes(wanted, policy) == []

@@ -216,8 +216,11 @@ class OrderClient:
                      order_type: OrderType | str = OrderType.MARKET, limit_price: Number | None = None,
                      stop_price: Number | None = None, tif: TimeInForce | str = TimeInForce.DAY,
                      outside_rth: bool = False, order_id: str | None = None,
-                     source: str | None = None) -> str:
+                     source: str | None = None, expires_at: datetime | None = None) -> str:
         """Produce an ``OrderRequested``; return its ``order_id`` (a new UUID unless given).
+
+        ``expires_at`` (timezone-aware): when the order is no longer wanted; the worker rejects it
+        (STALE_ORDER) from then on, instead of after its maximum order age.
 
         The order-consumer validates it (a refusal is a REJECTED status, not an exception here). Raises
         ``ValueError`` for an unknown side, order type or time in force, ``TypeError`` for a float amount.
@@ -229,7 +232,7 @@ class OrderClient:
             side=Side(side), quantity=quantity_value, order_type=OrderType(order_type),
             limit_price=_decimal(limit_price, "limit_price"), stop_price=_decimal(stop_price, "stop_price"),
             time_in_force=TimeInForce(tif), outside_rth=outside_rth, created_at=datetime.now(UTC),
-            source=source if source is not None else self.source,
+            source=source if source is not None else self.source, expires_at=expires_at,
         )
         return await self.submit_order(order)
 

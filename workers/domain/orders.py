@@ -125,13 +125,15 @@ class OrderRequested:
     outside_rth: bool
     created_at: datetime
     source: str | None = None
+    # When the order is no longer wanted; it replaces the worker's maximum order age (None: that applies).
+    expires_at: datetime | None = None
 
 
 # The trading terms of an order: two requests under one order_id that differ in any of them are two orders
 # (not ``created_at`` or ``source``, which a producer's retry may build anew).
 TRADING_TERMS: tuple[str, ...] = (
     "account", "instrument_id", "side", "quantity", "order_type", "limit_price", "stop_price",
-    "time_in_force", "outside_rth",
+    "time_in_force", "outside_rth", "expires_at",
 )
 
 
@@ -219,6 +221,7 @@ class Order:
     accepted_at: datetime
     updated_at: datetime
     owner_client_id: int | None = None
+    expires_at: datetime | None = None
 
     @property
     def is_final(self) -> bool:
@@ -239,7 +242,7 @@ class Order:
             remaining_quantity=request.quantity if new.state is OrderState.ACCEPTED else Decimal(0),
             avg_fill_price=None, reason=new.reason, ib_error_code=None, source_topic=new.source_topic,
             source_partition=new.source_partition, source_offset=new.source_offset, accepted_at=now,
-            updated_at=now, owner_client_id=owner_client_id,
+            updated_at=now, owner_client_id=owner_client_id, expires_at=request.expires_at,
         )
 
     @property
@@ -249,7 +252,7 @@ class Order:
             order_id=self.order_id, account=self.account, instrument_id=self.instrument_id, side=self.side,
             quantity=self.quantity, order_type=self.order_type, limit_price=self.limit_price,
             stop_price=self.stop_price, time_in_force=self.time_in_force, outside_rth=self.outside_rth,
-            created_at=self.created_at, source=self.source,
+            created_at=self.created_at, source=self.source, expires_at=self.expires_at,
         )
 
     def after(self, change: StatusChange, now: datetime | None = None) -> Order | None:

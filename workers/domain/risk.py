@@ -103,10 +103,19 @@ def _round(value: Decimal) -> str:
     return format(value.quantize(Decimal("0.0001")).normalize(), "f")
 
 
-def check_age(order: OrderRequested, now: datetime, max_age: timedelta) -> None:
-    """Refuse an order created more than ``max_age`` before ``now`` (a backlog after an outage, say)."""
+def check_age(order: OrderRequested, now: datetime, max_age: timedelta | None) -> None:
+    """Refuse an order whose own ``expires_at`` has come, or, without one, that was created more than
+    ``max_age`` before ``now`` (a backlog after an outage, say)."""
+    if order.expires_at is not None:
+        if now >= order.expires_at:
+            raise OrderRejected(
+                RejectReason.STALE_ORDER,
+                f"expired at {order.expires_at.isoformat()} (its expires_at); send a new order if it is still "
+                "wanted",
+            )
+        return
     age = now - order.created_at
-    if age > max_age:
+    if max_age is not None and age > max_age:
         raise OrderRejected(
             RejectReason.STALE_ORDER,
             f"created {age.total_seconds():.0f} s ago (at {order.created_at.isoformat()}), older than "
@@ -215,8 +224,7 @@ def check_risk(order: OrderRequested, instrument: Instrument, policy: GuardPolic
     refused = admits(policy.trading_state, reduces_position(order, view))
     if refused is not None:
         raise OrderRejected(refused, refusal_detail(policy.trading_state))
-    if policy.max_order_age is not None:
-        check_age(order, now, policy.max_order_age)
+    check_age(order, now, policy.max_order_age)
     check_increment(order, instrument)
     band = policy.price_band_for(instrument)
     priced = order.limit_price is not None or order.stop_price is not None

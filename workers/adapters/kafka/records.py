@@ -83,6 +83,7 @@ def order_requested_from_record(record: dict[str, Any]) -> OrderRequested:
         outside_rth=bool(record.get("outside_rth", False)),
         created_at=record["created_at"],
         source=record.get("source"),
+        expires_at=record.get("expires_at"),
     )
 
 
@@ -100,6 +101,7 @@ def order_requested_record(order: OrderRequested) -> dict[str, Any]:
         "outside_rth": order.outside_rth,
         "created_at": order.created_at,
         "source": order.source,
+        "expires_at": order.expires_at,
     }
 
 

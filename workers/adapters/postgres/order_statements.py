@@ -31,6 +31,7 @@ NEW_ORDER_FIELDS = (
     ("time_in_force", "text"), ("outside_rth", "boolean"), ("source", "text"), ("created_at", "timestamptz"),
     ("state", "text"), ("remaining_quantity", "numeric"), ("reason", "text"), ("source_topic", "text"),
     ("source_partition", "integer"), ("source_offset", "bigint"), ("ib_order_id", "integer"),
+    ("expires_at", "timestamptz"),
 )
 # Records a batch of orders, reserves the IBKR ids of the ones to place and writes their status records,
 # in one statement (one round trip before placeOrder can go, atomic without a transaction block):
@@ -64,7 +65,7 @@ WITH input AS (
     INSERT INTO orders (
         order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
         outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
-        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id
+        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id, expires_at
     )
     SELECT
         f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
@@ -73,7 +74,7 @@ WITH input AS (
         0, CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
         CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
         f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
-        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id
+        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id, f.expires_at
     FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
     ORDER BY f.n
     ON CONFLICT (order_id) DO NOTHING
@@ -239,7 +240,7 @@ def insert_params(new: NewOrder) -> dict[str, object]:
         "created_at": order.created_at, "state": str(new.state),
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
-        "source_offset": new.source_offset,
+        "source_offset": new.source_offset, "expires_at": order.expires_at,
     }
 
 
