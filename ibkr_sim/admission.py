@@ -5,14 +5,14 @@ from __future__ import annotations
 from ibkr_sim.market import conforms
 from ibkr_sim.matching import Rejection, validate
 from ibkr_sim.requests import OrderRequest
-from ibkr_sim.universe import Instrument, Universe
+from ibkr_sim.universe import SimContract, Universe
 
 PRICE_TEXT = "The price does not conform to the minimum price variation for this contract."
 NO_SECURITY = "No security definition has been found for the request"
 FRACTIONAL_TEXT = "Fractional-sized order cannot be placed via API. Please use desktop version to place this order."
 
 
-def resolve_contract(universe: Universe, req: OrderRequest) -> tuple[Instrument | None, Rejection | None]:
+def resolve_contract(universe: Universe, req: OrderRequest) -> tuple[SimContract | None, Rejection | None]:
     """The one listed instrument the order names, or error 200 (unknown or ambiguous)."""
     matches = universe.lookup(req.contract)
     if not matches:
@@ -23,7 +23,7 @@ def resolve_contract(universe: Universe, req: OrderRequest) -> tuple[Instrument 
     return matches[0], None
 
 
-def check_order(req: OrderRequest, inst: Instrument) -> Rejection | None:
+def check_order(req: OrderRequest, inst: SimContract) -> Rejection | None:
     """The order's own fields: exchange, action, size, type, time in force, prices on the tick grid."""
     if not req.contract.exchange:
         return Rejection(321, "Error validating request.-'bN' : cause - Missing order exchange")

@@ -31,7 +31,7 @@ from ibkr_sim.matching import Rejection, opening_plan, plan_fill, side_of
 from ibkr_sim.orders import CANCELLED, FILLED, INACTIVE, PRE_SUBMITTED, SUBMITTED, SimExecution, SimOrder
 from ibkr_sim.portfolio import Portfolio
 from ibkr_sim.requests import OrderRequest
-from ibkr_sim.universe import Instrument, Universe
+from ibkr_sim.universe import SimContract, Universe
 
 # About 3.5 KB each (the order, its request and its execution): ~75 MB at the bound, where the sim's RSS levels
 # off at ~115 MB (bench/soak.py); an hour of orders at 5 a second, 9 minutes at 40 a second.
@@ -46,7 +46,7 @@ class Delivery(Protocol):
     def to_client(self, client_id: int, frames: list[bytes]) -> None:
         """Send frames to the client's live connection and to the master client."""
 
-    def position_changed(self, account: str, inst: Instrument) -> None:
+    def position_changed(self, account: str, inst: SimContract) -> None:
         """A fill changed an account's position, cash and values."""
 
 

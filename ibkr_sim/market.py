@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
 
 def tick_decimals(tick: float) -> int:
@@ -48,7 +48,7 @@ class PriceProcess:
         self.volatility = volatility
         self._tracks: dict[int, _Track] = {}
 
-    def _track(self, inst: Instrument) -> _Track:
+    def _track(self, inst: SimContract) -> _Track:
         track = self._tracks.get(inst.con_id)
         if track is None:
             tick = inst.min_tick
@@ -58,22 +58,22 @@ class PriceProcess:
             self._tracks[inst.con_id] = track
         return track
 
-    def price(self, inst: Instrument) -> float:
+    def price(self, inst: SimContract) -> float:
         """The instrument's current price (its reference price until it moves)."""
         return self._track(inst).price
 
-    def set_price(self, inst: Instrument, price: float) -> float:
+    def set_price(self, inst: SimContract, price: float) -> float:
         """Set the current price (rounded to the tick grid); returns the price set."""
         track = self._track(inst)
         track.price = max(on_grid(price, track.tick), track.tick)
         return track.price
 
-    def script(self, inst: Instrument, prices: Iterable[float]) -> None:
+    def script(self, inst: SimContract, prices: Iterable[float]) -> None:
         """Queue prices that the next steps take, one per step, before the random walk resumes."""
         track = self._track(inst)
         track.script.extend(prices)
 
-    def step(self, inst: Instrument) -> float:
+    def step(self, inst: SimContract) -> float:
         """Move the price one step: the next scripted price, else one random-walk step."""
         track = self._track(inst)
         if track.script:
@@ -82,7 +82,7 @@ class PriceProcess:
         track.price = max(on_grid(track.price + move * track.tick, track.tick), track.tick)
         return track.price
 
-    def has_script(self, inst: Instrument) -> bool:
+    def has_script(self, inst: SimContract) -> bool:
         """Whether scripted prices are still queued for the instrument."""
         track = self._tracks.get(inst.con_id)
         return bool(track and track.script)

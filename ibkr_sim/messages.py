@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from ibkr_sim.framing import encode_body, encode_frame, fmt_float, fmt_qty
 from ibkr_sim.orders import SimExecution, SimOrder
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
 UNSET_D = "1.7976931348623157E308"
 UNSET_I = "2147483647"
@@ -44,11 +44,11 @@ def _d(value: float | None) -> str:
     return UNSET_D if value is None else fmt_float(value)
 
 
-def _strike(inst: Instrument) -> str:
+def _strike(inst: SimContract) -> str:
     return fmt_float(inst.strike) if inst.strike else "0"
 
 
-def _position_exchange(inst: Instrument) -> str:
+def _position_exchange(inst: SimContract) -> str:
     if inst.exchange == "SMART" and inst.primary_exchange:
         return inst.primary_exchange
     return inst.exchange
@@ -81,7 +81,7 @@ def current_time(epoch: int) -> bytes:
     return encode_frame(("49", "1", str(epoch)))
 
 
-def contract_details(req_id: int, inst: Instrument, exchange: str, version: int = 157) -> bytes:
+def contract_details(req_id: int, inst: SimContract, exchange: str, version: int = 157) -> bytes:
     """contractDetails (10) for one instrument as listed on ``exchange``."""
     expiry = inst.last_trade_date
     fields = ["10"]
@@ -114,7 +114,7 @@ def contract_details_end(req_id: int) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def _contract_text(inst: Instrument, exchange: str) -> str:
+def _contract_text(inst: SimContract, exchange: str) -> str:
     """conId … tradingClass (11 fields, no primaryExchange), as openOrder and execDetails carry them."""
     return "\0".join((
         str(inst.con_id), inst.symbol, inst.sec_type, inst.last_trade_date, _strike(inst), inst.right,
@@ -275,7 +275,7 @@ def commission_report(ex: SimExecution) -> bytes:
     ))
 
 
-def position(account: str, inst: Instrument, quantity: float, avg_cost: float) -> bytes:
+def position(account: str, inst: SimContract, quantity: float, avg_cost: float) -> bytes:
     """position (61)."""
     return encode_frame((
         "61", "3", account, str(inst.con_id), inst.symbol, inst.sec_type, inst.last_trade_date,
@@ -290,7 +290,7 @@ def position_end() -> bytes:
 
 
 def update_portfolio(
-    account: str, inst: Instrument, *, quantity: float, price: float, value: float, avg_cost: float,
+    account: str, inst: SimContract, *, quantity: float, price: float, value: float, avg_cost: float,
     unrealized: float, realized: float,
 ) -> bytes:
     """updatePortfolio (7)."""
@@ -327,7 +327,7 @@ def account_update_multi_end(req_id: int) -> bytes:
     return encode_frame(("74", "1", str(req_id)))
 
 
-def position_multi(req_id: int, account: str, inst: Instrument, quantity: float, avg_cost: float) -> bytes:
+def position_multi(req_id: int, account: str, inst: SimContract, quantity: float, avg_cost: float) -> bytes:
     """positionMulti (71)."""
     return encode_frame((
         "71", "1", str(req_id), account, str(inst.con_id), inst.symbol, inst.sec_type,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ibkr_sim.requests import OrderRequest
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
 PRE_SUBMITTED = "PreSubmitted"
 SUBMITTED = "Submitted"
@@ -23,7 +23,7 @@ class SimOrder:
     client_id: int
     order_id: int
     perm_id: int
-    instrument: Instrument
+    instrument: SimContract
     request: OrderRequest
     account: str
     side: int

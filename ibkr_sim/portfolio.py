@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
 BASE_CURRENCY = "USD"
 # Rough conversion of other currencies into the base; enough for NetLiquidation of a made-up account.
@@ -52,7 +52,7 @@ class Position:
     """One account's holding of one contract."""
 
     account: str
-    instrument: Instrument
+    instrument: SimContract
     quantity: float = 0.0
     avg_cost: float = 0.0
     realized_pnl: float = 0.0
@@ -102,7 +102,7 @@ class Portfolio:
         return acct
 
     def apply_fill(
-        self, account: str, inst: Instrument, side: int, quantity: float, *, price: float, commission: float
+        self, account: str, inst: SimContract, side: int, quantity: float, *, price: float, commission: float
     ) -> tuple[Position, float | None]:
         """Book a fill; return the position and the fill's realized P&L (``None`` if it only opened)."""
         acct = self.account(account)
@@ -147,7 +147,7 @@ class Portfolio:
         acct.commissions += commission
         return pos, realized
 
-    def values(self, account: str, price_of: Callable[[Instrument], float]) -> list[tuple[str, str, str]]:
+    def values(self, account: str, price_of: Callable[[SimContract], float]) -> list[tuple[str, str, str]]:
         """Account values as ``(tag, value, currency)``, in the base currency unless said otherwise."""
         acct = self.account(account)
         cash = sum(amount * FX_TO_BASE.get(cur, 1.0) for cur, amount in acct.cash.items())

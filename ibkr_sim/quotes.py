@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ibkr_sim import messages as m
 from ibkr_sim.market import on_grid
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
 LIVE, FROZEN, DELAYED, DELAYED_FROZEN = 1, 2, 3, 4
 
@@ -53,7 +53,7 @@ class MarketDataLine:
     frozen: bool
 
 
-def quote_frames(req_id: int, inst: Instrument, price: float, *, delayed: bool) -> list[bytes]:
+def quote_frames(req_id: int, inst: SimContract, price: float, *, delayed: bool) -> list[bytes]:
     """tickPrice (bid one tick under ``price``, ask one over, last, the previous close) and the last size."""
     tick = inst.min_tick
     types = DELAYED_TICKS if delayed else LIVE_TICKS

@@ -22,7 +22,7 @@ from ibkr_sim.quotes import quote_frames
 from ibkr_sim.reports import Reports
 from ibkr_sim.requests import OrderRequest
 from ibkr_sim.session import ClientSession
-from ibkr_sim.universe import Instrument, Universe
+from ibkr_sim.universe import SimContract, Universe
 
 log = get_logger(__name__)
 
@@ -181,7 +181,7 @@ class SimGateway:
             if master_session is not None:
                 master_session.send_all(frames)
 
-    def position_changed(self, account: str, inst: Instrument) -> None:
+    def position_changed(self, account: str, inst: SimContract) -> None:
         """Push portfolio/position updates now; account values (changes only) a moment later."""
         portfolio: bytes | None = None
         position: bytes | None = None
@@ -211,7 +211,7 @@ class SimGateway:
         """Streaming market-data lines held by every connection together."""
         return sum(len(session.market_data) for session in self.sessions)
 
-    def _price_moved(self, inst: Instrument) -> None:
+    def _price_moved(self, inst: SimContract) -> None:
         price = self.prices.price(inst)
         for session in self.sessions:
             for req_id, line in session.market_data.items():
@@ -221,7 +221,7 @@ class SimGateway:
 
     # --- prices and the market ---------------------------------------------------------------
 
-    def instrument(self, con_id: int) -> Instrument:
+    def instrument(self, con_id: int) -> SimContract:
         """The instrument with this conId (KeyError if unknown)."""
         inst = self.universe.get(con_id)
         if inst is None:

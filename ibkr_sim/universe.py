@@ -15,7 +15,7 @@ _RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Instrument:
+class SimContract:
     """One contract as the sim lists it (compared by identity: a change makes a new record)."""
 
     con_id: int
@@ -80,7 +80,7 @@ class ContractQuery:
         return self.symbol or self.local_symbol or str(self.con_id)
 
 
-def _matches(inst: Instrument, q: ContractQuery) -> bool:
+def _matches(inst: SimContract, q: ContractQuery) -> bool:
     if q.sec_type and q.sec_type.upper() != inst.sec_type:
         return False
     if q.symbol and q.symbol.upper() != inst.symbol.upper():
@@ -118,8 +118,8 @@ def _matches(inst: Instrument, q: ContractQuery) -> bool:
 class Universe:
     """Mutable set of instruments, indexed by conId and symbol."""
 
-    def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
-        self._by_con_id: dict[int, Instrument] = {}
+    def __init__(self, instruments: Iterable[SimContract] = ()) -> None:
+        self._by_con_id: dict[int, SimContract] = {}
         self._by_symbol: dict[str, set[int]] = {}
         self.version = 0
         for inst in instruments:
@@ -128,14 +128,14 @@ class Universe:
     def __len__(self) -> int:
         return len(self._by_con_id)
 
-    def __iter__(self) -> Iterator[Instrument]:
+    def __iter__(self) -> Iterator[SimContract]:
         return iter(list(self._by_con_id.values()))
 
-    def get(self, con_id: int) -> Instrument | None:
+    def get(self, con_id: int) -> SimContract | None:
         """The instrument with this conId, listed or not."""
         return self._by_con_id.get(con_id)
 
-    def add(self, inst: Instrument) -> None:
+    def add(self, inst: SimContract) -> None:
         """Add an instrument, or replace the one with the same conId."""
         old = self._by_con_id.get(inst.con_id)
         if old is not None:
@@ -144,14 +144,14 @@ class Universe:
         self._by_symbol.setdefault(inst.symbol.upper(), set()).add(inst.con_id)
         self.version += 1
 
-    def update(self, con_id: int, **changes: Any) -> Instrument:
+    def update(self, con_id: int, **changes: Any) -> SimContract:
         """Change fields of an instrument (e.g. ``symbol=`` to rename it keeping its conId)."""
         inst = self._require(con_id)
         updated = replace(inst, **changes)
         self.add(updated)
         return updated
 
-    def rename(self, con_id: int, symbol: str, local_symbol: str | None = None) -> Instrument:
+    def rename(self, con_id: int, symbol: str, local_symbol: str | None = None) -> SimContract:
         """Rename a symbol keeping the conId (a ticker change)."""
         inst = self._require(con_id)
         if local_symbol is None:
@@ -159,15 +159,15 @@ class Universe:
         trading_class = symbol if inst.trading_class == inst.symbol else inst.trading_class
         return self.update(con_id, symbol=symbol, local_symbol=local_symbol, trading_class=trading_class)
 
-    def delist(self, con_id: int) -> Instrument:
+    def delist(self, con_id: int) -> SimContract:
         """Mark an instrument delisted: lookups and new orders no longer find it."""
         return self.update(con_id, listed=False)
 
-    def relist(self, con_id: int) -> Instrument:
+    def relist(self, con_id: int) -> SimContract:
         """Undo :meth:`delist`."""
         return self.update(con_id, listed=True)
 
-    def lookup(self, query: ContractQuery) -> list[Instrument]:
+    def lookup(self, query: ContractQuery) -> list[SimContract]:
         """Every listed instrument matching ``query`` as IB's reqContractDetails would match it."""
         if query.con_id:
             inst = self._by_con_id.get(query.con_id)
@@ -178,7 +178,7 @@ class Universe:
                 return []
             return [inst]
         if query.symbol:
-            candidates: Iterable[Instrument] = (
+            candidates: Iterable[SimContract] = (
                 self._by_con_id[c] for c in sorted(self._by_symbol.get(query.symbol.upper(), ()))
             )
         elif query.local_symbol:
@@ -187,7 +187,7 @@ class Universe:
             return []
         return [inst for inst in candidates if inst.listed and _matches(inst, query)]
 
-    def _require(self, con_id: int) -> Instrument:
+    def _require(self, con_id: int) -> SimContract:
         inst = self._by_con_id.get(con_id)
         if inst is None:
             raise KeyError(f"no instrument with conId {con_id}")
@@ -226,11 +226,11 @@ _JSON_NAMES = {
     "timeZoneId": "time_zone_id",
     "underConId": "under_con_id",
 }
-_FIELD_NAMES = {f.name for f in fields(Instrument)}
+_FIELD_NAMES = {f.name for f in fields(SimContract)}
 
 
-def instrument_from_dict(item: dict[str, Any]) -> Instrument:
-    """Build an :class:`Instrument` from a universe-file record (IB's camelCase names)."""
+def instrument_from_dict(item: dict[str, Any]) -> SimContract:
+    """Build a :class:`SimContract` from a universe-file record (IB's camelCase names)."""
     values: dict[str, Any] = {}
     for key, value in item.items():
         name = _JSON_NAMES.get(key, key)
@@ -255,14 +255,14 @@ def instrument_from_dict(item: dict[str, Any]) -> Instrument:
             values[name] = float(values[name])
     if values.get("min_tick", 0.01) <= 0:
         raise ValueError(f"minTick must be positive in {item!r}")
-    return Instrument(**values)
+    return SimContract(**values)
 
 
-def instrument_to_dict(inst: Instrument) -> dict[str, Any]:
+def instrument_to_dict(inst: SimContract) -> dict[str, Any]:
     """The universe-file record of an instrument (inverse of :func:`instrument_from_dict`)."""
     reverse = {v: k for k, v in _JSON_NAMES.items()}
     out: dict[str, Any] = {}
-    for f in fields(Instrument):
+    for f in fields(SimContract):
         value = getattr(inst, f.name)
         if isinstance(value, tuple):
             value = list(value)
@@ -270,4 +270,4 @@ def instrument_to_dict(inst: Instrument) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ContractQuery", "Instrument", "Universe", "instrument_from_dict", "instrument_to_dict"]
+__all__ = ["ContractQuery", "SimContract", "Universe", "instrument_from_dict", "instrument_to_dict"]

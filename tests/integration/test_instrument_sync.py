@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ibkr_sim.config import SimConfig
 from ibkr_sim.server import SimGateway
-from ibkr_sim.universe import Instrument as SimInstrument
+from ibkr_sim.universe import SimContract as SimInstrument
 from tests.integration.topic_reading import records_on_partition
 from workers.adapters.avro import AvroCodec
 from workers.adapters.ibkr.contract_lookup import IbkrContractLookup

@@ -6,7 +6,7 @@ import pytest
 from ib_insync import IB, Contract, Forex, Future, Option, Stock
 
 from ibkr_sim.server import SimGateway
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 from tests.sim.helpers import AAPL, Errors
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ async def test_delisted_instrument_is_no_longer_found(sim: SimGateway, ib: IB) -
 
 
 async def test_added_instrument_is_found(sim: SimGateway, ib: IB) -> None:
-    sim.universe.add(Instrument(
+    sim.universe.add(SimContract(
         con_id=99000001, symbol="ZZZT", sec_type="STK", exchange="SMART", currency="USD",
         primary_exchange="NYSE", long_name="MADE UP TEST CORP", ref_price=12.34,
     ))

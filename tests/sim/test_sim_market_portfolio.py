@@ -8,14 +8,14 @@ from hypothesis import strategies as st
 
 from ibkr_sim.market import PriceProcess, conforms, on_grid, tick_decimals
 from ibkr_sim.portfolio import DEFAULT_COMMISSIONS, Portfolio
-from ibkr_sim.universe import Instrument
+from ibkr_sim.universe import SimContract
 
-STOCK = Instrument(con_id=1, symbol="AAA", sec_type="STK", exchange="SMART", currency="USD", ref_price=50.0)
-FUTURE = Instrument(
+STOCK = SimContract(con_id=1, symbol="AAA", sec_type="STK", exchange="SMART", currency="USD", ref_price=50.0)
+FUTURE = SimContract(
     con_id=2, symbol="ES", sec_type="FUT", exchange="CME", currency="USD", multiplier="50", min_tick=0.25,
     ref_price=6000.0,
 )
-FX = Instrument(
+FX = SimContract(
     con_id=3, symbol="EUR", sec_type="CASH", exchange="IDEALPRO", currency="USD", min_tick=0.00005,
     ref_price=1.08512,
 )
@@ -33,7 +33,7 @@ def test_same_seed_same_path_and_independent_of_other_instruments() -> None:
 
 
 @given(st.integers(0, 2**32), st.sampled_from([STOCK, FUTURE, FX]))
-def test_prices_stay_on_the_tick_grid_and_positive(seed: int, inst: Instrument) -> None:
+def test_prices_stay_on_the_tick_grid_and_positive(seed: int, inst: SimContract) -> None:
     process = PriceProcess(seed=seed)
     for _ in range(30):
         price = process.step(inst)
