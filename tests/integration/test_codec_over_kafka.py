@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -24,7 +24,8 @@ async def test_codec_records_survive_the_broker_byte_for_byte_and_decode(kafka_a
     now = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
     order = {"order_id": str(uuid.uuid4()), "account": "DU0000001", "instrument_id": "STK:AAPL:USD",
              "side": "BUY", "quantity": Decimal("12.5"), "order_type": "LIMIT", "limit_price": Decimal("187.25"),
-             "stop_price": None, "time_in_force": "GTC", "outside_rth": True, "created_at": now, "source": "t"}
+             "stop_price": None, "time_in_force": "GTC", "outside_rth": True, "created_at": now, "source": "t",
+             "expires_at": now + timedelta(hours=8)}
     fill = {"fill_id": "0000e0d5.1.01.01", "order_id": order["order_id"], "account": "DU0000001",
             "instrument_id": "STK:AAPL:USD", "con_id": 265598, "side": "BUY", "quantity": Decimal("12.5"),
             "price": Decimal("187.24999999"), "currency": "USD", "exchange": "ISLAND", "executed_at": now,
