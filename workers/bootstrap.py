@@ -48,6 +48,7 @@ from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     INSTRUMENT_UPDATED,
     ORDER_CANCEL_REQUESTED,
+    ORDER_MODIFY_REQUESTED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
@@ -55,6 +56,7 @@ from workers.adapters.kafka.records import (
     InvalidText,
     cancel_from_record,
     instrument_id_from_record,
+    modify_from_record,
     order_requested_from_record,
 )
 from workers.adapters.postgres.cancel_requests import CancelRequests
@@ -63,6 +65,7 @@ from workers.adapters.postgres.failure import describe_database_error
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.ledger import OrderLedger
+from workers.adapters.postgres.modifications import ModificationLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.positions import PositionStore
@@ -194,6 +197,15 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
         for cancel, _ in commands:
             await service.on_cancel_requested(cancel)
 
+    async def modifications(commands: list[tuple[Any, RecordSource]]) -> list[Refusal]:
+        refused: list[Refusal] = []
+        for request, s in commands:
+            reason = await service.on_modify_requested(request, OrderSource(s.topic, s.partition, s.offset,
+                                                                             s.timestamp))
+            if reason is not None:
+                refused.append(Refusal(s, reason, stage="modify"))
+        return refused
+
     async def instrument_changes(commands: list[tuple[Any, RecordSource]]) -> None:
         for instrument_id, _ in commands:
             instruments.invalidate(instrument_id)
@@ -205,6 +217,8 @@ def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, i
             reject=service.reject_unprocessable),
         topics.orders_cancel_requested: Subscription(
             _avro_decoder(codec, ORDER_CANCEL_REQUESTED, cancel_from_record), cancels),
+        topics.orders_modify_requested: Subscription(
+            _avro_decoder(codec, ORDER_MODIFY_REQUESTED, modify_from_record), modifications),
         topics.instruments_updated: Subscription(
             _avro_decoder(codec, INSTRUMENT_UPDATED, instrument_id_from_record),
             instrument_changes),
@@ -232,8 +246,9 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
     bound_gzip()
     consumer = AIOKafkaConsumer(
-        topics.orders_requested, topics.orders_cancel_requested, topics.instruments_updated,
-        group_id=settings.kafka_consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
+        topics.orders_requested, topics.orders_cancel_requested, topics.orders_modify_requested,
+        topics.instruments_updated, group_id=settings.kafka_consumer_group, enable_auto_commit=False,
+        auto_offset_reset="earliest",
         isolation_level="read_committed", session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 4),
         max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, fetch_max_bytes=FETCH_MAX_BYTES, **kafka_kwargs,
@@ -261,8 +276,8 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
                            owner_client_id=settings.ibkr_client_id, turn=orders_first.turn)
     fill_relay.on_published_fill = lambda row: metrics.fill_published(seconds_since(row.executed_at))
     service = OrderService(
-        ledger=ledger, cancel_requests=CancelRequests(pool), fills=fills, outbox=outbox,
-        positions=PositionStore(pool), instruments=instruments, broker=gateway,
+        ledger=ledger, cancel_requests=CancelRequests(pool), modifications=ModificationLedger(pool), fills=fills,
+        outbox=outbox, positions=PositionStore(pool), instruments=instruments, broker=gateway,
         events=AvroEventSink(codec, topics, writer), policy=lambda: policy,
         readonly=settings.ibkr_readonly, on_published=outbox_relay.notify, on_fill=fill_relay.notify,
         metrics=metrics, orders_first=orders_first, rate=order_rate(settings), prices=market_data,

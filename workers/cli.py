@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "instruments": "workers.entrypoints.instruments:run",
     "submit": "workers.entrypoints.submit:run",
     "cancel": "workers.entrypoints.cancel:run",
+    "modify": "workers.entrypoints.modify:run",
     "tail": "workers.entrypoints.tail:run",
     "paper-check": "workers.entrypoints.paper_check:run",
     "trading-state": "workers.entrypoints.trading_state:run",
@@ -123,6 +124,18 @@ def _add_client_commands(sub: Any) -> None:
     cancel.add_argument("--account", required=True, help="the order's account")
     cancel.add_argument("--reason", help="why (recorded with the cancel)")
     _add_wait_arguments(cancel)
+
+    modify = sub.add_parser("modify", help="ask the order-consumer to change a working order in place")
+    modify.add_argument("order_id", metavar="ORDER_ID")
+    modify.add_argument("--account", required=True, help="the order's account")
+    modify.add_argument("--qty", type=_decimal, help="new total quantity (filled included)")
+    modify.add_argument("--limit", type=_decimal, metavar="PRICE", help="new limit price (LIMIT, STOP_LIMIT)")
+    modify.add_argument("--stop", type=_decimal, metavar="PRICE", help="new stop price (STOP, STOP_LIMIT)")
+    modify.add_argument("--tif", type=str.upper, choices=["DAY", "GTC"], help="new time in force")
+    modify.add_argument("--modify-id", help="the modification's id (a UUID; default: a new one)")
+    modify.add_argument("--wait", action="store_true", help="wait for the outcome (applied or refused)")
+    modify.add_argument("--timeout", type=_positive, default=30.0, metavar="S",
+                        help="seconds to wait with --wait (default 30)")
 
     tail = sub.add_parser("tail", help="print a topic's records, decoded")
     tail.add_argument("topic", metavar="TOPIC",

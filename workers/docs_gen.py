@@ -52,6 +52,9 @@ TOPICS: tuple[TopicDoc, ...] = (
     TopicDoc("orders_requested", "upstream services", "`order_id`", "OrderRequested", "new orders"),
     TopicDoc("orders_cancel_requested", "upstream services", "`order_id`", "OrderCancelRequested",
              "a cancel may arrive before its order; same partition count as `orders.requested`"),
+    TopicDoc("orders_modify_requested", "upstream services", "`order_id`", "OrderModifyRequested",
+             "amend a working order; `modify_id` is the idempotency key; same partition count as "
+             "`orders.requested`"),
     TopicDoc("orders_status", "order-consumer", "`order_id`", "OrderStatusChanged",
              "every state change, rejections included"),
     TopicDoc("fills_executed", "order-consumer", "`order_id`", "FillExecuted",

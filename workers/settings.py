@@ -41,6 +41,7 @@ class TopicNames:
 
     orders_requested: str = "orders.requested"
     orders_cancel_requested: str = "orders.cancel-requested"
+    orders_modify_requested: str = "orders.modify-requested"
     orders_status: str = "orders.status"
     fills_executed: str = "fills.executed"
     positions_updated: str = "positions.updated"
@@ -222,6 +223,8 @@ class Settings(BaseSettings):
     """Topic of new orders."""
     topic_orders_cancel_requested: str = TopicNames.orders_cancel_requested
     """Topic of cancel requests."""
+    topic_orders_modify_requested: str = TopicNames.orders_modify_requested
+    """Topic of modification requests (the same partition count as the topic of new orders)."""
     topic_orders_status: str = TopicNames.orders_status
     """Topic of order status changes."""
     topic_fills_executed: str = TopicNames.fills_executed
@@ -307,6 +310,7 @@ class Settings(BaseSettings):
         return TopicNames(
             orders_requested=self.topic_orders_requested,
             orders_cancel_requested=self.topic_orders_cancel_requested,
+            orders_modify_requested=self.topic_orders_modify_requested,
             orders_status=self.topic_orders_status,
             fills_executed=self.topic_fills_executed,
             positions_updated=self.topic_positions_updated,

@@ -22,11 +22,13 @@ from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     ORDER_CANCEL_REQUESTED,
+    ORDER_MODIFY_REQUESTED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
     WORKER_HEALTH,
     cancel_record,
+    modify_record,
     order_requested_record,
 )
 from workers.adapters.postgres.instruments import InstrumentMapper
@@ -34,6 +36,7 @@ from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.bootstrap import build_order_consumer
 from workers.domain.instruments import Instrument
+from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import OrderCancelRequested, OrderRequested, OrderType, Side, TimeInForce
 from workers.runtime.order_consumer import OrderConsumerApp
 from workers.settings import Settings, TopicNames
@@ -226,6 +229,31 @@ class Harness:
                                       reason=reason)
         payload = self.codec.encode(ORDER_CANCEL_REQUESTED, cancel_record(cancel))
         await self.producer.send_and_wait(self.topics.orders_cancel_requested, payload, key=order_id.encode())
+
+    async def modify(self, order_id: str, *, account: str = ACCOUNT, modify_id: str | None = None,
+                     quantity: str | None = None, limit: str | None = None, stop: str | None = None,
+                     tif: TimeInForce | None = None) -> OrderModifyRequested:
+        request = OrderModifyRequested(
+            modify_id=modify_id or str(uuid.uuid4()), order_id=order_id, account=account,
+            requested_at=datetime.now(UTC), quantity=Decimal(quantity) if quantity is not None else None,
+            limit_price=Decimal(limit) if limit is not None else None,
+            stop_price=Decimal(stop) if stop is not None else None, time_in_force=tif, source="tests")
+        await self.send_modify(request)
+        return request
+
+    async def send_modify(self, request: OrderModifyRequested) -> None:
+        payload = self.codec.encode(ORDER_MODIFY_REQUESTED, modify_record(request))
+        await self.producer.send_and_wait(self.topics.orders_modify_requested, payload,
+                                          key=request.order_id.encode())
+
+    def modification_statuses(self, order_id: str, modify_id: str) -> list[dict[str, Any]]:
+        return [s for s in self.observed.statuses.get(order_id, []) if s["modify_id"] == modify_id]
+
+    async def wait_modification(self, order_id: str, modify_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The status record that settles ``modify_id``."""
+        await self.wait_for(lambda: bool(self.modification_statuses(order_id, modify_id)), timeout,
+                            f"the outcome of modification {modify_id} (saw {self.status_trail(order_id)})")
+        return self.modification_statuses(order_id, modify_id)[0]
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout

@@ -60,7 +60,7 @@ async def test_creates_every_contract_topic_with_partitions_and_configs(
 
     expected = list(astuple(topics))
     assert sorted(created) == sorted(expected)
-    assert len(expected) == 8
+    assert len(expected) == 9
     assert await partition_counts(kafka_admin, expected) == dict.fromkeys(expected, 3)
 
     policies = {name: (await topic_config(kafka_admin, name))["cleanup.policy"] for name in expected}
@@ -101,7 +101,7 @@ async def test_running_twice_is_harmless(kafka_bootstrap: str, topics: TopicName
     first = await ensure_topics(kafka_bootstrap, topics, partitions=2, replication_factor=1)
     second = await ensure_topics(kafka_bootstrap, topics, partitions=2, replication_factor=1)
 
-    assert len(first) == 8
+    assert len(first) == 9
     assert second == []
     names = list(astuple(topics))
     assert await partition_counts(kafka_admin, names) == dict.fromkeys(names, 2)
@@ -129,7 +129,7 @@ async def test_existing_topic_is_left_untouched(
     created = await ensure_topics(kafka_bootstrap, topics, partitions=4, replication_factor=1)
 
     assert topics.orders_status not in created
-    assert len(created) == 7
+    assert len(created) == 8
     counts = await partition_counts(kafka_admin, [topics.orders_status, topics.orders_requested])
     assert counts == {topics.orders_status: 1, topics.orders_requested: 4}
 

@@ -14,6 +14,7 @@ from workers.adapters.avro.catalog import snake_case
 CONTRACT_RECORDS = [
     "OrderRequested",
     "OrderCancelRequested",
+    "OrderModifyRequested",
     "OrderStatusChanged",
     "FillExecuted",
     "PositionUpdated",

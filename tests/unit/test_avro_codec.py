@@ -52,6 +52,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "reason": "strategy stopped",
         "source": None,
     },
+    "OrderModifyRequested": {
+        "modify_id": "0b7e4c52-4f0e-4d3c-9a55-1f3e2d6c7b80",
+        "order_id": "6f1c2b1e-8c1a-4c55-9d5e-0d7f0a9d2b11",
+        "account": "DU1234567",
+        "quantity": Decimal("150"),
+        "limit_price": Decimal("187.50"),
+        "stop_price": None,
+        "time_in_force": "GTC",
+        "requested_at": AT,
+        "source": "strategy-7",
+    },
     "OrderStatusChanged": {
         "order_id": "6f1c2b1e-8c1a-4c55-9d5e-0d7f0a9d2b11",
         "account": "DU1234567",

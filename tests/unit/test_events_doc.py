@@ -58,7 +58,7 @@ def test_topic_table_shows_the_cleanup_policy_the_topics_command_creates(page: s
 def test_every_record_and_every_field_is_documented(page: str) -> None:
     catalog = SchemaCatalog()
     records = catalog.records()
-    assert len(records) == 7
+    assert len(records) == 8
     for fullname in records:
         version = catalog.current(fullname)
         assert f"### {version.short_name}\n" in page

@@ -71,8 +71,8 @@ class OrderStatusChanged:
 
     def same_state(self, other: OrderStatusChanged) -> bool:
         """True when ``other`` announces the same state (a repeat, as at-least-once delivery may bring)."""
-        return (self.status, self.filled_quantity, self.remaining_quantity, self.reason) == (
-            other.status, other.filled_quantity, other.remaining_quantity, other.reason)
+        return (self.status, self.filled_quantity, self.remaining_quantity, self.reason, self.modify_id) == (
+            other.status, other.filled_quantity, other.remaining_quantity, other.reason, other.modify_id)
 
     def describe(self) -> str:
         """One line for people: ``FILLED  10/10 @ 187.25``, ``CANCELLED  filled 0  reason: ...``."""

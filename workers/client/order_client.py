@@ -28,10 +28,12 @@ from workers.adapters.kafka.connection import kafka_client_kwargs, start_kafka_c
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     ORDER_CANCEL_REQUESTED,
+    ORDER_MODIFY_REQUESTED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
     cancel_record,
+    modify_record,
     order_requested_record,
 )
 from workers.client.errors import ClientClosed, OrderTimeout
@@ -43,6 +45,7 @@ from workers.client.events import (
     PositionUpdated,
 )
 from workers.client.reading import open_reader
+from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import (
     OrderCancelRequested,
     OrderRequested,
@@ -254,6 +257,38 @@ class OrderClient:
                                              cancel_record(cancel))
         await self._send(self.topics.orders_cancel_requested, order_id, payload)
         log.debug("cancel requested", order_id=order_id)
+
+    async def modify(self, order_id: str, *, account: str, quantity: Number | None = None,
+                     limit_price: Number | None = None, stop_price: Number | None = None,
+                     time_in_force: TimeInForce | str | None = None, modify_id: str | None = None,
+                     source: str | None = None) -> str:
+        """Produce an ``OrderModifyRequested`` changing the given terms of ``order_id`` (None keeps a term);
+        return its ``modify_id`` (the outcome is the order's status carrying it: :meth:`wait_for_modification`)."""
+        self.watch(order_id)
+        request = OrderModifyRequested(
+            modify_id=modify_id or str(uuid.uuid4()), order_id=order_id, account=account,
+            requested_at=datetime.now(UTC), quantity=_decimal(quantity, "quantity"),
+            limit_price=_decimal(limit_price, "limit_price"), stop_price=_decimal(stop_price, "stop_price"),
+            time_in_force=None if time_in_force is None else TimeInForce(time_in_force),
+            source=source if source is not None else self.source,
+        )
+        payload = await self.codec.serialize(self.topics.orders_modify_requested, ORDER_MODIFY_REQUESTED,
+                                             modify_record(request))
+        await self._send(self.topics.orders_modify_requested, order_id, payload)
+        log.debug("modification requested", order_id=order_id, modify_id=request.modify_id)
+        return request.modify_id
+
+    async def wait_for_modification(self, order_id: str, modify_id: str, *, timeout: float) -> OrderStatusChanged:
+        """The status of ``order_id`` that settles ``modify_id`` (its reason says applied or refused)."""
+        track = self.watch(order_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        index = 0
+        while True:
+            for event in track.events[index:]:
+                if isinstance(event, OrderStatusChanged) and event.modify_id == modify_id:
+                    return event
+            index = len(track.events)
+            await self._wait_change(track, deadline, f"the outcome of modification {modify_id}")
 
     async def _send(self, topic: str, key: str, payload: bytes) -> None:
         if self._producer is None:

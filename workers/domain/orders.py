@@ -222,6 +222,12 @@ class Order:
     updated_at: datetime
     owner_client_id: int | None = None
     expires_at: datetime | None = None
+    # The terms as first requested, kept once a modification changed the working terms above (None: the
+    # order works with the terms it was requested with).
+    requested_quantity: Decimal | None = None
+    requested_limit_price: Decimal | None = None
+    requested_stop_price: Decimal | None = None
+    requested_time_in_force: TimeInForce | None = None
 
     @property
     def is_final(self) -> bool:
@@ -247,13 +253,29 @@ class Order:
 
     @property
     def request(self) -> OrderRequested:
-        """The request this order was recorded from (its terms)."""
+        """The order as a request with the terms it works with (what is placed at IBKR)."""
         return OrderRequested(
             order_id=self.order_id, account=self.account, instrument_id=self.instrument_id, side=self.side,
             quantity=self.quantity, order_type=self.order_type, limit_price=self.limit_price,
             stop_price=self.stop_price, time_in_force=self.time_in_force, outside_rth=self.outside_rth,
             created_at=self.created_at, source=self.source, expires_at=self.expires_at,
         )
+
+    @property
+    def modified(self) -> bool:
+        """True once a modification changed the terms the order works with."""
+        return self.requested_quantity is not None
+
+    @property
+    def as_requested(self) -> OrderRequested:
+        """The request as it was first recorded (a redelivery of it is the same order, whatever
+        modifications changed since)."""
+        request = self.request
+        if not self.modified:
+            return request
+        assert self.requested_quantity is not None and self.requested_time_in_force is not None
+        return replace(request, quantity=self.requested_quantity, limit_price=self.requested_limit_price,
+                       stop_price=self.requested_stop_price, time_in_force=self.requested_time_in_force)
 
     def after(self, change: StatusChange, now: datetime | None = None) -> Order | None:
         """This order after ``change``, or None when the change is illegal or changes nothing.

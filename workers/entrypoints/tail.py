@@ -32,6 +32,7 @@ from workers.adapters.kafka.records import (
     FILL_EXECUTED,
     INSTRUMENT_UPDATED,
     ORDER_CANCEL_REQUESTED,
+    ORDER_MODIFY_REQUESTED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
@@ -45,6 +46,7 @@ from workers.settings import TopicNames, load_settings
 RECORDS: dict[str, str | None] = {
     "orders_requested": ORDER_REQUESTED,
     "orders_cancel_requested": ORDER_CANCEL_REQUESTED,
+    "orders_modify_requested": ORDER_MODIFY_REQUESTED,
     "orders_status": ORDER_STATUS_CHANGED,
     "fills_executed": FILL_EXECUTED,
     "positions_updated": POSITION_UPDATED,

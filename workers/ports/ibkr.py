@@ -22,6 +22,25 @@ PACING_VIOLATION = 100
 
 
 @dataclass(frozen=True)
+class IbTerms:
+    """The terms IBKR holds for an order (from its openOrder message): size, prices, time in force."""
+
+    quantity: Decimal
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: str
+
+
+@dataclass(frozen=True)
+class IbOrderTerms:
+    """IBKR (re)stated the terms of one of our orders: an openOrder, as after a placement or a modification."""
+
+    order_ref: str
+    ib_order_id: int
+    terms: IbTerms
+
+
+@dataclass(frozen=True)
 class IbOrderStatus:
     """IB's view of one of our orders (from openOrder / orderStatus / completed orders).
 
@@ -40,6 +59,8 @@ class IbOrderStatus:
     error_code: int | None = None
     error_message: str | None = None
     change: StatusChange | None = None
+    # The terms of the order as IBKR last stated them (None when not known).
+    terms: IbTerms | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ class ConnectionChanged:
     connected: bool
 
 
-IbReport = IbOrderStatus | IbExecution | IbCommission | IbError | IbPosition | ConnectionChanged
+IbReport = IbOrderStatus | IbOrderTerms | IbExecution | IbCommission | IbError | IbPosition | ConnectionChanged
 
 
 class IbkrListener(Protocol):
@@ -129,6 +150,9 @@ class IbkrConnection(Protocol):
 
     async def place(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
         """Send ``order`` for ``instrument`` under ``ib_order_id``, its ``orderRef`` our ``order_id``."""
+
+    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+        """Place ``order`` again under its ``ib_order_id`` with the terms it now has: IBKR's modification."""
 
     async def cancel(self, ib_order_id: int) -> None: ...
     async def global_cancel(self) -> None: ...

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from workers.domain.fills import Fill
 from workers.domain.instruments import Instrument
+from workers.domain.modifications import Modification, OrderModifyRequested, WorkingTerms
 from workers.domain.orders import (
     AppliedChange,
     NewOrder,
@@ -29,6 +30,10 @@ from workers.ports.outbox import OutboxMessage
 
 StatusRecord = Callable[[Order, OrderState | None], OutboxMessage]
 """Encodes the ``orders.status`` record of an order's new state (and the state it left, if any)."""
+
+ModificationStatus = Callable[[Order, str, str], OutboxMessage]
+"""Encodes the ``orders.status`` record of a modification's outcome: the order (with the terms it works
+with), the ``modify_id`` and the reason (applied: what changed; refused: why)."""
 
 VersionedOrders = dict[str, tuple[Order, str]]
 """Orders as read, each with its version, by ``order_id``: what an optimistic write checks against."""
@@ -95,6 +100,21 @@ class CancelRequestStore(Protocol):
     async def mark_handled(self, order_id: str) -> bool: ...
 
 
+class ModificationStore(Protocol):
+    """Modifications as received, each settled (applied or refused) with its status record."""
+
+    async def record(self, request: OrderModifyRequested, source_topic: str | None = None,
+                     source_partition: int | None = None, source_offset: int | None = None,
+                     ) -> tuple[Modification, bool]: ...
+    async def unsettled(self, order_id: str) -> list[Modification]: ...
+    async def unsettled_owned_by(self, client_id: int) -> list[Modification]: ...
+    async def mark_sent(self, modify_id: str, target: WorkingTerms, attempts: int) -> bool: ...
+    async def refuse(self, modification: Modification, reason: str, ib_error_code: int | None,
+                     status: ModificationStatus) -> Order | None: ...
+    async def apply(self, modification: Modification, target: WorkingTerms, reason: str,
+                    status: ModificationStatus, only_from: frozenset[OrderState] | None = None) -> Order | None: ...
+
+
 class FillHistory(Protocol):
     """The fills recorded of an order (to tell which one a corrected execution corrects)."""
 
@@ -119,6 +139,7 @@ class EventSink(Protocol):
 
     def status(self, order: Order, previous: OrderState | None) -> OutboxMessage: ...
     def rejection(self, order: OrderRequested, reason: str) -> OutboxMessage: ...
+    def modification(self, order: Order, modify_id: str, reason: str) -> OutboxMessage: ...
     def position(self, report: IbPosition, instrument_id: str | None) -> OutboxMessage: ...
 
 

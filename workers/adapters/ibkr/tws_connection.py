@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ib_insync import IB, Contract, ContractDetails, Trade
+from ib_insync import Order as IbOrder
 from ib_insync.objects import CommissionReport, Fill, Position
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential_jitter
 
@@ -34,8 +36,10 @@ from workers.ports.ibkr import (
     IbExecution,
     IbkrListener,
     IbOrderStatus,
+    IbOrderTerms,
     IbPosition,
     IbReport,
+    IbTerms,
 )
 
 log = get_logger(__name__)
@@ -92,6 +96,18 @@ def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
     )
 
 
+def _price(value: float) -> Decimal | None:
+    """An IB order price: None where IB sends none (0, or its "unset" maximum double)."""
+    if not value or math.isnan(value) or abs(value) >= 1e300:
+        return None
+    return to_decimal(value)
+
+
+def _terms_of(order: IbOrder) -> IbTerms:
+    return IbTerms(quantity=to_decimal(order.totalQuantity), limit_price=_price(order.lmtPrice),
+                   stop_price=_price(order.auxPrice), time_in_force=order.tif)
+
+
 def _status_report(trade: Trade) -> IbOrderStatus:
     status = trade.orderStatus
     avg = status.avgFillPrice
@@ -107,6 +123,7 @@ def _status_report(trade: Trade) -> IbOrderStatus:
         avg_fill_price=to_decimal(avg) if avg else None,
         error_code=last.errorCode if inferred and last is not None else None,
         error_message=last.message if inferred and last is not None else None,
+        terms=_terms_of(trade.order),
     )
     return replace(report, change=status_change(report))
 
@@ -159,6 +176,7 @@ class TwsConnection:
         self._wire_events()
         retention.report_untracked(self.ib.wrapper, self._on_untracked_execution, self._queue_commission)
         retention.keep_completed_orders_as(self.ib.wrapper, _known_status)
+        self._report_terms()
         compact_repr.install()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -315,6 +333,16 @@ class TwsConnection:
         await self.limiter.acquire(Priority.PLACE)
         self.ib.placeOrder(contract, ib_order)
 
+    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+        """Place ``order`` again under ``ib_order_id`` with its current terms: IBKR modifies it in place.
+
+        Sent on the client directly: ib_insync's ``placeOrder`` refuses to re-place an order it has marked
+        done itself (it does so on any error about the order, e.g. a refused earlier modification).
+        """
+        contract, ib_order = contract_for(instrument), order_for(order.request, ib_order_id)
+        await self.limiter.acquire(Priority.PLACE)
+        self.ib.client.placeOrder(ib_order_id, contract, ib_order)
+
     async def cancel(self, ib_order_id: int) -> None:
         await self.limiter.acquire(Priority.CANCEL)
         self.ib.client.cancelOrder(ib_order_id, "")
@@ -370,6 +398,27 @@ class TwsConnection:
         ib.errorEvent += self._on_error
         ib.positionEvent += self._on_position
         ib.disconnectedEvent += self._on_disconnected
+
+    def _report_terms(self) -> None:
+        """Report the terms of each openOrder IBKR sends (how a modification is confirmed).
+
+        ib_insync updates a known order's size and prices from an openOrder but not its time in force, and
+        tells nothing of it: its handler is wrapped here.
+        """
+        wrapper = self.ib.wrapper
+        handle_open_order = wrapper.openOrder
+
+        def open_order(order_id: int, contract: Contract, order: IbOrder, order_state: Any) -> None:
+            handle_open_order(order_id, contract, order, order_state)
+            if order.whatIf or not order.orderRef:
+                return
+            trade = wrapper.trades.get(wrapper.orderKey(order.clientId, order.orderId, order.permId))
+            if trade is not None:
+                trade.order.tif = order.tif
+            self._reports.put_nowait(IbOrderTerms(order_ref=order.orderRef, ib_order_id=order.orderId,
+                                                  terms=_terms_of(order)))
+
+        wrapper.openOrder = open_order  # type: ignore[method-assign, assignment]
 
     def _on_order_status(self, trade: Trade) -> None:
         self._reports.put_nowait(_status_report(trade))

@@ -8,6 +8,7 @@ from workers.adapters.avro import AvroCodec
 from workers.adapters.kafka.records import (
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
+    modification_status_record,
     position_record,
     rejection_record,
     status_record,
@@ -44,6 +45,11 @@ class AvroEventSink:
     def status(self, row: Order, previous: OrderState | None) -> OutboxMessage:
         payload = _sized(self.codec.encode(ORDER_STATUS_CHANGED, status_record(row, datetime.now(UTC), previous)),
                          "status", row.order_id)
+        return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload, writer=self.writer)
+
+    def modification(self, row: Order, modify_id: str, reason: str) -> OutboxMessage:
+        record = modification_status_record(row, modify_id, reason, datetime.now(UTC))
+        payload = _sized(self.codec.encode(ORDER_STATUS_CHANGED, record), "modification status", row.order_id)
         return OutboxMessage(topic=self.topics.orders_status, key=row.order_id, payload=payload, writer=self.writer)
 
     def rejection(self, order: OrderRequested, reason: str) -> OutboxMessage:

@@ -8,6 +8,7 @@ from typing import Any
 
 from workers.adapters.kafka.failures import bounded, printable
 from workers.adapters.postgres.rows import FillRow
+from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import (
     Order,
     OrderCancelRequested,
@@ -30,6 +31,7 @@ from workers.domain.text import (
 
 ORDER_REQUESTED = "prometheus.execution.OrderRequested"
 ORDER_CANCEL_REQUESTED = "prometheus.execution.OrderCancelRequested"
+ORDER_MODIFY_REQUESTED = "prometheus.execution.OrderModifyRequested"
 ORDER_STATUS_CHANGED = "prometheus.execution.OrderStatusChanged"
 FILL_EXECUTED = "prometheus.execution.FillExecuted"
 POSITION_UPDATED = "prometheus.execution.PositionUpdated"
@@ -125,6 +127,48 @@ def cancel_record(cancel: OrderCancelRequested) -> dict[str, Any]:
         "requested_at": cancel.requested_at,
         "reason": cancel.reason,
     }
+
+
+def modify_from_record(record: dict[str, Any]) -> OrderModifyRequested:
+    """The modification of ``record``; raises :class:`InvalidText` naming a text field the rules refuse."""
+    _refuse(first_problem(("modify_id", record["modify_id"], ORDER_ID_MAX),
+                          ("order_id", record["order_id"], ORDER_ID_MAX), ("account", record["account"], ACCOUNT_MAX),
+                          ("source", record.get("source"), SOURCE_MAX)))
+    tif = record.get("time_in_force")
+    return OrderModifyRequested(
+        modify_id=record["modify_id"],
+        order_id=record["order_id"],
+        account=record["account"],
+        requested_at=record["requested_at"],
+        quantity=record.get("quantity"),
+        limit_price=record.get("limit_price"),
+        stop_price=record.get("stop_price"),
+        time_in_force=None if tif is None else TimeInForce(tif),
+        source=record.get("source"),
+    )
+
+
+def modify_record(modify: OrderModifyRequested) -> dict[str, Any]:
+    return {
+        "modify_id": modify.modify_id,
+        "order_id": modify.order_id,
+        "account": modify.account,
+        "quantity": modify.quantity,
+        "limit_price": modify.limit_price,
+        "stop_price": modify.stop_price,
+        "time_in_force": None if modify.time_in_force is None else modify.time_in_force.value,
+        "requested_at": modify.requested_at,
+        "source": modify.source,
+    }
+
+
+def modification_status_record(row: Order, modify_id: str, reason: str, event_time: datetime) -> dict[str, Any]:
+    """The ``OrderStatusChanged`` record of a modification's outcome: the order's state (unchanged) and the
+    terms it works with, the ``modify_id``, and what was applied or why it was refused."""
+    record = status_record(row, event_time, row.state)
+    record["modify_id"] = modify_id
+    record["reason"] = bounded(reason, STATUS_REASON_MAX)
+    return record
 
 
 def status_record(row: Order, event_time: datetime, previous: OrderState | None = None) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def topic_specs(topics: TopicNames) -> list[TopicSpec]:
     return [
         TopicSpec(topics.orders_requested, INPUT),
         TopicSpec(topics.orders_cancel_requested, INPUT),
+        TopicSpec(topics.orders_modify_requested, INPUT),
         TopicSpec(topics.orders_status, OUTPUT),
         TopicSpec(topics.fills_executed, OUTPUT),
         TopicSpec(topics.positions_updated, COMPACTED),

@@ -206,6 +206,8 @@ def order_from_record(record: dict[str, object]) -> Order:
     values["order_type"] = OrderType(str(values["order_type"]))
     values["time_in_force"] = TimeInForce(str(values["time_in_force"]))
     values["state"] = OrderState(str(values["state"]))
+    if values.get("requested_time_in_force") is not None:
+        values["requested_time_in_force"] = TimeInForce(str(values["requested_time_in_force"]))
     return Order(**values)  # type: ignore[arg-type]
 
 

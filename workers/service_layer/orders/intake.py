@@ -133,7 +133,7 @@ class OrderIntake:
             republish: list[str] = []
             for request, source in [*checked.again, *not_new]:
                 stored = known.get(request.order_id)
-                differing = differing_terms(stored.request, request) if stored is not None else ()
+                differing = differing_terms(stored.as_requested, request) if stored is not None else ()
                 if differing:
                     conflicts.append(self._conflict(request, source, differing))
                 elif stored is not None:

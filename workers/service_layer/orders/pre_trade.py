@@ -10,7 +10,8 @@ from decimal import Decimal
 
 from workers.domain.guards import GuardPolicy, OrderRejected, check_order, check_text
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested, Side
+from workers.domain.modifications import OrderModifyRequested, WorkingTerms, checked_request
+from workers.domain.orders import Order, OrderRequested, Side
 from workers.domain.risk import OrderRate, check_risk
 from workers.logs import get_logger
 from workers.ports.orders import InstrumentSource
@@ -85,3 +86,33 @@ class PreTradeRules:
             key = (order.account, order.instrument_id, order.side)
             in_batch[key] = in_batch.get(key, Decimal(0)) + order.quantity
         return rejected
+
+    async def check_modified(self, order: Order, target: WorkingTerms, request: OrderModifyRequested,
+                             policy: GuardPolicy) -> OrderRejected | None:
+        """The rejection of ``order`` working with ``target`` by a rule (None: it may be modified so).
+
+        What is checked is the quantity still to trade at the new terms; the order's own remaining quantity
+        leaves the working orders of its side, so it is not counted twice. A modification takes its
+        account's token of the order rate, as IBKR counts it against its message rate.
+        """
+        checked = checked_request(order, target, request)
+        instrument = await self.instruments.get(order.instrument_id)
+        try:
+            check_order(checked, instrument, policy)
+        except OrderRejected as rejection:
+            return rejection
+        assert instrument is not None  # check_order refuses an unknown instrument
+        view = (await self.views.views([(checked, instrument)], policy))[order.order_id]
+        own = order.remaining_quantity
+        if order.side is Side.BUY:
+            view = replace(view, working_buy=max(Decimal(0), view.working_buy - own))
+        else:
+            view = replace(view, working_sell=max(Decimal(0), view.working_sell - own))
+        try:
+            for warning in check_risk(checked, instrument, policy, view, self.clock()):
+                log.warning("risk rule not applied", order_id=order.order_id, warning=warning)
+            if self.rate is not None:
+                self.rate.take(order.account)
+        except OrderRejected as rejection:
+            return rejection
+        return None

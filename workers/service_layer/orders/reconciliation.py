@@ -11,6 +11,7 @@ from workers.logs import get_logger
 from workers.ports.ibkr import IbkrConnection
 from workers.ports.orders import OrderRepository
 from workers.service_layer.orders.ibkr_reports import ReportHandler
+from workers.service_layer.orders.modifications import Modifications
 from workers.service_layer.orders.placing import Placer
 from workers.service_layer.orders.status_writer import StatusWriter
 from workers.service_layer.orders.watchdog import PlacementWatchdog
@@ -23,7 +24,8 @@ class Reconciler:
 
     def __init__(self, *, ledger: OrderRepository, broker: IbkrConnection, placer: Placer,
                  watchdog: PlacementWatchdog, reports: ReportHandler, status: StatusWriter,
-                 reconciled: asyncio.Event, on_fill: Callable[[], None]) -> None:
+                 reconciled: asyncio.Event, on_fill: Callable[[], None],
+                 modifications: Modifications | None = None) -> None:
         self.ledger = ledger
         self.broker = broker
         self.placer = placer
@@ -32,6 +34,7 @@ class Reconciler:
         self.status = status
         self.reconciled = reconciled
         self.on_fill = on_fill
+        self.modifications = modifications
         self.client_id = broker.client_id
 
     async def reconcile(self) -> None:
@@ -61,5 +64,7 @@ class Reconciler:
                 log.warning("open order unknown to IBKR; left for an operator", order_id=order.order_id,
                             state=order.state.value)
         self.reconciled.set()
+        if self.modifications is not None:
+            await self.modifications.reconcile(at_ib)
         self.on_fill()
         log.info("reconciled with IBKR", client_id=self.client_id, ib_orders=len(at_ib))

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from workers.domain.guards import GuardPolicy, OrderRejected
+from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import OrderCancelRequested, OrderRequested
 from workers.domain.risk import OrderRate
 from workers.domain.trading_state import TradingState
@@ -23,6 +24,7 @@ from workers.ports.orders import (
     EventSink,
     FillHistory,
     InstrumentSource,
+    ModificationStore,
     NoMetrics,
     OrderMetrics,
     OrderRepository,
@@ -33,6 +35,7 @@ from workers.service_layer.orders.cancels import Cancels
 from workers.service_layer.orders.ibkr_reports import ReportHandler
 from workers.service_layer.orders.intake import OrderIdConflict, OrderIntake, OrderSource
 from workers.service_layer.orders.market_views import MarketViews, PositionCache
+from workers.service_layer.orders.modifications import Modifications
 from workers.service_layer.orders.placing import Placer
 from workers.service_layer.orders.positions import PositionBook
 from workers.service_layer.orders.pre_trade import PreTradeRules, utc_now
@@ -52,7 +55,8 @@ class OrderService:
                  on_fill: Callable[[], None] = lambda: None, metrics: OrderMetrics | None = None,
                  orders_first: OrdersFirst | None = None, prices: ReferencePrices | None = None,
                  rate: OrderRate | None = None, clock: Callable[[], datetime] = utc_now,
-                 trading_state: Callable[[], TradingState] = lambda: TradingState.ACTIVE) -> None:
+                 trading_state: Callable[[], TradingState] = lambda: TradingState.ACTIVE,
+                 modifications: ModificationStore | None = None) -> None:
         self.ledger = ledger
         self.client_id = broker.client_id
         metrics = metrics or NoMetrics()
@@ -96,9 +100,13 @@ class OrderService:
                                      position_cache=self.position_cache,
                                      orders_first=self.orders_first, reconciled=self._reconciled,
                                      on_fill=on_fill)
+        self.modifications = Modifications(
+            ledger=ledger, store=modifications, broker=broker, instruments=instruments, events=events,
+            rules=self.rules, policy=current_policy, placer=self.placer, reconciled=self._reconciled,
+            on_published=on_published, readonly=readonly) if modifications is not None else None
         self.reconciler = Reconciler(ledger=ledger, broker=broker, placer=self.placer, watchdog=self.watchdog,
                                      reports=self.reports, status=status, reconciled=self._reconciled,
-                                     on_fill=on_fill)
+                                     on_fill=on_fill, modifications=self.modifications)
 
     @property
     def reconciled(self) -> bool:
@@ -126,14 +134,31 @@ class OrderService:
         with self.orders_first.order_batch():
             await self.cancels.on_cancel_requested(cancel)
 
+    async def on_modify_requested(self, request: OrderModifyRequested, source: OrderSource | None = None,
+                                  ) -> str | None:
+        """Record and act on a modification (see :class:`~.modifications.Modifications`); returns why it is
+        dead-lettered instead, or None."""
+        if self.modifications is None:
+            return "MODIFY_UNAVAILABLE: this worker was started without a modification ledger"
+        with self.orders_first.order_batch():
+            return await self.modifications.on_modify_requested(request, source)
+
     async def on_reports(self, reports: Sequence[IbReport]) -> None:
+        if self.modifications is None:
+            await self.reports.on_reports(reports)
+            return
+        settled = await self.modifications.confirm(reports)
         await self.reports.on_reports(reports)
+        await self.modifications.settle(reports, settled)
 
     async def reconcile(self) -> None:
         await self.reconciler.reconcile()
 
     async def sweep_cancels(self) -> None:
+        """Act on the cancel requests and modifications left for this worker (or for the connection)."""
         await self.cancels.sweep()
+        if self.modifications is not None:
+            await self.modifications.sweep()
 
     async def global_cancel(self) -> None:
         await self.cancels.global_cancel()
