@@ -6,6 +6,7 @@ The sim gateway runs in the test process, so it outlives every worker process, a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -13,11 +14,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Harness, order, running_harness
+from tests.integration.harness import AAPL, Harness, order, running_harness
+from workers.domain.modifications import OrderModifyRequested
+from workers.domain.orders import OrderType
 from workers.settings import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -146,3 +150,64 @@ async def test_sigterm_stops_the_worker_cleanly_within_ten_seconds(harness: Harn
         assert took < 10.0
     finally:
         await worker.ensure_gone()
+
+
+async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_every_one(harness: Harness) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "20261207")))
+    worker = WorkerProcess(harness, group=f"crash-modify-{os.getpid()}-{rng.randrange(10**6)}")
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    resting = [order(order_type=OrderType.LIMIT, limit=str(price - 10), quantity="3") for _ in range(40)]
+    plan: dict[str, list[OrderModifyRequested]] = {}
+    try:
+        await worker.start()
+
+        async def produce() -> None:
+            for request in resting:
+                await harness.send(request)
+            for request in resting:
+                await harness.wait_status(request.order_id, "SUBMITTED", timeout=120)
+            for n, request in enumerate(resting):
+                plan[request.order_id] = [
+                    await harness.modify(request.order_id, limit=str(price - 4)),
+                    await harness.modify(request.order_id, quantity="5"),
+                    await harness.modify(request.order_id, limit=str(price + 1)),  # marketable: fills
+                ]
+                if n % 5 == 4:
+                    await asyncio.sleep(0.1)
+
+        producing = asyncio.create_task(produce())
+        kills = 0
+        deadline = time.monotonic() + 150
+        while (kills < 5 or not producing.done()) and time.monotonic() < deadline:
+            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            await worker.kill()
+            kills += 1
+            await worker.start()
+        await producing
+
+        def settled() -> bool:
+            return all(harness.modification_statuses(o, m.modify_id) for o, mods in plan.items() for m in mods)
+
+        await harness.wait_for(settled, timeout=180, what="every modification settled")
+        await harness.wait_for(lambda: all(harness.observed.last_status(r.order_id) == "FILLED" for r in resting),
+                               timeout=120, what="every order filled")
+        code, _ = await worker.terminate()
+        assert code == 0
+    finally:
+        await worker.ensure_gone()
+
+    assert harness.observed.dead_letters == []
+    for request in resting:
+        for modification in plan[request.order_id]:
+            outcomes = {s["reason"] for s in harness.modification_statuses(request.order_id, modification.modify_id)}
+            assert len(outcomes) == 1 and outcomes.pop().startswith("MODIFIED: "), modification
+        sent = [r for _, r in harness.sim.orders_seen if r.order_ref == request.order_id]
+        # The order, then each applied modification once at most (one may change the ledger only, while
+        # the order waited to be placed): never a set of terms sent twice in a row.
+        assert 1 <= len(sent) <= 4, request.order_id
+        terms = [(r.total_quantity, r.lmt_price) for r in sent]
+        assert all(a != b for a, b in itertools.pairwise(terms)), terms
+        assert terms[-1] == (5, float(price + 1))
+        assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == Decimal(5)
+    exec_ids = Counter(f["fill_id"] for fills in harness.observed.fills.values() for f in fills)
+    assert [e for e, n in exec_ids.items() if n > 1] == []
