@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from tests.integration.harness import AAPL, ACCOUNT, Harness, order, running_harness
+from tests.integration.harness import AAPL, ACCOUNT, ES, Harness, order, running_harness
+from workers.adapters.postgres.instruments import InstrumentMapper
 from workers.adapters.postgres.modifications import ModificationLedger
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.domain.modifications import ModifyState, OrderModifyRequested, WorkingTerms
@@ -224,3 +226,31 @@ async def _modify_at_the_sim(harness: Harness, ib_order_id: int, order_id: str, 
                                            if o.request.order_ref == order_id), what="the sim's order modified")
     finally:
         ib.disconnect()
+
+
+async def test_a_modification_ibkr_refuses_leaves_the_order_working_with_its_terms(harness: Harness) -> None:
+    # The mapper thinks ES ticks in 0.05 (IBKR says 0.25): the guards pass a price IBKR then refuses.
+    pool = await open_pool(harness.database_url)
+    try:
+        await InstrumentMapper(pool).upsert(replace(ES, min_tick=Decimal("0.05")))
+    finally:
+        await close_pool(pool)
+    price = Decimal(str(harness.sim.price(ES.con_id))).quantize(Decimal("0.25"))
+    request = order(ES.instrument_id, order_type=OrderType.LIMIT, limit=str(price - 5), quantity="2")
+    await harness.send(request)
+    await harness.wait_status(request.order_id, "SUBMITTED")
+
+    off_tick = await harness.modify(request.order_id, limit=str(price - 4 - Decimal("0.05")))
+    refused = await harness.wait_modification(request.order_id, off_tick.modify_id)
+    on_tick = await harness.modify(request.order_id, limit=str(price - 4))
+    applied = await harness.wait_modification(request.order_id, on_tick.modify_id)
+    await harness.cancel(request.order_id)
+    cancelled = await harness.wait_status(request.order_id, "CANCELLED")
+
+    assert (refused["reason"] or "").startswith("MODIFY_REFUSED: IBKR_REFUSED:")
+    assert "IBKR error 110" in (refused["reason"] or "")
+    assert (refused["status"], refused["limit_price"]) == ("SUBMITTED", price - 5)
+    assert (applied["status"], applied["limit_price"]) == ("SUBMITTED", price - 4)
+    assert cancelled["limit_price"] == price - 4
+    assert harness.status_trail(request.order_id).count("CANCELLED") >= 1
+    assert "REJECTED" not in harness.status_trail(request.order_id)
