@@ -82,6 +82,7 @@ def operations(sim: SimGateway) -> dict[str, Op]:
         "script_prices": sim.script_prices,
         "step_prices": sim.step_prices,
         "run_opening_auction": sim.run_opening_auction,
+        "close_session": sim.close_session,
         "set_regular_trading_hours": sim.set_regular_trading_hours,
         "expire_day_orders": sim.expire_day_orders,
         "set_market_data": sim.set_market_data,
