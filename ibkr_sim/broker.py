@@ -272,16 +272,28 @@ class SimBroker:
         start = r.trail_stop_price
         if start is None:
             start = trail_stop(order.side, price, r.aux_price, r.trailing_percent)
+        order.trail_start = (price, start)
+        order.trail_best = price
         order.trail_stop = on_grid(start, order.instrument.min_tick)
 
     def _follow_trail(self, order: SimOrder, price: float) -> None:
-        """Move a trailing stop with the market (only in the order's favour) until it triggers."""
-        assert order.trail_stop is not None
+        """Move a trailing stop with the market, only in the order's favour, until it triggers.
+
+        The stop moves by as much as the trailing stop of the best price seen has moved since the order
+        started, so a stop given explicitly (trailStopPrice) keeps its distance.
+        """
+        if (price - order.trail_best) * order.side >= 0:  # no new high for a sell, no new low for a buy
+            return
         r = order.request
-        candidate = on_grid(trail_stop(order.side, price, r.aux_price, r.trailing_percent), order.instrument.min_tick)
-        moved = trail_follows(order.side, order.trail_stop, candidate)
-        if moved != order.trail_stop:
-            order.trail_stop = moved
+        order.trail_best = price
+        start_price, start_stop = order.trail_start
+        moved = start_stop + trail_stop(order.side, price, r.aux_price, r.trailing_percent) - trail_stop(
+            order.side, start_price, r.aux_price, r.trailing_percent
+        )
+        stop = on_grid(moved, order.instrument.min_tick)
+        assert order.trail_stop is not None
+        if trail_follows(order.side, order.trail_stop, stop) != order.trail_stop:
+            order.trail_stop = stop
             order.open_order_head, order.open_order_tail = m.open_order_parts(order, self.version)
 
     def _schedule_expiry(self, order: SimOrder) -> None:

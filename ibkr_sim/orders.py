@@ -36,8 +36,11 @@ class SimOrder:
     held: bool = False
     # A child whose parent has not filled yet: transmitted, not working.
     awaiting_parent: bool = False
-    # A trailing order's current stop price (it follows the market until the order triggers).
+    # A trailing order's current stop price (it follows the market until the order triggers), the price and
+    # stop it started from, and the best price seen since.
     trail_stop: float | None = None
+    trail_start: tuple[float, float] = (0.0, 0.0)
+    trail_best: float = 0.0
     # GTD: when the order expires (epoch seconds).
     expires_at: float | None = None
     commission_charged: float = 0.0
