@@ -497,7 +497,8 @@ class SimBroker:
     def global_cancel(self) -> None:
         """reqGlobalCancel: cancel every working order of every client."""
         for order in [o for o in self.orders.values() if not o.done]:
-            self.cancel_order(order)
+            if not order.done:  # a parent's cancel may have taken it already
+                self.cancel_order(order)
 
     def expire_day_orders(self) -> None:
         """End of the trading day: DAY and OPG orders are cancelled."""

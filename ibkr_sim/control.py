@@ -29,6 +29,9 @@ def _order_dict(o: SimOrder) -> dict[str, Any]:
         "account": o.account, "action": r.action, "quantity": r.total_quantity, "order_type": r.order_type,
         "lmt_price": r.lmt_price, "aux_price": r.aux_price, "tif": r.tif, "order_ref": r.order_ref,
         "status": o.status, "filled": o.filled, "avg_fill_price": o.avg_fill_price,
+        "parent_id": r.parent_id, "oca_group": r.oca_group, "oca_type": r.oca_type, "held": o.held,
+        "awaiting_parent": o.awaiting_parent, "trail_stop": o.trail_stop, "trailing_percent": r.trailing_percent,
+        "good_till_date": r.good_till_date, "algo_strategy": r.algo_strategy, "algo_params": r.algo_params,
     }
 
 

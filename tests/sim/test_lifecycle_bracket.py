@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from ib_insync import IB, BracketOrder, Contract, LimitOrder, MarketOrder, StopOrder, Trade
 
 from ibkr_sim.config import SimConfig
+from ibkr_sim.control import ControlServer, control_call
 from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, Errors, until
 
@@ -122,3 +125,31 @@ async def test_a_child_added_to_a_filled_parent_works_at_once(sim: SimGateway, i
     await status_is(child, "Submitted")
     sim.set_price(AAPL, 240.00)
     await status_is(child, "Filled")
+
+
+async def test_a_global_cancel_cancels_a_bracket_once_each(sim: SimGateway, ib: IB, aapl: Contract) -> None:
+    trades = place_bracket(ib, aapl, ib.bracketOrder("BUY", 10, 220.00, 236.00, 210.00))
+    await status_is(trades[2], "PreSubmitted")
+    ib.reqGlobalCancel()
+    for trade in trades:
+        await status_is(trade, "Cancelled")
+    await asyncio.sleep(0.05)
+    assert [[e.status for e in t.log].count("Cancelled") for t in trades] == [1, 1, 1]
+
+
+async def test_the_control_port_reports_parents_groups_and_held_orders(
+    sim: SimGateway, ib: IB, aapl: Contract
+) -> None:
+    server = ControlServer(sim)
+    host, port = await server.start()
+    try:
+        parent = ib.placeOrder(aapl, LimitOrder("BUY", 10, 220.00, transmit=False))
+        child = ib.placeOrder(aapl, LimitOrder("SELL", 10, 236.00, parentId=parent.order.orderId, ocaGroup="g"))
+        await status_is(child, "PreSubmitted")
+        orders = {o["order_id"]: o for o in await control_call(host, port, "orders")}
+        assert orders[child.order.orderId]["parent_id"] == parent.order.orderId
+        assert orders[child.order.orderId]["oca_group"] == "g"
+        assert orders[child.order.orderId]["awaiting_parent"] is True
+        assert orders[parent.order.orderId]["held"] is False  # the child transmitted it
+    finally:
+        await server.stop()
