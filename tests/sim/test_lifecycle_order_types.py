@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ib_insync import IB, Contract, Order, Trade
+from ib_insync import IB, Contract, Order, TagValue, Trade
 
+from ibkr_sim.config import SimConfig
 from ibkr_sim.control import ControlServer, control_call
 from ibkr_sim.server import SimGateway
 from tests.sim.helpers import AAPL, Connect, Errors, until
@@ -185,3 +186,39 @@ async def test_open_orders_report_the_trailing_stop_where_it_is_now(sim: SimGate
     assert restored.order.trailStopPrice == 235.20  # 2% below 240.00
     assert restored.order.trailingPercent == 2.0
     assert restored.order.lmtPriceOffset == 0.25
+
+
+@pytest.mark.parametrize("sim_config", [SimConfig(server_version=v) for v in (157, 163, 170, 176)])
+async def test_trailing_fields_and_algos_are_read_and_reported_at_every_server_version(
+    sim: SimGateway, connect: Connect
+) -> None:
+    ib = await connect(1)
+    (aapl,) = await ib.qualifyContractsAsync(Contract(conId=AAPL, exchange="SMART"))
+    order = Order(
+        action="BUY", totalQuantity=10, orderType="TRAIL LIMIT", trailingPercent=1.0, lmtPriceOffset=0.10,
+        ocaGroup="versions", ocaType=2, algoStrategy="Adaptive", algoParams=[TagValue("adaptivePriority", "Normal")],
+    )
+    trade = ib.placeOrder(aapl, order)
+    await status_is(trade, "Cancelled")  # Adaptive takes market and limit orders only
+    plain = Order(
+        action="BUY", totalQuantity=10, orderType="TRAIL LIMIT", trailingPercent=1.0, lmtPriceOffset=0.10,
+        ocaGroup="versions", ocaType=2,
+    )
+    trade = ib.placeOrder(aapl, plain)
+    await status_is(trade, "PreSubmitted")
+    request = sim.order(1, plain.orderId).request
+    assert (request.trailing_percent, request.lmt_price_offset, request.oca_group, request.oca_type) == (
+        1.0, 0.10, "versions", 2,
+    )
+    algo = Order(
+        action="BUY", totalQuantity=10, orderType="LMT", lmtPrice=200.00, algoStrategy="Adaptive",
+        algoParams=[TagValue("adaptivePriority", "Patient")],
+    )
+    await status_is(ib.placeOrder(aapl, algo), "Submitted")
+    ib.disconnect()
+    again = await connect(1)
+    restored = {t.order.orderId: t.order for t in again.openTrades()}
+    trailing = restored[plain.orderId]
+    assert (trailing.trailingPercent, trailing.lmtPriceOffset, trailing.ocaType) == (1.0, 0.10, 2)
+    assert trailing.trailStopPrice == 233.71
+    assert restored[algo.orderId].algoParams == [TagValue("adaptivePriority", "Patient")]
