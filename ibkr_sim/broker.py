@@ -446,7 +446,7 @@ class SimBroker:
         self._cancel_children(order, notify)
 
     def _cancel_children(self, parent: SimOrder, notify: bool) -> None:
-        """A parent that ends unfilled takes its children with it."""
+        """A parent that is cancelled or rejected (even after a partial fill) takes its children with it."""
         for child in self._children.get(parent.key, ()):
             if not child.done:
                 self.cancel_order(child, notify=notify, text="Parent order cancelled")
