@@ -14,20 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from ibkr_sim import messages as m
-from ibkr_sim.admission import account_for, check_order, resolve_contract
+from ibkr_sim.admission import account_for, check_order, good_till, resolve_contract
 from ibkr_sim.config import SimConfig
 from ibkr_sim.framing import encode_body
-from ibkr_sim.market import PriceProcess
-from ibkr_sim.matching import Rejection, opening_plan, plan_fill, side_of
+from ibkr_sim.market import PriceProcess, on_grid
+from ibkr_sim.matching import (
+    ON_CLOSE_TYPES,
+    TRAILING_TYPES,
+    TRIGGERED_TYPES,
+    Rejection,
+    auction_plan,
+    plan_fill,
+    side_of,
+    trail_follows,
+    trail_stop,
+)
 from ibkr_sim.orders import CANCELLED, FILLED, INACTIVE, PRE_SUBMITTED, SUBMITTED, SimExecution, SimOrder
 from ibkr_sim.portfolio import Portfolio
 from ibkr_sim.requests import OrderRequest
@@ -38,6 +49,14 @@ from ibkr_sim.universe import SimContract, Universe
 FINISHED_KEPT = 20_000
 FORGET_AT_ONCE = 2_000
 REQUESTS_KEPT = 20_000
+
+_K = TypeVar("_K")
+
+MISSING_PARENT = "Missing parent order."
+MODIFY_MISMATCH = "Order being modified does not match original order."
+# ocaType: 1 cancels the other members on a fill, 2 and 3 reduce them by the quantity filled.
+OCA_CANCEL = 1
+OCA_REDUCE = 2
 
 
 class Delivery(Protocol):
@@ -89,6 +108,9 @@ class SimBroker:
         self._exec_prefix = config.exec_id_prefix or "0000e0d5"
         self._zone = ZoneInfo(config.time_zone)
         self._continuing: set[SimOrder] = set()
+        # Orders linked to others: children by (clientId, parentId), OCA members by (account, ocaGroup).
+        self._children: dict[tuple[int, int], list[SimOrder]] = {}
+        self._oca: dict[tuple[str, str], list[SimOrder]] = {}
         self._time_cache: tuple[int, str] = (-1, "")
 
     # --- helpers -----------------------------------------------------------------------------
@@ -141,6 +163,8 @@ class SimBroker:
         self.executions = kept
         for exec_id in [e for e, ex in self.exec_by_id.items() if ex.order in gone]:
             del self.exec_by_id[exec_id]
+        _prune_links(self._children, gone)
+        _prune_links(self._oca, gone)
         refs_kept = {order.request.order_ref for order in self.orders.values()}
         for ref in {order.request.order_ref for order in gone} - refs_kept:
             self.place_count_by_ref.pop(ref, None)
@@ -171,15 +195,27 @@ class SimBroker:
             account, rejection = account_for(req, self.config.accounts)
         if rejection is None and inst is not None:
             rejection = check_order(req, inst)
+        expires_at: float | None = None
+        if rejection is None and inst is not None and req.tif == "GTD" and req.good_till_date:
+            expires_at, rejection = good_till(req.good_till_date, self.config.time_zone)
+        parent: SimOrder | None = None
+        if rejection is None and req.parent_id:
+            parent = self.orders.get((client_id, req.parent_id))
+            if parent is None:
+                rejection = Rejection(10006, MISSING_PARENT)
+            elif parent.done and parent.status != FILLED:
+                rejection = Rejection(201, "Order rejected - reason:Parent order is being cancelled.")
         if rejection is not None or inst is None:
             assert rejection is not None
             self._error(client_id, req.order_id, rejection.code, rejection.text)
             return
         order = SimOrder(
             client_id=client_id, order_id=req.order_id, perm_id=self._next_perm_id, instrument=inst,
-            request=req, account=account, side=side_of(req.action),
+            request=req, account=account, side=side_of(req.action), expires_at=expires_at,
         )
         self._next_perm_id += 1
+        if req.order_type in TRAILING_TYPES:
+            self._start_trail(order)
         order.open_order_head, order.open_order_tail = m.open_order_parts(order, self.version)
         if req.what_if:
             self._what_if(order)
@@ -190,10 +226,88 @@ class SimBroker:
             fault = self.rejections.pop(0)
             self._reject_accepted(order, fault)
             return
+        if parent is not None:
+            self._children.setdefault((client_id, parent.order_id), []).append(order)
+        if req.oca_group:
+            self._oca.setdefault((account, req.oca_group), []).append(order)
+        if expires_at is not None:
+            self._schedule_expiry(order)
+        if not req.transmit:
+            # Held until a transmitted order names it as parent, or it is placed again with transmit on.
+            order.held = True
+            order.status = PRE_SUBMITTED
+            return
+        self._transmit(order)
+
+    def _transmit(self, order: SimOrder) -> None:
+        """Send an order to work, with what it brings along: its held parent and the parent's other held
+        children (the rest of a bracket), the parent first."""
+        parent = self._parent(order)
+        group = [parent] if parent is not None and parent.held else []
+        if parent is not None:
+            group += [c for c in self._children.get(parent.key, []) if c.held and c is not order]
+        for member in [*group, order]:
+            if not member.done:
+                self._release(member)
+
+    def _release(self, order: SimOrder) -> None:
+        order.held = False
+        parent = self._parent(order)
+        order.awaiting_parent = parent is not None and parent.status != FILLED
         order.status = self._resting_status(order)
-        self.working.setdefault(inst.con_id, {})[order] = None
+        if not order.awaiting_parent:
+            self.working.setdefault(order.instrument.con_id, {})[order] = None
         self._emit(order, self._status_frames(order))
-        self._match(order, liquidity=2)
+        if not order.awaiting_parent:
+            self._match(order, liquidity=2)
+
+    def _parent(self, order: SimOrder) -> SimOrder | None:
+        if not order.request.parent_id:
+            return None
+        return self.orders.get((order.client_id, order.request.parent_id))
+
+    def _start_trail(self, order: SimOrder) -> None:
+        r = order.request
+        price = self.prices.price(order.instrument)
+        start = r.trail_stop_price
+        if start is None:
+            start = trail_stop(order.side, price, r.aux_price, r.trailing_percent)
+        order.trail_start = (price, start)
+        order.trail_best = price
+        order.trail_stop = on_grid(start, order.instrument.min_tick)
+
+    def _follow_trail(self, order: SimOrder, price: float) -> None:
+        """Move a trailing stop with the market, only in the order's favour, until it triggers.
+
+        The stop moves by as much as the trailing stop of the best price seen has moved since the order
+        started, so a stop given explicitly (trailStopPrice) keeps its distance.
+        """
+        if (price - order.trail_best) * order.side >= 0:  # no new high for a sell, no new low for a buy
+            return
+        r = order.request
+        order.trail_best = price
+        start_price, start_stop = order.trail_start
+        moved = start_stop + trail_stop(order.side, price, r.aux_price, r.trailing_percent) - trail_stop(
+            order.side, start_price, r.aux_price, r.trailing_percent
+        )
+        stop = on_grid(moved, order.instrument.min_tick)
+        assert order.trail_stop is not None
+        if trail_follows(order.side, order.trail_stop, stop) != order.trail_stop:
+            order.trail_stop = stop
+            order.open_order_head, order.open_order_tail = m.open_order_parts(order, self.version)
+
+    def _schedule_expiry(self, order: SimOrder) -> None:
+        assert order.expires_at is not None
+        delay = max(order.expires_at - self.clock(), 0.0)
+        asyncio.get_running_loop().call_later(delay, self._expire, order)
+
+    def _expire(self, order: SimOrder) -> None:
+        if order.done or order.tif != "GTD" or order.expires_at is None:
+            return
+        if self.clock() < order.expires_at:
+            self._schedule_expiry(order)  # the order was modified to a later time
+            return
+        self.cancel_order(order, notify=False, text="Expired")
 
     def _master_target(self, client_id: int, order_id: int) -> SimOrder | None:
         if client_id != self.config.master_client_id:
@@ -202,9 +316,11 @@ class SimBroker:
         return found[0] if len(found) == 1 else None
 
     def _resting_status(self, order: SimOrder) -> str:
-        if order.order_type in ("STP", "STP LMT") and not order.triggered:
+        if order.held or order.awaiting_parent:
             return PRE_SUBMITTED
-        if order.tif == "OPG":
+        if order.order_type in TRIGGERED_TYPES and not order.triggered:
+            return PRE_SUBMITTED
+        if order.tif == "OPG" or order.order_type in ON_CLOSE_TYPES:
             return PRE_SUBMITTED
         if not self.config.regular_trading_hours and not order.request.outside_rth:
             return PRE_SUBMITTED
@@ -216,6 +332,7 @@ class SimBroker:
         if rejection.code == 201:
             frames += self._status_frames(order)
         self._emit(order, frames)
+        self._cancel_children(order, notify=False)
 
     def _what_if(self, order: SimOrder) -> None:
         price = order.lmt_price or self.prices.price(order.instrument)
@@ -232,32 +349,73 @@ class SimBroker:
             else:
                 self._error(client_id, req.order_id, 103, "Duplicate order id")
             return
-        q = req.contract
-        inst = order.instrument
-        other_contract = (q.con_id and q.con_id != inst.con_id) or (
-            q.symbol and q.symbol.upper() != inst.symbol.upper()
-        )
-        if other_contract or side_of(req.action) != order.side:
-            self._error(client_id, req.order_id, 105, "Order being modified does not match original order.")
+        if not self._same_order(order, req):
+            self._refuse_modification(order, Rejection(105, MODIFY_MISMATCH))
             return
-        rejection = check_order(req, inst)
+        rejection = check_order(req, order.instrument)
         if rejection is None and req.total_quantity < order.filled:
             rejection = Rejection(201, "Order rejected - reason:The quantity is below the filled quantity")
+        expires_at = None
+        if rejection is None and req.tif == "GTD" and req.good_till_date:
+            expires_at, rejection = good_till(req.good_till_date, self.config.time_zone)
         if rejection is not None:
-            self._error(client_id, req.order_id, rejection.code, rejection.text)
+            self._refuse_modification(order, rejection)
             return
         if not req.account:
             req.account = order.account
+        trail_changed = order.order_type in TRAILING_TYPES and (
+            (req.aux_price, req.trailing_percent, req.trail_stop_price)
+            != (order.request.aux_price, order.request.trailing_percent, order.request.trail_stop_price)
+        )
         order.request = req
-        if order.order_type not in ("STP", "STP LMT"):
+        if trail_changed and not order.triggered:
+            self._start_trail(order)
+        if order.order_type not in TRIGGERED_TYPES:
             order.triggered = False
+        if expires_at != order.expires_at:
+            order.expires_at = expires_at
+            if expires_at is not None:
+                self._schedule_expiry(order)
         order.open_order_head, order.open_order_tail = m.open_order_parts(order, self.version)
+        if order.held:
+            if req.transmit:
+                self._transmit(order)
+            return
         if order.status == PRE_SUBMITTED or not order.triggered:
             order.status = self._resting_status(order)
         if order.filled >= req.total_quantity:
             self._finish(order, FILLED, "Filled")
         self._emit(order, self._status_frames(order))
-        self._match(order, liquidity=2)
+        if order.done:
+            self._after_fill(order, 0.0)
+        else:
+            self._match(order, liquidity=2)
+
+    def _refuse_modification(self, order: SimOrder, rejection: Rejection) -> None:
+        """The error, then the order's unchanged terms and status: it keeps working as it was."""
+        frames = [m.error(order.order_id, rejection.code, rejection.text, self.version)]
+        if not order.held:
+            frames += self._status_frames(order)
+        self._emit(order, frames)
+
+    @staticmethod
+    def _same_order(order: SimOrder, req: OrderRequest) -> bool:
+        """Whether a modification keeps what IBKR does not change in place: contract, side, order type,
+        account, parent and OCA group."""
+        q = req.contract
+        inst = order.instrument
+        r = order.request
+        other_contract = (q.con_id and q.con_id != inst.con_id) or (
+            q.symbol and q.symbol.upper() != inst.symbol.upper()
+        )
+        return not (
+            other_contract
+            or side_of(req.action) != order.side
+            or req.order_type != r.order_type
+            or (req.account and req.account != order.account)
+            or req.parent_id != r.parent_id
+            or req.oca_group != r.oca_group
+        )
 
     # --- cancelling --------------------------------------------------------------------------
 
@@ -285,16 +443,68 @@ class SimBroker:
         frames = [m.error(order.order_id, 202, "Order Canceled - reason:", self.version)] if notify else []
         frames += self._status_frames(order)
         self._emit(order, frames)
+        self._cancel_children(order, notify)
+
+    def _cancel_children(self, parent: SimOrder, notify: bool) -> None:
+        """A parent that is cancelled or rejected (even after a partial fill) takes its children with it."""
+        for child in self._children.get(parent.key, ()):
+            if not child.done:
+                self.cancel_order(child, notify=notify, text="Parent order cancelled")
+
+    def _after_fill(self, order: SimOrder, quantity: float) -> None:
+        """What a fill sets off: the other members of its OCA group, and the children of a filled parent."""
+        if order.request.oca_group or order.request.parent_id:
+            self._settle_oca(order, quantity)
+        if order.status == FILLED:
+            for child in self._children.get(order.key, ()):
+                if child.awaiting_parent and not child.done:
+                    self._release(child)
+
+    def _oca_members(self, order: SimOrder) -> tuple[list[SimOrder], int]:
+        """The other live members of the order's one-cancels-all group, and the group's ocaType.
+
+        The children of one parent without an OCA group of their own (a bracket's take-profit and
+        stop-loss) are one group that reduces with block, as IBKR links them.
+        """
+        r = order.request
+        if r.oca_group:
+            members = self._oca.get((order.account, r.oca_group), [])
+            kind = r.oca_type or OCA_CANCEL
+        else:
+            members = [
+                c for c in self._children.get((order.client_id, r.parent_id), []) if not c.request.oca_group
+            ]
+            kind = OCA_REDUCE
+        return [o for o in members if o is not order and not o.done], kind
+
+    def _settle_oca(self, order: SimOrder, quantity: float) -> None:
+        others, kind = self._oca_members(order)
+        for other in others:
+            if other.done:
+                continue
+            if kind == OCA_CANCEL:
+                self.cancel_order(other, notify=False, text="Cancelled by OCA group")
+                continue
+            left = other.total_quantity - quantity
+            if left <= other.filled + 1e-9:
+                self.cancel_order(other, notify=False, text="Cancelled by OCA group")
+                continue
+            other.request = dataclasses.replace(other.request, total_quantity=left)
+            other.open_order_head, other.open_order_tail = m.open_order_parts(other, self.version)
+            if not other.held:
+                self._emit(other, self._status_frames(other))
 
     def global_cancel(self) -> None:
         """reqGlobalCancel: cancel every working order of every client."""
         for order in [o for o in self.orders.values() if not o.done]:
-            self.cancel_order(order)
+            if not order.done:  # a parent's cancel may have taken it already
+                self.cancel_order(order)
 
     def expire_day_orders(self) -> None:
         """End of the trading day: DAY and OPG orders are cancelled."""
         for order in [o for o in self.orders.values() if not o.done and o.tif in ("DAY", "OPG")]:
-            self.cancel_order(order, notify=False, text="Expired")
+            if not order.done:  # a parent's cancel may have taken it already
+                self.cancel_order(order, notify=False, text="Expired")
 
     # --- matching ----------------------------------------------------------------------------
 
@@ -307,7 +517,7 @@ class SimBroker:
     def match_instrument(self, con_id: int, liquidity: int = 1) -> None:
         """Match every working order of an instrument at its current price."""
         for order in list(self.working.get(con_id, {})):
-            self._match(order, liquidity)
+            self._match(order, liquidity)  # a fill may cancel or release others: _match skips what is done
 
     def match_all(self) -> None:
         """Match every working order."""
@@ -316,20 +526,35 @@ class SimBroker:
 
     def run_opening_auction(self) -> None:
         """Fill or cancel every OPG order at the current (opening) price."""
-        for order in [o for o in self.working_orders() if o.tif == "OPG"]:
-            plan = opening_plan(order, self.prices.price(order.instrument))
+        self._auction([o for o in self.working_orders() if o.tif == "OPG"], "Not filled at the open")
+
+    def close_session(self) -> None:
+        """The closing auction: fill (or cancel) every MOC and LOC order at the current (closing) price."""
+        self._auction(
+            [o for o in self.working_orders() if o.order_type in ON_CLOSE_TYPES], "Not filled at the close"
+        )
+
+    def _auction(self, orders: list[SimOrder], unfilled: str) -> None:
+        for order in orders:
+            if order.done:
+                continue
+            plan = auction_plan(order, self.prices.price(order.instrument))
             if plan.quantity > 0 and plan.price is not None:
                 order.status = SUBMITTED
                 self._execute(order, plan.quantity, plan.price, liquidity=2)
             else:
-                self.cancel_order(order, notify=False, text="Not filled at the open")
+                self.cancel_order(order, notify=False, text=unfilled)
 
     def _match(self, order: SimOrder, liquidity: int) -> None:
-        if order.done or self.fills_held or order.tif == "OPG":
+        if not order.working:
+            return
+        price = self.prices.price(order.instrument)
+        if order.trail_stop is not None and not order.triggered:
+            self._follow_trail(order, price)
+        if self.fills_held or order.tif == "OPG" or order.order_type in ON_CLOSE_TYPES:
             return
         if not self.config.regular_trading_hours and not order.request.outside_rth:
             return
-        price = self.prices.price(order.instrument)
         plan = plan_fill(order, price, self.config.clip_size)
         if plan.triggered and not order.triggered:
             order.triggered = True
@@ -377,6 +602,7 @@ class SimBroker:
         frames += [m.order_status(order), m.commission_report(ex)]
         self._emit(order, frames)
         self.delivery.position_changed(order.account, inst)
+        self._after_fill(order, quantity)
 
     # --- ids and corrections -----------------------------------------------------------------
 
@@ -418,3 +644,13 @@ class SimBroker:
                     account, ex.order.instrument, ex.order.side, ex.shares, price=ex.price,
                     commission=ex.commission,
                 )
+
+
+def _prune_links(links: dict[_K, list[SimOrder]], gone: set[SimOrder]) -> None:
+    """Drop forgotten orders from a link index (and the keys left with none)."""
+    for key in [k for k, members in links.items() if any(o in gone for o in members)]:
+        kept = [o for o in links[key] if o not in gone]
+        if kept:
+            links[key] = kept
+        else:
+            del links[key]

@@ -29,6 +29,9 @@ def _order_dict(o: SimOrder) -> dict[str, Any]:
         "account": o.account, "action": r.action, "quantity": r.total_quantity, "order_type": r.order_type,
         "lmt_price": r.lmt_price, "aux_price": r.aux_price, "tif": r.tif, "order_ref": r.order_ref,
         "status": o.status, "filled": o.filled, "avg_fill_price": o.avg_fill_price,
+        "parent_id": r.parent_id, "oca_group": r.oca_group, "oca_type": r.oca_type, "held": o.held,
+        "awaiting_parent": o.awaiting_parent, "trail_stop": o.trail_stop, "trailing_percent": r.trailing_percent,
+        "good_till_date": r.good_till_date, "algo_strategy": r.algo_strategy, "algo_params": r.algo_params,
     }
 
 
@@ -82,6 +85,7 @@ def operations(sim: SimGateway) -> dict[str, Op]:
         "script_prices": sim.script_prices,
         "step_prices": sim.step_prices,
         "run_opening_auction": sim.run_opening_auction,
+        "close_session": sim.close_session,
         "set_regular_trading_hours": sim.set_regular_trading_hours,
         "expire_day_orders": sim.expire_day_orders,
         "set_market_data": sim.set_market_data,

@@ -8,9 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT"})
-STOP_TYPES = frozenset({"STP", "STP LMT"})
-LIMIT_TYPES = frozenset({"LMT", "STP LMT"})
+ORDER_TYPES = frozenset({
+    "MKT", "LMT", "STP", "STP LMT", "TRAIL", "TRAIL LIMIT", "MIT", "LIT", "MOC", "LOC",
+})
+TRAILING_TYPES = frozenset({"TRAIL", "TRAIL LIMIT"})
+# Orders that wait for their trigger: stops (and trailing stops) above a buy's market, touched orders below.
+STOP_TYPES = frozenset({"STP", "STP LMT", *TRAILING_TYPES})
+TOUCHED_TYPES = frozenset({"MIT", "LIT"})
+TRIGGERED_TYPES = STOP_TYPES | TOUCHED_TYPES
+LIMIT_TYPES = frozenset({"LMT", "STP LMT", "TRAIL LIMIT", "LIT", "LOC"})
+ON_CLOSE_TYPES = frozenset({"MOC", "LOC"})
+# The trigger price travels in auxPrice, except for trailing stops where auxPrice is the trailing amount.
+AUX_TRIGGER_TYPES = frozenset({"STP", "STP LMT", "MIT", "LIT"})
 TIFS = frozenset({"DAY", "GTC", "IOC", "FOK", "OPG", "GTD"})
 IMMEDIATE_TIFS = frozenset({"IOC", "FOK"})
 
@@ -76,16 +85,54 @@ def validate(
         return Rejection(111, "The time in force (tif type) and the order type are incompatible.")
     if tif == "OPG" and order_type not in ("MKT", "LMT"):
         return Rejection(111, "The time in force (tif type) and the order type are incompatible.")
-    if order_type in LIMIT_TYPES and (lmt is None or lmt <= 0):
+    if order_type in ON_CLOSE_TYPES and tif != "DAY":
+        return Rejection(113, "The Tif option should be set to DAY for MOC and LOC orders.")
+    if order_type in LIMIT_TYPES and order_type != "TRAIL LIMIT" and (lmt is None or lmt <= 0):
         return Rejection(201, "Order rejected - reason:The limit price must be specified")
-    if order_type in STOP_TYPES and (aux is None or aux <= 0):
+    if order_type in AUX_TRIGGER_TYPES and (aux is None or aux <= 0):
         return Rejection(201, "Order rejected - reason:The stop price must be specified")
     return None
+
+
+def validate_trailing(
+    order_type: str, *, amount: float | None, percent: float | None, lmt: float | None, offset: float | None
+) -> Rejection | None:
+    """A trailing stop needs one trailing amount or percent; a trailing stop limit also a limit or offset."""
+    if order_type not in TRAILING_TYPES:
+        return None
+    if (amount is None or amount <= 0) == (percent is None or percent <= 0):
+        return Rejection(201, "Order rejected - reason:Specify either a trailing amount or a trailing percent")
+    if order_type == "TRAIL LIMIT" and offset is None and (lmt is None or lmt <= 0):
+        return Rejection(201, "Order rejected - reason:The limit price offset must be specified")
+    return None
+
+
+def trail_stop(side: int, price: float, amount: float | None, percent: float | None) -> float:
+    """The trailing stop price for a market price: a sell trails below it, a buy above it."""
+    distance = amount if amount is not None and amount > 0 else price * (percent or 0.0) / 100.0
+    return price - distance if side < 0 else price + distance
+
+
+def trail_follows(side: int, stop: float, candidate: float) -> float:
+    """The stop after the market moved: it only ever moves in the order's favour (up for a sell)."""
+    return max(stop, candidate) if side < 0 else min(stop, candidate)
 
 
 def stop_triggered(side: int, stop: float, price: float) -> bool:
     """A buy stop triggers at or above its stop price, a sell stop at or below."""
     return price >= stop if side > 0 else price <= stop
+
+
+def touched(side: int, trigger: float, price: float) -> bool:
+    """A buy if-touched order triggers at or below its trigger price, a sell at or above."""
+    return price <= trigger if side > 0 else price >= trigger
+
+
+def trigger_reached(order_type: str, side: int, trigger: float, price: float) -> bool:
+    """Whether a stop or touched order's trigger is reached at ``price``."""
+    if order_type in TOUCHED_TYPES:
+        return touched(side, trigger, price)
+    return stop_triggered(side, trigger, price)
 
 
 def execution_price(side: int, order_type: str, lmt: float | None, price: float) -> float | None:
@@ -102,12 +149,16 @@ def execution_price(side: int, order_type: str, lmt: float | None, price: float)
 def plan_fill(order: Matchable, price: float, clip: float | None) -> FillPlan:
     """Decide what ``order`` does at ``price`` when at most ``clip`` can trade in one go.
 
+    ``order.aux_price`` is the order's trigger (the current trailing stop for trailing orders) and
+    ``order.lmt_price`` its limit once triggered.
+
     IOC fills what can fill now and cancels the rest; FOK fills everything now or cancels everything.
     """
     immediate = order.tif in IMMEDIATE_TIFS
     triggered = order.triggered
-    if order.order_type in STOP_TYPES and not triggered:
-        if order.aux_price is None or not stop_triggered(order.side, order.aux_price, price):
+    if order.order_type in TRIGGERED_TYPES and not triggered:
+        trigger = order.aux_price
+        if trigger is None or not trigger_reached(order.order_type, order.side, trigger, price):
             return FillPlan(cancel_rest=immediate)
         triggered = True
     fill_price = execution_price(order.side, order.order_type, order.lmt_price, price)
@@ -120,8 +171,9 @@ def plan_fill(order: Matchable, price: float, clip: float | None) -> FillPlan:
     return FillPlan(quantity, fill_price, triggered, cancel_rest=immediate and rest > 0)
 
 
-def opening_plan(order: Matchable, price: float) -> FillPlan:
-    """An OPG order at the opening auction: all at the opening price if marketable, else cancelled."""
+def auction_plan(order: Matchable, price: float) -> FillPlan:
+    """An order in an auction (OPG at the open, MOC/LOC at the close): all at the auction price if
+    marketable, else cancelled."""
     fill_price = execution_price(order.side, order.order_type, order.lmt_price, price)
     if fill_price is None:
         return FillPlan(cancel_rest=True)

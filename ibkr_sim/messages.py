@@ -127,21 +127,29 @@ _OO_AFTER_GTD = "\0".join((
     "", UNSET_D, "", "0", "", "-1", "0",  # rule80A, percentOffset, … exemptCode, auctionStrategy
     UNSET_D, UNSET_D, UNSET_D, UNSET_D, UNSET_D,  # startingPrice … stockRangeUpper
 ))
-_OO_AFTER_MIN_QTY = "\0".join(("0", "0", "0", UNSET_D))  # ocaType, eTradeOnly, firmQuoteOnly, nbboPriceCap
+_OO_AFTER_OCA_TYPE = "\0".join(("0", "0", UNSET_D))  # eTradeOnly, firmQuoteOnly, nbboPriceCap
 _OO_VOLATILITY = "\0".join((UNSET_D, UNSET_I, "", UNSET_D, "0", UNSET_I))  # … referencePriceType
-_OO_AFTER_TRAIL = "\0".join((
-    UNSET_D, UNSET_D, UNSET_I, "",  # trailingPercent, basisPoints, basisPointsType, comboLegsDescrip
+_OO_AFTER_TRAILING_PERCENT = "\0".join((
+    UNSET_D, UNSET_I, "",  # basisPoints, basisPointsType, comboLegsDescrip
     "0", "0", "0",  # combo legs, order combo legs, smart combo routing params
     UNSET_I, UNSET_I, UNSET_D,  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
     "",  # hedgeType
     "0", "", "", "0", "0",  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld, dnc
-    "",  # algoStrategy
-    "0",  # solicited
 ))
 
 
+def _algo_text(strategy: str, params: dict[str, str]) -> str:
+    """algoStrategy, then (when set) the parameter count and its (tag, value) pairs."""
+    if not strategy:
+        return ""
+    pairs = [part for tag, value in params.items() for part in (tag, value)]
+    return "\0".join((strategy, str(len(params)), *pairs))
+
+
 @lru_cache(maxsize=256)
-def _open_order_tail(cash_qty: str, version: int, what_if_margin: str | None) -> str:
+def _open_order_tail(
+    cash_qty: str, version: int, what_if_margin: str | None, trail_stop: str = UNSET_D, offset: str = UNSET_D
+) -> str:
     if what_if_margin is None:
         margins = [UNSET_D] * 9
     else:
@@ -152,7 +160,8 @@ def _open_order_tail(cash_qty: str, version: int, what_if_margin: str | None) ->
         UNSET_D, UNSET_D, UNSET_D, "", "",  # commission, min, max, currency, warningText
         "0", "0",  # randomizeSize, randomizePrice
         "0",  # conditions
-        "", UNSET_D, UNSET_D, UNSET_D, UNSET_D, UNSET_D, UNSET_D, "0",  # adjusted order fields
+        "", UNSET_D, trail_stop, offset,  # adjustedOrderType, triggerPrice, trailStopPrice, lmtPriceOffset
+        UNSET_D, UNSET_D, UNSET_D, "0",  # adjusted stop, stop limit, trailing amount and unit
         "", "", "",  # softDollarTier
         cash_qty, "0", "0", "0", "0",  # … discretionaryUpToLimitPrice, usePriceMgmtAlgo
     ]
@@ -176,6 +185,7 @@ def open_order_parts(
     ``what_if_margin`` fills the margin fields of a what-if answer (the initial margin change).
     """
     r = order.request
+    trail_stop = _d(order.trail_stop_price)
     head = "\0".join((
         "5", str(order.order_id), _contract_text(order.instrument, order.exchange),
         r.action, fmt_qty(r.total_quantity), r.order_type, _d(r.lmt_price), _d(r.aux_price), r.tif,
@@ -185,12 +195,14 @@ def open_order_parts(
         "", "", "", "", r.model_code, r.good_till_date,  # faGroup, faMethod, faPercentage, faProfile
         _OO_AFTER_GTD,
         str(r.display_size), _b(r.block_order), _b(r.sweep_to_fill), _b(r.all_or_none),
-        UNSET_I if r.min_qty is None else str(r.min_qty), _OO_AFTER_MIN_QTY,
+        UNSET_I if r.min_qty is None else str(r.min_qty), str(r.oca_type), _OO_AFTER_OCA_TYPE,
         str(r.parent_id), str(r.trigger_method),
-        _OO_VOLATILITY, _d(r.trail_stop_price), _OO_AFTER_TRAIL,
+        _OO_VOLATILITY, trail_stop, _d(r.trailing_percent), _OO_AFTER_TRAILING_PERCENT,
+        _algo_text(r.algo_strategy, r.algo_params),
+        "0",  # solicited
         _b(r.what_if), "",  # whatIf, then the status goes here
     ))
-    return head, _open_order_tail(_d(r.cash_qty), version, what_if_margin)
+    return head, _open_order_tail(_d(r.cash_qty), version, what_if_margin, trail_stop, _d(r.lmt_price_offset))
 
 
 def open_order(order: SimOrder) -> bytes:

@@ -32,6 +32,17 @@ class SimOrder:
     notional: float = 0.0
     last_fill_price: float = 0.0
     triggered: bool = False
+    # Placed with transmit=False and not transmitted yet: known to the sim, not working.
+    held: bool = False
+    # A child whose parent has not filled yet: transmitted, not working.
+    awaiting_parent: bool = False
+    # A trailing order's current stop price (it follows the market until the order triggers), the price and
+    # stop it started from, and the best price seen since.
+    trail_stop: float | None = None
+    trail_start: tuple[float, float] = (0.0, 0.0)
+    trail_best: float = 0.0
+    # GTD: when the order expires (epoch seconds).
+    expires_at: float | None = None
     commission_charged: float = 0.0
     fills: int = 0
     completed_time: str = ""
@@ -52,13 +63,28 @@ class SimOrder:
 
     @property
     def lmt_price(self) -> float | None:
-        """Limit price, if any."""
-        return self.request.lmt_price
+        """Limit price, if any; a trailing stop limit's follows its stop at the limit price offset."""
+        r = self.request
+        if r.order_type == "TRAIL LIMIT" and r.lmt_price_offset is not None and self.trail_stop is not None:
+            return self.trail_stop + self.side * r.lmt_price_offset
+        return r.lmt_price
 
     @property
     def aux_price(self) -> float | None:
-        """Stop price, if any."""
+        """The trigger price, if any: the stop (the current trailing stop) or the touch price."""
+        if self.request.order_type in ("TRAIL", "TRAIL LIMIT"):
+            return self.trail_stop
         return self.request.aux_price
+
+    @property
+    def trail_stop_price(self) -> float | None:
+        """The trailing stop price as openOrder reports it (the one asked for before acceptance)."""
+        return self.trail_stop if self.trail_stop is not None else self.request.trail_stop_price
+
+    @property
+    def working(self) -> bool:
+        """Transmitted, released by its parent and not done: the order can trade."""
+        return not (self.held or self.awaiting_parent or self.done)
 
     @property
     def tif(self) -> str:

@@ -128,6 +128,11 @@ class OrderRequest:
     min_qty: int | None = None
     what_if: bool = False
     trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    oca_type: int = 0
+    lmt_price_offset: float | None = None
+    algo_strategy: str = ""
+    algo_params: dict[str, str] = field(default_factory=dict)
     cash_qty: float | None = None
     has_conditions: bool = False
     has_combo_legs: bool = False
@@ -196,6 +201,7 @@ def _parse_order_tail(f: Fields, req: OrderRequest, version: int) -> None:
     # faGroup, faMethod, faPercentage, faProfile
     req.model_code = fields[i + 8]
     # shortSaleSlot, designatedLocation, exemptCode, ocaType, rule80A, settlingFirm
+    req.oca_type = parse_int(fields[i + 12])
     req.all_or_none = parse_bool(fields[i + 15])
     min_qty = parse_int(fields[i + 16], default=-1)
     req.min_qty = None if min_qty < 0 else min_qty
@@ -204,14 +210,18 @@ def _parse_order_tail(f: Fields, req: OrderRequest, version: int) -> None:
     i += 10 if fields[i] else 2
     # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, scaleInit/SubsLevelSize, increment
     req.trail_stop_price = parse_float(fields[i + 2])
+    req.trailing_percent = parse_float(fields[i + 3])
     increment = parse_float(fields[i + 6])
     i += 7 + (7 if increment is not None and increment > 0 else 0)
     i += 3  # scaleTable, activeStartTime, activeStopTime
     i += 2 if fields[i] else 1  # hedgeType (+ hedgeParam)
     i += 4  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
     i += 4 if parse_bool(fields[i]) else 1  # deltaNeutralContract present (+ conId, delta, price)
-    if fields[i]:  # algoStrategy
-        i += 2 + 2 * parse_int(fields[i + 1])
+    if fields[i]:  # algoStrategy, its parameter count, then (tag, value) pairs
+        req.algo_strategy = fields[i]
+        count = parse_int(fields[i + 1])
+        req.algo_params = {fields[i + 2 + 2 * k]: fields[i + 3 + 2 * k] for k in range(count)}
+        i += 2 + 2 * count
     else:
         i += 1
     req.what_if = parse_bool(fields[i + 1])  # after algoId
@@ -222,6 +232,8 @@ def _parse_order_tail(f: Fields, req: OrderRequest, version: int) -> None:
         req.has_conditions = True
         return  # condition layouts vary by type; nothing after them is needed
     # adjusted*, triggerPrice, lmtPriceOffset, extOperator, softDollarTier name/value, then cashQty
+    if i + 3 < n:
+        req.lmt_price_offset = parse_float(fields[i + 3])
     if i + 11 < n:
         req.cash_qty = parse_float(fields[i + 11])
 

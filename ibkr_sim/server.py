@@ -256,6 +256,10 @@ class SimGateway:
         """Fill (or cancel) every OPG order at the current price."""
         self.broker.run_opening_auction()
 
+    def close_session(self) -> None:
+        """The closing auction: fill (or cancel) every MOC and LOC order at the current price."""
+        self.broker.close_session()
+
     def set_regular_trading_hours(self, inside: bool) -> None:
         """Enter or leave regular trading hours; orders without outsideRth wait outside them."""
         self.config.regular_trading_hours = inside

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ibkr_sim.matching import FillPlan, opening_plan, plan_fill, side_of, validate
+from ibkr_sim.matching import FillPlan, auction_plan, plan_fill, side_of, validate
 
 
 @dataclass
@@ -71,8 +71,8 @@ def test_fok_is_all_or_nothing() -> None:
 
 
 def test_opening_auction() -> None:
-    assert opening_plan(Working(tif="OPG"), 10.0) == FillPlan(100, 10.0)
-    assert opening_plan(Working(tif="OPG", order_type="LMT", lmt_price=9.0), 10.0) == FillPlan(cancel_rest=True)
+    assert auction_plan(Working(tif="OPG"), 10.0) == FillPlan(100, 10.0)
+    assert auction_plan(Working(tif="OPG", order_type="LMT", lmt_price=9.0), 10.0) == FillPlan(cancel_rest=True)
 
 
 @given(
@@ -96,7 +96,9 @@ def test_repeated_clips_sum_to_the_order(total: int, clip: int | None) -> None:
     [
         (("HOLD", 1, "MKT", "DAY", None, None), 201),
         (("BUY", 0, "MKT", "DAY", None, None), 201),
-        (("BUY", 1, "TRAIL", "DAY", None, None), 387),
+        (("BUY", 1, "PEG MID", "DAY", None, None), 387),
+        (("BUY", 1, "MOC", "GTC", None, None), 113),
+        (("BUY", 1, "MIT", "DAY", None, None), 201),
         (("BUY", 1, "MKT", "XYZ", None, None), 111),
         (("BUY", 1, "STP", "OPG", None, 5.0), 111),
         (("BUY", 1, "LMT", "DAY", None, None), 201),

@@ -286,7 +286,7 @@ async def test_order_for_unknown_contract_gets_200(ib: IB) -> None:
 
 async def test_unsupported_order_type_is_rejected(ib: IB, aapl: Contract) -> None:
     errors = Errors(ib)
-    trade = ib.placeOrder(aapl, Order(action="BUY", totalQuantity=1, orderType="TRAIL", auxPrice=1.0))
+    trade = ib.placeOrder(aapl, Order(action="BUY", totalQuantity=1, orderType="PEG MID", auxPrice=1.0))
     await status_is(trade, "Cancelled")
     assert errors.codes(trade.order.orderId) == [387]
 
