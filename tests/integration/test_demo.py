@@ -73,7 +73,8 @@ async def test_headless_demo_brings_every_sample_order_to_a_final_status(demo_en
     for kind in ("MARKET", "LIMIT", "STOP ", "STOP_LIMIT", "STK:", "FUT:", "OPT:", "CASH:", "SELL", "BUY",
                  "DAY", "GTC", "IOC", "FOK", "OPG"):
         assert kind in shown, kind
-    for reason in ("ACCOUNT_NOT_ALLOWED", "UNKNOWN_INSTRUMENT", "PRICE_OFF_TICK"):
+    for reason in ("ACCOUNT_NOT_ALLOWED", "UNKNOWN_INSTRUMENT", "PRICE_OFF_TICK", "MODIFIED: limit_price",
+                   "MODIFIED: quantity"):
         assert any(reason in line for line in out), reason
     # Everything went through the demo's own topics; the configured names were never even created.
     existing = set(await kafka_admin.list_topics())

@@ -56,9 +56,9 @@ from workers.adapters.postgres.migrate import migrate
 from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
 from workers.bootstrap import build_instrument_sync, build_order_consumer
-from workers.client import OrderClient
+from workers.client import OrderClient, OrderTimeout
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderState
+from workers.domain.orders import FINAL_STATES, OrderState
 from workers.domain.trading_mode import is_paper_account
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_orders
@@ -212,6 +212,7 @@ class DemoStack:
         topics = settings.topics
         await start_group_at_end(self.kafka, self.group, [topics.orders_requested,
                                                            topics.orders_cancel_requested,
+                                                           topics.orders_modify_requested,
                                                            topics.instruments_updated])
         self.app = await build_order_consumer(settings)
         self.app_task = asyncio.create_task(self.app.run(), name="order-consumer")
@@ -256,19 +257,38 @@ async def start_group_at_end(kafka: dict[str, Any], group: str, topics: list[str
 
 async def produce(client: OrderClient, board: Board, samples: list[Sample], rate: float,
                   stop: asyncio.Event) -> None:
-    """Send the samples at ``rate`` per second (each registered on the board before it is sent)."""
+    """Send the samples at ``rate`` per second (each registered on the board before it is sent); a sample
+    with a modification gets it once its order works at IBKR."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    for index, sample in enumerate(samples):
-        delay = started + index / rate - loop.time()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-        if stop.is_set():
-            return
-        order_id = str(uuid.uuid4())
-        board.add(order_id, sample)
-        await client.submit(order_id=order_id, **sample.fields)
+    modifying: list[asyncio.Task[None]] = []
+    try:
+        for index, sample in enumerate(samples):
+            delay = started + index / rate - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            order_id = str(uuid.uuid4())
+            board.add(order_id, sample)
+            await client.submit(order_id=order_id, **sample.fields)
+            if sample.modify is not None:
+                modifying.append(asyncio.create_task(modify_when_working(client, order_id, sample)))
+    finally:
+        if modifying:
+            await asyncio.gather(*modifying, return_exceptions=True)
+
+
+async def modify_when_working(client: OrderClient, order_id: str, sample: Sample) -> None:
+    """Send the sample's modification once its order works at IBKR (not if it ended first)."""
+    assert sample.modify is not None
+    try:
+        status = await client.wait_for_status(order_id, [OrderState.SUBMITTED, *FINAL_STATES], timeout=30)
+    except OrderTimeout:
+        return
+    if status.status is OrderState.SUBMITTED:
+        await client.modify(order_id, account=sample.fields["account"], **sample.modify)
 
 
 async def settle(client: OrderClient, board: Board, stop: asyncio.Event) -> None:

@@ -31,6 +31,9 @@ class Template:
     tif: str = "DAY"
     outside_rth: bool = False
     invalid: str | None = None  # "account", "instrument" or "tick": the worker must reject it
+    # Once the order works at IBKR, it is modified: a new limit (a factor of the price), a new quantity.
+    modify_limit: float | None = None
+    modify_quantity: str | None = None
 
 
 T = Template
@@ -55,6 +58,10 @@ TEMPLATES = (
     T("option market buy", "SPY_OPT", "BUY", "1"),
     T("resting stop-limit buy", "MSFT", "BUY", "2", "STOP_LIMIT", stop=1.04, limit=1.05, tif="GTC"),
     T("market sell", "AAPL", "SELL", "10"),
+    T("resting limit buy, modified to a marketable limit", "AAPL", "BUY", "5", "LIMIT", limit=0.97, tif="GTC",
+      modify_limit=1.01),
+    T("resting limit sell, modified to a bigger size", "NVDA", "SELL", "4", "LIMIT", limit=1.03, tif="GTC",
+      modify_quantity="6"),
 )
 
 
@@ -65,6 +72,8 @@ class Sample:
     label: str
     fields: dict[str, Any]
     valid: bool
+    # The terms to change once the order works (arguments of ``OrderClient.modify``), if any.
+    modify: dict[str, Any] | None = None
 
 
 def on_tick(price: float, factor: float, tick: Decimal) -> Decimal:
@@ -116,5 +125,10 @@ def sample_orders(count: int, instruments: dict[str, Instrument],
                 fields["stop_price"] = on_tick(current, template.stop, instrument.min_tick)
             if template.invalid == "tick":
                 fields["limit_price"] += instrument.min_tick / 10
-        samples.append(Sample(label, fields, template.invalid is None))
+        modify: dict[str, Any] = {}
+        if template.modify_quantity is not None:
+            modify["quantity"] = Decimal(template.modify_quantity)
+        if template.modify_limit is not None and "limit_price" in fields and current is not None:
+            modify["limit_price"] = on_tick(current, template.modify_limit, instrument.min_tick)
+        samples.append(Sample(label, fields, template.invalid is None, modify or None))
     return samples
