@@ -9,11 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from tests.unit.order_service_fakes import an_order
+from tests.unit.order_service_fakes import AAPL, an_order
 from tests.unit.test_risk_rules import BANDED, NOW, POLICY, QUOTE, passes, rejected
 from workers.domain.guards import OrderLimits, RejectReason
 from workers.domain.orders import OrderType, Side, TimeInForce
 from workers.domain.risk import MarketView
+from workers.service_layer.orders.market_views import needs_quote
 
 D = Decimal
 QUOTED = MarketView(quote=QUOTE)  # ask 100.10, bid 99.90
@@ -78,3 +79,14 @@ def test_a_gtd_order_whose_good_till_has_passed_is_rejected() -> None:
     order = an_order(time_in_force=TimeInForce.GTD, good_till=NOW)
     assert "good_till" in rejected(RejectReason.GOOD_TILL_PASSED, order).detail
     passes(replace(order, good_till=NOW + timedelta(minutes=1)))
+
+
+def test_the_quote_is_asked_for_exactly_when_a_rule_measures_the_new_types_against_it() -> None:
+    trailing_limit = an_order(order_type=OrderType.TRAILING_STOP_LIMIT, trailing_amount=D(1), limit_offset=D("0.1"))
+    on_close = an_order(order_type=OrderType.MARKET_ON_CLOSE)
+    trailing_from = an_order(order_type=OrderType.TRAILING_STOP, trailing_amount=D(1), stop_price=D(101))
+    assert needs_quote(trailing_limit, AAPL, BANDED)  # its offset is banded
+    assert not needs_quote(on_close, AAPL, BANDED)
+    assert needs_quote(on_close, AAPL, NOTIONAL_CAPPED)
+    assert needs_quote(trailing_from, AAPL, NOTIONAL_CAPPED)  # measured at the market despite its stop_price
+    assert not needs_quote(an_order(order_type=OrderType.LIMIT_ON_CLOSE, limit_price=D(100)), AAPL, NOTIONAL_CAPPED)

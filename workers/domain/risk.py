@@ -191,6 +191,11 @@ def market_notional(order: OrderRequested, reference: Decimal, instrument: Instr
     return order.quantity * reference * instrument.price_multiplier
 
 
+def has_banded_price(order: OrderRequested) -> bool:
+    """Whether the order has a price the price band measures (a limit, a trigger, a trailing limit offset)."""
+    return any(price is not None for price in (order.limit_price, order.stop_price, order.limit_offset))
+
+
 def needs_reference_for_notional(order: OrderRequested) -> bool:
     """An order without a fixed price (market, market on close, trailing) has its notional measured at the
     reference price."""
@@ -250,7 +255,7 @@ def check_risk(order: OrderRequested, instrument: Instrument, policy: GuardPolic
     check_good_till(order, now)
     check_increment(order, instrument)
     band = policy.price_band_for(instrument)
-    priced = any(price is not None for price in (order.limit_price, order.stop_price, order.limit_offset))
+    priced = has_banded_price(order)
     notional_limits = _limits(policy.global_limits.max_notional,
                               policy.limits_for(order.instrument_id).max_notional, order.instrument_id)
     market_notional_checked = needs_reference_for_notional(order) and bool(notional_limits)
