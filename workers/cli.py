@@ -12,10 +12,12 @@ import importlib
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from workers import __version__
+from workers.domain.orders import Algo, AlgoPriority, OrderType, TimeInForce
 from workers.logs import mask_secrets, masked_output
 from workers.settings import SettingsError
 
@@ -92,6 +94,16 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
+def _moment(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time zone (Z for UTC): {text!r}")
+    return value
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -109,12 +121,27 @@ def _add_client_commands(sub: Any) -> None:
     submit.add_argument("--instrument", required=True, metavar="ID", help="instrument id, e.g. STK:AAPL:USD")
     submit.add_argument("--side", required=True, type=str.upper, choices=["BUY", "SELL"])
     submit.add_argument("--qty", required=True, type=_decimal, help="quantity")
-    submit.add_argument("--type", type=str.upper, default="MARKET",
-                        choices=["MARKET", "LIMIT", "STOP", "STOP_LIMIT"], help="order type (default MARKET)")
-    submit.add_argument("--limit", type=_decimal, metavar="PRICE", help="limit price (LIMIT, STOP_LIMIT)")
-    submit.add_argument("--stop", type=_decimal, metavar="PRICE", help="stop price (STOP, STOP_LIMIT)")
-    submit.add_argument("--tif", type=str.upper, default="DAY", choices=["DAY", "GTC", "IOC", "FOK", "OPG"],
+    submit.add_argument("--type", "--order-type", dest="type", type=str.upper, default="MARKET",
+                        choices=[t.value for t in OrderType], help="order type (default MARKET)")
+    submit.add_argument("--limit", type=_decimal, metavar="PRICE",
+                        help="limit price (LIMIT, STOP_LIMIT, LIMIT_ON_CLOSE, LIMIT_IF_TOUCHED)")
+    submit.add_argument("--stop", type=_decimal, metavar="PRICE",
+                        help="stop or touch price (STOP, STOP_LIMIT, MARKET_IF_TOUCHED, LIMIT_IF_TOUCHED; "
+                             "the initial stop of a trailing order)")
+    submit.add_argument("--trailing-amount", type=_decimal, metavar="AMOUNT",
+                        help="how far a trailing order's stop trails the market, in the instrument's currency")
+    submit.add_argument("--trailing-percent", type=_decimal, metavar="PERCENT",
+                        help="how far a trailing order's stop trails the market, in percent")
+    submit.add_argument("--limit-offset", type=_decimal, metavar="AMOUNT",
+                        help="TRAILING_STOP_LIMIT: the limit's distance from the stop")
+    submit.add_argument("--tif", type=str.upper, default="DAY", choices=[t.value for t in TimeInForce],
                         help="time in force (default DAY)")
+    submit.add_argument("--good-till", type=_moment, metavar="TIME",
+                        help="GTD: when IBKR cancels the order, ISO 8601 with a time zone (2026-12-08T21:00Z)")
+    submit.add_argument("--algo", type=str.upper, choices=[a.value for a in Algo],
+                        help="IBKR algo (ADAPTIVE: stocks, MARKET or LIMIT orders)")
+    submit.add_argument("--algo-priority", type=str.upper, choices=[p.value for p in AlgoPriority],
+                        help="the algo's priority (default NORMAL)")
     submit.add_argument("--outside-rth", action="store_true", help="may execute outside regular hours")
     submit.add_argument("--order-id", help="the order id (a UUID; default: a new one)")
     _add_wait_arguments(submit)

@@ -93,6 +93,16 @@ async def test_submit_with_wait_prints_the_id_statuses_and_fill_and_exits_zero(h
     await harness.wait_status(order_id, "FILLED")
 
 
+async def test_submit_of_a_gtd_adaptive_limit_order_rests_at_ibkr_with_both(harness: Harness, cli: Cli) -> None:
+    run = await cli("submit", "--account", ACCOUNT, "--instrument", AAPL.instrument_id, "--side", "BUY",
+                    "--qty", "2", "--order-type", "LIMIT", "--limit", str(aapl_price(harness) - 25), "--tif", "GTD",
+                    "--good-till", "2099-01-02T15:30:00Z", "--algo", "ADAPTIVE", "--algo-priority", "PATIENT")
+    assert run.code == 0, run.err
+    await harness.wait_status(run.out[0], "SUBMITTED")
+    [placed] = [req for _, req in harness.sim.broker.requests_seen if req.order_ref == run.out[0]]
+    assert (placed.order_type, placed.tif, placed.good_till_date) == ("LMT", "GTD", "20990102-15:30:00")
+
+
 async def test_submit_of_an_order_the_worker_refuses_exits_one_with_the_reason(cli: Cli) -> None:
     run = await cli("submit", "--account", ACCOUNT, "--instrument", "STK:NOPE:USD", "--side", "SELL",
                     "--qty", "1", "--wait", "--timeout", "30")

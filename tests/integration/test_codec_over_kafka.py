@@ -23,9 +23,12 @@ async def test_codec_records_survive_the_broker_byte_for_byte_and_decode(kafka_a
     topic = noted_topic(f"codec.{uuid.uuid4().hex[:10]}")
     now = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
     order = {"order_id": str(uuid.uuid4()), "account": "DU0000001", "instrument_id": "STK:AAPL:USD",
-             "side": "BUY", "quantity": Decimal("12.5"), "order_type": "LIMIT", "limit_price": Decimal("187.25"),
-             "stop_price": None, "time_in_force": "GTC", "outside_rth": True, "created_at": now, "source": "t",
-             "expires_at": now + timedelta(hours=8)}
+             "side": "BUY", "quantity": Decimal("12.5"), "order_type": "TRAILING_STOP_LIMIT", "limit_price": None,
+             "stop_price": Decimal("180.5"), "time_in_force": "GTD", "outside_rth": True, "created_at": now,
+             "source": "t", "expires_at": now + timedelta(hours=8), "trailing_amount": Decimal("1.25"),
+             "trailing_percent": None, "limit_offset": Decimal("0.05"), "good_till": now + timedelta(days=3),
+             "algo": "ADAPTIVE", "algo_priority": "URGENT", "take_profit_price": Decimal("190"),
+             "stop_loss_price": Decimal("175.00000001"), "oca_group": "pair-1"}
     fill = {"fill_id": "0000e0d5.1.01.01", "order_id": order["order_id"], "account": "DU0000001",
             "instrument_id": "STK:AAPL:USD", "con_id": 265598, "side": "BUY", "quantity": Decimal("12.5"),
             "price": Decimal("187.24999999"), "currency": "USD", "exchange": "ISLAND", "executed_at": now,

@@ -17,6 +17,8 @@ from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.pool import Pool
 from workers.domain.orders import (
+    Algo,
+    AlgoPriority,
     NewOrder,
     Order,
     OrderCancelRequested,
@@ -26,6 +28,7 @@ from workers.domain.orders import (
     Side,
     StatusChange,
     TimeInForce,
+    differing_terms,
 )
 from workers.ports.outbox import OutboxMessage
 
@@ -105,6 +108,24 @@ async def test_new_order_is_recorded_as_accepted(ledger: OrderLedger) -> None:
     assert row.created_at == order.created_at
     assert (row.source_topic, row.source_partition, row.source_offset) == ("orders.requested", 2, 41)
     assert row.owner_client_id == CLIENT_ID
+
+
+async def test_the_terms_of_orderrequested_v4_are_recorded_and_read_back_as_sent(ledger: OrderLedger) -> None:
+    trailing = an_order(order_type=OrderType.TRAILING_STOP_LIMIT, limit_price=None, stop_price=Decimal("180"),
+                        trailing_amount=Decimal("1.25"), limit_offset=Decimal("0.10"),
+                        time_in_force=TimeInForce.GTD, good_till=datetime(2025, 3, 5, 21, tzinfo=UTC))
+    adaptive = an_order(algo=Algo.ADAPTIVE, algo_priority=AlgoPriority.URGENT)
+    # A bracket is REJECTED for now, and recorded with the terms it was sent with.
+    bracket = an_order(take_profit_price=Decimal("190"), stop_loss_price=Decimal("185"), oca_group="g-1",
+                       trailing_percent=Decimal("2.5"))
+    assert await accepted(ledger, trailing) and await accepted(ledger, adaptive)
+    assert await ledger.record_new([NewOrder(bracket, OrderState.REJECTED, "BRACKET_NOT_SUPPORTED")], CLIENT_ID,
+                                   status)
+    for sent in (trailing, adaptive, bracket):
+        row = await ledger.get(sent.order_id)
+        assert row is not None
+        assert row.request == sent
+        assert differing_terms(row.request, sent) == ()
 
 
 async def test_redelivered_order_is_refused_and_the_first_record_kept(ledger: OrderLedger) -> None:

@@ -43,7 +43,21 @@ def test_submit_arguments_are_parsed_into_decimals_and_upper_case_choices() -> N
     assert args.wait and args.timeout == 5.0 and not args.outside_rth
 
 
+def test_submit_takes_the_order_types_trailing_fields_gtd_and_algo_of_orderrequested_v4() -> None:
+    args = build_parser().parse_args(["submit", "--account", "A", "--instrument", "I", "--side", "sell", "--qty", "5",
+                                      "--order-type", "trailing_stop_limit", "--trailing-percent", "1.5",
+                                      "--limit-offset", "0.10", "--tif", "gtd", "--good-till", "2026-12-08T21:00Z",
+                                      "--algo", "adaptive", "--algo-priority", "urgent"])
+    assert (args.type, args.tif, args.algo, args.algo_priority) == ("TRAILING_STOP_LIMIT", "GTD", "ADAPTIVE", "URGENT")
+    assert (args.trailing_percent, args.limit_offset, args.trailing_amount) == (Decimal("1.5"), Decimal("0.10"), None)
+    assert args.good_till == datetime(2026, 12, 8, 21, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("argv", [
+    ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--good-till", "2026-12-08 21:00"],
+    ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--good-till", "tomorrow"],
+    ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--algo", "VWAP"],
+    ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--order-type", "PEG"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "ten"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "HOLD", "--qty", "1"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--timeout", "0"],

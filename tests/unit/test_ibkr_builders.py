@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from ib_insync import Order, TagValue
 
 from workers.adapters.ibkr.builders import contract_for, order_for
 from workers.adapters.ibkr.status_mapping import state_for_ib_status, status_change
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested, OrderState, OrderType, Side, TimeInForce
+from workers.domain.orders import Algo, AlgoPriority, OrderRequested, OrderState, OrderType, Side, TimeInForce
 from workers.ports.ibkr import IbOrderStatus
 
 
@@ -97,3 +99,57 @@ def test_a_fill_status_carries_ibkrs_quantities_and_perm_id() -> None:
     assert change is not None
     assert (change.state, change.filled, change.remaining, change.perm_id) == (
         OrderState.FILLED, Decimal(10), Decimal(0), 77)
+
+
+def new_type(order_type: OrderType, **changes: object) -> OrderRequested:
+    return replace(request(order_type, None, None), **changes)  # type: ignore[arg-type]
+
+
+UNSET = Order().lmtPrice  # ib_insync's "no value" (the largest float)
+
+
+def test_trailing_stops_carry_the_amount_as_aux_price_or_the_percent_and_the_initial_stop() -> None:
+    by_amount = order_for(new_type(OrderType.TRAILING_STOP, trailing_amount=Decimal("1.25")), ib_order_id=1)
+    assert (by_amount.orderType, by_amount.auxPrice, by_amount.trailingPercent) == ("TRAIL", 1.25, UNSET)
+    assert by_amount.trailStopPrice == UNSET and by_amount.lmtPrice == UNSET
+    by_percent = order_for(new_type(OrderType.TRAILING_STOP, trailing_percent=Decimal("2.5"),
+                                    stop_price=Decimal("98.5")), ib_order_id=2)
+    assert (by_percent.trailingPercent, by_percent.trailStopPrice, by_percent.auxPrice) == (2.5, 98.5, UNSET)
+
+
+def test_a_trailing_stop_limit_carries_its_limit_offset() -> None:
+    order = order_for(new_type(OrderType.TRAILING_STOP_LIMIT, trailing_amount=Decimal(1),
+                               limit_offset=Decimal("0.1")), ib_order_id=3)
+    assert (order.orderType, order.auxPrice, order.lmtPriceOffset, order.lmtPrice) == ("TRAIL LIMIT", 1.0, 0.1, UNSET)
+
+
+@pytest.mark.parametrize(("order_type", "limit", "stop", "ib_type"), [
+    (OrderType.MARKET_ON_CLOSE, None, None, "MOC"),
+    (OrderType.LIMIT_ON_CLOSE, "10.5", None, "LOC"),
+    (OrderType.MARKET_IF_TOUCHED, None, "9.5", "MIT"),
+    (OrderType.LIMIT_IF_TOUCHED, "9.25", "9.5", "LIT"),
+])
+def test_on_close_and_touched_orders_map_to_ibs_types_with_the_touch_price_as_aux_price(
+        order_type: OrderType, limit: str | None, stop: str | None, ib_type: str) -> None:
+    order = order_for(request(order_type, limit, stop), ib_order_id=4)
+    assert order.orderType == ib_type
+    assert order.lmtPrice == (float(limit) if limit else UNSET)
+    assert order.auxPrice == (float(stop) if stop else UNSET)
+
+
+def test_gtd_sends_good_till_as_ibs_utc_date_time() -> None:
+    at = datetime(2026, 12, 8, 16, 30, 5, tzinfo=timezone(timedelta(hours=-5)))
+    order = order_for(new_type(OrderType.MARKET, time_in_force=TimeInForce.GTD, good_till=at), ib_order_id=5)
+    assert (order.tif, order.goodTillDate) == ("GTD", "20261208-21:30:05")
+    assert order_for(new_type(OrderType.MARKET), ib_order_id=6).goodTillDate == ""
+
+
+@pytest.mark.parametrize(("priority", "ib_priority"), [
+    (None, "Normal"), (AlgoPriority.PATIENT, "Patient"), (AlgoPriority.NORMAL, "Normal"),
+    (AlgoPriority.URGENT, "Urgent"),
+])
+def test_the_adaptive_algo_is_sent_with_its_priority(priority: AlgoPriority | None, ib_priority: str) -> None:
+    order = order_for(new_type(OrderType.MARKET, algo=Algo.ADAPTIVE, algo_priority=priority), ib_order_id=7)
+    assert order.algoStrategy == "Adaptive"
+    assert order.algoParams == [TagValue("adaptivePriority", ib_priority)]
+    assert order_for(new_type(OrderType.MARKET), ib_order_id=8).algoStrategy == ""

@@ -13,10 +13,15 @@ from hypothesis import strategies as st
 from tests.unit.order_service_fakes import an_order
 from workers.domain.orders import (
     LEGAL_TRANSITIONS,
+    Algo,
+    AlgoPriority,
     NewOrder,
     Order,
     OrderState,
+    OrderType,
     StatusChange,
+    TimeInForce,
+    differing_terms,
 )
 
 S = OrderState
@@ -39,6 +44,17 @@ def test_an_accepted_request_is_recorded_with_its_terms_its_source_and_nothing_f
     assert (order.source_topic, order.source_partition, order.source_offset) == ("orders.requested", 1, 9)
     assert (order.owner_client_id, order.ib_client_id, order.ib_order_id) == (7, None, None)
     assert order.accepted_at == order.updated_at == NOW
+
+
+def test_the_terms_of_version_4_are_recorded_and_a_request_differing_in_them_is_another_order() -> None:
+    request = an_order(order_type=OrderType.TRAILING_STOP, trailing_percent=Decimal("1.5"),
+                       time_in_force=TimeInForce.GTD, good_till=datetime(2026, 1, 9, 21, tzinfo=UTC),
+                       algo_priority=AlgoPriority.URGENT, oca_group="g")
+    order = Order.recorded(NewOrder(request, S.ACCEPTED), 7, now=NOW)
+    assert order.request == request
+    assert differing_terms(order.request, replace(request, source="retry", created_at=NOW)) == ()
+    changed = replace(request, trailing_percent=Decimal(2), good_till=None, algo=Algo.ADAPTIVE, oca_group=None)
+    assert differing_terms(order.request, changed) == ("trailing_percent", "good_till", "algo", "oca_group")
 
 
 def test_a_rejected_request_is_recorded_with_its_reason_and_nothing_remaining() -> None:

@@ -47,6 +47,8 @@ from workers.client.events import (
 from workers.client.reading import open_reader
 from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import (
+    Algo,
+    AlgoPriority,
     OrderCancelRequested,
     OrderRequested,
     OrderState,
@@ -219,14 +221,22 @@ class OrderClient:
                      order_type: OrderType | str = OrderType.MARKET, limit_price: Number | None = None,
                      stop_price: Number | None = None, tif: TimeInForce | str = TimeInForce.DAY,
                      outside_rth: bool = False, order_id: str | None = None,
-                     source: str | None = None, expires_at: datetime | None = None) -> str:
+                     source: str | None = None, expires_at: datetime | None = None,
+                     trailing_amount: Number | None = None, trailing_percent: Number | None = None,
+                     limit_offset: Number | None = None, good_till: datetime | None = None,
+                     algo: Algo | str | None = None, algo_priority: AlgoPriority | str | None = None) -> str:
         """Produce an ``OrderRequested``; return its ``order_id`` (a new UUID unless given).
 
         ``expires_at`` (timezone-aware): when the order is no longer wanted; the worker rejects it
         (STALE_ORDER) from then on, instead of after its maximum order age.
 
+        Trailing orders take ``trailing_amount`` or ``trailing_percent`` (and, for TRAILING_STOP_LIMIT,
+        ``limit_offset``; ``stop_price`` is their optional initial stop). ``tif="GTD"`` takes ``good_till``
+        (timezone-aware). ``algo="ADAPTIVE"`` works a stock's MARKET or LIMIT order with IBKR's Adaptive
+        algo, at ``algo_priority`` (PATIENT, NORMAL (default) or URGENT).
+
         The order-consumer validates it (a refusal is a REJECTED status, not an exception here). Raises
-        ``ValueError`` for an unknown side, order type or time in force, ``TypeError`` for a float amount.
+        ``ValueError`` for an unknown side, order type, time in force or algo, ``TypeError`` for a float amount.
         """
         quantity_value = _decimal(quantity, "quantity")
         assert quantity_value is not None
@@ -236,6 +246,11 @@ class OrderClient:
             limit_price=_decimal(limit_price, "limit_price"), stop_price=_decimal(stop_price, "stop_price"),
             time_in_force=TimeInForce(tif), outside_rth=outside_rth, created_at=datetime.now(UTC),
             source=source if source is not None else self.source, expires_at=expires_at,
+            trailing_amount=_decimal(trailing_amount, "trailing_amount"),
+            trailing_percent=_decimal(trailing_percent, "trailing_percent"),
+            limit_offset=_decimal(limit_offset, "limit_offset"), good_till=good_till,
+            algo=None if algo is None else Algo(algo),
+            algo_priority=None if algo_priority is None else AlgoPriority(algo_priority),
         )
         return await self.submit_order(order)
 

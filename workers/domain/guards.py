@@ -13,8 +13,15 @@ from datetime import timedelta
 from decimal import Decimal
 
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested
-from workers.domain.text import ACCOUNT_MAX, INSTRUMENT_ID_MAX, ORDER_ID_MAX, SOURCE_MAX, first_problem
+from workers.domain.orders import OrderRequested, OrderType, TimeInForce
+from workers.domain.text import (
+    ACCOUNT_MAX,
+    INSTRUMENT_ID_MAX,
+    OCA_GROUP_MAX,
+    ORDER_ID_MAX,
+    SOURCE_MAX,
+    first_problem,
+)
 from workers.domain.trading_state import TradingState, refusal_detail
 
 
@@ -26,6 +33,18 @@ class RejectReason(enum.StrEnum):
     UNEXPECTED_LIMIT_PRICE = "UNEXPECTED_LIMIT_PRICE"
     MISSING_STOP_PRICE = "MISSING_STOP_PRICE"
     UNEXPECTED_STOP_PRICE = "UNEXPECTED_STOP_PRICE"
+    MISSING_TRAILING_AMOUNT = "MISSING_TRAILING_AMOUNT"  # neither trailing_amount nor trailing_percent
+    UNEXPECTED_TRAILING_AMOUNT = "UNEXPECTED_TRAILING_AMOUNT"
+    UNEXPECTED_TRAILING_PERCENT = "UNEXPECTED_TRAILING_PERCENT"  # not trailing, or with trailing_amount
+    MISSING_LIMIT_OFFSET = "MISSING_LIMIT_OFFSET"
+    UNEXPECTED_LIMIT_OFFSET = "UNEXPECTED_LIMIT_OFFSET"
+    MISSING_GOOD_TILL = "MISSING_GOOD_TILL"
+    UNEXPECTED_GOOD_TILL = "UNEXPECTED_GOOD_TILL"
+    GOOD_TILL_PASSED = "GOOD_TILL_PASSED"
+    ALGO_NOT_ALLOWED = "ALGO_NOT_ALLOWED"  # the algo does not take this order type or security type
+    UNEXPECTED_ALGO_PRIORITY = "UNEXPECTED_ALGO_PRIORITY"
+    BRACKET_NOT_SUPPORTED = "BRACKET_NOT_SUPPORTED"
+    OCA_NOT_SUPPORTED = "OCA_NOT_SUPPORTED"
     INVALID_PRICE = "INVALID_PRICE"
     PRICE_OFF_TICK = "PRICE_OFF_TICK"
     ACCOUNT_NOT_ALLOWED = "ACCOUNT_NOT_ALLOWED"
@@ -128,6 +147,11 @@ def check_order(order: OrderRequested, instrument: Instrument | None, policy: Gu
             RejectReason.INACTIVE_INSTRUMENT,
             f"instrument {order.instrument_id!r} (conId {instrument.con_id}) is inactive",
         )
+    if order.algo is not None and instrument.sec_type not in ADAPTIVE_SEC_TYPES:
+        raise OrderRejected(
+            RejectReason.ALGO_NOT_ALLOWED,
+            f"the {order.algo} algo takes stocks only; {order.instrument_id!r} is {instrument.sec_type}",
+        )
     _check_ticks(order, instrument)
     _check_limits(order, instrument, policy.global_limits, "global")
     per_instrument = policy.instrument_limits.get(order.instrument_id)
@@ -142,7 +166,7 @@ def check_text(order: OrderRequested) -> None:
     """
     problem = first_problem(("order_id", order.order_id, ORDER_ID_MAX), ("account", order.account, ACCOUNT_MAX),
                             ("instrument_id", order.instrument_id, INSTRUMENT_ID_MAX),
-                            ("source", order.source, SOURCE_MAX))
+                            ("source", order.source, SOURCE_MAX), ("oca_group", order.oca_group, OCA_GROUP_MAX))
     if problem is not None:
         raise OrderRejected(RejectReason.INVALID_TEXT, problem.text)
 
@@ -164,18 +188,91 @@ def _check_shape(order: OrderRequested) -> None:
         raise OrderRejected(RejectReason.UNEXPECTED_LIMIT_PRICE, f"a {kind} order takes no limit_price")
     if kind.needs_stop_price and order.stop_price is None:
         raise OrderRejected(RejectReason.MISSING_STOP_PRICE, f"a {kind} order needs stop_price")
-    if not kind.needs_stop_price and order.stop_price is not None:
+    # A trailing order's stop_price is optional: its initial stop (IB's trailStopPrice).
+    if not kind.needs_stop_price and not kind.is_trailing and order.stop_price is not None:
         raise OrderRejected(RejectReason.UNEXPECTED_STOP_PRICE, f"a {kind} order takes no stop_price")
-    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price)):
+    _check_trailing(order)
+    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price),
+                        ("trailing_amount", order.trailing_amount)):
         if price is not None and (not price.is_finite() or price <= 0):
             raise OrderRejected(RejectReason.INVALID_PRICE, f"{name} must be > 0, got {price}")
+    percent = order.trailing_percent
+    if percent is not None and (not percent.is_finite() or not 0 < percent < 100):
+        raise OrderRejected(RejectReason.INVALID_PRICE,
+                            f"trailing_percent must be above 0 and below 100, got {percent}")
+    offset = order.limit_offset
+    if offset is not None and (not offset.is_finite() or offset < 0):
+        raise OrderRejected(RejectReason.INVALID_PRICE, f"limit_offset must be >= 0, got {offset}")
+    _check_good_till(order)
+    _check_algo(order)
+    _check_unsupported(order)
+
+
+# IBKR's Adaptive algo: the order types and security types it takes.
+ADAPTIVE_ORDER_TYPES = frozenset({OrderType.MARKET, OrderType.LIMIT})
+ADAPTIVE_SEC_TYPES = frozenset({"STK"})
+
+
+def _check_trailing(order: OrderRequested) -> None:
+    kind = order.order_type
+    amount, percent = order.trailing_amount, order.trailing_percent
+    if kind.is_trailing:
+        if amount is None and percent is None:
+            raise OrderRejected(RejectReason.MISSING_TRAILING_AMOUNT,
+                                f"a {kind} order needs trailing_amount or trailing_percent")
+        if amount is not None and percent is not None:
+            raise OrderRejected(RejectReason.UNEXPECTED_TRAILING_PERCENT,
+                                f"a {kind} order takes trailing_amount or trailing_percent, not both")
+    else:
+        if amount is not None:
+            raise OrderRejected(RejectReason.UNEXPECTED_TRAILING_AMOUNT, f"a {kind} order takes no trailing_amount")
+        if percent is not None:
+            raise OrderRejected(RejectReason.UNEXPECTED_TRAILING_PERCENT,
+                                f"a {kind} order takes no trailing_percent")
+    if kind is OrderType.TRAILING_STOP_LIMIT and order.limit_offset is None:
+        raise OrderRejected(RejectReason.MISSING_LIMIT_OFFSET, f"a {kind} order needs limit_offset")
+    if kind is not OrderType.TRAILING_STOP_LIMIT and order.limit_offset is not None:
+        raise OrderRejected(RejectReason.UNEXPECTED_LIMIT_OFFSET, f"a {kind} order takes no limit_offset")
+
+
+def _check_good_till(order: OrderRequested) -> None:
+    # Whether good_till is still in the future needs the clock: see workers.domain.risk.check_age.
+    gtd = order.time_in_force is TimeInForce.GTD
+    if gtd and order.good_till is None:
+        raise OrderRejected(RejectReason.MISSING_GOOD_TILL, "time_in_force GTD needs good_till")
+    if not gtd and order.good_till is not None:
+        raise OrderRejected(RejectReason.UNEXPECTED_GOOD_TILL,
+                            f"good_till goes with time_in_force GTD only, not {order.time_in_force}")
+
+
+def _check_algo(order: OrderRequested) -> None:
+    # The security type is checked once the instrument is known (check_order).
+    if order.algo is None:
+        if order.algo_priority is not None:
+            raise OrderRejected(RejectReason.UNEXPECTED_ALGO_PRIORITY, "algo_priority goes with an algo only")
+        return
+    if order.order_type not in ADAPTIVE_ORDER_TYPES:
+        raise OrderRejected(RejectReason.ALGO_NOT_ALLOWED,
+                            f"the {order.algo} algo takes MARKET and LIMIT orders only, not {order.order_type}")
+
+
+def _check_unsupported(order: OrderRequested) -> None:
+    # Fail closed: an order whose stop-loss or OCA sibling were silently dropped would trade unprotected.
+    for name in ("take_profit_price", "stop_loss_price"):
+        if getattr(order, name) is not None:
+            raise OrderRejected(RejectReason.BRACKET_NOT_SUPPORTED,
+                                f"{name} (a bracket) is not supported yet; send the orders one by one")
+    if order.oca_group is not None:
+        raise OrderRejected(RejectReason.OCA_NOT_SUPPORTED,
+                            "oca_group (a one-cancels-all group) is not supported yet; send the order without it")
 
 
 def _check_ticks(order: OrderRequested, instrument: Instrument) -> None:
     tick = instrument.min_tick
     if not tick:
         return
-    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price)):
+    for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price),
+                        ("trailing_amount", order.trailing_amount), ("limit_offset", order.limit_offset)):
         if price is not None and price % tick != 0:
             raise OrderRejected(
                 RejectReason.PRICE_OFF_TICK,
@@ -184,7 +281,11 @@ def _check_ticks(order: OrderRequested, instrument: Instrument) -> None:
 
 
 def _reference_price(order: OrderRequested) -> Decimal | None:
-    # The worst price the order accepts: the limit where there is one, else the stop trigger.
+    # The worst price the order accepts: the limit where there is one, else the stop or touch trigger. A
+    # trailing order's stop_price is only where it starts: its notional is measured at the market price
+    # (workers.domain.risk).
+    if not order.order_type.has_fixed_price:
+        return None
     return order.limit_price if order.limit_price is not None else order.stop_price
 
 

@@ -7,7 +7,7 @@ as it is; every change of one goes through :meth:`Order.after`, so the rules are
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TypeVar
@@ -25,14 +25,39 @@ class OrderType(enum.StrEnum):
     LIMIT = "LIMIT"
     STOP = "STOP"
     STOP_LIMIT = "STOP_LIMIT"
+    TRAILING_STOP = "TRAILING_STOP"
+    TRAILING_STOP_LIMIT = "TRAILING_STOP_LIMIT"
+    MARKET_ON_CLOSE = "MARKET_ON_CLOSE"
+    LIMIT_ON_CLOSE = "LIMIT_ON_CLOSE"
+    MARKET_IF_TOUCHED = "MARKET_IF_TOUCHED"
+    LIMIT_IF_TOUCHED = "LIMIT_IF_TOUCHED"
 
     @property
     def needs_limit_price(self) -> bool:
-        return self in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+        return self in (OrderType.LIMIT, OrderType.STOP_LIMIT, OrderType.LIMIT_ON_CLOSE, OrderType.LIMIT_IF_TOUCHED)
 
     @property
     def needs_stop_price(self) -> bool:
-        return self in (OrderType.STOP, OrderType.STOP_LIMIT)
+        """A stop's trigger, or a touched order's touch price (both IBKR's auxPrice)."""
+        return self in (OrderType.STOP, OrderType.STOP_LIMIT, OrderType.MARKET_IF_TOUCHED, OrderType.LIMIT_IF_TOUCHED)
+
+    @property
+    def is_trailing(self) -> bool:
+        """Trails the market by ``trailing_amount`` or ``trailing_percent``; ``stop_price`` is optional (the
+        initial stop)."""
+        return self in (OrderType.TRAILING_STOP, OrderType.TRAILING_STOP_LIMIT)
+
+    @property
+    def is_touched(self) -> bool:
+        """Triggers when the market touches ``stop_price`` from above for a BUY, from below for a SELL: the
+        mirror of a stop."""
+        return self in (OrderType.MARKET_IF_TOUCHED, OrderType.LIMIT_IF_TOUCHED)
+
+    @property
+    def has_fixed_price(self) -> bool:
+        """False for the types that trade at a price not known when placed (market, on close, trailing)."""
+        return self not in (OrderType.MARKET, OrderType.MARKET_ON_CLOSE, OrderType.TRAILING_STOP,
+                            OrderType.TRAILING_STOP_LIMIT)
 
 
 class TimeInForce(enum.StrEnum):
@@ -41,6 +66,19 @@ class TimeInForce(enum.StrEnum):
     IOC = "IOC"
     FOK = "FOK"
     OPG = "OPG"
+    GTD = "GTD"
+
+
+class Algo(enum.StrEnum):
+    """An IBKR order algorithm."""
+
+    ADAPTIVE = "ADAPTIVE"
+
+
+class AlgoPriority(enum.StrEnum):
+    PATIENT = "PATIENT"
+    NORMAL = "NORMAL"
+    URGENT = "URGENT"
 
 
 class OrderState(enum.StrEnum):
@@ -109,8 +147,30 @@ def check_transition(order_id: str, current: OrderState, requested: OrderState) 
         raise IllegalTransition(order_id, current, requested)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExtendedTerms:
+    """The terms an order request has since OrderRequested version 4, all optional; an :class:`Order` keeps
+    them as they were sent."""
+
+    # Trailing orders: how far the stop trails (one of the two) and, for a trailing stop limit, the limit's
+    # distance from the stop.
+    trailing_amount: Decimal | None = None
+    trailing_percent: Decimal | None = None
+    limit_offset: Decimal | None = None
+    good_till: datetime | None = None  # GTD: when IBKR cancels the order
+    algo: Algo | None = None
+    algo_priority: AlgoPriority | None = None  # None with an algo: NORMAL
+    # Brackets and OCA groups: refused until they are supported (see workers.domain.guards).
+    take_profit_price: Decimal | None = None
+    stop_loss_price: Decimal | None = None
+    oca_group: str | None = None
+
+
+EXTENDED_TERMS: tuple[str, ...] = tuple(f.name for f in fields(ExtendedTerms))
+
+
 @dataclass(frozen=True)
-class OrderRequested:
+class OrderRequested(ExtendedTerms):
     """An upstream service asks for an order (``orders.requested``)."""
 
     order_id: str
@@ -133,7 +193,7 @@ class OrderRequested:
 # (not ``created_at`` or ``source``, which a producer's retry may build anew).
 TRADING_TERMS: tuple[str, ...] = (
     "account", "instrument_id", "side", "quantity", "order_type", "limit_price", "stop_price",
-    "time_in_force", "outside_rth", "expires_at",
+    "time_in_force", "outside_rth", "expires_at", *EXTENDED_TERMS,
 )
 
 
@@ -186,7 +246,7 @@ class StatusChange:
 
 
 @dataclass(frozen=True)
-class Order:
+class Order(ExtendedTerms):
     """One order as the ledger holds it: its terms, where its request came from, its state and IBKR's ids.
 
     Immutable: a change gives a new ``Order`` (:meth:`after`); the ledger writes it only if the stored
@@ -249,6 +309,7 @@ class Order:
             avg_fill_price=None, reason=new.reason, ib_error_code=None, source_topic=new.source_topic,
             source_partition=new.source_partition, source_offset=new.source_offset, accepted_at=now,
             updated_at=now, owner_client_id=owner_client_id, expires_at=request.expires_at,
+            **{name: getattr(request, name) for name in EXTENDED_TERMS},
         )
 
     @property
@@ -259,6 +320,7 @@ class Order:
             quantity=self.quantity, order_type=self.order_type, limit_price=self.limit_price,
             stop_price=self.stop_price, time_in_force=self.time_in_force, outside_rth=self.outside_rth,
             created_at=self.created_at, source=self.source, expires_at=self.expires_at,
+            **{name: getattr(self, name) for name in EXTENDED_TERMS},
         )
 
     @property

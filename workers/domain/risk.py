@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested, OrderType, Side
+from workers.domain.orders import OrderRequested, Side
 from workers.domain.trading_state import admits, refusal_detail
 
 
@@ -72,9 +72,11 @@ def no_reference(order: OrderRequested, why: str) -> OrderRejected:
 
 def check_price_band(order: OrderRequested, reference: Decimal, band: Decimal) -> None:
     """Refuse a limit price that would trade worse than ``reference`` ± ``band`` (a fraction): a BUY limit
-    above the band, a SELL limit below it; and a stop whose trigger is on the wrong side of the market by
-    more than the band (a BUY stop far below the market, a SELL stop far above: a mistyped price, not a
-    stop). A stop just through the market triggers at once and trades at the market: it passes."""
+    above the band, a SELL limit below it; and a trigger on the wrong side of the market by more than the
+    band, a mistyped price: a BUY stop far below the market, a SELL stop far above, and the mirror for
+    touched orders (a BUY touch price far above the market, a SELL far below). A trigger just through the
+    market fires at once and trades at the market: it passes. A trailing stop limit's ``limit_offset`` may
+    not exceed the band's width: its limit would be outside the band when the stop fires at the market."""
     high, low = reference * (1 + band), reference * (1 - band)
     buying = order.side is Side.BUY
     if order.limit_price is not None:
@@ -83,10 +85,20 @@ def check_price_band(order: OrderRequested, reference: Decimal, band: Decimal) -
         if not buying and order.limit_price < low:
             raise _out_of_band("SELL limit_price", order.limit_price, "below", low, reference, band)
     if order.stop_price is not None:
-        if buying and order.stop_price < low:
-            raise _out_of_band("BUY stop_price", order.stop_price, "below", low, reference, band)
-        if not buying and order.stop_price > high:
-            raise _out_of_band("SELL stop_price", order.stop_price, "above", high, reference, band)
+        # A BUY stop waits above the market, a BUY touched order below it (SELL: the other way round).
+        waits_above = buying != order.order_type.is_touched
+        name = f"{order.side} stop_price"
+        if waits_above and order.stop_price < low:
+            raise _out_of_band(name, order.stop_price, "below", low, reference, band)
+        if not waits_above and order.stop_price > high:
+            raise _out_of_band(name, order.stop_price, "above", high, reference, band)
+    if order.limit_offset is not None and order.limit_offset > reference * band:
+        raise OrderRejected(
+            RejectReason.PRICE_OUT_OF_BAND,
+            f"limit_offset {order.limit_offset} is more than {_round(reference * band)}, the market price "
+            f"{reference} × {band:%} (PRICE_BAND): the limit would trade outside the band when the stop fires; "
+            "check the offset, or widen the band for this instrument",
+        )
 
 
 def _out_of_band(what: str, price: Decimal, side: str, bound: Decimal, reference: Decimal,
@@ -120,6 +132,15 @@ def check_age(order: OrderRequested, now: datetime, max_age: timedelta | None) -
             RejectReason.STALE_ORDER,
             f"created {age.total_seconds():.0f} s ago (at {order.created_at.isoformat()}), older than "
             f"MAX_ORDER_AGE ({max_age.total_seconds():.0f} s); send a new order if it is still wanted",
+        )
+
+
+def check_good_till(order: OrderRequested, now: datetime) -> None:
+    """Refuse a GTD order whose ``good_till`` has come: IBKR would cancel it at once, or refuse it."""
+    if order.good_till is not None and order.good_till <= now:
+        raise OrderRejected(
+            RejectReason.GOOD_TILL_PASSED,
+            f"good_till {order.good_till.isoformat()} has passed; send the order with a later good_till",
         )
 
 
@@ -170,9 +191,15 @@ def market_notional(order: OrderRequested, reference: Decimal, instrument: Instr
     return order.quantity * reference * instrument.price_multiplier
 
 
+def has_banded_price(order: OrderRequested) -> bool:
+    """Whether the order has a price the price band measures (a limit, a trigger, a trailing limit offset)."""
+    return any(price is not None for price in (order.limit_price, order.stop_price, order.limit_offset))
+
+
 def needs_reference_for_notional(order: OrderRequested) -> bool:
-    """A market order has no price of its own: its notional is measured at the reference price."""
-    return order.order_type is OrderType.MARKET
+    """An order without a fixed price (market, market on close, trailing) has its notional measured at the
+    reference price."""
+    return not order.order_type.has_fixed_price
 
 
 class OrderRate:
@@ -225,9 +252,10 @@ def check_risk(order: OrderRequested, instrument: Instrument, policy: GuardPolic
     if refused is not None:
         raise OrderRejected(refused, refusal_detail(policy.trading_state))
     check_age(order, now, policy.max_order_age)
+    check_good_till(order, now)
     check_increment(order, instrument)
     band = policy.price_band_for(instrument)
-    priced = order.limit_price is not None or order.stop_price is not None
+    priced = has_banded_price(order)
     notional_limits = _limits(policy.global_limits.max_notional,
                               policy.limits_for(order.instrument_id).max_notional, order.instrument_id)
     market_notional_checked = needs_reference_for_notional(order) and bool(notional_limits)

@@ -83,7 +83,9 @@ async def run(args: argparse.Namespace) -> int:
         order_id = await client.submit(
             account=args.account, instrument_id=args.instrument, side=args.side, quantity=args.qty,
             order_type=args.type, limit_price=args.limit, stop_price=args.stop, tif=args.tif,
-            outside_rth=args.outside_rth, order_id=args.order_id,
+            outside_rth=args.outside_rth, order_id=args.order_id, trailing_amount=args.trailing_amount,
+            trailing_percent=args.trailing_percent, limit_offset=args.limit_offset, good_till=args.good_till,
+            algo=args.algo, algo_priority=args.algo_priority,
         )
         print(order_id, flush=True)
         if not args.wait:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 from workers.adapters.kafka.failures import bounded, printable
 from workers.adapters.postgres.rows import FillRow
 from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import (
+    Algo,
+    AlgoPriority,
     Order,
     OrderCancelRequested,
     OrderRequested,
@@ -39,6 +42,7 @@ INSTRUMENT_UPDATED = "prometheus.execution.InstrumentUpdated"
 WORKER_HEALTH = "prometheus.execution.WorkerHealth"
 
 _SCALE = Decimal("1e-8")
+_E = TypeVar("_E", bound=Enum)
 # A status's reason is a sentence for people (with an IBKR code): bounded, so no record grows with the
 # text it quotes.
 STATUS_REASON_MAX = 1000
@@ -86,7 +90,20 @@ def order_requested_from_record(record: dict[str, Any]) -> OrderRequested:
         created_at=record["created_at"],
         source=record.get("source"),
         expires_at=record.get("expires_at"),
+        trailing_amount=record.get("trailing_amount"),
+        trailing_percent=record.get("trailing_percent"),
+        limit_offset=record.get("limit_offset"),
+        good_till=record.get("good_till"),
+        algo=_optional(Algo, record.get("algo")),
+        algo_priority=_optional(AlgoPriority, record.get("algo_priority")),
+        take_profit_price=record.get("take_profit_price"),
+        stop_loss_price=record.get("stop_loss_price"),
+        oca_group=record.get("oca_group"),
     )
+
+
+def _optional(kind: type[_E], value: str | None) -> _E | None:
+    return None if value is None else kind(value)
 
 
 def order_requested_record(order: OrderRequested) -> dict[str, Any]:
@@ -104,6 +121,15 @@ def order_requested_record(order: OrderRequested) -> dict[str, Any]:
         "created_at": order.created_at,
         "source": order.source,
         "expires_at": order.expires_at,
+        "trailing_amount": order.trailing_amount,
+        "trailing_percent": order.trailing_percent,
+        "limit_offset": order.limit_offset,
+        "good_till": order.good_till,
+        "algo": None if order.algo is None else order.algo.value,
+        "algo_priority": None if order.algo_priority is None else order.algo_priority.value,
+        "take_profit_price": order.take_profit_price,
+        "stop_loss_price": order.stop_loss_price,
+        "oca_group": order.oca_group,
     }
 
 

@@ -6,6 +6,7 @@ any size is one round trip.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -13,7 +14,10 @@ from workers.adapters.postgres._query import Column, column_names, rows_from
 from workers.adapters.postgres.outbox import INSERT_MANY_SQL, OUTBOX_COLUMNS
 from workers.domain.fills import Fill
 from workers.domain.orders import (
+    EXTENDED_TERMS,
     FINAL_STATES,
+    Algo,
+    AlgoPriority,
     NewOrder,
     Order,
     OrderState,
@@ -31,7 +35,9 @@ NEW_ORDER_FIELDS = (
     ("time_in_force", "text"), ("outside_rth", "boolean"), ("source", "text"), ("created_at", "timestamptz"),
     ("state", "text"), ("remaining_quantity", "numeric"), ("reason", "text"), ("source_topic", "text"),
     ("source_partition", "integer"), ("source_offset", "bigint"), ("ib_order_id", "integer"),
-    ("expires_at", "timestamptz"),
+    ("expires_at", "timestamptz"), ("trailing_amount", "numeric"), ("trailing_percent", "numeric"),
+    ("limit_offset", "numeric"), ("good_till", "timestamptz"), ("algo", "text"), ("algo_priority", "text"),
+    ("take_profit_price", "numeric"), ("stop_loss_price", "numeric"), ("oca_group", "text"),
 )
 # Records a batch of orders, reserves the IBKR ids of the ones to place and writes their status records,
 # in one statement (one round trip before placeOrder can go, atomic without a transaction block):
@@ -65,7 +71,8 @@ WITH input AS (
     INSERT INTO orders (
         order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
         outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
-        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id, expires_at
+        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id, expires_at,
+        {", ".join(EXTENDED_TERMS)}
     )
     SELECT
         f.order_id, f.account, f.instrument_id, f.side, f.quantity, f.order_type, f.limit_price, f.stop_price,
@@ -74,7 +81,8 @@ WITH input AS (
         0, CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
         CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
         f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
-        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id, f.expires_at
+        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id, f.expires_at,
+        {", ".join(f"f.{name}" for name in EXTENDED_TERMS)}
     FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
     ORDER BY f.n
     ON CONFLICT (order_id) DO NOTHING
@@ -208,6 +216,10 @@ def order_from_record(record: dict[str, object]) -> Order:
     values["state"] = OrderState(str(values["state"]))
     if values.get("requested_time_in_force") is not None:
         values["requested_time_in_force"] = TimeInForce(str(values["requested_time_in_force"]))
+    if values.get("algo") is not None:
+        values["algo"] = Algo(str(values["algo"]))
+    if values.get("algo_priority") is not None:
+        values["algo_priority"] = AlgoPriority(str(values["algo_priority"]))
     return Order(**values)  # type: ignore[arg-type]
 
 
@@ -243,7 +255,13 @@ def insert_params(new: NewOrder) -> dict[str, object]:
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
         "source_offset": new.source_offset, "expires_at": order.expires_at,
+        **{name: _text(getattr(order, name)) for name in EXTENDED_TERMS},
     }
+
+
+def _text(value: object) -> object:
+    # The enums are stored by their value.
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from workers.domain.guards import GuardPolicy
 from workers.domain.instruments import Instrument
 from workers.domain.orders import OrderRequested, Side
-from workers.domain.risk import MarketView, Quote
+from workers.domain.risk import MarketView, Quote, has_banded_price, needs_reference_for_notional
 from workers.domain.trading_state import TradingState
 from workers.ports.ibkr import IbPosition
 from workers.ports.market_data import ReferencePrice, ReferencePrices
@@ -47,12 +47,11 @@ def quote_of(price: ReferencePrice, now: float) -> Quote:
 
 def needs_quote(order: OrderRequested, instrument: Instrument, policy: GuardPolicy) -> bool:
     """Whether a rule in force measures ``order`` against the market price."""
-    priced = order.limit_price is not None or order.stop_price is not None
-    if priced and policy.price_band_for(instrument) is not None:
+    if has_banded_price(order) and policy.price_band_for(instrument) is not None:
         return True
     notional_limited = (policy.global_limits.max_notional is not None
                         or policy.limits_for(instrument.instrument_id).max_notional is not None)
-    return order.limit_price is None and order.stop_price is None and notional_limited
+    return needs_reference_for_notional(order) and notional_limited
 
 
 def needs_exposure(instrument_id: str, policy: GuardPolicy) -> bool:
