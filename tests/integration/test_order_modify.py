@@ -254,3 +254,19 @@ async def test_a_modification_ibkr_refuses_leaves_the_order_working_with_its_ter
     assert cancelled["limit_price"] == price - 4
     assert harness.status_trail(request.order_id).count("CANCELLED") >= 1
     assert "REJECTED" not in harness.status_trail(request.order_id)
+
+
+async def test_a_trailing_stop_is_resized_in_place_though_its_stop_moves_with_the_market(harness: Harness) -> None:
+    price = market(harness)
+    trailing = replace(order(side=Side.SELL, order_type=OrderType.TRAILING_STOP, quantity="4",
+                             tif=TimeInForce.GTC), trailing_amount=(price / 2).quantize(Decimal("0.01")))
+    await harness.send(trailing)
+    await harness.wait_status(trailing.order_id, "SUBMITTED")
+
+    resize = await harness.modify(trailing.order_id, quantity="6")
+    outcome = await harness.wait_modification(trailing.order_id, resize.modify_id)
+
+    assert (outcome["reason"] or "").startswith("MODIFIED: quantity 4 -> 6")
+    assert (outcome["quantity"], outcome["remaining_quantity"]) == (Decimal(6), Decimal(6))
+    [at_sim] = [o for o in harness.sim.orders() if o.request.order_ref == trailing.order_id]
+    assert (at_sim.total_quantity, at_sim.order_type) == (6, "TRAIL")

@@ -10,7 +10,7 @@ same modification twice leaves IBKR's order as sending it once.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -191,13 +191,9 @@ def target_terms(order: Order, request: OrderModifyRequested) -> WorkingTerms:
 def checked_request(order: Order, target: WorkingTerms, request: OrderModifyRequested) -> OrderRequested:
     """The order as the pre-trade rules check a modification of it: the new terms, the quantity still to
     trade, and the modification's own time (a stale modification is refused as a stale order would be)."""
-    return OrderRequested(
-        order_id=order.order_id, account=order.account, instrument_id=order.instrument_id, side=order.side,
-        quantity=target.quantity - order.filled_quantity, order_type=order.order_type,
-        limit_price=target.limit_price, stop_price=target.stop_price, time_in_force=target.time_in_force,
-        outside_rth=order.outside_rth, created_at=request.requested_at, source=request.source,
-        expires_at=order.expires_at,
-    )
+    return replace(order.request, quantity=target.quantity - order.filled_quantity,
+                   limit_price=target.limit_price, stop_price=target.stop_price,
+                   time_in_force=target.time_in_force, created_at=request.requested_at, source=request.source)
 
 
 def applied_reason(before: WorkingTerms, after: WorkingTerms) -> str:

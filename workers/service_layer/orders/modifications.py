@@ -34,7 +34,7 @@ from workers.domain.modifications import (
     differing_modify_terms,
     target_terms,
 )
-from workers.domain.orders import Order, OrderState
+from workers.domain.orders import Order, OrderState, OrderType
 from workers.logs import get_logger
 from workers.ports.ibkr import IbError, IbkrConnection, IbOrderStatus, IbOrderTerms, IbReport, IbTerms
 from workers.ports.orders import EventSink, InstrumentSource, ModificationStore, OrderRepository
@@ -51,10 +51,12 @@ MAX_SENDS = 3
 _ACKNOWLEDGED = frozenset({OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED})
 
 
-def same_terms(ib: IbTerms, target: WorkingTerms) -> bool:
-    """True when IBKR's order has the terms ``target``."""
-    return (ib.quantity == target.quantity and ib.limit_price == target.limit_price
-            and ib.stop_price == target.stop_price and ib.time_in_force == target.time_in_force.value)
+def same_terms(ib: IbTerms, target: WorkingTerms, order_type: OrderType) -> bool:
+    """True when IBKR's order has the terms ``target``. A trailing order's prices move with the market (and
+    IBKR's auxPrice is its trailing amount): its size and time in force are compared."""
+    if ib.quantity != target.quantity or ib.time_in_force != target.time_in_force.value:
+        return False
+    return order_type.is_trailing or (ib.limit_price == target.limit_price and ib.stop_price == target.stop_price)
 
 
 def with_terms(order: Order, target: WorkingTerms) -> Order:
@@ -84,6 +86,7 @@ class Modifications:
         # The modifications this worker sent that IBKR has not answered yet: by order_id, and the order_id
         # of each by IBKR order id (IBKR's errors name the order by it).
         self._sent: dict[str, Modification] = {}
+        self._sent_types: dict[str, OrderType] = {}
         self._sent_ib_ids: dict[int, str] = {}
         # One lock per order with modifications being worked (and how many hold or wait for it).
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -180,6 +183,7 @@ class Modifications:
             return True  # settled, or sent by another worker, meanwhile
         sent = replace(modification, state=ModifyState.SENT, target=target, attempts=modification.attempts + 1)
         self._sent[order.order_id] = sent
+        self._sent_types[order.order_id] = order.order_type
         self._sent_ib_ids[order.ib_order_id] = order.order_id
         try:
             await self.broker.modify(instrument, with_terms(order, target), order.ib_order_id)
@@ -203,6 +207,7 @@ class Modifications:
 
     def _forget(self, order_id: str) -> None:
         sent = self._sent.pop(order_id, None)
+        self._sent_types.pop(order_id, None)
         if sent is not None:
             for ib_order_id in [i for i, o in self._sent_ib_ids.items() if o == order_id]:
                 del self._sent_ib_ids[ib_order_id]
@@ -229,7 +234,8 @@ class Modifications:
         for report in reports:
             if isinstance(report, IbOrderTerms):
                 sent = self._sent.get(report.order_ref)
-                if sent is not None and sent.target is not None and same_terms(report.terms, sent.target):
+                if (sent is not None and sent.target is not None
+                        and same_terms(report.terms, sent.target, self._sent_types[sent.order_id])):
                     await self._confirm(sent)
                     settled.append(sent.order_id)
             elif isinstance(report, IbError) and not report.informational and report.req_id in self._sent_ib_ids:
@@ -259,6 +265,7 @@ class Modifications:
         """After a (re)connect: settle every unsettled modification of this worker's orders against IBKR's
         orders, and work the ones waiting."""
         self._sent.clear()
+        self._sent_types.clear()
         self._sent_ib_ids.clear()
         orders: list[str] = []
         for modification in await self.store.unsettled_owned_by(self.client_id):
@@ -267,7 +274,9 @@ class Modifications:
             if modification.state is not ModifyState.SENT or modification.target is None:
                 continue
             ib = at_ib.get(modification.order_id)
-            if ib is not None and ib.terms is not None and same_terms(ib.terms, modification.target):
+            order = await self.ledger.get(modification.order_id)
+            if (ib is not None and ib.terms is not None and order is not None
+                    and same_terms(ib.terms, modification.target, order.order_type)):
                 await self._confirm(modification)
             else:
                 # IBKR's order does not have the terms: never received, or refused with the answer lost.
