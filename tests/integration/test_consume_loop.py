@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.conftest import noted_topic
 from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
+from workers.adapters.kafka.unreadable import read_unreadable_batches_in_place
 
 pytestmark = pytest.mark.integration
 
@@ -371,47 +372,65 @@ async def test_an_infrastructure_error_is_retried_while_it_lasts_and_nothing_is_
     assert loop.retries == 12 and not loop.paused
 
 
-async def test_a_gzip_batch_beyond_the_decompression_bound_leaves_the_loop_running_and_degraded(
-        kafka_bootstrap: str) -> None:
-    topic = await make_topic(kafka_bootstrap, 1)
-    # 32 MiB of zeros: about 32 KiB once compressed, far beyond the 1 MiB bound of this test.
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="gzip",
-                                max_request_size=64 * 1024 * 1024)
+async def send_gzip_batch(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Write ``values`` to ``topic`` as one gzip record batch."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", linger_ms=500,
+                                max_batch_size=16 * 1024 * 1024, max_request_size=16 * 1024 * 1024)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, bytes(32 * 1024 * 1024), key=b"bomb")
+        sent = [await producer.send(topic, value, key=b"k", partition=0) for value in values]
+        offsets = [(await future).offset for future in sent]
     finally:
         await producer.stop()
+    assert offsets == list(range(offsets[0], offsets[0] + len(values)))
+
+
+async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_after_bounded_attempts_and_the_records_behind_it_go_on(  # noqa: E501
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    read_unreadable_batches_in_place()
     bound_gzip(limit=1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for value in (b"m0", b"m1"):
+            await producer.send_and_wait(topic, value, key=b"k")
+    finally:
+        await producer.stop()
+    # Three records of 400 KB of zeros in one batch of a few KB: 1.2 MB once inflated, beyond the 1 MiB bound.
+    await send_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3)
     handled: list[str] = []
-    dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await dlq_producer.start()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
+    paused_while_retrying: list[bool] = []
+    loops: list[ConsumeLoop] = []
+    all_handled = asyncio.Event()
 
     async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        if loops and loops[0].retries_by_kind:
+            paused_while_retrying.append(loops[0].paused)
         handled.extend(command for command, _ in commands)
+        if len(handled) == 4:
+            all_handled.set()
 
-    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(dlq_producer, topic + ".dlq"),
-                       retry_delay=0.05, max_retry_delay=0.1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
     try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while loop.last_error is None:
-            assert asyncio.get_running_loop().time() < deadline, "timed out"
-            await asyncio.sleep(0.05)
-        assert not task.done(), "the consume loop ended on a batch it cannot read"
-        assert loop.paused
-        assert loop.last_error is not None and "expands beyond 1048576 bytes" in loop.last_error
-        assert handled == []
+        loop, group = await run_to_the_end(kafka_bootstrap, topic, [b"m5", b"m6"], handler, all_handled,
+                                           seen=loops, max_attempts=3, max_retry_delay=0.05)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
         bound_gzip()
-        await consumer.stop()
-        await dlq_producer.stop()
+
+    assert handled == ["m0", "m1", "m5", "m6"]
+    [letter] = await dead_letters_on(kafka_bootstrap, topic + ".dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.value == b"" and letter.key is None
+    assert headers["error.stage"] == b"decompress"
+    assert headers["source.topic"] == topic.encode()
+    assert (headers["source.partition"], headers["source.offset"]) == (b"0", b"2")
+    reason = headers["error.reason"].decode()
+    assert reason.startswith(f"record batch of {topic} partition 0 at offsets 2 to 4 cannot be read (")
+    assert "expands beyond 1048576 bytes" in reason and "bytes are not available" in reason
+    assert loop.retries_by_kind == {"record": 3}  # the bounded attempts, then the dead letter
+    assert loop.dead_letters.by_stage == {"decompress": 1}
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 7
+    assert not loop.paused
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_keeps_its_place_there_with_its_headers(
