@@ -310,6 +310,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         ibkr_connected=lambda: gateway.connected,
         admin=AdminServer(actions=trading, host=settings.admin_bind, port=settings.admin_port,
                           token=settings.admin_token.get_secret_value() if settings.admin_token else None),
+        consume_counts=loop.counts,
     )
     trading.notify = health.notify
     return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,

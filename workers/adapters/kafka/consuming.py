@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from workers.adapters.kafka.dead_letters import DeadLetters
 from workers.adapters.kafka.failures import Classifier, ErrorKind, bounded, classify_error, describe
 from workers.adapters.kafka.unreadable import UnreadableBatch, next_offset
+from workers.domain.health import ConsumeCounts
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -279,6 +281,11 @@ class ConsumeLoop:
         self.last_error = describe(exc)
         self._count_retry(kind)
         return kind
+
+    def counts(self) -> ConsumeCounts:
+        """The dead letters written, by stage, and the failed attempts, by kind, since the loop started."""
+        return ConsumeCounts(dead_letters=MappingProxyType(dict(self.dead_letters.by_stage)),
+                             retries=MappingProxyType(dict(self.retries_by_kind)))
 
     def _count_retry(self, kind: ErrorKind) -> None:
         self.retries += 1
