@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import noted_topic
+from tests.integration.gzip_batches import send_as_one_gzip_batch
 from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
 from workers.adapters.kafka.unreadable import read_unreadable_batches_in_place
@@ -372,19 +373,6 @@ async def test_an_infrastructure_error_is_retried_while_it_lasts_and_nothing_is_
     assert loop.retries == 12 and not loop.paused
 
 
-async def send_gzip_batch(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    """Write ``values`` to ``topic`` as one gzip record batch."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", linger_ms=500,
-                                max_batch_size=16 * 1024 * 1024, max_request_size=16 * 1024 * 1024)
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, value, key=b"k", partition=0) for value in values]
-        offsets = [(await future).offset for future in sent]
-    finally:
-        await producer.stop()
-    assert offsets == list(range(offsets[0], offsets[0] + len(values)))
-
-
 async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_after_bounded_attempts_and_the_records_behind_it_go_on(  # noqa: E501
         kafka_bootstrap: str) -> None:
     topic = await make_topic(kafka_bootstrap, 1)
@@ -398,7 +386,7 @@ async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_afte
     finally:
         await producer.stop()
     # Three records of 400 KB of zeros in one batch of a few KB: 1.2 MB once inflated, beyond the 1 MiB bound.
-    await send_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3)
+    await send_as_one_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3)
     handled: list[str] = []
     paused_while_retrying: list[bool] = []
     loops: list[ConsumeLoop] = []
