@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 
 from workers.adapters.kafka.dead_letters import DeadLetters
 from workers.adapters.kafka.failures import Classifier, ErrorKind, bounded, classify_error, describe
+from workers.adapters.kafka.offset_commits import OffsetCommits
 from workers.adapters.kafka.unreadable import UnreadableBatch, next_offset
 from workers.domain.health import ConsumeCounts
 from workers.logs import get_logger
@@ -126,12 +127,8 @@ class ConsumeLoop:
         # Per partition, the first offset of the unreadable batch at its head and the attempts at it.
         self._unreadable: dict[TopicPartition, tuple[int, int]] = {}
         self._failures = 0  # failed attempts in a row at the batch now at the head of the partitions
-        # Offsets handled but not committed yet, and the task committing them (one commit at a time).
-        self._offsets_to_commit: dict[TopicPartition, int] = {}
-        self._committer: asyncio.Task[None] | None = None
-        self.commit_interval = commit_interval
-        self._last_commit = float("-inf")
-        self._commit_now = asyncio.Event()  # set while flushing: the interval is not waited for
+        # Handled offsets are committed in the background, one commit at a time.
+        self._commits = OffsetCommits(consumer, interval=commit_interval)
         # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
         self._dead_lettered: set[tuple[str, int, int]] = set()
         self._letters_sent: set[tuple[str, int, int]] = set()  # sent, not known to be written yet
@@ -272,7 +269,7 @@ class ConsumeLoop:
             return False
         self.consumed += count
         self._dead_lettered.clear()  # the batch is handled: none of its records comes again
-        self._commit_later({partition: next_offset(records[-1]) for partition, records in batches})
+        self._commits.later({partition: next_offset(records[-1]) for partition, records in batches})
         return True
 
     def _failed(self, exc: Exception, offset: int) -> ErrorKind:
@@ -304,13 +301,13 @@ class ConsumeLoop:
             for i, record in enumerate(records):
                 if stop.is_set() or not self.gate() or not await self._handle_alone(record, stop):
                     if i:
-                        self._commit_later({partition: record.offset})
+                        self._commits.later({partition: record.offset})
                     self.consumer.seek(partition, record.offset)
                     for later, rest in batches[n + 1:]:
                         self.consumer.seek(later, rest[0].offset)
                     return False
                 self.consumed += 1
-            self._commit_later({partition: next_offset(records[-1])})
+            self._commits.later({partition: next_offset(records[-1])})
         self._dead_lettered.clear()
         self.last_failed_offset = None
         return True
@@ -375,31 +372,6 @@ class ConsumeLoop:
             log.warning("a dead-lettered command could not be announced", offset=record.offset,
                         error=describe(exc))
 
-    def _commit_later(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` in the background, without holding up the next batch.
-
-        One commit is in flight at a time, and commits are at least ``commit_interval`` seconds apart;
-        offsets handled meanwhile wait and go together in the next one (the latest offset of each
-        partition). So commits never go backwards, a slow group coordinator never stalls consumption,
-        and the broker gets a few commits a second rather than one per batch. A crash or a rebalance
-        before a commit completes only redelivers records the ledger already holds.
-        """
-        for partition, offset in offsets.items():
-            self._offsets_to_commit[partition] = max(offset, self._offsets_to_commit.get(partition, 0))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
-
-    async def _commit_pending(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._offsets_to_commit:
-            wait = self._last_commit + self.commit_interval - loop.time()
-            if wait > 0 and not self._commit_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._commit_now.wait(), wait)
-            offsets, self._offsets_to_commit = self._offsets_to_commit, {}
-            self._last_commit = loop.time()
-            await self._commit_many(offsets)
-
     async def _dead_letter_refused(self, records: Iterable[ConsumerRecord], refused: Sequence[Refusal]) -> None:
         """Dead-letter the records a handler refused (and wait for them, before the offsets are committed)."""
         if not refused:
@@ -445,20 +417,4 @@ class ConsumeLoop:
 
     async def flush_commits(self) -> None:
         """Commit every handled offset now and wait for it (or for its commit to fail)."""
-        self._commit_now.set()
-        try:
-            if self._offsets_to_commit and (self._committer is None or self._committer.done()):
-                self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
-            if self._committer is not None:
-                await self._committer
-        finally:
-            self._commit_now.clear()
-
-    async def _commit_many(self, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance moved the partition, or the coordinator was away: the records come again,
-            # and the ledger makes the redelivery harmless.
-            log.warning("offset commit failed; the records will be redelivered", partitions=len(offsets),
-                        error=str(exc))
+        await self._commits.flush()
