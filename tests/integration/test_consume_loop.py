@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from tests.conftest import noted_topic
 from tests.integration.gzip_batches import send_as_one_gzip_batch
@@ -419,6 +420,61 @@ async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_afte
     assert loop.dead_letters.by_stage == {"decompress": 1}
     assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 7
     assert not loop.paused
+
+
+class FailingFetches(AIOKafkaConsumer):
+    """A real consumer whose first ``failures`` fetches fail as they do while the broker is away."""
+
+    def __init__(self, *topics: str, failures: int, **kwargs: Any) -> None:
+        super().__init__(*topics, **kwargs)
+        self.failures = failures
+        self.loop: ConsumeLoop | None = None
+        self.paused_while_failing: list[bool] = []
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        if self.failures > 0:
+            self.failures -= 1
+            if self.loop is not None:
+                self.paused_while_failing.append(self.loop.paused)
+            raise KafkaConnectionError("the broker is away")
+        return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+
+async def test_a_fetch_failing_because_the_broker_is_away_is_retried_while_it_lasts_and_nothing_is_dead_lettered(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    for value in (b"m0", b"m1", b"m2"):
+        await producer.send_and_wait(topic, value, key=b"k")
+    handled: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 3:
+            all_handled.set()
+
+    consumer = FailingFetches(topic, failures=8, bootstrap_servers=kafka_bootstrap,
+                              group_id=f"g-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                              auto_offset_reset="earliest")
+    await consumer.start()
+    # Far fewer attempts allowed at a record than the outage lasts: an outage is no record's fault.
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(producer, topic + ".dlq"),
+                       retry_delay=0.01, max_retry_delay=0.05, max_attempts=2)
+    consumer.loop = loop
+    try:
+        await run_until_set(loop, all_handled)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+    assert handled == ["m0", "m1", "m2"]
+    assert consumer.paused_while_failing[1:] and all(consumer.paused_while_failing[1:])  # DEGRADED meanwhile
+    assert loop.retries_by_kind == {"infrastructure": 8}
+    assert loop.last_error is not None and loop.last_error.startswith("fetch failed: KafkaConnectionError")
+    assert loop.dead_letters.count == 0 and not loop.paused
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_keeps_its_place_there_with_its_headers(
