@@ -209,7 +209,6 @@ class ConsumeLoop:
                 previous = self._unreadable.get(partition)
                 attempts = previous[1] + 1 if previous is not None and previous[0] == batch.offset else 1
                 self._unreadable[partition] = (batch.offset, attempts)
-                self.last_failed_offset = batch.offset
                 self.last_error = bounded(batch.reason, 500)
                 self._count_retry(ErrorKind.RECORD)
                 if attempts >= self.max_attempts:
