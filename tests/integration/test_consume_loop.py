@@ -422,6 +422,41 @@ async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_afte
     assert not loop.paused
 
 
+async def test_records_of_other_partitions_fetched_with_an_unreadable_batch_are_all_handled(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 2)
+    read_unreadable_batches_in_place()
+    bound_gzip(limit=1024 * 1024)
+    await send_as_one_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3, partition=0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for n in range(20):
+            await producer.send_and_wait(topic, f"p1-{n}".encode(), key=b"k", partition=1)
+        await producer.send_and_wait(topic, b"p0-after", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    handled: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 21:
+            all_handled.set()
+
+    try:
+        loop, group = await run_to_the_end(kafka_bootstrap, topic, [], handler, all_handled, max_attempts=2,
+                                           max_retry_delay=0.05)
+    finally:
+        bound_gzip()
+
+    assert [v for v in handled if v.startswith("p1-")] == [f"p1-{n}" for n in range(20)]  # each once, in order
+    assert [v for v in handled if v.startswith("p0-")] == ["p0-after"]
+    assert loop.dead_letters.by_stage == {"decompress": 1}
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 4
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 1)) == 20
+
+
 class FailingFetches(AIOKafkaConsumer):
     """A real consumer whose first ``failures`` fetches fail as they do while the broker is away."""
 
