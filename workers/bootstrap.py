@@ -59,6 +59,7 @@ from workers.adapters.kafka.records import (
     modify_from_record,
     order_requested_from_record,
 )
+from workers.adapters.kafka.unreadable import read_unreadable_batches_in_place
 from workers.adapters.postgres.cancel_requests import CancelRequests
 from workers.adapters.postgres.errors import is_connection_error, is_data_error
 from workers.adapters.postgres.failure import describe_database_error
@@ -245,6 +246,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", linger_ms=2, **kafka_kwargs)
     await start_kafka_client(producer, settings.kafka_bootstrap_servers, kafka_kwargs)
     bound_gzip()
+    read_unreadable_batches_in_place()
     consumer = AIOKafkaConsumer(
         topics.orders_requested, topics.orders_cancel_requested, topics.orders_modify_requested,
         topics.instruments_updated, group_id=settings.kafka_consumer_group, enable_auto_commit=False,
@@ -323,6 +325,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
         ibkr_connected=lambda: gateway.connected,
         admin=AdminServer(actions=trading, host=settings.admin_bind, port=settings.admin_port,
                           token=settings.admin_token.get_secret_value() if settings.admin_token else None),
+        consume_counts=loop.counts,
     )
     trading.notify = health.notify
     return OrderConsumerApp(settings=settings, pool=pool, producer=producer, consumer=consumer,

@@ -134,7 +134,8 @@ class Metrics:
         self._cancelled = Counter(PREFIX + "orders_cancelled", "Orders IBKR confirmed cancelled.",
                                   registry=r)
         self._dead_letters = Counter(PREFIX + "dead_letters", "Records set aside on the dead-letter topic, by "
-                                     "stage (decode, validate, convert, route, handle).", ["stage"], registry=r)
+                                     "stage (size, decode, validate, convert, route, handle; decompress and read for a "
+                                     "record batch that could not be read).", ["stage"], registry=r)
         self._consume_retries = Counter(
             PREFIX + "consume_retries", "Failed attempts at handling consumed records, by kind of error "
             "(infrastructure: retried while it lasts; record, unknown: narrowed down to a dead letter).",

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from tests.conftest import noted_topic
+from tests.integration.gzip_batches import send_as_one_gzip_batch
 from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.consuming import ConsumeLoop, DeadLetters, RecordSource, Subscription, Undecodable
+from workers.adapters.kafka.unreadable import read_unreadable_batches_in_place
 
 pytestmark = pytest.mark.integration
 
@@ -371,47 +374,142 @@ async def test_an_infrastructure_error_is_retried_while_it_lasts_and_nothing_is_
     assert loop.retries == 12 and not loop.paused
 
 
-async def test_a_gzip_batch_beyond_the_decompression_bound_leaves_the_loop_running_and_degraded(
+async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_after_bounded_attempts_and_the_records_behind_it_go_on(  # noqa: E501
         kafka_bootstrap: str) -> None:
     topic = await make_topic(kafka_bootstrap, 1)
-    # 32 MiB of zeros: about 32 KiB once compressed, far beyond the 1 MiB bound of this test.
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="gzip",
-                                max_request_size=64 * 1024 * 1024)
+    read_unreadable_batches_in_place()
+    bound_gzip(limit=1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, bytes(32 * 1024 * 1024), key=b"bomb")
+        for value in (b"m0", b"m1"):
+            await producer.send_and_wait(topic, value, key=b"k")
     finally:
         await producer.stop()
-    bound_gzip(limit=1024 * 1024)
+    # Three records of 400 KB of zeros in one batch of a few KB: 1.2 MB once inflated, beyond the 1 MiB bound.
+    await send_as_one_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3)
     handled: list[str] = []
-    dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await dlq_producer.start()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
+    paused_while_retrying: list[bool] = []
+    loops: list[ConsumeLoop] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        if loops and loops[0].retries_by_kind:
+            paused_while_retrying.append(loops[0].paused)
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 4:
+            all_handled.set()
+
+    try:
+        loop, group = await run_to_the_end(kafka_bootstrap, topic, [b"m5", b"m6"], handler, all_handled,
+                                           seen=loops, max_attempts=3, max_retry_delay=0.05)
+    finally:
+        bound_gzip()
+
+    assert handled == ["m0", "m1", "m5", "m6"]
+    [letter] = await dead_letters_on(kafka_bootstrap, topic + ".dlq", 1)
+    headers = dict(letter.headers)
+    assert letter.value == b"" and letter.key is None
+    assert headers["error.stage"] == b"decompress"
+    assert headers["source.topic"] == topic.encode()
+    assert (headers["source.partition"], headers["source.offset"]) == (b"0", b"2")
+    reason = headers["error.reason"].decode()
+    assert reason.startswith(f"record batch of {topic} partition 0 at offsets 2 to 4 cannot be read (")
+    assert "expands beyond 1048576 bytes" in reason and "bytes are not available" in reason
+    assert loop.retries_by_kind == {"record": 3}  # the bounded attempts, then the dead letter
+    assert loop.dead_letters.by_stage == {"decompress": 1}
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 7
+    assert not loop.paused
+
+
+async def test_records_of_other_partitions_fetched_with_an_unreadable_batch_are_all_handled(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 2)
+    read_unreadable_batches_in_place()
+    bound_gzip(limit=1024 * 1024)
+    await send_as_one_gzip_batch(kafka_bootstrap, topic, [bytes(400_000)] * 3, partition=0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for n in range(20):
+            await producer.send_and_wait(topic, f"p1-{n}".encode(), key=b"k", partition=1)
+        await producer.send_and_wait(topic, b"p0-after", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    handled: list[str] = []
+    all_handled = asyncio.Event()
 
     async def handler(commands: list[tuple[str, RecordSource]]) -> None:
         handled.extend(command for command, _ in commands)
+        if len(handled) == 21:
+            all_handled.set()
 
-    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(dlq_producer, topic + ".dlq"),
-                       retry_delay=0.05, max_retry_delay=0.1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
     try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while loop.last_error is None:
-            assert asyncio.get_running_loop().time() < deadline, "timed out"
-            await asyncio.sleep(0.05)
-        assert not task.done(), "the consume loop ended on a batch it cannot read"
-        assert loop.paused
-        assert loop.last_error is not None and "expands beyond 1048576 bytes" in loop.last_error
-        assert handled == []
+        loop, group = await run_to_the_end(kafka_bootstrap, topic, [], handler, all_handled, max_attempts=2,
+                                           max_retry_delay=0.05)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
         bound_gzip()
+
+    assert [v for v in handled if v.startswith("p1-")] == [f"p1-{n}" for n in range(20)]  # each once, in order
+    assert [v for v in handled if v.startswith("p0-")] == ["p0-after"]
+    assert loop.dead_letters.by_stage == {"decompress": 1}
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 0)) == 4
+    assert await committed(kafka_bootstrap, group, TopicPartition(topic, 1)) == 20
+
+
+class FailingFetches(AIOKafkaConsumer):
+    """A real consumer whose first ``failures`` fetches fail as they do while the broker is away."""
+
+    def __init__(self, *topics: str, failures: int, **kwargs: Any) -> None:
+        super().__init__(*topics, **kwargs)
+        self.failures = failures
+        self.loop: ConsumeLoop | None = None
+        self.paused_while_failing: list[bool] = []
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        if self.failures > 0:
+            self.failures -= 1
+            if self.loop is not None:
+                self.paused_while_failing.append(self.loop.paused)
+            raise KafkaConnectionError("the broker is away")
+        return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+
+async def test_a_fetch_failing_because_the_broker_is_away_is_retried_while_it_lasts_and_nothing_is_dead_lettered(
+        kafka_bootstrap: str) -> None:
+    topic = await make_topic(kafka_bootstrap, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    for value in (b"m0", b"m1", b"m2"):
+        await producer.send_and_wait(topic, value, key=b"k")
+    handled: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handler(commands: list[tuple[str, RecordSource]]) -> None:
+        handled.extend(command for command, _ in commands)
+        if len(handled) == 3:
+            all_handled.set()
+
+    consumer = FailingFetches(topic, failures=8, bootstrap_servers=kafka_bootstrap,
+                              group_id=f"g-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                              auto_offset_reset="earliest")
+    await consumer.start()
+    # Far fewer attempts allowed at a record than the outage lasts: an outage is no record's fault.
+    loop = ConsumeLoop(consumer, {topic: Subscription(decode, handler)}, DeadLetters(producer, topic + ".dlq"),
+                       retry_delay=0.01, max_retry_delay=0.05, max_attempts=2)
+    consumer.loop = loop
+    try:
+        await run_until_set(loop, all_handled)
+    finally:
         await consumer.stop()
-        await dlq_producer.stop()
+        await producer.stop()
+
+    assert handled == ["m0", "m1", "m2"]
+    assert consumer.paused_while_failing[1:] and all(consumer.paused_while_failing[1:])  # DEGRADED meanwhile
+    assert loop.retries_by_kind == {"infrastructure": 8}
+    assert loop.last_error is not None and loop.last_error.startswith("fetch failed: KafkaConnectionError")
+    assert loop.dead_letters.count == 0 and not loop.paused
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_keeps_its_place_there_with_its_headers(

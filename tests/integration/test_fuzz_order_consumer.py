@@ -4,7 +4,8 @@ Hypothesis generates records over the schemas' fields (hostile text, decimals, e
 mutations of encoded records, with good orders among them, and the worker drains them all:
 
 * the worker never stops; every good order is FILLED and placed once, and nothing else is placed;
-* every record of ``orders.requested`` is accounted for: a status for its order, or a dead letter;
+* every record of ``orders.requested`` is accounted for: a status for its order, or a dead letter; every
+  record of ``orders.cancel-requested`` that cannot be decoded or whose text is refused is a dead letter;
 * no partition stays stuck: everything is drained within a bound, the last good order last;
 * the process's memory stays bounded.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -28,7 +29,13 @@ from hypothesis import strategies as st
 
 from tests.integration.harness import ACCOUNT, INSTRUMENTS, Harness, order, running_harness
 from workers.adapters.avro import DecodeError, EncodeError
-from workers.adapters.kafka.records import ORDER_CANCEL_REQUESTED, ORDER_REQUESTED, order_requested_record
+from workers.adapters.kafka.records import (
+    ORDER_CANCEL_REQUESTED,
+    ORDER_REQUESTED,
+    InvalidText,
+    cancel_from_record,
+    order_requested_record,
+)
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -79,6 +86,7 @@ records = st.one_of(
     st.tuples(st.just("order"), hostile_orders, st.just([])),
     st.tuples(st.just("mutated"), hostile_orders, mutations),
     st.tuples(st.just("cancel"), hostile_cancels, st.just([])),
+    st.tuples(st.just("mutated cancel"), hostile_cancels, mutations),
     st.tuples(st.just("bytes"), st.binary(max_size=300), st.just([])),
 )
 
@@ -153,12 +161,13 @@ async def test_hostile_records_never_stop_the_good_orders_among_them(harness: Ha
             value = harness.codec.encode(ORDER_REQUESTED, order_requested_record(request))
             pending.append((topics.orders_requested, value, await harness.producer.send(
                 topics.orders_requested, value, key=request.order_id.encode())))
-        topic = topics.orders_cancel_requested if kind == "cancel" else topics.orders_requested
+        is_cancel = kind in ("cancel", "mutated cancel")
+        topic = topics.orders_cancel_requested if is_cancel else topics.orders_requested
         try:
             if kind == "bytes":
                 value = fields
             else:
-                value = harness.codec.encode(ORDER_CANCEL_REQUESTED if kind == "cancel" else ORDER_REQUESTED, fields)
+                value = harness.codec.encode(ORDER_CANCEL_REQUESTED if is_cancel else ORDER_REQUESTED, fields)
                 value = mutate(value, steps) if steps else value
         except EncodeError:
             continue  # a value the contract cannot even carry (a producer of ours could not send it)
@@ -181,10 +190,12 @@ async def test_hostile_records_never_stop_the_good_orders_among_them(harness: Ha
     for order_id in good:
         await harness.wait_status(order_id, "FILLED", timeout=30)
 
-    dead = {(dict(r.headers)["source.topic"].decode(), int(dict(r.headers)["source.partition"]),
-             int(dict(r.headers)["source.offset"])) for r in harness.observed.dead_letters}
+    def dead_lettered() -> set[tuple[str, int, int]]:
+        """Where the dead letters so far came from (they may still arrive while the test waits)."""
+        return {(dict(r.headers)["source.topic"].decode(), int(dict(r.headers)["source.partition"]),
+                 int(dict(r.headers)["source.offset"])) for r in harness.observed.dead_letters}
 
-    def accounted(record: Sent) -> bool:
+    def accounted(record: Sent, dead: set[tuple[str, int, int]]) -> bool:
         if (record.topic, record.partition, record.offset) in dead:
             return True
         try:
@@ -193,9 +204,29 @@ async def test_hostile_records_never_stop_the_good_orders_among_them(harness: Ha
             return False
         return bool(harness.observed.statuses.get(decoded["order_id"]))
 
+    def cancel_accounted(record: Sent, dead: set[tuple[str, int, int]]) -> bool:
+        # A cancel that cannot be decoded, or whose text the rules refuse, is on the dead-letter topic.
+        if (record.topic, record.partition, record.offset) in dead:
+            return True
+        try:
+            cancel_from_record(harness.codec.decode(record.value, ORDER_CANCEL_REQUESTED))
+        except (DecodeError, InvalidText):
+            return False
+        return True
+
     requested = [record for record in sent if record.topic == topics.orders_requested]
-    await harness.wait_for(lambda: all(accounted(record) for record in requested), timeout=30,
+    cancels = [record for record in sent if record.topic == topics.orders_cancel_requested]
+
+    def all_accounted(records: list[Sent], check: Callable[[Sent, set[tuple[str, int, int]]], bool]) -> bool:
+        dead = dead_lettered()
+        return all(check(record, dead) for record in records)
+
+    await harness.wait_for(lambda: all_accounted(requested, accounted), timeout=30,
                            what="every record of orders.requested with a status or a dead letter")
+    await harness.wait_for(lambda: all_accounted(cancels, cancel_accounted), timeout=30,
+                           what="every cancel that cannot be decoded or taken on the dead-letter topic")
+    dead = dead_lettered()
+    assert any((r.topic, r.partition, r.offset) in dead for r in cancels), "no cancel was dead-lettered at all"
 
     assert harness._app_task is not None and not harness._app_task.done(), "the worker stopped"
     placed = [request.order_ref for _, request in harness.sim.orders_seen]

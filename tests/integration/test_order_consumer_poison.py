@@ -8,12 +8,17 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.integration.gzip_batches import send_as_one_gzip_batch
 from tests.integration.harness import Harness, order, running_harness
+from workers.adapters.kafka.compression import bound_gzip
 from workers.adapters.kafka.records import order_requested_record
+from workers.domain.health import HealthStatus
+from workers.domain.orders import OrderRequested
 from workers.settings import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -191,3 +196,47 @@ async def test_an_instrument_change_with_a_bad_id_is_dead_lettered_and_orders_go
     assert headers["source.topic"] == harness.topics.instruments_updated.encode()
     assert headers["error.stage"] == b"validate"
     assert headers["error.reason"] == b"instrument_id contains the control character U+0000 at position 8"
+
+
+async def test_a_gzip_batch_beyond_the_decompression_bound_is_dead_lettered_naming_its_offsets_and_the_orders_behind_it_fill(  # noqa: E501
+        harness: Harness) -> None:
+    assert harness.app is not None
+    app = harness.app
+    await harness.wait_for(lambda: app.service.reconciled, what="the worker running")
+    bound_gzip(limit=1024 * 1024)  # after the worker set its own (64 MiB): a bomb of 1.2 MB does here
+    try:
+        before, after = [order(quantity="1") for _ in range(3)], [order(quantity="2") for _ in range(3)]
+        topic = harness.topics.orders_requested
+
+        async def send_to_partition_0(request: OrderRequested) -> None:
+            payload = harness.codec.encode("OrderRequested", order_requested_record(request))
+            await harness.producer.send_and_wait(topic, payload, key=request.order_id.encode(), partition=0)
+
+        for request in before:
+            await send_to_partition_0(request)
+        bomb = await send_as_one_gzip_batch(harness.bootstrap, topic, [bytes(400_000)] * 3, partition=0)
+        for request in after:
+            await send_to_partition_0(request)
+
+        for request in [*before, *after]:
+            await harness.wait_status(request.order_id, "FILLED", timeout=40)
+            assert harness.sim.place_count(request.order_id) == 1
+        await harness.wait_for(lambda: len(harness.observed.dead_letters) == 1, what="the dead letter")
+        [letter] = harness.observed.dead_letters
+        headers = dict(letter.headers)
+        assert headers["error.stage"] == b"decompress"
+        assert (headers["source.topic"], headers["source.partition"]) == (topic.encode(), b"0")
+        assert headers["source.offset"] == str(bomb[0]).encode()
+        reason = headers["error.reason"].decode()
+        assert f"partition 0 at offsets {bomb[0]} to {bomb[-1]} cannot be read" in reason
+        assert "expands beyond 1048576 bytes" in reason
+        await harness.wait_for(lambda: app.monitor.status is HealthStatus.HEALTHY, what="HEALTHY again")
+        assert any(h["status"] == "DEGRADED" and "cannot be read" in (h["last_error"] or "")
+                   for h in harness.observed.health)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.probes.port}", timeout=5) as client:
+            body = (await client.get("/healthz")).json()
+        assert body["dead_letters"] == {"decompress": 1}
+        assert body["consume_retries"] == {"record": 5}  # the loop's bounded attempts, then the dead letter
+        assert body["status"] == "HEALTHY"
+    finally:
+        bound_gzip()

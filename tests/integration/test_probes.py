@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.adapters.http import AdminServer, LoopHeartbeat, ProbeServer, parse_switch
 from workers.domain.guards import RejectReason
 from workers.domain.health import (
+    ConsumeCounts,
     HealthFacts,
     HealthMonitor,
     HealthStatus,
@@ -485,3 +486,26 @@ async def test_statuses_other_than_starting_show_in_healthz(start_server: StartS
         body = (await client.get("/healthz")).json()
     assert body["status"] == HealthStatus.DEGRADED.value
     assert body["alive"] is True
+
+
+async def test_healthz_shows_the_dead_letters_by_stage_and_the_retries_by_kind_as_they_are_now(
+        start_server: StartServer) -> None:
+    counts = {"dead_letters": {"decode": 2}, "retries": {"record": 1}}
+    server = await start_server(consume_counts=lambda: ConsumeCounts(dead_letters=dict(counts["dead_letters"]),
+                                                                     retries=dict(counts["retries"])))
+    async with await client_for(server) as client:
+        before = (await client.get("/healthz")).json()
+        counts["dead_letters"]["decompress"] = 1
+        counts["retries"]["infrastructure"] = 4
+        after = (await client.get("/healthz")).json()
+    assert (before["dead_letters"], before["consume_retries"]) == ({"decode": 2}, {"record": 1})
+    assert after["dead_letters"] == {"decode": 2, "decompress": 1}
+    assert after["consume_retries"] == {"infrastructure": 4, "record": 1}
+    assert after["alive"] is True
+
+
+async def test_healthz_of_a_worker_without_a_consume_loop_shows_no_counts(start_server: StartServer) -> None:
+    server = await start_server()
+    async with await client_for(server) as client:
+        body = (await client.get("/healthz")).json()
+    assert "dead_letters" not in body and "consume_retries" not in body

@@ -77,6 +77,16 @@ class HealthFacts:
 
 
 @dataclass(frozen=True)
+class ConsumeCounts:
+    """What a consume loop set aside and retried since the worker started (shown by ``/healthz``)."""
+
+    dead_letters: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Records put on the dead-letter topic, by the stage that refused them (decode, validate, handle …)."""
+    retries: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Failed attempts at consumed records, by kind of error (infrastructure, record, unknown)."""
+
+
+@dataclass(frozen=True)
 class HealthThresholds:
     """When a problem stops being a blip."""
 

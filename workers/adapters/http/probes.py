@@ -7,7 +7,8 @@ loop:
   :class:`LoopHeartbeat` task measures how late the loop wakes it; a lag above ``max_loop_lag`` (seen
   within the heartbeat's window) fails it, as does a :class:`~workers.domain.health.ProgressWatch`
   reporting a consume loop stuck with records waiting. A loop blocked *right now* cannot answer at all,
-  which a probe with a timeout also reads as a failure.
+  which a probe with a timeout also reads as a failure. A worker with a consume loop also shows its
+  :class:`~workers.domain.health.ConsumeCounts`: ``dead_letters`` by stage and ``consume_retries`` by kind.
 * ``/readyz`` (readiness): 200 only when the health status is HEALTHY or DEGRADED and IBKR is connected;
   otherwise 503 with the reason in JSON.
 * ``/metrics``: the Prometheus text format (or OpenMetrics, by content negotiation) of the worker's
@@ -31,7 +32,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from workers.adapters.http.admin import AdminServer
-from workers.domain.health import HealthMonitor, ProgressWatch, readiness
+from workers.domain.health import ConsumeCounts, HealthMonitor, ProgressWatch, readiness
 from workers.logs import get_logger
 from workers.metrics import Metrics
 
@@ -101,7 +102,8 @@ class ProbeServer:
                  port: int = 8080, heartbeat: LoopHeartbeat | None = None,
                  progress: ProgressWatch | None = None, max_loop_lag: float = 2.0,
                  ibkr_connected: Callable[[], bool] | None = None,
-                 admin: AdminServer | None = None) -> None:
+                 admin: AdminServer | None = None,
+                 consume_counts: Callable[[], ConsumeCounts] | None = None) -> None:
         self.monitor = monitor
         self.metrics = metrics
         self.host = host
@@ -111,6 +113,7 @@ class ProbeServer:
         self.max_loop_lag = max_loop_lag
         self.ibkr_connected = ibkr_connected
         self.admin = admin
+        self.consume_counts = consume_counts
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -185,6 +188,10 @@ class ProbeServer:
             "loop_lag_seconds": round(self.heartbeat.lag(), 4),
             "status": self.monitor.status.value,
         }
+        if self.consume_counts is not None:
+            counts = self.consume_counts()
+            body["dead_letters"] = dict(sorted(counts.dead_letters.items()))
+            body["consume_retries"] = dict(sorted(counts.retries.items()))
         if failure is not None:
             body["reason"] = failure
             return web.json_response(body, status=503)

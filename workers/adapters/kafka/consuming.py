@@ -12,6 +12,10 @@ handled one at a time, in order, and the one that fails goes to the dead-letter 
 ``reject`` announcing it where it has one) so the records behind it go on. A record is never skipped
 unless it is on the dead-letter topic first.
 
+A record batch the client cannot read (see :mod:`.unreadable`) arrives as one :class:`UnreadableBatch` in
+its place: it is fetched again up to ``max_attempts`` times (health DEGRADED meanwhile), then dead-lettered
+with its offsets and the error, and its offsets are committed past its last one.
+
 Handling a record again is harmless: the ledger knows every order it recorded (an order of a batch that
 failed after it was placed is only re-announced when its record comes again).
 """
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,7 +34,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from workers.adapters.kafka.dead_letters import DeadLetters
-from workers.adapters.kafka.failures import Classifier, ErrorKind, classify_error, describe
+from workers.adapters.kafka.failures import Classifier, ErrorKind, bounded, classify_error, describe
+from workers.adapters.kafka.offset_commits import OffsetCommits
+from workers.adapters.kafka.unreadable import UnreadableBatch, next_offset
+from workers.domain.health import ConsumeCounts
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -115,13 +123,12 @@ class ConsumeLoop:
         # A record larger than this (key and value) is dead-lettered before anything reads it.
         self.max_record_bytes = max_record_bytes
         self.retries = 0
+        self.retries_by_kind: dict[str, int] = {}  # by ErrorKind value
+        # Per partition, the first offset of the unreadable batch at its head and the attempts at it.
+        self._unreadable: dict[TopicPartition, tuple[int, int]] = {}
         self._failures = 0  # failed attempts in a row at the batch now at the head of the partitions
-        # Offsets handled but not committed yet, and the task committing them (one commit at a time).
-        self._offsets_to_commit: dict[TopicPartition, int] = {}
-        self._committer: asyncio.Task[None] | None = None
-        self.commit_interval = commit_interval
-        self._last_commit = float("-inf")
-        self._commit_now = asyncio.Event()  # set while flushing: the interval is not waited for
+        # Handled offsets are committed in the background, one commit at a time.
+        self._commits = OffsetCommits(consumer, interval=commit_interval)
         # Records of a batch that failed after they were dead-lettered: its retry does not send them twice.
         self._dead_lettered: set[tuple[str, int, int]] = set()
         self._letters_sent: set[tuple[str, int, int]] = set()  # sent, not known to be written yet
@@ -158,28 +165,65 @@ class ConsumeLoop:
             try:
                 fetched = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
             except KafkaError as exc:
-                # A batch the client cannot read (corrupt, or expanding beyond the decompression bound): the
-                # worker stays up and says so (DEGRADED) rather than restarting at the same offset.
+                # The broker away, or a batch whose very header cannot be parsed (its end is unknown, so
+                # nothing can be skipped): the worker stays up and says so (DEGRADED) rather than restarting.
                 self._failures += 1
                 self.paused = True
                 self.last_error = f"fetch failed: {describe(exc)}"
-                self.on_retry(ErrorKind.INFRASTRUCTURE)
+                self._count_retry(ErrorKind.INFRASTRUCTURE)
                 log.error("fetch failed; will retry", error=self.last_error)
                 await self._back_off(self._failures, stop)
                 continue
-            batches = list(fetched.items())
-            if not batches:
+            batches = [(partition, records) for partition, records in fetched.items() if records]
+            unreadable_attempts = self._hold_back_unreadable(batches)
+            batches = [(partition, records) for partition, records in batches if records]
+            if not batches and not unreadable_attempts:
                 continue
-            if not await self._handle_all(batches, stop) and self.last_failed_offset is not None:
+            if batches and not await self._handle_all(batches, stop) and self.last_failed_offset is not None:
                 self._failures += 1
                 self.paused = True
                 await self._back_off(self._failures, stop)
+            elif unreadable_attempts:
+                self.paused = True
+                await self._back_off(unreadable_attempts, stop)
             else:
                 if self._failures:
                     log.info("consumer resumed", after_failures=self._failures)
                 self._failures = 0
                 self.paused = False
         await self.flush_commits()
+
+    def _hold_back_unreadable(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> int:
+        """Take out the unreadable batches to read again; the most attempts at one of them (0: none).
+
+        An :class:`UnreadableBatch` ends its partition's records. Behind readable records it is only
+        fetched again (it comes first next time). First in its partition, it counts as an attempt; after
+        ``max_attempts`` of them it stays in the batch and is dead-lettered like an undecodable record.
+        """
+        most = 0
+        for partition, records in batches:
+            batch = records[-1]
+            if not isinstance(batch, UnreadableBatch):
+                continue
+            if len(records) == 1:
+                previous = self._unreadable.get(partition)
+                attempts = previous[1] + 1 if previous is not None and previous[0] == batch.offset else 1
+                self._unreadable[partition] = (batch.offset, attempts)
+                self.last_error = bounded(batch.reason, 500)
+                self._count_retry(ErrorKind.RECORD)
+                if attempts >= self.max_attempts:
+                    log.error("record batch cannot be read; dead-lettering it", topic=batch.topic,
+                              partition=batch.partition, first_offset=batch.offset, last_offset=batch.last_offset,
+                              attempts=attempts, error=batch.error)
+                    continue
+                log.warning("record batch cannot be read; will fetch it again", topic=batch.topic,
+                            partition=batch.partition, first_offset=batch.offset, attempt=attempts,
+                            error=batch.error)
+                most = max(most, attempts)
+            # Seeking back now is safe: the loop only ever seeks this partition back to an earlier record.
+            records.pop()
+            self.consumer.seek(partition, batch.offset)
+        return most
 
     async def _back_off(self, failures: int, stop: asyncio.Event) -> None:
         delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures - 1, 6))
@@ -224,16 +268,25 @@ class ConsumeLoop:
             return False
         self.consumed += count
         self._dead_lettered.clear()  # the batch is handled: none of its records comes again
-        self._commit_later({partition: records[-1].offset + 1 for partition, records in batches})
+        self._commits.later({partition: next_offset(records[-1]) for partition, records in batches})
         return True
 
     def _failed(self, exc: Exception, offset: int) -> ErrorKind:
         kind = self.classify(exc)
         self.last_failed_offset = offset
         self.last_error = describe(exc)
-        self.retries += 1
-        self.on_retry(kind)
+        self._count_retry(kind)
         return kind
+
+    def counts(self) -> ConsumeCounts:
+        """The dead letters written, by stage, and the failed attempts, by kind, since the loop started."""
+        return ConsumeCounts(dead_letters=MappingProxyType(dict(self.dead_letters.by_stage)),
+                             retries=MappingProxyType(dict(self.retries_by_kind)))
+
+    def _count_retry(self, kind: ErrorKind) -> None:
+        self.retries += 1
+        self.retries_by_kind[kind.value] = self.retries_by_kind.get(kind.value, 0) + 1
+        self.on_retry(kind)
 
     async def _narrow(self, batches: list[tuple[TopicPartition, list[ConsumerRecord]]],
                       stop: asyncio.Event) -> bool:
@@ -247,13 +300,13 @@ class ConsumeLoop:
             for i, record in enumerate(records):
                 if stop.is_set() or not self.gate() or not await self._handle_alone(record, stop):
                     if i:
-                        self._commit_later({partition: record.offset})
+                        self._commits.later({partition: record.offset})
                     self.consumer.seek(partition, record.offset)
                     for later, rest in batches[n + 1:]:
                         self.consumer.seek(later, rest[0].offset)
                     return False
                 self.consumed += 1
-            self._commit_later({partition: records[-1].offset + 1})
+            self._commits.later({partition: next_offset(records[-1])})
         self._dead_lettered.clear()
         self.last_failed_offset = None
         return True
@@ -318,31 +371,6 @@ class ConsumeLoop:
             log.warning("a dead-lettered command could not be announced", offset=record.offset,
                         error=describe(exc))
 
-    def _commit_later(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` in the background, without holding up the next batch.
-
-        One commit is in flight at a time, and commits are at least ``commit_interval`` seconds apart;
-        offsets handled meanwhile wait and go together in the next one (the latest offset of each
-        partition). So commits never go backwards, a slow group coordinator never stalls consumption,
-        and the broker gets a few commits a second rather than one per batch. A crash or a rebalance
-        before a commit completes only redelivers records the ledger already holds.
-        """
-        for partition, offset in offsets.items():
-            self._offsets_to_commit[partition] = max(offset, self._offsets_to_commit.get(partition, 0))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
-
-    async def _commit_pending(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._offsets_to_commit:
-            wait = self._last_commit + self.commit_interval - loop.time()
-            if wait > 0 and not self._commit_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._commit_now.wait(), wait)
-            offsets, self._offsets_to_commit = self._offsets_to_commit, {}
-            self._last_commit = loop.time()
-            await self._commit_many(offsets)
-
     async def _dead_letter_refused(self, records: Iterable[ConsumerRecord], refused: Sequence[Refusal]) -> None:
         """Dead-letter the records a handler refused (and wait for them, before the offsets are committed)."""
         if not refused:
@@ -360,6 +388,8 @@ class ConsumeLoop:
         source = RecordSource(record.topic, record.partition, record.offset, key,
                               record.timestamp / 1000 if record.timestamp is not None else None)
         try:
+            if isinstance(record, UnreadableBatch):
+                raise Undecodable(record.reason, stage=record.stage)
             if record.value is None:
                 raise Undecodable("record has no value (tombstone)")
             size = len(record.value) + len(record.key or b"")
@@ -386,20 +416,4 @@ class ConsumeLoop:
 
     async def flush_commits(self) -> None:
         """Commit every handled offset now and wait for it (or for its commit to fail)."""
-        self._commit_now.set()
-        try:
-            if self._offsets_to_commit and (self._committer is None or self._committer.done()):
-                self._committer = asyncio.create_task(self._commit_pending(), name="offset-commit")
-            if self._committer is not None:
-                await self._committer
-        finally:
-            self._commit_now.clear()
-
-    async def _commit_many(self, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance moved the partition, or the coordinator was away: the records come again,
-            # and the ledger makes the redelivery harmless.
-            log.warning("offset commit failed; the records will be redelivered", partitions=len(offsets),
-                        error=str(exc))
+        await self._commits.flush()

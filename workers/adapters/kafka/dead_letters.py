@@ -47,8 +47,11 @@ class DeadLetters:
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
+        # A record that stands for a batch that could not be read has neither key nor value; the client
+        # needs one of them, so its dead letter carries an empty value (the headers say what it stands for).
+        value = b"" if record.value is None and record.key is None else record.value
         try:
-            future: asyncio.Future[Any] | None = await self.producer.send(self.topic, value=record.value,
+            future: asyncio.Future[Any] | None = await self.producer.send(self.topic, value=value,
                                                                           key=record.key, headers=headers)
         except MessageSizeTooLargeError:
             future = None  # refused by the client before sending: flush writes its placeholder

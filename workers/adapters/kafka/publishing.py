@@ -34,6 +34,7 @@ from aiokafka.errors import (
 from workers.adapters.avro import AvroCodec, DecodeError
 from workers.adapters.kafka.failures import describe
 from workers.adapters.kafka.records import FILL_EXECUTED, fill_record
+from workers.adapters.kafka.unreadable import next_offset
 from workers.adapters.postgres.fills import FillStore
 from workers.adapters.postgres.outbox import Outbox
 from workers.adapters.postgres.rows import FillRow
@@ -267,7 +268,8 @@ async def fill_ids_on_topic(topic: str, since: datetime, codec: AvroCodec,
                     with contextlib.suppress(DecodeError):
                         if record.value is not None:
                             found.add(codec.decode(record.value, FILL_EXECUTED)["fill_id"])
-                    if record.offset + 1 >= remaining.get(tp, 0):
+                    # An unreadable batch (see .unreadable) ends at its last offset, not its first.
+                    if next_offset(record) >= remaining.get(tp, 0):
                         remaining.pop(tp, None)
     finally:
         await consumer.stop()
