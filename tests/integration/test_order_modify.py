@@ -270,3 +270,21 @@ async def test_a_trailing_stop_is_resized_in_place_though_its_stop_moves_with_th
     assert (outcome["quantity"], outcome["remaining_quantity"]) == (Decimal(6), Decimal(6))
     [at_sim] = [o for o in harness.sim.orders() if o.request.order_ref == trailing.order_id]
     assert (at_sim.total_quantity, at_sim.order_type) == (6, "TRAIL")
+
+
+async def test_modifications_whose_text_cannot_be_taken_are_dead_lettered_and_the_order_keeps_its_terms(
+        harness: Harness) -> None:
+    order_id, price = await resting_buy(harness)
+    bad_id = await harness.modify(order_id, limit=str(price - 4), modify_id="m" * 65)
+    await harness.modify(order_id, limit=str(price - 4), modify_id="0b8f8c5e-3a1c-4c59-9f4e-8d2f7e1b6a0\x00")
+    await harness.send_modify(replace(bad_id, modify_id=str(uuid.uuid4()), account="DU\x07"))
+    good = await harness.modify(order_id, limit=str(price - 3))
+
+    outcome = await harness.wait_modification(order_id, good.modify_id)
+    await harness.wait_for(lambda: len(harness.observed.dead_letters) == 3, what="three dead letters")
+
+    assert outcome["limit_price"] == price - 3
+    assert {dict(r.headers)["error.stage"] for r in harness.observed.dead_letters} == {b"validate"}
+    reasons = b" ".join(dict(r.headers)["error.reason"] for r in harness.observed.dead_letters)
+    assert b"modify_id is 65 characters long" in reasons and b"account contains the control character" in reasons
+    assert placements(harness, order_id) == 2
