@@ -92,12 +92,12 @@ async def test_an_adaptive_market_order_is_placed_and_filled(harness: Harness) -
     assert req.order_type == "MKT"
 
 
-async def test_a_bracket_and_an_oca_order_are_rejected_and_never_reach_ibkr(harness: Harness) -> None:
-    bracket = replace(order(order_type=OrderType.LIMIT, limit=str(market_price(harness) - 20)),
-                      take_profit_price=Decimal(1000), stop_loss_price=Decimal(1))
-    oca = replace(order(), oca_group="pair-1")
-    for request in (bracket, oca):
-        await harness.send(request)
-    assert (await harness.wait_status(bracket.order_id, "REJECTED"))["reason"].startswith("BRACKET_NOT_SUPPORTED")
-    assert (await harness.wait_status(oca.order_id, "REJECTED"))["reason"].startswith("OCA_NOT_SUPPORTED")
-    assert harness.sim.place_count(bracket.order_id) == harness.sim.place_count(oca.order_id) == 0
+async def test_a_bracket_on_the_wrong_sides_is_rejected_and_never_reaches_ibkr(harness: Harness) -> None:
+    price = market_price(harness)
+    bracket = replace(order(order_type=OrderType.LIMIT, limit=str(price - 20)),
+                      take_profit_price=price - 30, stop_loss_price=price - 40)
+
+    await harness.send(bracket)
+
+    assert (await harness.wait_status(bracket.order_id, "REJECTED"))["reason"].startswith("INVALID_BRACKET")
+    assert harness.sim.place_count(bracket.order_id) == 0

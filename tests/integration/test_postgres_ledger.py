@@ -115,11 +115,11 @@ async def test_the_terms_of_orderrequested_v4_are_recorded_and_read_back_as_sent
                         trailing_amount=Decimal("1.25"), limit_offset=Decimal("0.10"),
                         time_in_force=TimeInForce.GTD, good_till=datetime(2025, 3, 5, 21, tzinfo=UTC))
     adaptive = an_order(algo=Algo.ADAPTIVE, algo_priority=AlgoPriority.URGENT)
-    # A bracket is REJECTED for now, and recorded with the terms it was sent with.
+    # A bracket the guards refused is recorded with the terms it was sent with.
     bracket = an_order(take_profit_price=Decimal("190"), stop_loss_price=Decimal("185"), oca_group="g-1",
                        trailing_percent=Decimal("2.5"))
     assert await accepted(ledger, trailing) and await accepted(ledger, adaptive)
-    assert await ledger.record_new([NewOrder(bracket, OrderState.REJECTED, "BRACKET_NOT_SUPPORTED")], CLIENT_ID,
+    assert await ledger.record_new([NewOrder(bracket, OrderState.REJECTED, "INVALID_BRACKET: no")], CLIENT_ID,
                                    status)
     for sent in (trailing, adaptive, bracket):
         row = await ledger.get(sent.order_id)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.test_guards import AAPL, ES, POLICY, limit_order, reason_of
 from workers.domain.guards import RejectReason, check_order
-from workers.domain.orders import Algo, AlgoPriority, OrderRequested, OrderType, TimeInForce
+from workers.domain.orders import Algo, AlgoPriority, OrderRequested, OrderType, Side, TimeInForce
 
 D = Decimal
 
@@ -74,9 +74,16 @@ REFUSED = [
     (limit_order(good_till=datetime.now(UTC) + timedelta(days=1)), RejectReason.UNEXPECTED_GOOD_TILL, "good_till"),
     (typed(OrderType.STOP, stop_price=D(190), algo=Algo.ADAPTIVE), RejectReason.ALGO_NOT_ALLOWED, "MARKET and LIMIT"),
     (limit_order(algo_priority=AlgoPriority.PATIENT), RejectReason.UNEXPECTED_ALGO_PRIORITY, "algo_priority"),
-    (limit_order(take_profit_price=D(190)), RejectReason.BRACKET_NOT_SUPPORTED, "take_profit_price"),
-    (limit_order(stop_loss_price=D(180)), RejectReason.BRACKET_NOT_SUPPORTED, "stop_loss_price"),
-    (limit_order(oca_group="pair-1"), RejectReason.OCA_NOT_SUPPORTED, "oca_group"),
+    (limit_order(take_profit_price=D(187)), RejectReason.INVALID_BRACKET, "take_profit_price 187 must be above"),
+    (limit_order(stop_loss_price=D(190)), RejectReason.INVALID_BRACKET, "stop_loss_price 190 must be below"),
+    (limit_order(side=Side.SELL, take_profit_price=D(190)), RejectReason.INVALID_BRACKET, "must be below"),
+    (typed(OrderType.MARKET, take_profit_price=D(180), stop_loss_price=D(185)), RejectReason.INVALID_BRACKET,
+     "take_profit_price 180 must be above stop_loss_price 185"),
+    (limit_order(take_profit_price=D(190), oca_group="pair-1"), RejectReason.INVALID_BRACKET, "oca_group"),
+    (limit_order(take_profit_price=D(190), time_in_force=TimeInForce.IOC), RejectReason.INVALID_BRACKET, "IOC"),
+    (typed(OrderType.TRAILING_STOP, trailing_amount=D(1), stop_loss_price=D(150)), RejectReason.INVALID_BRACKET,
+     "TRAILING_STOP"),
+    (limit_order(take_profit_price=D("190.001")), RejectReason.PRICE_OFF_TICK, "take_profit_price"),
     (limit_order(oca_group="x" * 65), RejectReason.INVALID_TEXT, "oca_group"),
     (limit_order(oca_group="pair\x00"), RejectReason.INVALID_TEXT, "oca_group"),
 ]
@@ -97,7 +104,8 @@ def test_the_adaptive_algo_is_refused_for_anything_but_stocks() -> None:
     check_order(replace(future_order, algo=None), ES, POLICY)
 
 
-def test_a_bracket_is_refused_even_when_everything_else_is_valid() -> None:
-    # Fail closed: placing the parent without its stop-loss would leave the position unprotected.
-    order = limit_order(take_profit_price=D("190"), stop_loss_price=D("180"))
-    assert reason_of(order) is RejectReason.BRACKET_NOT_SUPPORTED
+def test_a_bracket_with_its_prices_on_the_right_sides_and_an_oca_order_pass_the_guards() -> None:
+    check_order(limit_order(take_profit_price=D("190"), stop_loss_price=D("180")), AAPL, POLICY)
+    check_order(limit_order(side=Side.SELL, take_profit_price=D("180"), stop_loss_price=D("190")), AAPL, POLICY)
+    check_order(typed(OrderType.MARKET, stop_loss_price=D("150")), AAPL, POLICY)
+    check_order(limit_order(oca_group="pair-1"), AAPL, POLICY)

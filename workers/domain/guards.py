@@ -13,7 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from workers.domain.instruments import Instrument
-from workers.domain.orders import OrderRequested, OrderType, TimeInForce
+from workers.domain.orders import OrderRequested, OrderType, Side, TimeInForce
 from workers.domain.text import (
     ACCOUNT_MAX,
     INSTRUMENT_ID_MAX,
@@ -43,8 +43,7 @@ class RejectReason(enum.StrEnum):
     GOOD_TILL_PASSED = "GOOD_TILL_PASSED"
     ALGO_NOT_ALLOWED = "ALGO_NOT_ALLOWED"  # the algo does not take this order type or security type
     UNEXPECTED_ALGO_PRIORITY = "UNEXPECTED_ALGO_PRIORITY"
-    BRACKET_NOT_SUPPORTED = "BRACKET_NOT_SUPPORTED"
-    OCA_NOT_SUPPORTED = "OCA_NOT_SUPPORTED"
+    INVALID_BRACKET = "INVALID_BRACKET"  # a take-profit or stop-loss on the wrong side, or an unfit parent
     INVALID_PRICE = "INVALID_PRICE"
     PRICE_OFF_TICK = "PRICE_OFF_TICK"
     ACCOUNT_NOT_ALLOWED = "ACCOUNT_NOT_ALLOWED"
@@ -205,7 +204,7 @@ def _check_shape(order: OrderRequested) -> None:
         raise OrderRejected(RejectReason.INVALID_PRICE, f"limit_offset must be >= 0, got {offset}")
     _check_good_till(order)
     _check_algo(order)
-    _check_unsupported(order)
+    _check_group(order)
 
 
 # IBKR's Adaptive algo: the order types and security types it takes.
@@ -256,15 +255,42 @@ def _check_algo(order: OrderRequested) -> None:
                             f"the {order.algo} algo takes MARKET and LIMIT orders only, not {order.order_type}")
 
 
-def _check_unsupported(order: OrderRequested) -> None:
-    # Fail closed: an order whose stop-loss or OCA sibling were silently dropped would trade unprotected.
-    for name in ("take_profit_price", "stop_loss_price"):
-        if getattr(order, name) is not None:
-            raise OrderRejected(RejectReason.BRACKET_NOT_SUPPORTED,
-                                f"{name} (a bracket) is not supported yet; send the orders one by one")
+# A bracket's parent: the order types and times in force it takes (its children rest until it fills).
+BRACKET_PARENT_TYPES = frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP, OrderType.STOP_LIMIT})
+BRACKET_PARENT_TIFS = frozenset({TimeInForce.DAY, TimeInForce.GTC, TimeInForce.GTD})
+
+
+def _check_group(order: OrderRequested) -> None:
+    """A bracket's prices on the right sides of each other and of the parent's price."""
+    take_profit, stop_loss = order.take_profit_price, order.stop_loss_price
+    if take_profit is None and stop_loss is None:
+        return
     if order.oca_group is not None:
-        raise OrderRejected(RejectReason.OCA_NOT_SUPPORTED,
-                            "oca_group (a one-cancels-all group) is not supported yet; send the order without it")
+        raise OrderRejected(RejectReason.INVALID_BRACKET,
+                            "a bracket's children have an OCA group of their own: send it without oca_group")
+    if order.order_type not in BRACKET_PARENT_TYPES or order.time_in_force not in BRACKET_PARENT_TIFS:
+        raise OrderRejected(RejectReason.INVALID_BRACKET,
+                            f"a bracket's parent is a MARKET, LIMIT, STOP or STOP_LIMIT order, DAY, GTC or GTD; "
+                            f"not {order.order_type} {order.time_in_force}")
+    for name, price in (("take_profit_price", take_profit), ("stop_loss_price", stop_loss)):
+        if price is not None and (not price.is_finite() or price <= 0):
+            raise OrderRejected(RejectReason.INVALID_PRICE, f"{name} must be > 0, got {price}")
+    buying = order.side is Side.BUY
+    entry = order.limit_price if order.limit_price is not None else order.stop_price
+    # Above the entry for a BUY's take-profit, below it for its stop-loss (and the mirror for a SELL).
+    bounds = [("take_profit_price", take_profit, "above" if buying else "below"),
+              ("stop_loss_price", stop_loss, "below" if buying else "above")]
+    for name, price, side in bounds:
+        if price is None:
+            continue
+        if entry is not None and ((price <= entry) if side == "above" else (price >= entry)):
+            raise OrderRejected(RejectReason.INVALID_BRACKET,
+                                f"{name} {price} must be {side} the {order.side} order's price {entry}")
+    if take_profit is not None and stop_loss is not None and (
+            (take_profit <= stop_loss) if buying else (take_profit >= stop_loss)):
+        raise OrderRejected(RejectReason.INVALID_BRACKET,
+                            f"take_profit_price {take_profit} must be {'above' if buying else 'below'} "
+                            f"stop_loss_price {stop_loss} for a {order.side} order")
 
 
 def _check_ticks(order: OrderRequested, instrument: Instrument) -> None:
@@ -272,7 +298,8 @@ def _check_ticks(order: OrderRequested, instrument: Instrument) -> None:
     if not tick:
         return
     for name, price in (("limit_price", order.limit_price), ("stop_price", order.stop_price),
-                        ("trailing_amount", order.trailing_amount), ("limit_offset", order.limit_offset)):
+                        ("trailing_amount", order.trailing_amount), ("limit_offset", order.limit_offset),
+                        ("take_profit_price", order.take_profit_price), ("stop_loss_price", order.stop_loss_price)):
         if price is not None and price % tick != 0:
             raise OrderRejected(
                 RejectReason.PRICE_OFF_TICK,

@@ -227,6 +227,8 @@ class NewOrder:
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
+    # A bracket's child names its parent (the children are derived from the parent's request).
+    parent_order_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ class Order(ExtendedTerms):
     requested_limit_price: Decimal | None = None
     requested_stop_price: Decimal | None = None
     requested_time_in_force: TimeInForce | None = None
+    # A bracket's child: its parent's order_id (see workers.domain.brackets).
+    parent_order_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -309,7 +313,7 @@ class Order(ExtendedTerms):
             avg_fill_price=None, reason=new.reason, ib_error_code=None, source_topic=new.source_topic,
             source_partition=new.source_partition, source_offset=new.source_offset, accepted_at=now,
             updated_at=now, owner_client_id=owner_client_id, expires_at=request.expires_at,
-            **{name: getattr(request, name) for name in EXTENDED_TERMS},
+            parent_order_id=new.parent_order_id, **{name: getattr(request, name) for name in EXTENDED_TERMS},
         )
 
     @property

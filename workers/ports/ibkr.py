@@ -148,10 +148,14 @@ class IbkrConnection(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    async def place(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
-        """Send ``order`` for ``instrument`` under ``ib_order_id``, its ``orderRef`` our ``order_id``."""
+    async def place(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                    parent_ib_order_id: int | None = None, transmit: bool = True) -> None:
+        """Send ``order`` for ``instrument`` under ``ib_order_id``, its ``orderRef`` our ``order_id``; a
+        bracket's child names its parent's IBKR id, and IBKR holds an order sent without ``transmit`` until
+        the last order of its group (sent with it) arrives."""
 
-    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                     parent_ib_order_id: int | None = None) -> None:
         """Place ``order`` again under its ``ib_order_id`` with the terms it now has: IBKR's modification."""
 
     async def cancel(self, ib_order_id: int) -> None: ...

@@ -56,8 +56,17 @@ def contract_for(instrument: Instrument) -> Contract:
     return contract
 
 
-def order_for(request: OrderRequested, ib_order_id: int) -> Order:
-    """The IB order for ``request``; ``orderRef`` carries our ``order_id`` so reconciliation can match it."""
+# IB's ocaType 1: cancel the group's other orders when one fills, with block (overfill protection).
+OCA_CANCEL_WITH_BLOCK = 1
+
+
+def order_for(request: OrderRequested, ib_order_id: int, *, parent_ib_order_id: int | None = None,
+              transmit: bool = True) -> Order:
+    """The IB order for ``request``; ``orderRef`` carries our ``order_id`` so reconciliation can match it.
+
+    A bracket's child names its parent (``parentId``); an order of a group sent before its last member goes
+    with ``transmit`` off, so IBKR works none of them before all are there.
+    """
     order = Order(
         orderId=ib_order_id,
         action=request.side.value,
@@ -67,8 +76,13 @@ def order_for(request: OrderRequested, ib_order_id: int) -> Order:
         outsideRth=request.outside_rth,
         account=request.account,
         orderRef=request.order_id,
-        transmit=True,
+        transmit=transmit,
     )
+    if parent_ib_order_id is not None:
+        order.parentId = parent_ib_order_id
+    if request.oca_group is not None:
+        order.ocaGroup = request.oca_group
+        order.ocaType = OCA_CANCEL_WITH_BLOCK
     if request.limit_price is not None:
         order.lmtPrice = float(request.limit_price)
     if request.order_type.is_trailing:

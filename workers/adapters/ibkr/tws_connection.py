@@ -327,19 +327,23 @@ class TwsConnection:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    async def place(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+    async def place(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                    parent_ib_order_id: int | None = None, transmit: bool = True) -> None:
         """Send ``order`` for ``instrument`` under ``ib_order_id`` (its ``orderRef``: our ``order_id``)."""
-        contract, ib_order = contract_for(instrument), order_for(order.request, ib_order_id)
+        contract = contract_for(instrument)
+        ib_order = order_for(order.request, ib_order_id, parent_ib_order_id=parent_ib_order_id, transmit=transmit)
         await self.limiter.acquire(Priority.PLACE)
         self.ib.placeOrder(contract, ib_order)
 
-    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                     parent_ib_order_id: int | None = None) -> None:
         """Place ``order`` again under ``ib_order_id`` with its current terms: IBKR modifies it in place.
 
         Sent on the client directly: ib_insync's ``placeOrder`` refuses to re-place an order it has marked
         done itself (it does so on any error about the order, e.g. a refused earlier modification).
         """
-        contract, ib_order = contract_for(instrument), order_for(order.request, ib_order_id)
+        contract = contract_for(instrument)
+        ib_order = order_for(order.request, ib_order_id, parent_ib_order_id=parent_ib_order_id)
         await self.limiter.acquire(Priority.PLACE)
         self.ib.client.placeOrder(ib_order_id, contract, ib_order)
 

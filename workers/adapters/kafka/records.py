@@ -218,7 +218,7 @@ def status_record(row: Order, event_time: datetime, previous: OrderState | None 
         "stop_price": d8_or_none(row.stop_price),
         "time_in_force": row.time_in_force.value,
         "modify_id": None,
-        "parent_order_id": None,
+        "parent_order_id": row.parent_order_id,
     }
 
 

@@ -38,10 +38,12 @@ NEW_ORDER_FIELDS = (
     ("expires_at", "timestamptz"), ("trailing_amount", "numeric"), ("trailing_percent", "numeric"),
     ("limit_offset", "numeric"), ("good_till", "timestamptz"), ("algo", "text"), ("algo_priority", "text"),
     ("take_profit_price", "numeric"), ("stop_loss_price", "numeric"), ("oca_group", "text"),
+    ("parent_order_id", "text"),
 )
 # Records a batch of orders, reserves the IBKR ids of the ones to place and writes their status records,
 # in one statement (one round trip before placeOrder can go, atomic without a transaction block):
-# - an ACCEPTED order whose cancel request came first is recorded CANCELLED;
+# - an ACCEPTED order whose cancel request came first is recorded CANCELLED (a bracket's child too, when the
+#   cancel is its parent's);
 # - an ACCEPTED order given an IBKR id (i.ib_order_id, handed out by the worker) is recorded PLACING with
 #   it; the mark (the highest id ever reserved for the client id) rises to the batch's highest id, and the
 #   unique (ib_client_id, ib_order_id) refuses an id the ledger holds already;
@@ -55,7 +57,8 @@ WITH input AS (
     SELECT * FROM {rows_from(NEW_ORDER_FIELDS, "i")}
 ), fresh AS (
     SELECT i.*, i.state = 'ACCEPTED' AND EXISTS (
-        SELECT 1 FROM cancel_requests c WHERE c.order_id = i.order_id AND c.handled_at IS NULL
+        SELECT 1 FROM cancel_requests c
+        WHERE c.order_id IN (i.order_id, i.parent_order_id) AND c.handled_at IS NULL
     ) AS cancelled_first
     FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = i.order_id)
@@ -71,7 +74,7 @@ WITH input AS (
     INSERT INTO orders (
         order_id, account, instrument_id, side, quantity, order_type, limit_price, stop_price, time_in_force,
         outside_rth, source, created_at, state, filled_quantity, remaining_quantity, reason, source_topic,
-        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id, expires_at,
+        source_partition, source_offset, owner_client_id, ib_client_id, ib_order_id, expires_at, parent_order_id,
         {", ".join(EXTENDED_TERMS)}
     )
     SELECT
@@ -81,7 +84,7 @@ WITH input AS (
         0, CASE WHEN f.cancelled_first THEN 0 ELSE f.remaining_quantity END,
         CASE WHEN f.cancelled_first THEN %(cancelled_reason)s ELSE f.reason END,
         f.source_topic, f.source_partition, f.source_offset, %(client_id)s,
-        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id, f.expires_at,
+        CASE WHEN p.order_id IS NOT NULL THEN %(client_id)s END, p.ib_order_id, f.expires_at, f.parent_order_id,
         {", ".join(f"f.{name}" for name in EXTENDED_TERMS)}
     FROM fresh f LEFT JOIN to_place p ON p.order_id = f.order_id
     ORDER BY f.n
@@ -254,7 +257,7 @@ def insert_params(new: NewOrder) -> dict[str, object]:
         "created_at": order.created_at, "state": str(new.state),
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
-        "source_offset": new.source_offset, "expires_at": order.expires_at,
+        "source_offset": new.source_offset, "expires_at": order.expires_at, "parent_order_id": new.parent_order_id,
         **{name: _text(getattr(order, name)) for name in EXTENDED_TERMS},
     }
 

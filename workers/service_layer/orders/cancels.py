@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workers.domain.brackets import group_member_ids, is_bracket
 from workers.domain.orders import Order, OrderCancelRequested, OrderState
 from workers.logs import get_logger
 from workers.ports.ibkr import IbkrConnection
@@ -44,6 +45,10 @@ class Cancels:
             return
         if order.state is OrderState.ACCEPTED:
             await self.status.transition(order.order_id, OrderState.CANCELLED, reason=text)
+            if is_bracket(order.request):
+                # Not placed: its children (not placed either) go with it. Once placed, IBKR cancels them.
+                for child_id in group_member_ids(order)[1:]:
+                    await self.status.transition(child_id, OrderState.CANCELLED, reason=f"parent {text}")
             await self.requests.mark_handled(order.order_id)
             return
         if order.owner_client_id != self.client_id:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from workers.domain.brackets import bracket_children, is_bracket
 from workers.domain.guards import GuardPolicy, OrderRejected, RejectReason
 from workers.domain.orders import NewOrder, OrderRequested, OrderState, differing_terms
 from workers.logs import get_logger
@@ -121,8 +122,8 @@ class OrderIntake:
         inserted_ids = {order.order_id for order in inserted}
         not_new = [(n.order, OrderSource(n.source_topic, n.source_partition, n.source_offset))
                    for n in checked.new if n.order.order_id not in inserted_ids]
-        self.rules.give_back([n.order for n in checked.new
-                              if n.order.order_id not in inserted_ids and n.state is OrderState.ACCEPTED])
+        self.rules.give_back([n.order for n in checked.new if n.order.order_id not in inserted_ids
+                              and n.state is OrderState.ACCEPTED and n.parent_order_id is None])
         for order in inserted:
             if order.order_id in checked.rejections:
                 self._count_rejection(order.request, checked.rejections[order.order_id])
@@ -197,6 +198,12 @@ class OrderIntake:
             state = OrderState.REJECTED if rejection is not None else OrderState.ACCEPTED
             checked.new.append(NewOrder(order, state, rejection.text if rejection is not None else None,
                                         source.topic, source.partition, source.offset))
+            if state is OrderState.ACCEPTED and is_bracket(order):
+                # The children go with the parent: recorded in the same statement, right after it, so they
+                # take the next IBKR ids and are sent in one group (see Placer.send).
+                checked.new.extend(NewOrder(child, OrderState.ACCEPTED, None, source.topic, source.partition,
+                                            source.offset, parent_order_id=order.order_id)
+                                   for _, child in bracket_children(order))
         return checked
 
     def _count_rejection(self, order: OrderRequested, rejection: OrderRejected) -> None:

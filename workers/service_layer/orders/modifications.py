@@ -185,8 +185,10 @@ class Modifications:
         self._sent[order.order_id] = sent
         self._sent_types[order.order_id] = order.order_type
         self._sent_ib_ids[order.ib_order_id] = order.order_id
+        parent = await self.ledger.get(order.parent_order_id) if order.parent_order_id is not None else None
         try:
-            await self.broker.modify(instrument, with_terms(order, target), order.ib_order_id)
+            await self.broker.modify(instrument, with_terms(order, target), order.ib_order_id,
+                                     parent_ib_order_id=parent.ib_order_id if parent is not None else None)
         except ConnectionError as exc:
             log.warning("modification not sent: not connected; settled after the reconnect",
                         modify_id=modification.modify_id, error=str(exc))

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from workers.domain.brackets import group_member_ids, group_root, is_bracket
 from workers.domain.guards import OrderRejected, RejectReason
 from workers.domain.orders import Order, OrderRequested, OrderState
 from workers.logs import get_logger
@@ -156,7 +157,7 @@ class Placer:
     async def _place(self, order_ids: list[str]) -> None:
         if not self.broker.connected or self.next_ib_order_id is None:
             return  # still ACCEPTED: reconciliation queues them again after the reconnect
-        unique = await self._still_allowed(list(dict.fromkeys(order_ids)))
+        unique = await self._still_allowed(await self._with_groups(list(dict.fromkeys(order_ids))))
         if not unique:
             return
         ids, turn = self.take_ib_order_ids(unique)
@@ -175,14 +176,34 @@ class Placer:
         finally:
             turn.done()
 
+    async def _with_groups(self, order_ids: list[str]) -> list[str]:
+        """``order_ids`` with the other members of their brackets, each group in sending order (parent,
+        then children): a group goes to IBKR in one batch, never split."""
+        orders = await self.ledger.get_many(order_ids)
+        roots = {o.parent_order_id for o in orders.values() if o.parent_order_id is not None} - set(orders)
+        if roots:
+            orders |= await self.ledger.get_many(sorted(roots))
+        grouped: list[str] = []
+        for order_id in order_ids:
+            order = orders.get(order_id)
+            root = orders.get(order.parent_order_id or order_id) if order is not None else None
+            members = group_member_ids(root) if root is not None and is_bracket(root.request) else [order_id]
+            grouped.extend(members)
+        return list(dict.fromkeys(grouped))
+
     async def _still_allowed(self, order_ids: list[str]) -> list[str]:
         """The orders that still pass every rule; the others (an order grown stale while IBKR was away, a
-        position limit reached meanwhile) are rejected here, never sent."""
+        position limit reached meanwhile) are rejected here, never sent. A bracket's children go with their
+        parent: checked through it, rejected with it."""
         if self.recheck is None:
             return order_ids
         waiting = await self.ledger.get_many(order_ids)
-        accepted = [o.request for o in waiting.values() if o.state is OrderState.ACCEPTED]
+        accepted = [o.request for o in waiting.values()
+                    if o.state is OrderState.ACCEPTED and o.parent_order_id is None]
         rejected = await self.recheck(accepted) if accepted else {}
+        for child in [o for o in waiting.values() if o.parent_order_id in rejected and o.state is OrderState.ACCEPTED]:
+            parent = rejected[child.parent_order_id]  # type: ignore[index]  # checked in the line above
+            rejected[child.order_id] = OrderRejected(parent.reason, f"its parent was rejected: {parent.detail}")
         for order_id, rejection in rejected.items():
             self._received_at.pop(order_id, None)
             self.metrics.order_rejected(rejection.reason.value)
@@ -202,14 +223,24 @@ class Placer:
                                                     "before the order was placed")
             return
         started = time.monotonic()
-        for order, ib_order_id in reserved:
+        reserved = sorted(reserved, key=lambda placed: placed[1])  # ids increase in sending order
+        ib_ids = {order.order_id: ib_order_id for order, ib_order_id in reserved}
+        # A group's last member in this batch carries IBKR's transmit flag: the ones before it are held.
+        last_of_group = {group_root(order): n for n, (order, _) in enumerate(reserved)}
+        for n, (order, ib_order_id) in enumerate(reserved):
             instrument = await self.instruments.get(order.instrument_id)
             if instrument is None:
                 self._received_at.pop(order.order_id, None)
                 await self.status.transition(order.order_id, OrderState.REJECTED,
                                              reason=f"{RejectReason.UNKNOWN_INSTRUMENT}: {order.instrument_id}")
                 continue
-            await self.broker.place(instrument, order, ib_order_id)
+            parent_ib_order_id = None
+            if order.parent_order_id is not None:
+                parent_ib_order_id = ib_ids.get(order.parent_order_id) or await self._placed_parent(order)
+                if parent_ib_order_id is None:
+                    continue  # its parent ended first: cancelled with it
+            await self.broker.place(instrument, order, ib_order_id, parent_ib_order_id=parent_ib_order_id,
+                                    transmit=last_of_group[group_root(order)] == n)
             self.watchdog.sent(order.order_id)
             received = self._received_at.pop(order.order_id, None)
             self.metrics.order_placed(time.monotonic() - received if received is not None else None)
@@ -217,6 +248,18 @@ class Placer:
         if reserved:
             log.info("orders placed", count=len(reserved), client_id=self.client_id,
                      first_ib_order_id=reserved[0][1], last_ib_order_id=reserved[-1][1])
+
+    async def _placed_parent(self, child: Order) -> int | None:
+        """The IBKR id of ``child``'s parent, placed in an earlier batch; None when the parent is over (the
+        child is then cancelled: it never goes alone)."""
+        assert child.parent_order_id is not None
+        parent = await self.ledger.get(child.parent_order_id)
+        if parent is not None and not parent.is_final and parent.ib_order_id is not None:
+            return parent.ib_order_id
+        self._received_at.pop(child.order_id, None)
+        await self.status.transition(child.order_id, OrderState.CANCELLED,
+                                     reason="its parent order ended before it was placed")
+        return None
 
     async def retry_unplaced(self, order: Order) -> None:
         """IBKR never received ``order``: back to ACCEPTED (its reserved id stays spent) and placed again."""
