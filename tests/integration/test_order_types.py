@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from ib_insync import Order as IbOrder
 
-from ibkr_sim.requests import OrderRequest
+from ibkr_sim import handlers as sim_handlers
+from ibkr_sim.requests import OrderRequest, parse_place_order
 from tests.integration.harness import AAPL, Harness, order, running_harness
 from workers.adapters.postgres.ledger import OrderLedger
 from workers.adapters.postgres.pool import close_pool, open_pool
@@ -20,6 +22,32 @@ from workers.settings import TopicNames
 pytestmark = pytest.mark.integration
 
 FINAL_OR_WORKING = {"SUBMITTED", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED"}
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The raw fields of each placeOrder the sim receives, by orderRef: what went over the TWS socket,
+    including the fields the sim does not interpret (trailingPercent, lmtPriceOffset, the algo's)."""
+    seen: dict[str, list[str]] = {}
+
+    def recording(fields: list[str], version: int) -> OrderRequest:
+        request = parse_place_order(fields, version)
+        seen[request.order_ref] = list(fields)
+        return request
+
+    monkeypatch.setattr(sim_handlers, "parse_place_order", recording)
+    return seen
+
+
+def consecutive(fields: list[str], wanted: list[str]) -> bool:
+    return any(fields[i:i + len(wanted)] == wanted for i in range(len(fields)))
+
+
+def sent_order(harness: Harness, order_id: str) -> IbOrder:
+    """The ib_insync order the worker sent for ``order_id``."""
+    assert harness.app is not None
+    [trade] = [t for t in harness.app.gateway.ib.trades() if t.order.orderRef == order_id]
+    return trade.order
 
 
 @pytest.fixture
@@ -65,6 +93,8 @@ async def test_each_new_order_type_reaches_ibkr_with_ibs_order_type_and_prices(h
     assert (seen["LOC"].lmt_price, seen["LOC"].aux_price) == (float(below), None)
     assert (seen["MIT"].aux_price, seen["MIT"].lmt_price) == (float(below), None)
     assert (seen["LIT"].aux_price, seen["LIT"].lmt_price) == (float(below), float(below))
+    trail_limit = sent_order(harness, requests["TRAIL LIMIT"].order_id)
+    assert (trail_limit.trailingPercent, trail_limit.lmtPriceOffset) == (1.0, 0.1)
 
 
 async def test_a_gtd_order_reaches_ibkr_with_its_good_till_date_in_utc_and_rests(harness: Harness) -> None:
@@ -84,12 +114,15 @@ async def test_a_gtd_order_reaches_ibkr_with_its_good_till_date_in_utc_and_rests
     assert row is not None and row.good_till == good_till and row.time_in_force is TimeInForce.GTD
 
 
-async def test_an_adaptive_market_order_is_placed_and_filled(harness: Harness) -> None:
+async def test_an_adaptive_market_order_is_placed_with_its_priority_and_filled(harness: Harness,
+                                                                                wire: dict[str, list[str]]) -> None:
     request = replace(order(), algo=Algo.ADAPTIVE, algo_priority=AlgoPriority.PATIENT)
     await harness.send(request)
     await harness.wait_status(request.order_id, "FILLED")
     req = await received(harness, request)
     assert req.order_type == "MKT"
+    # algoStrategy, then the number of algoParams and each tag and value.
+    assert consecutive(wire[request.order_id], ["Adaptive", "1", "adaptivePriority", "Patient"])
 
 
 async def test_a_bracket_on_the_wrong_sides_is_rejected_and_never_reaches_ibkr(harness: Harness) -> None:

@@ -235,7 +235,7 @@ def _check_trailing(order: OrderRequested) -> None:
 
 
 def _check_good_till(order: OrderRequested) -> None:
-    # Whether good_till is still in the future needs the clock: see workers.domain.risk.check_age.
+    # Whether good_till is still in the future needs the clock: see workers.domain.risk.check_good_till.
     gtd = order.time_in_force is TimeInForce.GTD
     if gtd and order.good_till is None:
         raise OrderRejected(RejectReason.MISSING_GOOD_TILL, "time_in_force GTD needs good_till")

@@ -258,11 +258,11 @@ def insert_params(new: NewOrder) -> dict[str, object]:
         "remaining_quantity": order.quantity if new.state is OrderState.ACCEPTED else 0,
         "reason": new.reason, "source_topic": new.source_topic, "source_partition": new.source_partition,
         "source_offset": new.source_offset, "expires_at": order.expires_at, "parent_order_id": new.parent_order_id,
-        **{name: _text(getattr(order, name)) for name in EXTENDED_TERMS},
+        **{name: _stored(getattr(order, name)) for name in EXTENDED_TERMS},
     }
 
 
-def _text(value: object) -> object:
+def _stored(value: object) -> object:
     # The enums are stored by their value.
     return value.value if isinstance(value, enum.Enum) else value
 

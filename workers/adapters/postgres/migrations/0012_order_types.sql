@@ -1,5 +1,5 @@
 -- The terms OrderRequested has since version 4: trailing stops, GTD, IBKR's Adaptive algo, and the bracket
--- and OCA fields (recorded as sent; such orders are rejected until brackets and OCA groups are supported).
+-- and OCA fields (recorded as sent).
 ALTER TABLE orders
     ADD COLUMN trailing_amount numeric NULL,
     ADD COLUMN trailing_percent numeric NULL,
@@ -11,17 +11,15 @@ ALTER TABLE orders
     ADD COLUMN stop_loss_price numeric NULL,
     ADD COLUMN oca_group text NULL;
 
--- The new order types and GTD. Each new constraint admits every row the old one did: added NOT VALID, then
--- validated, so the scan of the table does not hold the lock that blocks writes.
+-- The new order types and GTD. Each new constraint admits every row the old one did; adding it checks the
+-- rows of orders once, within this migration's transaction.
 ALTER TABLE orders DROP CONSTRAINT orders_order_type_known;
 ALTER TABLE orders ADD CONSTRAINT orders_order_type_known CHECK (order_type IN (
     'MARKET', 'LIMIT', 'STOP', 'STOP_LIMIT', 'TRAILING_STOP', 'TRAILING_STOP_LIMIT', 'MARKET_ON_CLOSE',
     'LIMIT_ON_CLOSE', 'MARKET_IF_TOUCHED', 'LIMIT_IF_TOUCHED'
-)) NOT VALID;
-ALTER TABLE orders VALIDATE CONSTRAINT orders_order_type_known;
+));
 ALTER TABLE orders DROP CONSTRAINT orders_time_in_force_known;
 ALTER TABLE orders ADD CONSTRAINT orders_time_in_force_known
-    CHECK (time_in_force IN ('DAY', 'GTC', 'IOC', 'FOK', 'OPG', 'GTD')) NOT VALID;
-ALTER TABLE orders VALIDATE CONSTRAINT orders_time_in_force_known;
+    CHECK (time_in_force IN ('DAY', 'GTC', 'IOC', 'FOK', 'OPG', 'GTD'));
 ALTER TABLE orders ADD CONSTRAINT orders_algo_known CHECK (algo IN ('ADAPTIVE'));
 ALTER TABLE orders ADD CONSTRAINT orders_algo_priority_known CHECK (algo_priority IN ('PATIENT', 'NORMAL', 'URGENT'));
