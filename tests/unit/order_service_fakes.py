@@ -253,15 +253,27 @@ class FakeIbkr:
     next_valid_id_at_connect: int = 1
     connected: bool = True
     placed: list[tuple[str, int]] = field(default_factory=list)  # (order_id, ib_order_id)
+    # (order_id, ib_order_id, parent_ib_order_id, transmit) of each placeOrder
+    sent: list[tuple[str, int, int | None, bool]] = field(default_factory=list)
+    # (order_id, ib_order_id, quantity, limit_price) of each modification
+    modified: list[tuple[str, int, Decimal, Decimal | None]] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     global_cancels: int = 0
     at_ibkr: dict[str, IbOrderStatus] = field(default_factory=dict)
     executions_at_ibkr: list[IbExecution] = field(default_factory=list)
 
-    async def place(self, instrument: Instrument, order: Order, ib_order_id: int) -> None:
+    async def place(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                    parent_ib_order_id: int | None = None, transmit: bool = True) -> None:
         if not self.connected:
             raise ConnectionError("not connected")
         self.placed.append((order.order_id, ib_order_id))
+        self.sent.append((order.order_id, ib_order_id, parent_ib_order_id, transmit))
+
+    async def modify(self, instrument: Instrument, order: Order, ib_order_id: int, *,
+                     parent_ib_order_id: int | None = None) -> None:
+        if not self.connected:
+            raise ConnectionError("not connected")
+        self.modified.append((order.order_id, ib_order_id, order.quantity, order.limit_price))
 
     async def cancel(self, ib_order_id: int) -> None:
         self.cancelled.append(ib_order_id)

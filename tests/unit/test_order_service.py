@@ -29,6 +29,7 @@ from tests.unit.order_service_fakes import (
     an_order,
     ib_status,
 )
+from workers.domain.brackets import STOP_LOSS, TAKE_PROFIT, child_order_id
 from workers.domain.guards import GuardPolicy, OrderLimits
 from workers.domain.orders import (
     NewOrder,
@@ -661,3 +662,85 @@ async def test_a_redelivered_order_gives_back_the_rate_token_it_took() -> None:
     await receive(world, second)
 
     assert world.ledger.orders[second.order_id].state is OrderState.PLACING
+
+
+# -- brackets ---------------------------------------------------------------------------------------------
+
+
+def a_bracket(n: int = 1) -> OrderRequested:
+    return an_order(n, order_type=OrderType.LIMIT, limit_price=Decimal("180"),
+                    take_profit_price=Decimal("190"), stop_loss_price=Decimal("175"))
+
+
+async def test_a_bracket_is_recorded_with_its_children_and_sent_as_one_group() -> None:
+    world = a_world(next_valid_id=30)
+    await world.service.reconcile()
+    parent = a_bracket()
+    take_profit, stop_loss = (child_order_id(parent.order_id, leg) for leg in (TAKE_PROFIT, STOP_LOSS))
+
+    await receive(world, parent)
+
+    assert world.ibkr.sent == [(parent.order_id, 30, None, False), (take_profit, 31, 30, False),
+                               (stop_loss, 32, 30, True)]
+    children = [world.ledger.orders[i] for i in (take_profit, stop_loss)]
+    assert [(c.side, c.order_type, c.parent_order_id) for c in children] == [
+        (Side.SELL, OrderType.LIMIT, parent.order_id), (Side.SELL, OrderType.STOP, parent.order_id)]
+    assert (children[0].limit_price, children[1].stop_price) == (Decimal("190"), Decimal("175"))
+
+
+async def test_a_bracket_that_waited_for_ibkr_is_sent_as_one_group_once_reconciled() -> None:
+    world = a_world(next_valid_id=40)
+    parent = a_bracket()
+    async with placer_running(world):
+        await receive(world, parent)
+        await world.service.reconcile()
+        await until(lambda: len(world.ibkr.sent) == 3, "the group sent")
+
+    assert [(parent_id, transmit) for _, _, parent_id, transmit in world.ibkr.sent] == [
+        (None, False), (40, False), (40, True)]
+
+
+async def test_a_bracket_half_sent_before_a_crash_is_completed_and_its_parent_never_sent_twice() -> None:
+    world = a_world(next_valid_id=50)
+    await world.service.reconcile()
+    parent = a_bracket()
+    await receive(world, parent)
+    # IBKR got the parent (held: not transmitted), never its children.
+    world.ibkr.at_ibkr[parent.order_id] = ib_status(parent.order_id, 50, StatusChange(
+        parent.order_id, OrderState.SUBMITTED), "PreSubmitted")
+    world.ibkr.sent.clear()
+
+    async with placer_running(world):
+        await world.service.reconcile()
+        await until(lambda: len(world.ibkr.sent) == 2, "the children sent again")
+
+    (tp, tp_id, tp_parent, tp_transmit), (sl, sl_id, sl_parent, sl_transmit) = world.ibkr.sent
+    assert (tp, sl) == tuple(child_order_id(parent.order_id, leg) for leg in (TAKE_PROFIT, STOP_LOSS))
+    assert (tp_parent, sl_parent, tp_transmit, sl_transmit) == (50, 50, False, True)
+    assert tp_id > 52 and sl_id == tp_id + 1  # new ids: the reserved ones are never reused
+    assert parent.order_id not in {s[0] for s in world.ibkr.sent}
+
+
+async def test_a_brackets_parent_rejected_before_placing_takes_its_children_with_it() -> None:
+    world = a_world(policy=GuardPolicy(allowed_accounts=frozenset({ACCOUNT}), max_order_age=timedelta(seconds=60)))
+    parent = a_bracket()
+    async with placer_running(world):
+        await receive(world, parent)  # IBKR away: the group waits
+        world.clock["now"] = CREATED + timedelta(minutes=10)
+        await world.service.reconcile()
+        await until(lambda: all(o.state is OrderState.REJECTED for o in world.ledger.orders.values()),
+                    "the group rejected")
+
+    assert len(world.ledger.orders) == 3
+    assert world.ibkr.sent == []
+
+
+async def test_a_brackets_parent_cancelled_before_it_was_placed_cancels_its_children() -> None:
+    world = a_world()
+    parent = a_bracket()
+    await receive(world, parent)  # not reconciled: ACCEPTED, unsent
+
+    await world.service.on_cancel_requested(OrderCancelRequested(parent.order_id, ACCOUNT, CREATED))
+
+    assert {o.state for o in world.ledger.orders.values()} == {OrderState.CANCELLED}
+    assert world.ibkr.sent == []
