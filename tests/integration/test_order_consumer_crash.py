@@ -14,12 +14,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import AAPL, Harness, order, running_harness
+from workers.domain.brackets import STOP_LOSS, TAKE_PROFIT, child_order_id
 from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import OrderType
 from workers.settings import TopicNames
@@ -209,5 +211,60 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
         assert all(a != b for a, b in itertools.pairwise(terms)), terms
         assert terms[-1] == (5, float(price + 1))
         assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == Decimal(5)
+    exec_ids = Counter(f["fill_id"] for fills in harness.observed.fills.values() for f in fills)
+    assert [e for e, n in exec_ids.items() if n > 1] == []
+
+
+async def test_sigkill_while_brackets_flow_sends_each_order_once_and_completes_every_group(
+        harness: Harness) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "20261208")))
+    worker = WorkerProcess(harness, group=f"crash-bracket-{os.getpid()}-{rng.randrange(10**6)}")
+    price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
+    # A market buy whose take-profit sells just under the market (it fills once active) and whose stop-loss
+    # rests far below (cancelled by the take-profit's fill).
+    parents = [replace(order(quantity=str(rng.randint(1, 4))), take_profit_price=price - 1,
+                       stop_loss_price=price - 30) for _ in range(60)]
+    try:
+        await worker.start()
+
+        async def produce() -> None:
+            for n, parent in enumerate(parents):
+                await harness.send(parent)
+                if n % 5 == 4:
+                    await asyncio.sleep(0.1)
+
+        producing = asyncio.create_task(produce())
+        kills = 0
+        deadline = time.monotonic() + 150
+        while (kills < 5 or not producing.done()) and time.monotonic() < deadline:
+            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            await worker.kill()
+            kills += 1
+            await worker.start()
+        await producing
+
+        groups = {p.order_id: [p.order_id, *(child_order_id(p.order_id, leg) for leg in (TAKE_PROFIT, STOP_LOSS))]
+                  for p in parents}
+
+        def settled() -> bool:
+            return all(harness.observed.last_status(i) in FINAL for ids in groups.values() for i in ids)
+
+        await harness.wait_for(settled, timeout=180, what="every order of every group final")
+        code, _ = await worker.terminate()
+        assert code == 0
+    finally:
+        await worker.ensure_gone()
+
+    assert harness.observed.dead_letters == []
+    for parent in parents:
+        parent_id, take_profit, stop_loss = groups[parent.order_id]
+        assert [harness.observed.last_status(i) for i in groups[parent.order_id]] == [
+            "FILLED", "FILLED", "CANCELLED"], parent_id
+        for order_id in (parent_id, take_profit, stop_loss):
+            assert harness.sim.place_count(order_id) == 1, order_id
+        bought = sum(f["quantity"] for f in harness.observed.fills[parent_id])
+        sold = sum(f["quantity"] for f in harness.observed.fills[take_profit])
+        assert bought == sold == parent.quantity
+        assert harness.observed.fills[stop_loss] == []
     exec_ids = Counter(f["fill_id"] for fills in harness.observed.fills.values() for f in fills)
     assert [e for e, n in exec_ids.items() if n > 1] == []
