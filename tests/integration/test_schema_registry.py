@@ -225,6 +225,8 @@ async def test_the_registry_stopped_and_started_mid_stream_loses_no_order(
             # The worker needs the registry to read the order: it waits, and says so.
             await harness.wait_for(lambda: any(h["status"] == "DEGRADED" for h in harness.observed.health[seen:]),
                                    timeout=30, what="a DEGRADED health record while the registry is away")
+            degraded = next(h for h in harness.observed.health[seen:] if h["status"] == "DEGRADED")
+            assert degraded["last_error"].startswith("RegistryError: GET /schemas/ids/"), degraded["last_error"]
             assert harness.observed.last_status(order_id) is None
 
             await asyncio.to_thread(start_registry, REGISTRY_RESTART_TEST_PORT)
