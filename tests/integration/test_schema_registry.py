@@ -26,6 +26,7 @@ from workers.adapters.avro import AvroCodec, RegistryCodec, SchemaCatalog, Schem
 from workers.adapters.avro.wire import RegistryFramedCodec
 from workers.adapters.kafka.records import (
     FILL_EXECUTED,
+    INSTRUMENT_UPDATED,
     ORDER_REQUESTED,
     ORDER_STATUS_CHANGED,
     POSITION_UPDATED,
@@ -152,28 +153,38 @@ def without_a_required_field(record: str) -> dict[str, object]:
     return schema
 
 
-async def test_a_schema_the_subject_refuses_stops_the_order_consumer_at_start_naming_the_subject(
-        database_url: str, kafka_bootstrap: str, kafka_topics: TopicNames, topic_env: dict[str, str],
-        sim: SimGateway, schema_registry_url: str, registry: SchemaRegistryClient) -> None:
+# command, the topic (settings field) whose subject refuses, its record, the exit code
+REFUSED = {
+    "order-consumer": (("order-consumer",), "orders_status", ORDER_STATUS_CHANGED, 2),
+    "instrument-sync": (("instrument-sync", "--once"), "instruments_updated", INSTRUMENT_UPDATED, 3),
+}
+
+
+@pytest.mark.parametrize("worker", list(REFUSED))
+async def test_a_schema_the_subject_refuses_stops_the_worker_at_start_naming_the_subject(
+        worker: str, database_url: str, kafka_bootstrap: str, kafka_topics: TopicNames,
+        topic_env: dict[str, str], sim: SimGateway, schema_registry_url: str,
+        registry: SchemaRegistryClient) -> None:
+    command, topic_field, record, exit_code = REFUSED[worker]
     await migrate(database_url)
-    subject = subject_for(kafka_topics.orders_status)
+    subject = subject_for(getattr(kafka_topics, topic_field))
     # A version the current schema cannot read (it lacks a field the current one requires) already there.
     await registry.set_compatibility(subject, "BACKWARD")
-    await registry.register(subject, json.dumps(without_a_required_field(ORDER_STATUS_CHANGED)))
+    await registry.register(subject, json.dumps(without_a_required_field(record)))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "IBKR_", "TOPIC_"))},
            **topic_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url,
            "SCHEMA_REGISTRY_URL": schema_registry_url, "IBKR_HOST": "127.0.0.1",
            "IBKR_PORT": str(sim.address[1]), "IBKR_CLIENT_ID": "41", "IBKR_ACCOUNTS": ACCOUNT,
            "HEALTH_PORT": "0", "LOG_LEVEL": "WARNING"}
 
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers", "order-consumer", env=env,
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers", *command, env=env,
                                                    stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(process.communicate(), 60)
 
-    assert process.returncode == 2, err.decode()
-    (message,) = [line for line in err.decode().splitlines() if line.startswith("ibkr-workers order-consumer:")]
-    assert f"subject {subject}" in message and "refused" in message, message
+    assert process.returncode == exit_code, err.decode()
+    (message,) = [line for line in err.decode().splitlines() if line.startswith(f"ibkr-workers {worker}:")]
+    assert f"refused the schema under subject {subject}:" in message, message
     assert "Traceback" not in err.decode()
 
 
@@ -201,6 +212,10 @@ async def test_tail_decodes_confluent_framed_records_with_the_registry(
 async def restartable_registry() -> AsyncIterator[str]:
     """A schema registry of this test's own (``REGISTRY_RESTART_TEST_PORT``), stopped when it ends."""
     url = await asyncio.to_thread(start_registry, REGISTRY_RESTART_TEST_PORT)
+    probe = await asyncio.to_thread(dev_services_registry, "up", REGISTRY_RESTART_TEST_PORT)
+    if "not started by this script" in probe.stderr:
+        pytest.skip(f"the registry on port {REGISTRY_RESTART_TEST_PORT} belongs to another checkout: this test "
+                    "would not stop it (set REGISTRY_RESTART_TEST_PORT)")
     try:
         yield url
     finally:
