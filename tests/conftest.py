@@ -126,6 +126,47 @@ class KafkaTls:
         return {**{name.upper(): str(value) for name, value in self.settings().items()}, **overrides}
 
 
+# Tests that need a schema registry ask for one (``schema_registry_url``); every other test must not pick one
+# up from the environment, where it would switch the workers to the Confluent framing.
+SCHEMA_REGISTRY_FROM_ENV = os.environ.pop("SCHEMA_REGISTRY_URL", None)
+# The port of the registry the restart tests stop and start: one of their own, never the shared one.
+REGISTRY_RESTART_TEST_PORT = int(os.environ.get("REGISTRY_RESTART_TEST_PORT", "8181"))
+
+
+def dev_services_registry(command: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/dev-services COMMAND registry`` (for a registry on ``port`` when given)."""
+    env = {**os.environ, **({"REGISTRY_PORT": str(port)} if port is not None else {})}
+    # The first `up` builds the registry from Maven Central: minutes on a machine that has not yet.
+    return subprocess.run([str(ROOT / "scripts" / "dev-services"), command, "registry"], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def start_registry(port: int | None = None) -> str:
+    """Start (or find running) a schema registry with scripts/dev-services; its ``SCHEMA_REGISTRY_URL``.
+
+    Skips the test, with the script's reason, only when the script cannot start one here.
+    """
+    try:
+        done = dev_services_registry("up", port)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"no schema registry: scripts/dev-services up registry: {exc}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        pytest.skip(f"no schema registry: scripts/dev-services up registry failed: {last}")
+    return next(line.split("=", 1)[1] for line in done.stdout.splitlines()
+                if line.startswith("export SCHEMA_REGISTRY_URL="))
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """A Confluent-compatible schema registry: ``SCHEMA_REGISTRY_URL`` when set, else the development one.
+
+    The development registry (Apicurio Registry, ``scripts/dev-services up registry``) is started once and
+    left running, like the broker. Tests keep to subjects of their own topics (unique names).
+    """
+    return SCHEMA_REGISTRY_FROM_ENV or start_registry()
+
+
 # The lines `scripts/dev-services up kafka-tls` prints; set them all to use a TLS broker of your own.
 KAFKA_TLS_EXPORTS = ("KAFKA_TLS_BOOTSTRAP_SERVERS", "KAFKA_TLS_SSL_CAFILE", "KAFKA_TLS_SASL_USERNAME",
                      "KAFKA_TLS_SASL_PASSWORD_FILE", "KAFKA_TLS_SSL_CERTFILE", "KAFKA_TLS_SSL_KEYFILE",

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from psycopg_pool import PoolTimeout
 
 from workers import __version__
-from workers.adapters.avro import AvroCodec, DecodeError, RegistryError
+from workers.adapters.avro import AvroCodec, DecodeError, RegistryError, SchemaIncompatibleError
 from workers.adapters.avro.wire import codec_for, decode_any
 from workers.adapters.http.admin import AdminServer
 from workers.adapters.http.probes import ProbeServer
@@ -181,6 +181,11 @@ def database_error_kind(exc: BaseException) -> ErrorKind | None:
     return None
 
 
+def registry_error_kind(exc: BaseException) -> ErrorKind | None:
+    """The schema registry away while a record's writer schema is fetched: infrastructure, the record waits."""
+    return ErrorKind.INFRASTRUCTURE if isinstance(exc, RegistryError) else None
+
+
 def subscriptions(settings: Settings, codec: AvroCodec, service: OrderService, instruments: InstrumentCache,
                   metrics: Metrics) -> dict[str, Subscription]:
     """What the order-consumer reads: per topic, the record it holds, how it becomes a command, its handler."""
@@ -298,7 +303,7 @@ async def build_order_consumer(settings: Settings, *, codec: AvroCodec | None = 
     loop = ConsumeLoop(consumer, subscriptions(settings, codec, service, instruments, metrics),
                        DeadLetters(producer, topics.orders_requested_dlq, on_sent=metrics.dead_lettered),
                        gate=lambda: gateway.connected and service.reconciled,
-                       classify=classifier(database_error_kind),
+                       classify=classifier(database_error_kind, registry_error_kind),
                        on_retry=lambda kind: metrics.consume_retried(kind.value),
                        max_record_bytes=MAX_INPUT_RECORD_BYTES)
     monitor = HealthMonitor(HealthThresholds(down_after=settings.health_unhealthy_after,
@@ -343,6 +348,8 @@ async def build_instrument_sync(settings: Settings, *, codec: AvroCodec | None =
         codec = codec or await codec_for(settings.schema_registry, {
             INSTRUMENT_UPDATED: settings.topics.instruments_updated, WORKER_HEALTH: settings.topics.workers_health,
         })
+    except SchemaIncompatibleError as exc:
+        raise StartupFailed(str(exc)) from None
     except RegistryError as exc:
         raise StartupFailed(f"schema registry unreachable: {exc}") from None
     instance = instance_id or uuid.uuid4().hex[:8]

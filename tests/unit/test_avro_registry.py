@@ -17,6 +17,7 @@ from workers.adapters.avro import (
     RegistryCodec,
     RegistryError,
     SchemaCatalog,
+    SchemaIncompatibleError,
     SchemaRegistryClient,
 )
 
@@ -49,7 +50,8 @@ async def test_every_record_round_trips_through_the_confluent_framing(
     data = await codec.encode(name, SAMPLES[name], topic=TOPIC)
     assert data[0] == 0
     schema_id = int.from_bytes(data[1:5], "big")
-    assert fake.subjects == {f"{TOPIC}-value": [schema_id]}
+    assert list(fake.subjects) == [f"{TOPIC}-value"]
+    assert fake.subjects[f"{TOPIC}-value"][-1] == schema_id  # the current version, registered last
     assert json.loads(fake.schemas[schema_id]) == CATALOG.current(name).schema
     assert await codec.decode(data, name) == SAMPLES[name]
 
@@ -59,11 +61,11 @@ async def test_a_schema_is_registered_once_and_then_served_from_the_cache(
 ) -> None:
     fake, _ = registry
     first = await codec.encode("OrderRequested", SAMPLES["OrderRequested"], topic=TOPIC)
-    assert len(fake.requests) == 1
+    asked = len(fake.requests)
     second = await codec.encode("OrderRequested", SAMPLES["OrderRequested"], topic=TOPIC)
     await codec.decode(first, "OrderRequested")
     assert second == first
-    assert fake.requests == [("POST", f"/subjects/{TOPIC}-value/versions")]
+    assert len(fake.requests) == asked
 
 
 async def test_each_topic_registers_under_its_own_subject(
@@ -80,11 +82,12 @@ async def test_a_fresh_reader_fetches_an_id_once(
 ) -> None:
     fake, url = registry
     data = await codec.encode("FillExecuted", SAMPLES["FillExecuted"], topic="fills.executed")
+    asked = len(fake.requests)
     async with SchemaRegistryClient(url) as client:
         reader = RegistryCodec(client, CATALOG)
         assert await reader.decode(data, "FillExecuted") == SAMPLES["FillExecuted"]
         assert await reader.decode(data, "FillExecuted") == SAMPLES["FillExecuted"]
-    assert [method for method, _ in fake.requests] == ["POST", "GET"]
+    assert [method for method, _ in fake.requests[asked:]] == ["GET"]
 
 
 async def test_an_unknown_schema_id_is_a_decode_error(codec: RegistryCodec) -> None:
@@ -148,3 +151,50 @@ async def test_the_event_codec_shape_is_shared_by_both_framings(codec: RegistryC
             await event_codec.deserialize("orders.requested", data, "OrderRequested")
             == SAMPLES["OrderRequested"]
         )
+
+
+async def test_a_new_subject_gets_the_history_oldest_first_then_the_current_version(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    fake, _ = registry
+    registered = await codec.register_record(TOPIC, "OrderRequested")
+    versions = [*CATALOG.history("OrderRequested"), CATALOG.current("OrderRequested")]
+    assert [version for version, _ in registered] == versions
+    texts = [json.loads(fake.schemas[i]) for i in fake.subjects[f"{TOPIC}-value"]]
+    distinct = [v.schema for n, v in enumerate(versions) if v.schema not in [w.schema for w in versions[:n]]]
+    assert texts == distinct
+    assert fake.compatibility == {f"{TOPIC}-value": "BACKWARD"}
+
+
+async def test_a_subject_that_holds_versions_gets_only_the_current_one(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    _, url = registry
+    oldest = CATALOG.history("OrderRequested")[0]
+    async with SchemaRegistryClient(url) as client:
+        await client.register(f"{TOPIC}-value", oldest.schema_text)
+    registered = await codec.register_record(TOPIC, "OrderRequested")
+    assert [version for version, _ in registered] == [CATALOG.current("OrderRequested")]
+
+
+async def test_a_subject_rule_at_least_as_strict_as_backward_is_kept(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    fake, _ = registry
+    fake.compatibility[f"{TOPIC}-value"] = "FULL_TRANSITIVE"
+    fake.compatibility["other-value"] = "NONE"
+    await codec.register_record(TOPIC, "WorkerHealth")
+    await codec.register_record("other", "WorkerHealth")
+    assert fake.compatibility == {f"{TOPIC}-value": "FULL_TRANSITIVE", "other-value": "BACKWARD"}
+
+
+async def test_a_refused_schema_is_an_incompatibility_error_naming_the_subject(
+    codec: RegistryCodec, registry: tuple[FakeRegistry, str]
+) -> None:
+    fake, _ = registry
+    fake.refuse = True
+    with pytest.raises(SchemaIncompatibleError) as caught:
+        await codec.register_record(TOPIC, "WorkerHealth")
+    assert caught.value.subject == f"{TOPIC}-value"
+    assert f"{TOPIC}-value" in str(caught.value)
+    assert "incompatible" in caught.value.reason

@@ -11,7 +11,7 @@ import sys
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from workers.adapters.avro import RegistryError
+from workers.adapters.avro import RegistryError, SchemaIncompatibleError
 from workers.adapters.kafka.connection import KafkaUnreachable
 from workers.adapters.postgres.failure import describe_database_error
 from workers.domain.trading_mode import ModeMismatch
@@ -31,6 +31,8 @@ async def run(args: argparse.Namespace) -> int:
         app = await build_order_consumer(settings, instance_id=instance)
     except ModeMismatch as exc:
         raise SettingsError(f"refusing to trade: {exc}") from None
+    except SchemaIncompatibleError as exc:  # a schema change the subject's rule refuses: fix the schema
+        raise SettingsError(str(exc)) from None
     except RegistryError as exc:
         raise SettingsError(f"schema registry unreachable: {exc}") from None
     except psycopg.errors.UndefinedTable:

@@ -9,6 +9,7 @@ from workers.adapters.avro.errors import (
     EncodeError,
     RegistryError,
     SchemaError,
+    SchemaIncompatibleError,
     SchemaNotFoundError,
     UnknownRecordError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "RegistryError",
     "SchemaCatalog",
     "SchemaError",
+    "SchemaIncompatibleError",
     "SchemaNotFoundError",
     "SchemaRegistryClient",
     "SchemaVersion",

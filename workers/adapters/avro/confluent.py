@@ -12,10 +12,18 @@ from workers.adapters.avro.catalog import SchemaCatalog, SchemaVersion
 from workers.adapters.avro.errors import DecodeError, DecodeFailure, SchemaNotFoundError
 from workers.adapters.avro.registry_client import SchemaRegistryClient
 from workers.adapters.avro.single_object import AvroCodec, as_view, pinned_or_current
+from workers.logs import get_logger
 
 MAGIC = b"\x00"
 HEADER_SIZE = 5
 _ID = struct.Struct(">I")
+
+COMPATIBILITY = "BACKWARD"
+"""The rule the workers give their subjects: a new version must read what the previous one wrote."""
+# Rules that already refuse what BACKWARD refuses: a subject an operator gave one of these keeps it.
+AT_LEAST_BACKWARD = frozenset({"BACKWARD", "BACKWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"})
+
+log = get_logger(__name__)
 
 
 def subject_for(topic: str) -> str:
@@ -41,14 +49,49 @@ class RegistryCodec:
         self._writers: dict[int, SchemaVersion] = {}
 
     async def schema_id(self, topic: str, version: SchemaVersion) -> int:
-        """The registry id of ``version`` under the topic's subject, registering it on first use."""
-        key = (subject_for(topic), version.fingerprint)
-        cached = self._ids.get(key)
+        """The registry id of ``version`` under the topic's subject, registering it on first use.
+
+        The first use of a subject registers the record's whole history (see :meth:`register_record`).
+        """
+        subject = subject_for(topic)
+        cached = self._ids.get((subject, version.fingerprint))
         if cached is not None:
             return cached
+        if not any(known == subject for known, _ in self._ids):
+            await self.register_record(topic, version.fullname)
+            cached = self._ids.get((subject, version.fingerprint))
+            if cached is not None:
+                return cached
+        # A version pinned by the caller that the subject did not get with its history.
         # Two concurrent first encodes may both register: the registry answers both with the same id.
-        schema_id = await self.registry.register(key[0], version.schema_text)
-        self._ids[key] = schema_id
+        return self._remember(subject, version, await self.registry.register(subject, version.schema_text))
+
+    async def register_record(self, topic: str, record: str) -> list[tuple[SchemaVersion, int]]:
+        """Register ``record`` under the topic's subject with the BACKWARD rule; its versions and their ids.
+
+        A new subject gets every version in ``schemas/``, history oldest first, then the current one, so the
+        registry checks each against the one before, as it would have had they been registered as they were
+        written. A subject that already holds versions gets the current one only: an old version registered
+        after newer ones would become the subject's latest.
+        Raises :class:`SchemaIncompatibleError` (naming the subject) when the registry refuses one.
+        """
+        subject = subject_for(topic)
+        new_subject = not await self.registry.versions(subject)
+        rule = await self.registry.compatibility(subject)
+        if rule not in AT_LEAST_BACKWARD:
+            await self.registry.set_compatibility(subject, COMPATIBILITY)
+            log.info("schema registry subject rule set", subject=subject, compatibility=COMPATIBILITY,
+                     previous=rule or "none")
+        current = self.catalog.current(record)
+        versions = [*self.catalog.history(record), current] if new_subject else [current]
+        registered = []
+        for version in versions:
+            schema_id = await self.registry.register(subject, version.schema_text)
+            registered.append((version, self._remember(subject, version, schema_id)))
+        return registered
+
+    def _remember(self, subject: str, version: SchemaVersion, schema_id: int) -> int:
+        self._ids[(subject, version.fingerprint)] = schema_id
         self._writers.setdefault(schema_id, version)
         return schema_id
 

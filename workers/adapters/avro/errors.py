@@ -53,3 +53,15 @@ class RegistryError(Exception):
 
 class SchemaNotFoundError(RegistryError):
     """The schema registry holds no schema with that id."""
+
+
+class SchemaIncompatibleError(RegistryError):
+    """The registry refused a schema under a subject (incompatible with the versions it holds, or invalid).
+
+    Not worth a retry: the same schema is refused again until the subject's history or rule changes.
+    """
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"the schema registry refused the schema under subject {subject}: {reason}")
+        self.subject = subject
+        self.reason = reason

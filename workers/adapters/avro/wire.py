@@ -34,12 +34,12 @@ class RegistryFramedCodec(AvroCodec):
         self._writers: dict[int, SchemaVersion] = {}
 
     async def prepare(self) -> None:
-        """Register (or look up) the current schema of every record under its topic's subject."""
+        """Register every record under its topic's subject (see :meth:`RegistryCodec.register_record`)."""
         for record, topic in self.record_topics.items():
-            version = self.catalog.current(record)
-            schema_id = await self.registry.schema_id(topic, version)
-            self._ids[record] = schema_id
-            self._writers[schema_id] = version
+            registered = await self.registry.register_record(topic, record)
+            for version, schema_id in registered:
+                self._writers[schema_id] = version
+            self._ids[record] = registered[-1][1]  # the current version, registered last
 
     def encode(self, record: str, value: Mapping[str, Any], *, writer: SchemaVersion | None = None) -> bytes:
         version = pinned_or_current(self.catalog, record, writer)
