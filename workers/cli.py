@@ -142,6 +142,11 @@ def _add_client_commands(sub: Any) -> None:
                         help="IBKR algo (ADAPTIVE: stocks, MARKET or LIMIT orders)")
     submit.add_argument("--algo-priority", type=str.upper, choices=[p.value for p in AlgoPriority],
                         help="the algo's priority (default NORMAL)")
+    submit.add_argument("--take-profit", type=_decimal, metavar="PRICE",
+                        help="a bracket: the take-profit child's limit price")
+    submit.add_argument("--stop-loss", type=_decimal, metavar="PRICE",
+                        help="a bracket: the stop-loss child's stop price")
+    submit.add_argument("--oca-group", metavar="NAME", help="a one-cancels-all group")
     submit.add_argument("--outside-rth", action="store_true", help="may execute outside regular hours")
     submit.add_argument("--order-id", help="the order id (a UUID; default: a new one)")
     _add_wait_arguments(submit)

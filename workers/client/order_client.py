@@ -224,7 +224,9 @@ class OrderClient:
                      source: str | None = None, expires_at: datetime | None = None,
                      trailing_amount: Number | None = None, trailing_percent: Number | None = None,
                      limit_offset: Number | None = None, good_till: datetime | None = None,
-                     algo: Algo | str | None = None, algo_priority: AlgoPriority | str | None = None) -> str:
+                     algo: Algo | str | None = None, algo_priority: AlgoPriority | str | None = None,
+                     take_profit_price: Number | None = None, stop_loss_price: Number | None = None,
+                     oca_group: str | None = None) -> str:
         """Produce an ``OrderRequested``; return its ``order_id`` (a new UUID unless given).
 
         ``expires_at`` (timezone-aware): when the order is no longer wanted; the worker rejects it
@@ -234,6 +236,11 @@ class OrderClient:
         ``limit_offset``; ``stop_price`` is their optional initial stop). ``tif="GTD"`` takes ``good_till``
         (timezone-aware). ``algo="ADAPTIVE"`` works a stock's MARKET or LIMIT order with IBKR's Adaptive
         algo, at ``algo_priority`` (PATIENT, NORMAL (default) or URGENT).
+
+        ``take_profit_price`` and/or ``stop_loss_price`` make the order a bracket's parent: its children (a
+        LIMIT take-profit and a STOP stop-loss on the other side) have the ids
+        ``uuid5(UUID(order_id), "take_profit" | "stop_loss")`` and statuses of their own. ``oca_group`` puts
+        the order in a one-cancels-all group.
 
         The order-consumer validates it (a refusal is a REJECTED status, not an exception here). Raises
         ``ValueError`` for an unknown side, order type, time in force or algo, ``TypeError`` for a float amount.
@@ -251,6 +258,8 @@ class OrderClient:
             limit_offset=_decimal(limit_offset, "limit_offset"), good_till=good_till,
             algo=None if algo is None else Algo(algo),
             algo_priority=None if algo_priority is None else AlgoPriority(algo_priority),
+            take_profit_price=_decimal(take_profit_price, "take_profit_price"),
+            stop_loss_price=_decimal(stop_loss_price, "stop_loss_price"), oca_group=oca_group,
         )
         return await self.submit_order(order)
 

@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ from workers.adapters.postgres.pool import close_pool, open_pool
 from workers.adapters.postgres.universe import UniverseStore
 from workers.bootstrap import build_instrument_sync, build_order_consumer
 from workers.client import OrderClient, OrderTimeout
+from workers.domain.brackets import bracket_children
 from workers.domain.instruments import Instrument
-from workers.domain.orders import FINAL_STATES, OrderState
+from workers.domain.orders import FINAL_STATES, OrderRequested, OrderState, OrderType, Side, TimeInForce
 from workers.domain.trading_mode import is_paper_account
 from workers.entrypoints.demo_board import Board
 from workers.entrypoints.demo_orders import Sample, pick_instruments, sample_orders
@@ -273,11 +275,32 @@ async def produce(client: OrderClient, board: Board, samples: list[Sample], rate
             order_id = str(uuid.uuid4())
             board.add(order_id, sample)
             await client.submit(order_id=order_id, **sample.fields)
+            for child_id, child in bracket_samples(order_id, sample):
+                board.add(child_id, child)  # followed and, if still open at the end, cancelled as any order
+                client.watch(child_id)
             if sample.modify is not None:
                 modifying.append(asyncio.create_task(modify_when_working(client, order_id, sample)))
     finally:
         if modifying:
             await asyncio.gather(*modifying, return_exceptions=True)
+
+
+def bracket_samples(parent_order_id: str, sample: Sample) -> list[tuple[str, Sample]]:
+    """The children of a bracket sample as the worker derives them, each with its own board row."""
+    if sample.fields.get("take_profit_price") is None and sample.fields.get("stop_loss_price") is None:
+        return []
+    parent = OrderRequested(order_id=parent_order_id, account=sample.fields["account"],
+                            instrument_id=sample.fields["instrument_id"], side=Side(sample.fields["side"]),
+                            quantity=sample.fields["quantity"], order_type=OrderType(sample.fields["order_type"]),
+                            limit_price=None, stop_price=None, time_in_force=TimeInForce(sample.fields["tif"]),
+                            outside_rth=False, created_at=datetime.now(UTC),
+                            take_profit_price=sample.fields.get("take_profit_price"),
+                            stop_loss_price=sample.fields.get("stop_loss_price"))
+    return [(child.order_id, Sample(f"{sample.label}: {leg.replace('_', '-')}", {
+        "account": child.account, "instrument_id": child.instrument_id, "side": child.side.value,
+        "quantity": child.quantity, "order_type": child.order_type.value, "tif": child.time_in_force.value,
+        "limit_price": child.limit_price, "stop_price": child.stop_price}, True))
+        for leg, child in bracket_children(parent)]
 
 
 async def modify_when_working(client: OrderClient, order_id: str, sample: Sample) -> None:

@@ -38,7 +38,7 @@ class BoardRow:
         f = self.sample.fields
         prices = "".join(f" {tag} {plain(f[key])}" for tag, key in (("stp", "stop_price"), ("lmt", "limit_price"))
                          if f.get(key) is not None)
-        return f"{f['side']:<4} {plain(f['quantity']):>6} {f['instrument_id']:<24} {f['order_type']:<10}" \
+        return f"{f['side']:<4} {plain(f['quantity']):>6} {f['instrument_id']:<24} {f['order_type']:<19}" \
                f"{prices:<22} {f['tif']:<3}"
 
     def state_text(self) -> str:
@@ -185,7 +185,7 @@ class Board:
         rows = list(self.rows.values())
         counts = self.counts()
         return Summary(
-            total=self.total, final=sum(1 for r in rows if r.final), counts=counts,
+            total=max(self.total, len(rows)), final=sum(1 for r in rows if r.final), counts=counts,
             invalid=sum(1 for r in rows if not r.sample.valid),
             invalid_rejected=sum(1 for r in rows if not r.sample.valid and r.status is OrderState.REJECTED),
             valid_rejected=sum(1 for r in rows if r.sample.valid and r.status is OrderState.REJECTED),

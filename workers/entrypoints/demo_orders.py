@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -34,6 +35,14 @@ class Template:
     # Once the order works at IBKR, it is modified: a new limit (a factor of the price), a new quantity.
     modify_limit: float | None = None
     modify_quantity: str | None = None
+    # Version-4 terms: a trailing percent, a bracket's take-profit and stop-loss (factors of the price), a
+    # one-cancels-all group (the samples with the same name share it), GTD in so many seconds, an algo.
+    trailing_percent: str | None = None
+    take_profit: float | None = None
+    stop_loss: float | None = None
+    oca: str | None = None
+    good_for_seconds: int | None = None
+    algo: str | None = None
 
 
 T = Template
@@ -62,6 +71,18 @@ TEMPLATES = (
       modify_limit=1.01),
     T("resting limit sell, modified to a bigger size", "NVDA", "SELL", "4", "LIMIT", limit=1.03, tif="GTC",
       modify_quantity="6"),
+    T("bracket: market buy, take-profit and stop-loss", "MSFT", "BUY", "3", take_profit=0.995, stop_loss=0.95),
+    T("OCO pair: resting buy", "AMZN", "BUY", "2", "LIMIT", limit=0.96, tif="GTC", oca="demo-oco"),
+    T("OCO pair: marketable buy (cancels its pair)", "AMZN", "BUY", "2", "LIMIT", limit=1.01, oca="demo-oco"),
+    T("trailing stop sell (2 %)", "AAPL", "SELL", "3", "TRAILING_STOP", trailing_percent="2", tif="GTC"),
+    T("trailing stop-limit buy", "NVDA", "BUY", "2", "TRAILING_STOP_LIMIT", trailing_percent="3", tif="GTC"),
+    T("market-if-touched buy", "MSFT", "BUY", "2", "MARKET_IF_TOUCHED", stop=0.98),
+    T("limit-if-touched sell", "AAPL", "SELL", "2", "LIMIT_IF_TOUCHED", stop=1.02, limit=1.015),
+    T("market on close buy", "AMZN", "BUY", "1", "MARKET_ON_CLOSE"),
+    T("limit on close sell", "NVDA", "SELL", "1", "LIMIT_ON_CLOSE", limit=0.99),
+    T("GTD resting limit buy (expires in 20 s)", "AAPL", "BUY", "2", "LIMIT", limit=0.95, tif="GTD",
+      good_for_seconds=20),
+    T("Adaptive market buy (stocks)", "MSFT", "BUY", "4", algo="ADAPTIVE"),
 )
 
 
@@ -108,9 +129,11 @@ def sample_orders(count: int, instruments: dict[str, Instrument],
     for index in range(count):
         template = usable[index % len(usable)]
         instrument = instruments[template.role]
-        current = price(instrument) if template.limit or template.stop else None
+        priced = bool(template.limit or template.stop or template.take_profit or template.stop_loss
+                      or template.order_type == "TRAILING_STOP_LIMIT")
+        current = price(instrument) if priced else None
         order_type, label = template.order_type, template.label
-        if (template.limit or template.stop) and current is None:
+        if priced and current is None:
             order_type, label = "MARKET", f"{label} (no price known: market)"
         fields: dict[str, Any] = {
             "account": stranger if template.invalid == "account" else account,
@@ -125,6 +148,8 @@ def sample_orders(count: int, instruments: dict[str, Instrument],
                 fields["stop_price"] = on_tick(current, template.stop, instrument.min_tick)
             if template.invalid == "tick":
                 fields["limit_price"] += instrument.min_tick / 10
+        if not priced or current is not None:
+            _add_version_4_terms(fields, template, instrument, current)
         modify: dict[str, Any] = {}
         if template.modify_quantity is not None:
             modify["quantity"] = Decimal(template.modify_quantity)
@@ -132,3 +157,25 @@ def sample_orders(count: int, instruments: dict[str, Instrument],
             modify["limit_price"] = on_tick(current, template.modify_limit, instrument.min_tick)
         samples.append(Sample(label, fields, template.invalid is None, modify or None))
     return samples
+
+
+def _add_version_4_terms(fields: dict[str, Any], template: Template, instrument: Instrument,
+                         current: float | None) -> None:
+    """The template's trailing, bracket, OCA, GTD and algo terms in ``fields`` (submit's arguments); the
+    ones measured from the price only when ``current`` is known."""
+    if template.trailing_percent is not None:
+        fields["trailing_percent"] = Decimal(template.trailing_percent)
+    if current is not None:
+        if template.order_type == "TRAILING_STOP_LIMIT":
+            fields["limit_offset"] = on_tick(current, 1.005, instrument.min_tick) - on_tick(
+                current, 1.0, instrument.min_tick)
+        if template.take_profit is not None:
+            fields["take_profit_price"] = on_tick(current, template.take_profit, instrument.min_tick)
+        if template.stop_loss is not None:
+            fields["stop_loss_price"] = on_tick(current, template.stop_loss, instrument.min_tick)
+    if template.oca is not None:
+        fields["oca_group"] = template.oca
+    if template.good_for_seconds is not None:
+        fields["good_till"] = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=template.good_for_seconds)
+    if template.algo is not None:
+        fields["algo"] = template.algo

@@ -85,7 +85,8 @@ async def run(args: argparse.Namespace) -> int:
             order_type=args.type, limit_price=args.limit, stop_price=args.stop, tif=args.tif,
             outside_rth=args.outside_rth, order_id=args.order_id, trailing_amount=args.trailing_amount,
             trailing_percent=args.trailing_percent, limit_offset=args.limit_offset, good_till=args.good_till,
-            algo=args.algo, algo_priority=args.algo_priority,
+            algo=args.algo, algo_priority=args.algo_priority, take_profit_price=args.take_profit,
+            stop_loss_price=args.stop_loss, oca_group=args.oca_group,
         )
         print(order_id, flush=True)
         if not args.wait:
