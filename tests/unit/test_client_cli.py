@@ -53,7 +53,20 @@ def test_submit_takes_the_order_types_trailing_fields_gtd_and_algo_of_orderreque
     assert args.good_till == datetime(2026, 12, 8, 21, tzinfo=UTC)
 
 
+def test_submit_takes_a_bracket_and_an_oca_group_and_modify_takes_the_terms_it_changes() -> None:
+    bracket = build_parser().parse_args(["submit", "--account", "A", "--instrument", "I", "--side", "buy", "--qty", "5",
+                                         "--take-profit", "190.5", "--stop-loss", "180", "--oca-group", "g"])
+    assert (bracket.take_profit, bracket.stop_loss, bracket.oca_group) == (Decimal("190.5"), Decimal(180), "g")
+    modify = build_parser().parse_args(["modify", "some-id", "--account", "A", "--limit", "187.5", "--tif", "gtc",
+                                        "--wait"])
+    assert (modify.order_id, modify.limit, modify.qty, modify.stop, modify.tif) == (
+        "some-id", Decimal("187.5"), None, None, "GTC")
+    assert modify.wait and modify.timeout == 30.0
+
+
 @pytest.mark.parametrize("argv", [
+    ["modify", "some-id", "--account", "A", "--tif", "IOC"],
+    ["modify", "some-id", "--limit", "1"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--good-till", "2026-12-08 21:00"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--good-till", "tomorrow"],
     ["submit", "--account", "A", "--instrument", "I", "--side", "BUY", "--qty", "1", "--algo", "VWAP"],
@@ -133,12 +146,20 @@ def test_prices_are_put_on_the_tick_grid_away_from_the_market() -> None:
 
 
 def test_samples_cover_every_type_side_tif_and_sec_type_with_a_few_invalid_ones() -> None:
-    samples = sample_orders(40, INSTRUMENTS, lambda r: 100.0 + r.con_id, "DU0000001", {"DU0000001"})
-    assert len(samples) == 40
+    samples = sample_orders(2 * len(TEMPLATES), INSTRUMENTS, lambda r: 100.0 + r.con_id, "DU0000001", {"DU0000001"})
+    assert len(samples) == 2 * len(TEMPLATES)
     fields = [s.fields for s in samples]
-    assert {f["order_type"] for f in fields} == {"MARKET", "LIMIT", "STOP", "STOP_LIMIT"}
+    assert {f["order_type"] for f in fields} == {
+        "MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING_STOP", "TRAILING_STOP_LIMIT", "MARKET_ON_CLOSE",
+        "LIMIT_ON_CLOSE", "MARKET_IF_TOUCHED", "LIMIT_IF_TOUCHED"}
     assert {f["side"] for f in fields} == {"BUY", "SELL"}
-    assert {f["tif"] for f in fields} == {"DAY", "GTC", "IOC", "FOK", "OPG"}
+    assert {f["tif"] for f in fields} == {"DAY", "GTC", "IOC", "FOK", "OPG", "GTD"}
+    assert all(f.get("good_till") is not None for f in fields if f["tif"] == "GTD")
+    brackets = [f for f in fields if f.get("take_profit_price") is not None]
+    assert brackets and all(f["stop_loss_price"] < f["take_profit_price"] for f in brackets)
+    assert sum(1 for f in fields if f.get("oca_group") == "demo-oco") >= 2
+    assert any(f.get("algo") == "ADAPTIVE" for f in fields)
+    assert any(s.modify for s in samples)
     assert {f["instrument_id"].split(":")[0] for f in fields if f["instrument_id"] != "STK:NOPE:USD"} == {
         "STK", "CASH", "FUT", "OPT"}
     invalid = [s for s in samples if not s.valid]
@@ -156,9 +177,13 @@ def test_samples_cover_every_type_side_tif_and_sec_type_with_a_few_invalid_ones(
 
 def test_samples_skip_missing_instruments_and_go_market_without_a_price() -> None:
     only_stocks = {k: v for k, v in INSTRUMENTS.items() if k in ("AAPL", "MSFT", "NVDA", "AMZN")}
-    samples = sample_orders(20, only_stocks, lambda r: None, "DU0000001", {"DU0000001"})
+    samples = sample_orders(2 * len(TEMPLATES), only_stocks, lambda r: None, "DU0000001", {"DU0000001"})
     assert all(s.fields["instrument_id"].startswith("STK:") for s in samples)
-    assert {s.fields["order_type"] for s in samples} == {"MARKET"}
+    # Without a price, only the types that need none keep their type; every price-based term is left out.
+    assert {s.fields["order_type"] for s in samples} == {"MARKET", "TRAILING_STOP", "MARKET_ON_CLOSE"}
+    for name in ("limit_price", "stop_price", "take_profit_price", "stop_loss_price", "limit_offset", "good_till"):
+        assert all(s.fields.get(name) is None for s in samples), name
+    assert "GTD" not in {s.fields["tif"] for s in samples}
 
 
 def test_the_board_counts_final_orders_for_the_summary_line() -> None:

@@ -132,14 +132,15 @@ def sample_orders(count: int, instruments: dict[str, Instrument],
         priced = bool(template.limit or template.stop or template.take_profit or template.stop_loss
                       or template.order_type == "TRAILING_STOP_LIMIT")
         current = price(instrument) if priced else None
-        order_type, label = template.order_type, template.label
+        order_type, label, tif = template.order_type, template.label, template.tif
         if priced and current is None:
             order_type, label = "MARKET", f"{label} (no price known: market)"
+            tif = "DAY" if tif == "GTD" else tif  # its good_till is measured from the price's time: none
         fields: dict[str, Any] = {
             "account": stranger if template.invalid == "account" else account,
             "instrument_id": UNKNOWN_INSTRUMENT if template.invalid == "instrument" else instrument.instrument_id,
             "side": template.side, "quantity": Decimal(template.quantity), "order_type": order_type,
-            "tif": template.tif, "outside_rth": template.outside_rth,
+            "tif": tif, "outside_rth": template.outside_rth,
         }
         if current is not None and order_type != "MARKET":
             if template.limit:
