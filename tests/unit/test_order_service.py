@@ -744,3 +744,35 @@ async def test_a_brackets_parent_cancelled_before_it_was_placed_cancels_its_chil
 
     assert {o.state for o in world.ledger.orders.values()} == {OrderState.CANCELLED}
     assert world.ibkr.sent == []
+
+
+async def test_a_bracket_child_rejected_by_ibkr_before_the_parent_filled_cancels_the_parent() -> None:
+    world = a_world(next_valid_id=60)
+    await world.service.reconcile()
+    parent = a_bracket()
+    await receive(world, parent)
+    stop_loss = child_order_id(parent.order_id, STOP_LOSS)
+
+    await world.service.on_reports([ib_status(stop_loss, 62, StatusChange(
+        stop_loss, OrderState.REJECTED, reason="IBKR_REJECTED: no"), "Inactive")])
+    await until(lambda: world.ibkr.cancelled, "the parent's cancel")
+
+    assert world.ibkr.cancelled == [60]
+    assert world.ledger.orders[parent.order_id].state is OrderState.CANCEL_PENDING
+
+
+async def test_a_bracket_child_rejected_after_the_parent_filled_leaves_the_parent_alone() -> None:
+    world = a_world(next_valid_id=70)
+    await world.service.reconcile()
+    parent = a_bracket()
+    await receive(world, parent)
+    stop_loss = child_order_id(parent.order_id, STOP_LOSS)
+    await world.service.on_reports([ib_status(parent.order_id, 70, StatusChange(
+        parent.order_id, OrderState.FILLED, filled=Decimal(10), remaining=Decimal(0)), "Filled", Decimal(10),
+        Decimal(0))])
+
+    await world.service.on_reports([ib_status(stop_loss, 72, StatusChange(
+        stop_loss, OrderState.REJECTED, reason="IBKR_REJECTED: no"), "Inactive")])
+    await asyncio.sleep(0.02)
+
+    assert world.ibkr.cancelled == []

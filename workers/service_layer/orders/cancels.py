@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from workers.domain.brackets import group_member_ids, is_bracket
-from workers.domain.orders import Order, OrderCancelRequested, OrderState
+from workers.domain.orders import AppliedChange, Order, OrderCancelRequested, OrderState
 from workers.logs import get_logger
 from workers.ports.ibkr import IbkrConnection
 from workers.ports.orders import CancelRequestStore, OrderRepository
@@ -24,6 +27,8 @@ class Cancels:
         self.status = status
         self.placer = placer
         self.client_id = broker.client_id
+        self._group_cancels: set[asyncio.Task[None]] = set()
+        status.observers.append(self._on_applied)
 
     async def on_cancel_requested(self, cancel: OrderCancelRequested) -> None:
         """Cancel an order; a cancel for an order not seen yet is kept for when the order arrives."""
@@ -70,6 +75,29 @@ class Cancels:
             await self.status.transition(order.order_id, OrderState.CANCEL_PENDING, reason=text)
         await self.broker.cancel(current.ib_order_id)
         await self.requests.mark_handled(order.order_id)
+
+    def _on_applied(self, applied: Sequence[AppliedChange]) -> None:
+        """A bracket's child rejected before its parent filled: the parent is cancelled (and IBKR cancels the
+        other child with it). IBKR holds a group whose last order it refused: it would never work, and a
+        parent must never work without the protection it was sent with."""
+        for change in applied:
+            child = change.order
+            if child.state is OrderState.REJECTED and child.parent_order_id is not None:
+                task = asyncio.create_task(self._cancel_parent_of(child))
+                self._group_cancels.add(task)
+                task.add_done_callback(self._group_cancels.discard)
+
+    async def _cancel_parent_of(self, child: Order) -> None:
+        assert child.parent_order_id is not None
+        parent = await self.ledger.get(child.parent_order_id)
+        if parent is None or parent.is_final or parent.filled_quantity > 0:
+            return  # filled (in part): its position keeps the protection it still has
+        log.warning("bracket child rejected; cancelling its parent", order_id=child.order_id,
+                    parent_order_id=parent.order_id)
+        try:
+            await self._cancel(parent, f"its child {child.order_id} was rejected")
+        except Exception:
+            log.exception("cancelling the parent of a rejected bracket child failed", parent_order_id=parent.order_id)
 
     async def sweep(self) -> None:
         """Act on cancel requests for orders this worker owns that nobody has acted on yet."""

@@ -21,6 +21,8 @@ class StatusWriter:
         self.events = events
         self.metrics = metrics
         self.on_published = on_published
+        # Told of every change written (after it is written), e.g. to act on a bracket child's rejection.
+        self.observers: list[Callable[[Sequence[AppliedChange]], None]] = []
 
     async def apply(self, changes: Sequence[StatusChange]) -> int:
         """Write the legal ones of ``changes`` (with their status records); return how many were written."""
@@ -33,6 +35,8 @@ class StatusWriter:
         if not applied:
             return
         self.on_published()
+        for observer in self.observers:
+            observer(applied)
         for change in applied:
             self.metrics.order_transition(change.previous.value, change.order.state.value)
             if change.order.state is OrderState.CANCELLED:
