@@ -164,6 +164,11 @@ def _add_client_commands(sub: Any) -> None:
     modify.add_argument("--limit", type=_decimal, metavar="PRICE", help="new limit price (LIMIT, STOP_LIMIT)")
     modify.add_argument("--stop", type=_decimal, metavar="PRICE", help="new stop price (STOP, STOP_LIMIT)")
     modify.add_argument("--tif", type=str.upper, choices=["DAY", "GTC"], help="new time in force")
+    modify.add_argument("--trailing-amount", type=_decimal, metavar="AMOUNT", help="a trailing order's new amount")
+    modify.add_argument("--trailing-percent", type=_decimal, metavar="PERCENT",
+                        help="a trailing order's new percent")
+    modify.add_argument("--limit-offset", type=_decimal, metavar="AMOUNT",
+                        help="a trailing stop limit's new limit offset")
     modify.add_argument("--modify-id", help="the modification's id (a UUID; default: a new one)")
     modify.add_argument("--wait", action="store_true", help="wait for the outcome (applied or refused)")
     modify.add_argument("--timeout", type=_positive, default=30.0, metavar="S",

@@ -232,12 +232,15 @@ class Harness:
 
     async def modify(self, order_id: str, *, account: str = ACCOUNT, modify_id: str | None = None,
                      quantity: str | None = None, limit: str | None = None, stop: str | None = None,
-                     tif: TimeInForce | None = None) -> OrderModifyRequested:
+                     tif: TimeInForce | None = None, trail: str | None = None,
+                     trail_percent: str | None = None) -> OrderModifyRequested:
         request = OrderModifyRequested(
             modify_id=modify_id or str(uuid.uuid4()), order_id=order_id, account=account,
             requested_at=datetime.now(UTC), quantity=Decimal(quantity) if quantity is not None else None,
             limit_price=Decimal(limit) if limit is not None else None,
-            stop_price=Decimal(stop) if stop is not None else None, time_in_force=tif, source="tests")
+            stop_price=Decimal(stop) if stop is not None else None, time_in_force=tif, source="tests",
+            trailing_amount=Decimal(trail) if trail is not None else None,
+            trailing_percent=Decimal(trail_percent) if trail_percent is not None else None)
         await self.send_modify(request)
         return request
 

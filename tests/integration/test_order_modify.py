@@ -288,3 +288,22 @@ async def test_modifications_whose_text_cannot_be_taken_are_dead_lettered_and_th
     reasons = b" ".join(dict(r.headers)["error.reason"] for r in harness.observed.dead_letters)
     assert b"modify_id is 65 characters long" in reasons and b"account contains the control character" in reasons
     assert placements(harness, order_id) == 2
+
+
+async def test_a_trailing_stops_trail_is_changed_in_place_and_it_sells_on_the_new_trail(harness: Harness) -> None:
+    harness.sim.set_price(AAPL.con_id, 200.0)
+    trailing = replace(order(side=Side.SELL, order_type=OrderType.TRAILING_STOP, quantity="3", tif=TimeInForce.GTC),
+                       trailing_amount=Decimal(10))
+    await harness.send(trailing)
+    await harness.wait_status(trailing.order_id, "SUBMITTED")
+
+    tighter = await harness.modify(trailing.order_id, trail="2")
+    outcome = await harness.wait_modification(trailing.order_id, tighter.modify_id)
+    assert (outcome["reason"] or "").startswith("MODIFIED: trailing_amount 10 -> 2")
+    percent = await harness.modify(trailing.order_id, trail_percent="1")
+    refused = await harness.wait_modification(trailing.order_id, percent.modify_id)
+    assert (refused["reason"] or "").startswith("MODIFY_REFUSED: NOT_MODIFIABLE: a TRAILING_STOP order has no "
+                                                "trailing_percent")
+    harness.sim.set_price(AAPL.con_id, 197.5)  # 2.5 below the high: through the new trail, not the old one
+
+    await harness.wait_status(trailing.order_id, "FILLED")

@@ -33,6 +33,10 @@ def working(order_type: OrderType = OrderType.LIMIT, state: OrderState = OrderSt
     return replace(order, state=state, **fields)  # type: ignore[arg-type]
 
 
+def trailing() -> Order:
+    return replace(working(OrderType.MARKET), order_type=OrderType.TRAILING_STOP, trailing_amount=Decimal(2))
+
+
 def modify(**terms: object) -> OrderModifyRequested:
     request = OrderModifyRequested(modify_id="m-1", order_id=an_order().order_id, account=ACCOUNT,
                                    requested_at=NOW)
@@ -72,7 +76,11 @@ def test_a_stop_limit_order_takes_both_prices_and_a_new_size() -> None:
     (working(filled_quantity=Decimal(6)), modify(quantity=Decimal(6)), ModifyRefusal.INVALID_QUANTITY,
      "not above the filled quantity 6"),
     (working(), modify(limit_price=Decimal("100.00")), ModifyRefusal.NO_CHANGE, "already works"),
-], ids=["filled", "cancelling", "account", "type", "no-stop", "tif", "price", "nan", "below-filled", "same"])
+    (working(), modify(trailing_amount=Decimal(1)), ModifyRefusal.NOT_MODIFIABLE, "has no trailing_amount"),
+    (trailing(), modify(trailing_percent=Decimal(1)), ModifyRefusal.NOT_MODIFIABLE, "has no trailing_percent"),
+    (trailing(), modify(trailing_amount=Decimal(0)), ModifyRefusal.INVALID_PRICE, "out of range"),
+], ids=["filled", "cancelling", "account", "type", "no-stop", "tif", "price", "nan", "below-filled", "same",
+        "no-trail", "other-trail", "zero-trail"])
 def test_what_ibkr_cannot_change_in_place_is_refused_with_a_code_and_a_sentence(
         order: Order, request_: OrderModifyRequested, code: ModifyRefusal, words: str) -> None:
     refused = refusal(order, request_)
@@ -80,6 +88,14 @@ def test_what_ibkr_cannot_change_in_place_is_refused_with_a_code_and_a_sentence(
     assert refused.code is code
     assert words in refused.detail
     assert refused.text.startswith(f"MODIFY_REFUSED: {code.value}: ")
+
+
+def test_a_trailing_orders_trail_changes_in_place_and_keeps_its_kind() -> None:
+    target = target_terms(trailing(), modify(trailing_amount=Decimal("1.5"), quantity=Decimal(12)))
+
+    assert (target.trailing_amount, target.trailing_percent, target.quantity) == (Decimal("1.5"), None, Decimal(12))
+    assert applied_reason(WorkingTerms.of(trailing()), target) == (
+        "MODIFIED: quantity 10 -> 12, trailing_amount 2 -> 1.5")
 
 
 def test_the_rules_check_the_quantity_still_to_trade_at_the_new_terms_as_of_the_modification() -> None:

@@ -285,7 +285,8 @@ class OrderClient:
     async def modify(self, order_id: str, *, account: str, quantity: Number | None = None,
                      limit_price: Number | None = None, stop_price: Number | None = None,
                      time_in_force: TimeInForce | str | None = None, modify_id: str | None = None,
-                     source: str | None = None) -> str:
+                     source: str | None = None, trailing_amount: Number | None = None,
+                     trailing_percent: Number | None = None, limit_offset: Number | None = None) -> str:
         """Produce an ``OrderModifyRequested`` changing the given terms of ``order_id`` (None keeps a term);
         return its ``modify_id`` (the outcome is the order's status carrying it: :meth:`wait_for_modification`)."""
         self.watch(order_id)
@@ -295,6 +296,9 @@ class OrderClient:
             limit_price=_decimal(limit_price, "limit_price"), stop_price=_decimal(stop_price, "stop_price"),
             time_in_force=None if time_in_force is None else TimeInForce(time_in_force),
             source=source if source is not None else self.source,
+            trailing_amount=_decimal(trailing_amount, "trailing_amount"),
+            trailing_percent=_decimal(trailing_percent, "trailing_percent"),
+            limit_offset=_decimal(limit_offset, "limit_offset"),
         )
         payload = await self.codec.serialize(self.topics.orders_modify_requested, ORDER_MODIFY_REQUESTED,
                                              modify_record(request))

@@ -36,10 +36,15 @@ class OrderModifyRequested:
     stop_price: Decimal | None = None
     time_in_force: TimeInForce | None = None
     source: str | None = None
+    # A trailing order's trail: its amount or percent (the one it has), a trailing stop limit's offset.
+    trailing_amount: Decimal | None = None
+    trailing_percent: Decimal | None = None
+    limit_offset: Decimal | None = None
 
 
 # What makes two requests under one modify_id the same request (a producer's retry may build the rest anew).
-MODIFY_TERMS: tuple[str, ...] = ("order_id", "account", "quantity", "limit_price", "stop_price", "time_in_force")
+MODIFY_TERMS: tuple[str, ...] = ("order_id", "account", "quantity", "limit_price", "stop_price", "time_in_force",
+                                 "trailing_amount", "trailing_percent", "limit_offset")
 
 
 def differing_modify_terms(recorded: OrderModifyRequested, other: OrderModifyRequested) -> tuple[str, ...]:
@@ -98,14 +103,19 @@ class WorkingTerms:
     limit_price: Decimal | None
     stop_price: Decimal | None
     time_in_force: TimeInForce
+    trailing_amount: Decimal | None = None
+    trailing_percent: Decimal | None = None
+    limit_offset: Decimal | None = None
 
     @classmethod
     def of(cls, order: Order) -> WorkingTerms:
-        return cls(order.quantity, order.limit_price, order.stop_price, order.time_in_force)
+        return cls(order.quantity, order.limit_price, order.stop_price, order.time_in_force,
+                   order.trailing_amount, order.trailing_percent, order.limit_offset)
 
     def changes_from(self, before: WorkingTerms) -> list[str]:
         """``name before -> after`` of each term that differs from ``before``."""
-        names = ("quantity", "limit_price", "stop_price", "time_in_force")
+        names = ("quantity", "limit_price", "stop_price", "time_in_force", "trailing_amount", "trailing_percent",
+                 "limit_offset")
         return [f"{name} {_plain(getattr(before, name))} -> {_plain(getattr(self, name))}"
                 for name in names if getattr(before, name) != getattr(self, name)]
 
@@ -171,6 +181,7 @@ def target_terms(order: Order, request: OrderModifyRequested) -> WorkingTerms:
                                 f"a {order.order_type.value} order has no {name}; IBKR cannot change the order "
                                 "type in place: cancel it and send a new order")
         _positive(price, name, ModifyRefusal.INVALID_PRICE)
+    trail = _trail(order, request)
     tif = current.time_in_force if request.time_in_force is None else request.time_in_force
     if tif != current.time_in_force and (tif not in MODIFIABLE_TIME_IN_FORCE
                                          or current.time_in_force not in MODIFIABLE_TIME_IN_FORCE):
@@ -182,10 +193,30 @@ def target_terms(order: Order, request: OrderModifyRequested) -> WorkingTerms:
         limit_price=current.limit_price if request.limit_price is None else request.limit_price,
         stop_price=current.stop_price if request.stop_price is None else request.stop_price,
         time_in_force=tif,
+        trailing_amount=trail[0], trailing_percent=trail[1], limit_offset=trail[2],
     )
     if target == current:
         raise ModifyRefused(ModifyRefusal.NO_CHANGE, "the order already works with these terms")
     return target
+
+
+def _trail(order: Order, request: OrderModifyRequested) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+    """The trailing amount, percent and limit offset ``request`` asks for (a trailing order keeps the kind of
+    trail it has: an amount stays an amount, a percent a percent)."""
+    given = (("trailing_amount", request.trailing_amount, order.trailing_amount),
+             ("trailing_percent", request.trailing_percent, order.trailing_percent),
+             ("limit_offset", request.limit_offset, order.limit_offset))
+    for name, new, now in given:
+        if new is None:
+            continue
+        if now is None:
+            raise ModifyRefused(ModifyRefusal.NOT_MODIFIABLE,
+                                f"a {order.order_type.value} order has no {name}; IBKR cannot change the kind of "
+                                "order in place: cancel it and send a new order")
+        if not new.is_finite() or new <= 0 or (name == "trailing_percent" and new >= 100):
+            raise ModifyRefused(ModifyRefusal.INVALID_PRICE, f"{name} {new} is out of range")
+    amount, percent, offset = (now if new is None else new for _, new, now in given)
+    return amount, percent, offset
 
 
 def checked_request(order: Order, target: WorkingTerms, request: OrderModifyRequested) -> OrderRequested:
@@ -193,7 +224,9 @@ def checked_request(order: Order, target: WorkingTerms, request: OrderModifyRequ
     trade, and the modification's own time (a stale modification is refused as a stale order would be)."""
     return replace(order.request, quantity=target.quantity - order.filled_quantity,
                    limit_price=target.limit_price, stop_price=target.stop_price,
-                   time_in_force=target.time_in_force, created_at=request.requested_at, source=request.source)
+                   time_in_force=target.time_in_force, trailing_amount=target.trailing_amount,
+                   trailing_percent=target.trailing_percent, limit_offset=target.limit_offset,
+                   created_at=request.requested_at, source=request.source)
 
 
 def applied_reason(before: WorkingTerms, after: WorkingTerms) -> str:

@@ -290,6 +290,9 @@ class Order(ExtendedTerms):
     requested_limit_price: Decimal | None = None
     requested_stop_price: Decimal | None = None
     requested_time_in_force: TimeInForce | None = None
+    requested_trailing_amount: Decimal | None = None
+    requested_trailing_percent: Decimal | None = None
+    requested_limit_offset: Decimal | None = None
     # A bracket's child: its parent's order_id (see workers.domain.brackets).
     parent_order_id: str | None = None
 
@@ -341,7 +344,9 @@ class Order(ExtendedTerms):
             return request
         assert self.requested_quantity is not None and self.requested_time_in_force is not None
         return replace(request, quantity=self.requested_quantity, limit_price=self.requested_limit_price,
-                       stop_price=self.requested_stop_price, time_in_force=self.requested_time_in_force)
+                       stop_price=self.requested_stop_price, time_in_force=self.requested_time_in_force,
+                       trailing_amount=self.requested_trailing_amount,
+                       trailing_percent=self.requested_trailing_percent, limit_offset=self.requested_limit_offset)
 
     def after(self, change: StatusChange, now: datetime | None = None) -> Order | None:
         """This order after ``change``, or None when the change is illegal or changes nothing.

@@ -16,14 +16,18 @@ from workers.entrypoints.submit import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, event_
 
 
 async def run(args: argparse.Namespace) -> int:
-    if args.qty is None and args.limit is None and args.stop is None and args.tif is None:
-        print("ibkr-workers modify: give at least one of --qty, --limit, --stop, --tif", file=sys.stderr)
+    terms = (args.qty, args.limit, args.stop, args.tif, args.trailing_amount, args.trailing_percent,
+             args.limit_offset)
+    if all(term is None for term in terms):
+        print("ibkr-workers modify: give at least one of --qty, --limit, --stop, --tif, --trailing-amount, "
+              "--trailing-percent, --limit-offset", file=sys.stderr)
         return EXIT_CONFIG
 
     async def work(client: OrderClient) -> int:
         modify_id = await client.modify(args.order_id, account=args.account, quantity=args.qty,
                                         limit_price=args.limit, stop_price=args.stop, time_in_force=args.tif,
-                                        modify_id=args.modify_id)
+                                        modify_id=args.modify_id, trailing_amount=args.trailing_amount,
+                                        trailing_percent=args.trailing_percent, limit_offset=args.limit_offset)
         print(f"modification {modify_id} requested for {args.order_id}", flush=True)
         if not args.wait:
             return EXIT_OK

@@ -27,8 +27,10 @@ class IbTerms:
 
     quantity: Decimal
     limit_price: Decimal | None
-    stop_price: Decimal | None
+    stop_price: Decimal | None  # IB's auxPrice: a stop's trigger, a touch price, a trailing amount
     time_in_force: str
+    trailing_percent: Decimal | None = None
+    limit_offset: Decimal | None = None
 
 
 @dataclass(frozen=True)

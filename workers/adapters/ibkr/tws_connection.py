@@ -105,7 +105,8 @@ def _price(value: float) -> Decimal | None:
 
 def _terms_of(order: IbOrder) -> IbTerms:
     return IbTerms(quantity=to_decimal(order.totalQuantity), limit_price=_price(order.lmtPrice),
-                   stop_price=_price(order.auxPrice), time_in_force=order.tif)
+                   stop_price=_price(order.auxPrice), time_in_force=order.tif,
+                   trailing_percent=_price(order.trailingPercent), limit_offset=_price(order.lmtPriceOffset))
 
 
 def _status_report(trade: Trade) -> IbOrderStatus:

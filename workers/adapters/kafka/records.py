@@ -171,6 +171,9 @@ def modify_from_record(record: dict[str, Any]) -> OrderModifyRequested:
         stop_price=record.get("stop_price"),
         time_in_force=None if tif is None else TimeInForce(tif),
         source=record.get("source"),
+        trailing_amount=record.get("trailing_amount"),
+        trailing_percent=record.get("trailing_percent"),
+        limit_offset=record.get("limit_offset"),
     )
 
 
@@ -185,6 +188,9 @@ def modify_record(modify: OrderModifyRequested) -> dict[str, Any]:
         "time_in_force": None if modify.time_in_force is None else modify.time_in_force.value,
         "requested_at": modify.requested_at,
         "source": modify.source,
+        "trailing_amount": modify.trailing_amount,
+        "trailing_percent": modify.trailing_percent,
+        "limit_offset": modify.limit_offset,
     }
 
 

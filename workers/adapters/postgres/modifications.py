@@ -6,8 +6,6 @@ record, and, when applied, with the order's new working terms: a crash leaves ei
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
@@ -24,18 +22,18 @@ from workers.domain.modifications import (
 from workers.domain.orders import Order, OrderState, TimeInForce
 from workers.ports.orders import ModificationStatus
 
-_FIELDS = (
-    "modify_id, order_id, account, quantity, limit_price, stop_price, time_in_force, requested_at, source, "
-    "state, target_quantity, target_limit_price, target_stop_price, target_time_in_force, reason, "
-    "ib_error_code, attempts"
-)
+# The terms a modification may change: requested as given (null: unchanged), sent as target_*.
+_TERMS = ("quantity", "limit_price", "stop_price", "time_in_force", "trailing_amount", "trailing_percent",
+          "limit_offset")
+_FIELDS = ", ".join(("modify_id", "order_id", "account", *_TERMS, "requested_at", "source", "state",
+                     *(f"target_{term}" for term in _TERMS), "reason", "ib_error_code", "attempts"))
 _INSERT = f"""
 INSERT INTO order_modifications (
-    modify_id, order_id, account, quantity, limit_price, stop_price, time_in_force, requested_at, source,
-    state, source_topic, source_partition, source_offset
+    modify_id, order_id, account, {", ".join(_TERMS)}, requested_at, source, state, source_topic,
+    source_partition, source_offset
 ) VALUES (
-    %(modify_id)s, %(order_id)s, %(account)s, %(quantity)s, %(limit_price)s, %(stop_price)s, %(time_in_force)s,
-    %(requested_at)s, %(source)s, 'REQUESTED', %(source_topic)s, %(source_partition)s, %(source_offset)s
+    %(modify_id)s, %(order_id)s, %(account)s, {", ".join(f"%({term})s" for term in _TERMS)}, %(requested_at)s,
+    %(source)s, 'REQUESTED', %(source_topic)s, %(source_partition)s, %(source_offset)s
 )
 ON CONFLICT (modify_id) DO NOTHING
 RETURNING {_FIELDS}
@@ -51,30 +49,26 @@ FROM order_modifications m JOIN orders o ON o.order_id = m.order_id
 WHERE m.state IN ('REQUESTED', 'SENT') AND o.owner_client_id = %s
 ORDER BY m.seq
 """
-_MARK_SENT = """
-UPDATE order_modifications SET state = 'SENT', target_quantity = %(quantity)s, target_limit_price = %(limit_price)s,
-    target_stop_price = %(stop_price)s, target_time_in_force = %(time_in_force)s, attempts = attempts + 1,
-    sent_at = now()
+_SET_TARGET = ", ".join(f"target_{term} = %({term})s" for term in _TERMS)
+_MARK_SENT = f"""
+UPDATE order_modifications SET state = 'SENT', {_SET_TARGET}, attempts = attempts + 1, sent_at = now()
 WHERE modify_id = %(modify_id)s AND state IN ('REQUESTED', 'SENT') AND attempts = %(attempts)s
 """
-_SETTLE = """
+# Settled: applied with the terms given, or refused (no terms given: the ones it was sent with stay).
+_KEEP_TARGET = ", ".join(f"target_{term} = CASE WHEN %(terms)s THEN %({term})s ELSE target_{term} END"
+                         for term in _TERMS)
+_SETTLE = f"""
 UPDATE order_modifications SET state = %(state)s, reason = %(reason)s, ib_error_code = %(ib_error_code)s,
-    target_quantity = COALESCE(%(quantity)s, target_quantity),
-    target_limit_price = CASE WHEN %(terms)s THEN %(limit_price)s ELSE target_limit_price END,
-    target_stop_price = CASE WHEN %(terms)s THEN %(stop_price)s ELSE target_stop_price END,
-    target_time_in_force = COALESCE(%(time_in_force)s, target_time_in_force), settled_at = now()
+    {_KEEP_TARGET}, settled_at = now()
 WHERE modify_id = %(modify_id)s AND state IN ('REQUESTED', 'SENT')
 """
 _LOCK_ORDER = f"SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = %s FOR UPDATE"
 # The order's new working terms; the terms it was requested with are kept the first time they change.
 _SET_TERMS = f"""
 UPDATE orders SET
-    requested_quantity = COALESCE(requested_quantity, quantity),
-    requested_limit_price = CASE WHEN requested_quantity IS NULL THEN limit_price ELSE requested_limit_price END,
-    requested_stop_price = CASE WHEN requested_quantity IS NULL THEN stop_price ELSE requested_stop_price END,
-    requested_time_in_force = COALESCE(requested_time_in_force, time_in_force),
-    quantity = %(quantity)s, limit_price = %(limit_price)s, stop_price = %(stop_price)s,
-    time_in_force = %(time_in_force)s,
+    {", ".join(f"requested_{term} = CASE WHEN requested_quantity IS NULL THEN {term} ELSE requested_{term} END"
+               for term in _TERMS)},
+    {", ".join(f"{term} = %({term})s" for term in _TERMS)},
     remaining_quantity = CASE WHEN state IN ('FILLED', 'CANCELLED', 'REJECTED') THEN remaining_quantity
                               ELSE GREATEST(%(quantity)s - filled_quantity, 0) END,
     updated_at = now()
@@ -84,14 +78,11 @@ RETURNING {ORDER_COLUMNS}
 
 
 def _terms(record: dict[str, object], prefix: str) -> WorkingTerms | None:
-    quantity = record[f"{prefix}quantity"]
-    if quantity is None:
+    if record[f"{prefix}quantity"] is None:
         return None
-    assert isinstance(quantity, Decimal)
-    tif = record[f"{prefix}time_in_force"]
-    return WorkingTerms(quantity=quantity, limit_price=record[f"{prefix}limit_price"],  # type: ignore[arg-type]
-                        stop_price=record[f"{prefix}stop_price"],  # type: ignore[arg-type]
-                        time_in_force=TimeInForce(str(tif)))
+    values = {term: record[f"{prefix}{term}"] for term in _TERMS}
+    values["time_in_force"] = TimeInForce(str(values["time_in_force"]))
+    return WorkingTerms(**values)  # type: ignore[arg-type]
 
 
 def _modification(record: dict[str, object]) -> Modification:
@@ -103,6 +94,8 @@ def _modification(record: dict[str, object]) -> Modification:
         stop_price=record["stop_price"],  # type: ignore[arg-type]
         time_in_force=None if tif is None else TimeInForce(str(tif)),
         source=None if record["source"] is None else str(record["source"]),
+        trailing_amount=record["trailing_amount"], trailing_percent=record["trailing_percent"],  # type: ignore[arg-type]
+        limit_offset=record["limit_offset"],  # type: ignore[arg-type]
     )
     error_code = record["ib_error_code"]
     return Modification(
@@ -115,9 +108,9 @@ def _modification(record: dict[str, object]) -> Modification:
 
 def _terms_params(terms: WorkingTerms | None) -> dict[str, object]:
     if terms is None:
-        return {"quantity": None, "limit_price": None, "stop_price": None, "time_in_force": None, "terms": False}
-    return {"quantity": terms.quantity, "limit_price": terms.limit_price, "stop_price": terms.stop_price,
-            "time_in_force": terms.time_in_force.value, "terms": True}
+        return {term: None for term in _TERMS} | {"terms": False}
+    values: dict[str, object] = {term: getattr(terms, term) for term in _TERMS}
+    return values | {"time_in_force": terms.time_in_force.value, "terms": True}
 
 
 class ModificationLedger:
@@ -135,6 +128,8 @@ class ModificationLedger:
             "modify_id": request.modify_id, "order_id": request.order_id, "account": request.account,
             "quantity": request.quantity, "limit_price": request.limit_price, "stop_price": request.stop_price,
             "time_in_force": None if request.time_in_force is None else request.time_in_force.value,
+            "trailing_amount": request.trailing_amount, "trailing_percent": request.trailing_percent,
+            "limit_offset": request.limit_offset,
             "requested_at": request.requested_at, "source": request.source, "source_topic": source_topic,
             "source_partition": source_partition, "source_offset": source_offset,
         }

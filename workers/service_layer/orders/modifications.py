@@ -52,16 +52,20 @@ _ACKNOWLEDGED = frozenset({OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED})
 
 
 def same_terms(ib: IbTerms, target: WorkingTerms, order_type: OrderType) -> bool:
-    """True when IBKR's order has the terms ``target``. A trailing order's prices move with the market (and
-    IBKR's auxPrice is its trailing amount): its size and time in force are compared."""
+    """True when IBKR's order has the terms ``target``. A trailing order's stop and limit move with the
+    market: its trail is compared instead (IBKR's auxPrice is its trailing amount)."""
     if ib.quantity != target.quantity or ib.time_in_force != target.time_in_force.value:
         return False
-    return order_type.is_trailing or (ib.limit_price == target.limit_price and ib.stop_price == target.stop_price)
+    if order_type.is_trailing:
+        return (ib.stop_price == target.trailing_amount and ib.trailing_percent == target.trailing_percent
+                and (target.limit_offset is None or ib.limit_offset == target.limit_offset))
+    return ib.limit_price == target.limit_price and ib.stop_price == target.stop_price
 
 
 def with_terms(order: Order, target: WorkingTerms) -> Order:
     return replace(order, quantity=target.quantity, limit_price=target.limit_price, stop_price=target.stop_price,
-                   time_in_force=target.time_in_force)
+                   time_in_force=target.time_in_force, trailing_amount=target.trailing_amount,
+                   trailing_percent=target.trailing_percent, limit_offset=target.limit_offset)
 
 
 class Modifications:
