@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from workers.domain.fills import Fill
 from workers.domain.instruments import Instrument
+from workers.domain.modifications import Modification, ModifyState, OrderModifyRequested, WorkingTerms
 from workers.domain.orders import (
     CANCELLED_FIRST_REASON,
     AppliedChange,
@@ -30,7 +31,7 @@ from workers.domain.orders import (
 from workers.domain.positions import Position
 from workers.ports.ibkr import IbExecution, IbOrderStatus, IbPosition
 from workers.ports.market_data import ReferencePrice
-from workers.ports.orders import Commission, RecordedReports, StatusRecord, VersionedOrders
+from workers.ports.orders import Commission, ModificationStatus, RecordedReports, StatusRecord, VersionedOrders
 from workers.ports.outbox import OutboxMessage
 
 ACCOUNT = "DU0000001"
@@ -243,6 +244,70 @@ class PlainEvents:
 
     def position(self, report: IbPosition, instrument_id: str | None) -> OutboxMessage:
         return OutboxMessage("positions.updated", f"{report.account}:{report.con_id}", str(report.quantity).encode())
+
+    def modification(self, order: Order, modify_id: str, reason: str) -> OutboxMessage:
+        return OutboxMessage("orders.status", order.order_id, f"{modify_id} {reason}".encode())
+
+
+class InMemoryModifications:
+    """The modifications ledger in a dict (in the order they came), its outcomes written to the ledger's
+    outbox with the order's new terms, as the PostgreSQL one does in one transaction."""
+
+    def __init__(self, ledger: InMemoryLedger) -> None:
+        self.ledger = ledger
+        self.modifications: dict[str, Modification] = {}
+
+    async def record(self, request: OrderModifyRequested, source_topic: str | None = None,
+                     source_partition: int | None = None, source_offset: int | None = None,
+                     ) -> tuple[Modification, bool]:
+        known = self.modifications.get(request.modify_id)
+        if known is not None:
+            return known, False
+        self.modifications[request.modify_id] = Modification(request, ModifyState.REQUESTED)
+        return self.modifications[request.modify_id], True
+
+    async def unsettled(self, order_id: str) -> list[Modification]:
+        return [m for m in self.modifications.values() if m.order_id == order_id and not m.state.is_final]
+
+    async def unsettled_owned_by(self, client_id: int) -> list[Modification]:
+        return [m for m in self.modifications.values() if not m.state.is_final
+                and (order := self.ledger.orders.get(m.order_id)) is not None and order.owner_client_id == client_id]
+
+    async def mark_sent(self, modify_id: str, target: WorkingTerms, attempts: int) -> bool:
+        known = self.modifications[modify_id]
+        if known.state.is_final or known.attempts != attempts:
+            return False
+        self.modifications[modify_id] = replace(known, state=ModifyState.SENT, target=target, attempts=attempts + 1)
+        return True
+
+    async def refuse(self, modification: Modification, reason: str, ib_error_code: int | None,
+                     status: ModificationStatus) -> Order | None:
+        known = self.modifications[modification.modify_id]
+        order = self.ledger.orders.get(modification.order_id)
+        if known.state.is_final or order is None:
+            return None
+        self.modifications[modification.modify_id] = replace(known, state=ModifyState.REFUSED, reason=reason,
+                                                            ib_error_code=ib_error_code)
+        self.ledger.outbox.append(status(order, modification.modify_id, reason))
+        return order
+
+    async def apply(self, modification: Modification, target: WorkingTerms, reason: str,
+                    status: ModificationStatus, only_from: frozenset[OrderState] | None = None) -> Order | None:
+        known = self.modifications[modification.modify_id]
+        order = self.ledger.orders.get(modification.order_id)
+        if known.state.is_final or order is None or (only_from is not None and order.state not in only_from):
+            return None
+        self.modifications[modification.modify_id] = replace(known, state=ModifyState.APPLIED, target=target,
+                                                            reason=reason)
+        first = {} if order.modified else {
+            "requested_quantity": order.quantity, "requested_limit_price": order.limit_price,
+            "requested_stop_price": order.stop_price, "requested_time_in_force": order.time_in_force}
+        changed = replace(order, quantity=target.quantity, limit_price=target.limit_price,  # type: ignore[arg-type]
+                          stop_price=target.stop_price, time_in_force=target.time_in_force,
+                          remaining_quantity=target.quantity - order.filled_quantity, **first)
+        self.ledger._store(changed)
+        self.ledger.outbox.append(status(changed, modification.modify_id, reason))
+        return changed
 
 
 @dataclass

@@ -21,6 +21,7 @@ from tests.unit.order_service_fakes import (
     FixedPrices,
     InMemoryCancelRequests,
     InMemoryLedger,
+    InMemoryModifications,
     InMemoryOutbox,
     InMemoryPositions,
     KnownInstruments,
@@ -31,6 +32,7 @@ from tests.unit.order_service_fakes import (
 )
 from workers.domain.brackets import STOP_LOSS, TAKE_PROFIT, child_order_id
 from workers.domain.guards import GuardPolicy, OrderLimits
+from workers.domain.modifications import ModifyState, OrderModifyRequested
 from workers.domain.orders import (
     NewOrder,
     OrderCancelRequested,
@@ -42,7 +44,7 @@ from workers.domain.orders import (
 )
 from workers.domain.risk import OrderRate
 from workers.domain.trading_state import TradingState
-from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbPosition
+from workers.ports.ibkr import ConnectionChanged, IbCommission, IbError, IbOrderTerms, IbPosition, IbTerms
 from workers.service_layer.orders.intake import OrderSource
 from workers.service_layer.orders.service import OrderService
 
@@ -55,6 +57,7 @@ class World:
 
     service: OrderService
     ledger: InMemoryLedger
+    modifications: InMemoryModifications
     cancels: InMemoryCancelRequests
     ibkr: FakeIbkr
     positions: InMemoryPositions
@@ -73,13 +76,14 @@ def a_world(*, readonly: bool = False, next_valid_id: int = 1, policy: GuardPoli
     base = policy or GuardPolicy(allowed_accounts=frozenset({ACCOUNT}))
     clock = {"now": CREATED + timedelta(seconds=1)}
     prices = FixedPrices(time.monotonic)
+    modifications = InMemoryModifications(ledger)
     service = OrderService(
         ledger=ledger, cancel_requests=cancels, fills=ledger, outbox=InMemoryOutbox(ledger), positions=positions,
         instruments=KnownInstruments(AAPL), broker=ibkr, events=PlainEvents(), policy=lambda: base,
         readonly=readonly, prices=prices, rate=rate, clock=lambda: clock["now"],
-        trading_state=lambda: trading["state"],
+        trading_state=lambda: trading["state"], modifications=modifications,
     )
-    return World(service, ledger, cancels, ibkr, positions, trading, prices, clock)
+    return World(service, ledger, modifications, cancels, ibkr, positions, trading, prices, clock)
 
 
 async def receive(world: World, *orders: OrderRequested) -> None:
@@ -776,3 +780,63 @@ async def test_a_bracket_child_rejected_after_the_parent_filled_leaves_the_paren
     await asyncio.sleep(0.02)
 
     assert world.ibkr.cancelled == []
+
+
+# -- modifications ----------------------------------------------------------------------------------------
+
+
+def a_modification(order: OrderRequested, n: int = 1, **terms: object) -> OrderModifyRequested:
+    request = OrderModifyRequested(modify_id=f"m-{n}", order_id=order.order_id, account=ACCOUNT,
+                                   requested_at=CREATED + timedelta(seconds=1))
+    return replace(request, **terms)  # type: ignore[arg-type]
+
+
+async def working_limit_order(world: World, next_id: int) -> OrderRequested:
+    await world.service.reconcile()
+    order = an_order(order_type=OrderType.LIMIT, limit_price=Decimal("180"))
+    await receive(world, order)
+    await world.service.on_reports([ib_status(order.order_id, next_id, StatusChange(order.order_id,
+                                                                                    OrderState.SUBMITTED))])
+    return order
+
+
+async def test_a_modification_is_sent_once_and_applied_when_ibkr_states_the_new_terms() -> None:
+    world = a_world(next_valid_id=80)
+    order = await working_limit_order(world, 80)
+    request = a_modification(order, limit_price=Decimal("181"))
+
+    await world.service.on_modify_requested(request)
+    await world.service.on_modify_requested(request)  # redelivered while IBKR has not answered
+
+    assert world.ibkr.modified == [(order.order_id, 80, Decimal(10), Decimal("181"))]
+    assert world.modifications.modifications["m-1"].state is ModifyState.SENT
+    await world.service.on_reports([IbOrderTerms(order.order_id, 80, IbTerms(Decimal(10), Decimal("181"), None,
+                                                                             "DAY"))])
+    assert world.modifications.modifications["m-1"].state is ModifyState.APPLIED
+    assert world.ledger.orders[order.order_id].limit_price == Decimal("181")
+    assert world.ledger.orders[order.order_id].as_requested.limit_price == Decimal("180")
+
+
+async def test_the_next_modification_waits_for_ibkrs_answer_to_the_one_before() -> None:
+    world = a_world(next_valid_id=90)
+    order = await working_limit_order(world, 90)
+
+    await world.service.on_modify_requested(a_modification(order, 1, limit_price=Decimal("181")))
+    await world.service.on_modify_requested(a_modification(order, 2, quantity=Decimal(12)))
+    assert len(world.ibkr.modified) == 1
+    await world.service.on_reports([IbError(90, 201, "Order rejected - reason: no")])
+
+    assert world.modifications.modifications["m-1"].state is ModifyState.REFUSED
+    assert (world.modifications.modifications["m-1"].reason or "").startswith("MODIFY_REFUSED: IBKR_REFUSED")
+    assert world.ibkr.modified[-1] == (order.order_id, 90, Decimal(12), Decimal("180"))
+
+
+async def test_a_modification_of_an_order_ibkr_did_not_know_at_the_reconnect_is_refused_never_placed() -> None:
+    world = a_world(next_valid_id=100)
+    order = await working_limit_order(world, 100)
+    await world.service.reconcile()  # IBKR's orders (at_ibkr) do not include it: left for an operator
+
+    await world.service.on_modify_requested(a_modification(order, limit_price=Decimal("181")))
+
+    assert world.ibkr.modified == []
+    assert (world.modifications.modifications["m-1"].reason or "").startswith("MODIFY_REFUSED: NOT_CONFIRMED")

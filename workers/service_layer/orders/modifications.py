@@ -91,6 +91,9 @@ class Modifications:
         # of each by IBKR order id (IBKR's errors name the order by it).
         self._sent: dict[str, Modification] = {}
         self._sent_types: dict[str, OrderType] = {}
+        # Working orders IBKR did not know at the last reconnect (left for an operator): placing one of them
+        # again as a modification would create a new order at IBKR, so their modifications are refused.
+        self._unknown_at_ib: set[str] = set()
         self._sent_ib_ids: dict[int, str] = {}
         # One lock per order with modifications being worked (and how many hold or wait for it).
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -169,6 +172,9 @@ class Modifications:
             log.info("modification left for the worker that placed the order", modify_id=modification.modify_id,
                      owner_client_id=order.owner_client_id)
             return False
+        if order.order_id in self._unknown_at_ib:
+            await self._refuse(modification, _unknown_at_ibkr(), None)
+            return True
         if (order.state not in _ACKNOWLEDGED or order.ib_order_id is None or self.readonly
                 or not self.broker.connected or not self.reconciled.is_set()):
             return False  # the sweep tries again
@@ -273,6 +279,9 @@ class Modifications:
         self._sent.clear()
         self._sent_types.clear()
         self._sent_ib_ids.clear()
+        working = (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED, OrderState.CANCEL_PENDING)
+        self._unknown_at_ib = {o.order_id for o in await self.ledger.open_orders_owned_by(self.client_id)
+                               if o.state in working and o.order_id not in at_ib}
         orders: list[str] = []
         for modification in await self.store.unsettled_owned_by(self.client_id):
             if modification.order_id not in orders:
@@ -284,6 +293,8 @@ class Modifications:
             if (ib is not None and ib.terms is not None and order is not None
                     and same_terms(ib.terms, modification.target, order.order_type)):
                 await self._confirm(modification)
+            elif modification.order_id in self._unknown_at_ib:
+                await self._refuse(modification, _unknown_at_ibkr(), None)
             else:
                 # IBKR's order does not have the terms: never received, or refused with the answer lost.
                 # Sent again (absolute terms: harmless twice), at most MAX_SENDS times in all.
@@ -299,6 +310,12 @@ class Modifications:
         waiting = [m for m in await self.store.unsettled_owned_by(self.client_id) if m.state is ModifyState.REQUESTED]
         for order_id in dict.fromkeys(m.order_id for m in waiting):
             await self.advance(order_id)
+
+
+def _unknown_at_ibkr() -> str:
+    return ModifyRefused(ModifyRefusal.NOT_CONFIRMED,
+                         "IBKR did not know the order at the last reconnect: it is left for an operator, and "
+                         "a modification would place it anew").text
 
 
 def _done_first(order: Order) -> str:
