@@ -261,6 +261,8 @@ class Modifications:
     async def settle(self, reports: Sequence[IbReport], settled: Sequence[str] = ()) -> None:
         """After the reports' status changes are written: refuse what was sent for an order that ended
         unconfirmed, then work the next modification of each order settled."""
+        if not self._sent and not settled:
+            return
         done = list(settled)
         ended = {r.order_ref for r in reports if isinstance(r, IbOrderStatus) and r.order_ref in self._sent
                  and r.change is not None and r.change.state.is_final}
