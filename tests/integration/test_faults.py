@@ -315,6 +315,10 @@ async def test_the_broker_sigkilled_and_restarted_mid_stream_loses_and_duplicate
         assert_placed_once_and_filled_once(harness, requests)
         for request in requests:
             assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == request.quantity
+        # The Kafka client's retries (several a second each) are not a line each in the workers' logs.
+        for worker in group.workers:
+            client_lines = [e for e in worker.log_entries() if str(e.get("logger", "")).startswith("aiokafka")]
+            assert len(client_lines) < 100, Counter(e["event"][:60] for e in client_lines).most_common(5)
 
 
 async def test_postgresql_restarted_mid_stream_loses_and_duplicates_nothing(

@@ -90,15 +90,19 @@ class WorkerProcess:
         code = await asyncio.wait_for(self.process.wait(), 30)
         return code, time.monotonic() - started
 
-    def logged(self, event: str) -> list[dict[str, Any]]:
-        """The lines of the worker's log (JSON, one per line) whose event is ``event``."""
-        found = []
+    def log_entries(self) -> list[dict[str, Any]]:
+        """Every line of the worker's log (JSON, one per line), parsed."""
+        entries = []
         for line in self.log.read_text().splitlines():
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
-                if isinstance(entry, dict) and entry.get("event") == event:
-                    found.append(entry)
-        return found
+                if isinstance(entry, dict):
+                    entries.append(entry)
+        return entries
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The lines of the worker's log whose event is ``event``."""
+        return [entry for entry in self.log_entries() if entry.get("event") == event]
 
     async def health(self) -> str | None:
         """The worker's health status as its probe port says it (``/readyz``), or None when it does not answer."""
