@@ -40,6 +40,8 @@ FINAL = {"FILLED", "CANCELLED", "REJECTED"}
 FAULT_KAFKA_PORT = int(os.environ.get("FAULT_KAFKA_TEST_PORT", "9195"))
 FAULT_PG_PORT = int(os.environ.get("FAULT_PG_TEST_PORT", "5433"))
 FAULT_PG_CLUSTER = "ibkr_faults"
+# pg_ctlcluster acts on a cluster owned by the postgres user (scripts/dev-services uses sudo the same way).
+AS_ROOT = [] if os.geteuid() == 0 else ["sudo", "-n"]
 # Worker settings for the fault tests: health assessed every second, and an outage of a minute still
 # DEGRADED (not UNHEALTHY), so the tests see the state the outage should give.
 HEALTH_ENV = {"HEALTH_INTERVAL": "1", "HEALTH_UNHEALTHY_AFTER": "120"}
@@ -106,7 +108,7 @@ class PrivateCluster:
 
     async def ctl(self, *action: str) -> None:
         """``pg_ctlcluster VERSION NAME ACTION...`` (fast mode: the workers' connections never end by themselves)."""
-        done = await asyncio.to_thread(subprocess.run, ["pg_ctlcluster", self.version, self.name, *action],
+        done = await asyncio.to_thread(subprocess.run, [*AS_ROOT, "pg_ctlcluster", self.version, self.name, *action],
                                        capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
 
@@ -119,7 +121,7 @@ def private_cluster() -> Iterator[PrivateCluster]:
     listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout
     version, name = next(line.split()[:2] for line in listed.splitlines() if line.split()[2] == str(FAULT_PG_PORT))
     yield PrivateCluster(exports["DATABASE_URL"], version, name)
-    subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], capture_output=True, timeout=120,
+    subprocess.run([*AS_ROOT, "pg_ctlcluster", version, name, "stop", "-m", "fast"], capture_output=True, timeout=120,
                    check=False)
 
 
