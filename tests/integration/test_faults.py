@@ -229,6 +229,14 @@ def assert_placed_once_and_filled_once(harness: Harness, requests: Sequence[Orde
     assert set(exec_ids) == {e.exec_id for e in harness.sim.executions()}
 
 
+def assert_no_status_after_the_final_one(harness: Harness, requests: Sequence[OrderRequested]) -> None:
+    """Statuses come at least once, but once an order's is final, any that follows repeats it."""
+    for request in requests:
+        trail = harness.status_trail(request.order_id)
+        final = next(i for i, status in enumerate(trail) if status in FINAL)
+        assert set(trail[final:]) == {trail[final]}, (request.order_id, trail)
+
+
 def market_orders(rng: random.Random, count: int) -> list[OrderRequested]:
     return [order(quantity=str(rng.randint(1, 3))) for _ in range(count)]
 
@@ -279,6 +287,7 @@ async def test_three_replicas_joining_crashing_and_restarting_place_each_order_o
 
     assert all(harness.observed.last_status(r.order_id) in FINAL for r in requests)
     assert_placed_once_and_filled_once(harness, requests)
+    assert_no_status_after_the_final_one(harness, requests)
     for request in market:
         assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == request.quantity
     assert not any(harness.observed.fills.get(r.order_id) for r in resting)
@@ -315,6 +324,7 @@ async def test_the_broker_sigkilled_and_restarted_mid_stream_loses_and_duplicate
         assert await group.stop_all() == [0, 0]
 
         assert_placed_once_and_filled_once(harness, requests)
+        assert_no_status_after_the_final_one(harness, requests)
         for request in requests:
             assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == request.quantity
         # The Kafka client's retries (several a second each) are not a line each in the workers' logs.
@@ -353,5 +363,6 @@ async def test_postgresql_restarted_mid_stream_loses_and_duplicates_nothing(
         assert len(degraded) == 2
 
         assert_placed_once_and_filled_once(harness, requests)
+        assert_no_status_after_the_final_one(harness, requests)
         for request in requests:
             assert sum(f["quantity"] for f in harness.observed.fills[request.order_id]) == request.quantity
