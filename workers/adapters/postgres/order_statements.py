@@ -90,14 +90,15 @@ WITH input AS (
 SELECT * FROM inserted
 """
 # Re-announces orders (a redelivered request) with records encoded for the row version read (m.version):
-# an order changed since gets none, its change wrote a newer record. The row lock (FOR SHARE) waits for a
-# change in flight and then sees its version, so a stale record never lands behind a newer one.
+# an order changed since gets none, its change wrote a newer record. The share lock keeps a change from
+# writing (and announcing) before this record; an order a change holds already is skipped, not waited for
+# (that change announces the newer status, and waiting on rows in another order than it could deadlock).
 REANNOUNCED_AT: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("version", "text"))
 REANNOUNCE_UNCHANGED = f"""
 WITH unchanged AS (
     SELECT o.order_id FROM orders o
     JOIN {rows_from(REANNOUNCED_AT, "m")} ON o.order_id = m.key AND o.xmin::text = m.version
-    FOR SHARE OF o
+    FOR SHARE OF o SKIP LOCKED
 )
 INSERT INTO outbox (topic, key, payload, writer)
 SELECT m.topic, m.key, m.payload, m.writer
