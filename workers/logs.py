@@ -13,6 +13,8 @@ from urllib.parse import quote, unquote
 
 import structlog
 
+from workers.repeated_logs import RepeatThrottle
+
 _SECRET_KEY = re.compile(r"password|secret|token|dsn|database_url|sasl", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 MASK = "**********"
@@ -190,6 +192,8 @@ def configure_logging(level: str = "INFO", *, worker: str | None = None, instanc
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    # A broker away makes aiokafka log each retry (many a second): one line per kind every 10 s.
+    handler.addFilter(RepeatThrottle(("aiokafka",), interval=10.0))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -9,18 +9,16 @@ import asyncio
 import itertools
 import os
 import random
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import AAPL, Harness, order, running_harness
+from tests.integration.worker_process import WorkerProcess
 from workers.domain.brackets import STOP_LOSS, TAKE_PROFIT, child_order_id
 from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import OrderType
@@ -28,59 +26,7 @@ from workers.settings import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 FINAL = {"FILLED", "CANCELLED", "REJECTED"}
-
-
-class WorkerProcess:
-    """``python -m workers order-consumer`` with the harness's settings in its environment."""
-
-    def __init__(self, harness: Harness, group: str) -> None:
-        settings = harness.settings(kafka_consumer_group=group)
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "DATABASE_URL": settings.database_dsn,
-            "IBKR_PORT": str(settings.ibkr_effective_port),
-            "IBKR_CLIENT_ID": str(settings.ibkr_client_id),
-            "IBKR_ACCOUNTS": settings.ibkr_accounts,
-            "IBKR_PACING_PER_SECOND": "1000",
-            "MAX_ORDER_AGE": "600",
-            "KAFKA_CONSUMER_GROUP": group,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "HEALTH_PORT": "0", "ADMIN_PORT": "0",
-            "LOG_LEVEL": "WARNING",
-            **{f"TOPIC_{name.upper()}": getattr(harness.topics, name)
-               for name in harness.topics.__dataclass_fields__},
-        }
-        self.process: asyncio.subprocess.Process | None = None
-        self.log = REPO / ".cache" / f"worker-{group}.log"
-        self.log.parent.mkdir(exist_ok=True)
-
-    async def start(self) -> None:
-        with self.log.open("ab") as sink:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "workers", "order-consumer", env=self.env, cwd=REPO,
-                stdout=sink, stderr=sink,
-            )
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-
-    async def ensure_gone(self) -> None:
-        """Kill the worker if it still runs (a failed test must not leave one behind)."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    async def terminate(self) -> tuple[int, float]:
-        assert self.process is not None
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.process.wait(), 30)
-        return code, time.monotonic() - started
 
 
 @pytest.fixture

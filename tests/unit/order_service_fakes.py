@@ -123,6 +123,12 @@ class InMemoryLedger:
             inserted.append(order)
         return inserted
 
+    async def reannounce(self, orders: VersionedOrders, status: StatusRecord) -> int:
+        unchanged = [row for order_id, (row, version) in orders.items()
+                     if str(self.versions.get(order_id)) == version]
+        self.outbox.extend(status(row, None) for row in unchanged)
+        return len(unchanged)
+
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
                     read: VersionedOrders | None = None) -> list[AppliedChange]:
         applied: list[AppliedChange] = []

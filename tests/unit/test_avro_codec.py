@@ -71,6 +71,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "time_in_force": "GTC",
         "requested_at": AT,
         "source": "strategy-7",
+        "trailing_amount": None,
+        "trailing_percent": None,
+        "limit_offset": None,
     },
     "OrderStatusChanged": {
         "order_id": "6f1c2b1e-8c1a-4c55-9d5e-0d7f0a9d2b11",

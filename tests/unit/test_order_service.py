@@ -141,6 +141,29 @@ async def test_a_redelivered_order_is_not_placed_again_and_its_status_is_publish
     assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "ACCEPTED"]
 
 
+async def test_a_redelivered_order_filled_while_its_status_was_read_is_not_announced_as_accepted_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    world = a_world()
+    await world.service.reconcile()
+    order = an_order()
+    await receive(world, order)
+    read_versions = world.ledger.read_versions
+
+    async def read_then_filled(order_ids: Any) -> Any:
+        # IBKR's reports are handled while the redelivery is: the order fills between read and write.
+        read = await read_versions(order_ids)
+        await world.ledger.apply([StatusChange(order.order_id, OrderState.SUBMITTED),
+                                  StatusChange(order.order_id, OrderState.FILLED, filled=Decimal(10),
+                                               remaining=Decimal(0), avg_price=Decimal("187.2"))],
+                                 PlainEvents().status)
+        return read
+
+    monkeypatch.setattr(world.ledger, "read_versions", read_then_filled)
+    await receive(world, order)
+
+    assert world.ledger.statuses_of(order.order_id) == ["ACCEPTED", "SUBMITTED", "FILLED"]
+
+
 async def test_an_order_twice_in_one_batch_is_recorded_and_placed_once() -> None:
     world = a_world()
     await world.service.reconcile()

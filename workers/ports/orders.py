@@ -66,6 +66,10 @@ class OrderRepository(Protocol):
         given an IBKR id are recorded PLACING with it; an order whose cancel came first is CANCELLED.
         Returns the orders inserted."""
 
+    async def reannounce(self, orders: VersionedOrders, status: StatusRecord) -> int:
+        """Write the status record of each order still at the version read (a redelivered request's
+        order); one changed since gets none. Returns how many were written."""
+
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
                     read: VersionedOrders | None = None) -> list[AppliedChange]: ...
 

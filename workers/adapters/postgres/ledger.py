@@ -30,6 +30,8 @@ from workers.adapters.postgres.order_statements import (
     INSERT_FILLS,
     NEW_ORDER_FIELDS,
     RAISE_MARK,
+    REANNOUNCE_UNCHANGED,
+    REANNOUNCED_AT,
     RECORD_REPORTS,
     RECORD_RESERVE_AND_ANNOUNCE,
     RELEASE_UNPLACED,
@@ -242,6 +244,21 @@ class OrderLedger:
             async with self._pool.connection() as conn:
                 found |= await _read_versions(conn, missing)
         return found
+
+    async def reannounce(self, orders: VersionedOrders, status: StatusRecord) -> int:
+        """Write the status record of each order still at the version read; return how many were written.
+
+        An order changed since it was read gets none: the change wrote its own, newer record, which a
+        record of the older state must not follow.
+        """
+        if not orders:
+            return 0
+        messages = outbox_rows([status(row, None) for row, _ in orders.values()])
+        params = {"m": rows_param([message | {"version": version} for message, (_, version) in zip(
+            messages, orders.values(), strict=True)], REANNOUNCED_AT)}
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(REANNOUNCE_UNCHANGED, params)
+            return cursor.rowcount
 
     async def apply(self, changes: Sequence[StatusChange], status: StatusRecord,
                     read: VersionedOrders | None = None) -> list[AppliedChange]:

@@ -100,6 +100,22 @@ WITH input AS (
 )
 SELECT * FROM inserted
 """
+# Re-announces orders (a redelivered request) with records encoded for the row version read (m.version):
+# an order changed since gets none, its change wrote a newer record. The share lock keeps a change from
+# writing (and announcing) before this record; an order a change holds already is skipped, not waited for
+# (that change announces the newer status, and waiting on rows in another order than it could deadlock).
+REANNOUNCED_AT: tuple[Column, ...] = (*OUTBOX_COLUMNS, ("version", "text"))
+REANNOUNCE_UNCHANGED = f"""
+WITH unchanged AS (
+    SELECT o.order_id FROM orders o
+    JOIN {rows_from(REANNOUNCED_AT, "m")} ON o.order_id = m.key AND o.xmin::text = m.version
+    FOR SHARE OF o SKIP LOCKED
+)
+INSERT INTO outbox (topic, key, payload, writer)
+SELECT m.topic, m.key, m.payload, m.writer
+FROM {rows_from(REANNOUNCED_AT, "m")} JOIN unchanged u ON u.order_id = m.key
+ORDER BY m.n
+"""
 CANCELS_HANDLED_WITH_OUTBOX = f"""
 WITH handled AS (
     UPDATE cancel_requests SET handled_at = now() WHERE order_id = ANY(%(cancelled)s) AND handled_at IS NULL

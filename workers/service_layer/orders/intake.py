@@ -129,22 +129,28 @@ class OrderIntake:
                 self._count_rejection(order.request, checked.rejections[order.order_id])
         loose = list(checked.loose)
         conflicts: list[OrderIdConflict] = []
+        republished = 0
         if checked.again or not_new:
-            known = await self.ledger.get_many([request.order_id for request, _ in [*checked.again, *not_new]])
+            known = await self.ledger.read_versions([request.order_id for request, _ in [*checked.again, *not_new]])
             republish: list[str] = []
             for request, source in [*checked.again, *not_new]:
                 stored = known.get(request.order_id)
-                differing = differing_terms(stored.as_requested, request) if stored is not None else ()
+                differing = differing_terms(stored[0].as_requested, request) if stored is not None else ()
                 if differing:
                     conflicts.append(self._conflict(request, source, differing))
                 elif stored is not None:
                     republish.append(request.order_id)
-            loose.extend(self.events.status(known[i], None) for i in dict.fromkeys(republish))
             if republish:
-                log.info("orders redelivered; re-publishing their status", count=len(republish))
-                self.watchdog.watch_unsent(known[i] for i in dict.fromkeys(republish))
+                # Only for orders still as read: one that changed meanwhile (its IBKR reports are handled
+                # alongside) announced its newer status itself, which an older one must not follow.
+                again = {i: known[i] for i in dict.fromkeys(republish)}
+                republished = await self.ledger.reannounce(again, self.events.status)
+                log.info("orders redelivered; re-publishing their status", count=len(again),
+                         changed_meanwhile=len(again) - republished)
+                self.watchdog.watch_unsent(row for row, _ in again.values())
         if loose:
             await self.outbox.add_many(loose)
+        if loose or republished:
             self.on_published()
         log.info("orders recorded", count=len(inserted),
                  accepted=sum(o.state in (OrderState.ACCEPTED, OrderState.PLACING) for o in inserted))
