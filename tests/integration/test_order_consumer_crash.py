@@ -29,6 +29,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FINAL = {"FILLED", "CANCELLED", "REJECTED"}
 
 
+async def kill_while(worker: WorkerProcess, producing: asyncio.Task[None], rng: random.Random, *,
+                     at_least: int, within: float, pause: tuple[float, float]) -> int:
+    """SIGKILL ``worker`` and start it again, every ``pause`` seconds (drawn), until ``producing`` is done and
+    it was killed ``at_least`` times (or ``within`` seconds passed); the number of kills."""
+    kills = 0
+    deadline = time.monotonic() + within
+    while (kills < at_least or not producing.done()) and time.monotonic() < deadline:
+        await asyncio.sleep(rng.uniform(*pause))
+        await worker.kill()
+        kills += 1
+        await worker.start()
+    await producing
+    return kills
+
+
 @pytest.fixture
 async def harness(kafka_bootstrap: str, database_url: str, kafka_topics: TopicNames) -> AsyncIterator[Harness]:
     async with running_harness(kafka_bootstrap, database_url, kafka_topics, in_process=False) as running:
@@ -48,15 +63,8 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(harness: H
                 if i % 10 == 9:
                     await asyncio.sleep(0.05)  # about 200 orders/s
 
-        producing = asyncio.create_task(produce())
-        kills = 0
-        deadline = time.monotonic() + 120
-        while (kills < 6 or not producing.done()) and time.monotonic() < deadline:
-            await asyncio.sleep(rng.uniform(0.4, 1.6))
-            await worker.kill()
-            kills += 1
-            await worker.start()
-        await producing
+        kills = await kill_while(worker, asyncio.create_task(produce()), rng, at_least=6, within=120,
+                                 pause=(0.4, 1.6))
         assert kills >= 5
 
         def settled() -> bool:
@@ -123,15 +131,7 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
                 if n % 5 == 4:
                     await asyncio.sleep(0.1)
 
-        producing = asyncio.create_task(produce())
-        kills = 0
-        deadline = time.monotonic() + 150
-        while (kills < 5 or not producing.done()) and time.monotonic() < deadline:
-            await asyncio.sleep(rng.uniform(0.5, 1.5))
-            await worker.kill()
-            kills += 1
-            await worker.start()
-        await producing
+        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=5, within=150, pause=(0.5, 1.5))
 
         def settled() -> bool:
             return all(harness.modification_statuses(o, m.modify_id) for o, mods in plan.items() for m in mods)
@@ -161,15 +161,18 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
     assert [e for e, n in exec_ids.items() if n > 1] == []
 
 
-async def test_sigkill_while_brackets_flow_sends_each_order_once_and_completes_every_group(
+async def test_sigkill_while_brackets_and_their_modifications_flow_acts_once_on_each_and_completes_every_group(
         harness: Harness) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "20261208")))
     worker = WorkerProcess(harness, group=f"crash-bracket-{os.getpid()}-{rng.randrange(10**6)}")
     price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
-    # A market buy whose take-profit sells just under the market (it fills once active) and whose stop-loss
-    # rests far below (cancelled by the take-profit's fill).
-    parents = [replace(order(quantity=str(rng.randint(1, 4))), take_profit_price=price - 1,
-                       stop_loss_price=price - 30) for _ in range(60)]
+    # A market buy whose take-profit rests above the market and whose stop-loss rests far below; once the
+    # take-profit works, it is modified to just under the market: it fills, and its fill cancels the stop.
+    parents = [replace(order(quantity=str(rng.randint(1, 4))), take_profit_price=price + 5,
+                       stop_loss_price=price - 30) for _ in range(40)]
+    groups = {p.order_id: [p.order_id, *(child_order_id(p.order_id, leg) for leg in (TAKE_PROFIT, STOP_LOSS))]
+              for p in parents}
+    modifications: dict[str, OrderModifyRequested] = {}
     try:
         await worker.start()
 
@@ -178,19 +181,12 @@ async def test_sigkill_while_brackets_flow_sends_each_order_once_and_completes_e
                 await harness.send(parent)
                 if n % 5 == 4:
                     await asyncio.sleep(0.1)
+            for parent in parents:
+                take_profit = groups[parent.order_id][1]
+                await harness.wait_status(take_profit, "SUBMITTED", timeout=120)
+                modifications[take_profit] = await harness.modify(take_profit, limit=str(price - 1))
 
-        producing = asyncio.create_task(produce())
-        kills = 0
-        deadline = time.monotonic() + 150
-        while (kills < 5 or not producing.done()) and time.monotonic() < deadline:
-            await asyncio.sleep(rng.uniform(0.3, 1.2))
-            await worker.kill()
-            kills += 1
-            await worker.start()
-        await producing
-
-        groups = {p.order_id: [p.order_id, *(child_order_id(p.order_id, leg) for leg in (TAKE_PROFIT, STOP_LOSS))]
-                  for p in parents}
+        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=5, within=150, pause=(0.3, 1.2))
 
         def settled() -> bool:
             return all(harness.observed.last_status(i) in FINAL for ids in groups.values() for i in ids)
@@ -201,13 +197,16 @@ async def test_sigkill_while_brackets_flow_sends_each_order_once_and_completes_e
     finally:
         await worker.ensure_gone()
 
+    for take_profit, modification in modifications.items():
+        outcomes = {s["reason"] for s in harness.modification_statuses(take_profit, modification.modify_id)}
+        assert len(outcomes) == 1 and outcomes.pop().startswith("MODIFIED: limit_price"), take_profit
     assert harness.observed.dead_letters == []
     for parent in parents:
         parent_id, take_profit, stop_loss = groups[parent.order_id]
         assert [harness.observed.last_status(i) for i in groups[parent.order_id]] == [
             "FILLED", "FILLED", "CANCELLED"], parent_id
-        for order_id in (parent_id, take_profit, stop_loss):
-            assert harness.sim.place_count(order_id) == 1, order_id
+        assert harness.sim.place_count(parent_id) == harness.sim.place_count(stop_loss) == 1, parent_id
+        assert harness.sim.place_count(take_profit) == 2, take_profit  # placed, then modified once
         bought = sum(f["quantity"] for f in harness.observed.fills[parent_id])
         sold = sum(f["quantity"] for f in harness.observed.fills[take_profit])
         assert bought == sold == parent.quantity
