@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 
 from tests.integration.harness import AAPL, Harness, order, running_harness
-from tests.integration.worker_process import WorkerProcess
+from tests.integration.worker_process import WorkerProcess, free_port
 from workers.domain.brackets import STOP_LOSS, TAKE_PROFIT, child_order_id
 from workers.domain.modifications import OrderModifyRequested
 from workers.domain.orders import OrderType
@@ -30,12 +30,15 @@ FINAL = {"FILLED", "CANCELLED", "REJECTED"}
 
 
 async def kill_while(worker: WorkerProcess, producing: asyncio.Task[None], rng: random.Random, *,
-                     at_least: int, within: float, pause: tuple[float, float]) -> int:
-    """SIGKILL ``worker`` and start it again, every ``pause`` seconds (drawn), until ``producing`` is done and
-    it was killed ``at_least`` times (or ``within`` seconds passed); the number of kills."""
+                     at_least: int, within: float, pause: tuple[float, float], until_produced: bool = True) -> int:
+    """SIGKILL ``worker`` and start it again, every ``pause`` seconds (drawn), until it was killed
+    ``at_least`` times and (``until_produced``) ``producing`` is done, or ``within`` seconds passed; the
+    number of kills. A stream that waits for the worker's answers needs ``until_produced`` off: a worker
+    killed before it is up answers nothing."""
     kills = 0
     deadline = time.monotonic() + within
-    while (kills < at_least or not producing.done()) and time.monotonic() < deadline:
+    while ((kills < at_least or (until_produced and not producing.done()))
+           and time.monotonic() < deadline):
         await asyncio.sleep(rng.uniform(*pause))
         await worker.kill()
         kills += 1
@@ -110,7 +113,8 @@ async def test_sigterm_stops_the_worker_cleanly_within_ten_seconds(harness: Harn
 
 async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_every_one(harness: Harness) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "20261207")))
-    worker = WorkerProcess(harness, group=f"crash-modify-{os.getpid()}-{rng.randrange(10**6)}")
+    worker = WorkerProcess(harness, group=f"crash-modify-{os.getpid()}-{rng.randrange(10**6)}",
+                           health_port=free_port())
     price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
     resting = [order(order_type=OrderType.LIMIT, limit=str(price - 10), quantity="3") for _ in range(40)]
     plan: dict[str, list[OrderModifyRequested]] = {}
@@ -131,7 +135,8 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
                 if n % 5 == 4:
                     await asyncio.sleep(0.1)
 
-        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=5, within=150, pause=(0.5, 1.5))
+        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=6, within=150, pause=(0.8, 2.0),
+                         until_produced=False)
 
         def settled() -> bool:
             return all(harness.modification_statuses(o, m.modify_id) for o, mods in plan.items() for m in mods)
@@ -139,6 +144,7 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
         await harness.wait_for(settled, timeout=180, what="every modification settled")
         await harness.wait_for(lambda: all(harness.observed.last_status(r.order_id) == "FILLED" for r in resting),
                                timeout=120, what="every order filled")
+        await worker.wait_healthy()  # the last start is up: SIGTERM stops it gracefully
         code, _ = await worker.terminate()
         assert code == 0
     finally:
@@ -164,7 +170,8 @@ async def test_sigkill_while_modifications_flow_applies_each_once_and_settles_ev
 async def test_sigkill_while_brackets_and_their_modifications_flow_acts_once_on_each_and_completes_every_group(
         harness: Harness) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "20261208")))
-    worker = WorkerProcess(harness, group=f"crash-bracket-{os.getpid()}-{rng.randrange(10**6)}")
+    worker = WorkerProcess(harness, group=f"crash-bracket-{os.getpid()}-{rng.randrange(10**6)}",
+                           health_port=free_port())
     price = Decimal(str(harness.sim.price(AAPL.con_id))).quantize(Decimal("0.01"))
     # A market buy whose take-profit rests above the market and whose stop-loss rests far below; once the
     # take-profit works, it is modified to just under the market: it fills, and its fill cancels the stop.
@@ -186,12 +193,14 @@ async def test_sigkill_while_brackets_and_their_modifications_flow_acts_once_on_
                 await harness.wait_status(take_profit, "SUBMITTED", timeout=120)
                 modifications[take_profit] = await harness.modify(take_profit, limit=str(price - 1))
 
-        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=5, within=150, pause=(0.3, 1.2))
+        await kill_while(worker, asyncio.create_task(produce()), rng, at_least=6, within=150, pause=(0.8, 2.0),
+                         until_produced=False)
 
         def settled() -> bool:
             return all(harness.observed.last_status(i) in FINAL for ids in groups.values() for i in ids)
 
         await harness.wait_for(settled, timeout=180, what="every order of every group final")
+        await worker.wait_healthy()  # the last start is up: SIGTERM stops it gracefully
         code, _ = await worker.terminate()
         assert code == 0
     finally:

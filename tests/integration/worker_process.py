@@ -52,7 +52,7 @@ class WorkerProcess:
             "KAFKA_CONSUMER_GROUP": group,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "HEALTH_PORT": str(health_port or 0), "ADMIN_PORT": "0",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("WORKER_LOG_LEVEL", "WARNING"),
             **{f"TOPIC_{name.upper()}": getattr(harness.topics, name)
                for name in harness.topics.__dataclass_fields__},
             **env,
@@ -103,6 +103,14 @@ class WorkerProcess:
     def logged(self, event: str) -> list[dict[str, Any]]:
         """The lines of the worker's log whose event is ``event``."""
         return [entry for entry in self.log_entries() if entry.get("event") == event]
+
+    async def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until the worker's probe port says HEALTHY (it is up: a SIGTERM then stops it gracefully)."""
+        deadline = time.monotonic() + timeout
+        while await self.health() != "HEALTHY":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker was not HEALTHY within {timeout} s")
+            await asyncio.sleep(0.2)
 
     async def health(self) -> str | None:
         """The worker's health status as its probe port says it (``/readyz``), or None when it does not answer."""
