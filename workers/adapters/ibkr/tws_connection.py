@@ -62,6 +62,8 @@ def to_decimal(value: float) -> Decimal:
 
 # ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
 _LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
+# IB's statuses of an order that is over.
+_DONE = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 # ib_insync's record of a done order is forgotten this long after it is settled (every execution and
 # commission in, the ledger has them): at 40 orders/s, a few hundred trades, a few MB. One still missing an
 # execution or a commission is kept up to UNSETTLED_RETENTION seconds untouched, for ib_insync to report it
@@ -109,7 +111,9 @@ def _terms_of(order: IbOrder) -> IbTerms:
                    trailing_percent=_price(order.trailingPercent), limit_offset=_price(order.lmtPriceOffset))
 
 
-def _status_report(trade: Trade) -> IbOrderStatus:
+def _status_report(trade: Trade, *, with_terms: bool = False) -> IbOrderStatus:
+    """IB's status of ``trade``; with its terms when asked (reconciliation compares them: a status as it
+    arrives does not need them)."""
     status = trade.orderStatus
     avg = status.avgFillPrice
     last = trade.log[-1] if trade.log else None
@@ -124,7 +128,7 @@ def _status_report(trade: Trade) -> IbOrderStatus:
         avg_fill_price=to_decimal(avg) if avg else None,
         error_code=last.errorCode if inferred and last is not None else None,
         error_message=last.message if inferred and last is not None else None,
-        terms=_terms_of(trade.order),
+        terms=_terms_of(trade.order) if with_terms else None,
     )
     return replace(report, change=status_change(report))
 
@@ -136,7 +140,7 @@ def _known_status(trade: Trade) -> IbOrderStatus | None:
     PendingSubmit) is not known at IBKR: it may have been dropped.
     """
     if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
-        return _status_report(trade)
+        return _status_report(trade, with_terms=True)
     return None
 
 
@@ -166,6 +170,8 @@ class TwsConnection:
         self.ib.client.MaxRequests = 0
         self._listener: IbkrListener | None = None
         self._reports: asyncio.Queue[IbReport] = asyncio.Queue()
+        # Our order ids modified on this connection and not done: their openOrders are reported as terms.
+        self._modified: set[str] = set()
         self._pump: asyncio.Task[None] | None = None
         self.trading_mode = trading_mode
         self.next_valid_id_at_connect = 0
@@ -346,6 +352,7 @@ class TwsConnection:
         contract = contract_for(instrument)
         ib_order = order_for(order.request, ib_order_id, parent_ib_order_id=parent_ib_order_id)
         await self.limiter.acquire(Priority.PLACE)
+        self._modified.add(order.order_id)
         self.ib.client.placeOrder(ib_order_id, contract, ib_order)
 
     async def cancel(self, ib_order_id: int) -> None:
@@ -405,7 +412,8 @@ class TwsConnection:
         ib.disconnectedEvent += self._on_disconnected
 
     def _report_terms(self) -> None:
-        """Report the terms of each openOrder IBKR sends (how a modification is confirmed).
+        """Report the terms of each openOrder IBKR sends for an order modified on this connection (how a
+        modification is confirmed); the others, one for every order placed, are not worth a report.
 
         ib_insync updates a known order's size and prices from an openOrder but not its time in force, and
         tells nothing of it: its handler is wrapped here.
@@ -420,12 +428,15 @@ class TwsConnection:
             trade = wrapper.trades.get(wrapper.orderKey(order.clientId, order.orderId, order.permId))
             if trade is not None:
                 trade.order.tif = order.tif
-            self._reports.put_nowait(IbOrderTerms(order_ref=order.orderRef, ib_order_id=order.orderId,
-                                                  terms=_terms_of(order)))
+            if order.orderRef in self._modified:
+                self._reports.put_nowait(IbOrderTerms(order_ref=order.orderRef, ib_order_id=order.orderId,
+                                                      terms=_terms_of(order)))
 
         wrapper.openOrder = open_order  # type: ignore[method-assign, assignment]
 
     def _on_order_status(self, trade: Trade) -> None:
+        if trade.orderStatus.status in _DONE and trade.order.orderRef in self._modified:
+            self._modified.discard(trade.order.orderRef)
         self._reports.put_nowait(_status_report(trade))
 
     def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
@@ -458,6 +469,7 @@ class TwsConnection:
 
     def _on_disconnected(self) -> None:
         log.warning("ibkr disconnected", host=self.host, port=self.port, client_id=self.client_id)
+        self._modified.clear()  # reconciliation compares the terms; a modification sent again asks anew
         self._reports.put_nowait(ConnectionChanged(connected=False))
 
     async def _deliver(self, batch_size: int = 500) -> None:
