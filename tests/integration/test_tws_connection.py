@@ -7,6 +7,7 @@ import gc
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -19,7 +20,7 @@ from workers.adapters.ibkr.pacing import PacingLimiter
 from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.domain.instruments import Instrument
 from workers.domain.orders import NewOrder, Order, OrderRequested, OrderState, OrderType, Side, TimeInForce
-from workers.ports.ibkr import IbCommission, IbExecution, IbReport
+from workers.ports.ibkr import IbCommission, IbError, IbExecution, IbOrderTerms, IbReport
 
 AAPL = Instrument(instrument_id="STK:AAPL:USD", con_id=265598, symbol="AAPL", sec_type="STK", exchange="SMART",
                   currency="USD", min_tick=Decimal("0.01"))
@@ -232,3 +233,38 @@ async def test_reports_arriving_within_the_linger_are_delivered_in_one_batch(sim
         assert batch_of["first"] == batch_of["second"]  # both within half a second of the first report
     else:
         assert batch_of["first"] < batch_of["second"]
+
+
+async def test_an_order_whose_modification_ibkr_refuses_is_still_followed_as_working(sim: SimGateway) -> None:
+    host, port = sim.address
+    gateway = TwsConnection(host, port, 22, limiter=PacingLimiter(1000.0), connect_timeout=5)
+    reports: list[IbReport] = []
+
+    async def listener(batch: list[IbReport]) -> None:
+        reports.extend(batch)
+
+    gateway.listen(listener)
+    await gateway.connect()
+    try:
+        resting = an_order("resting", limit_price=Decimal(1))
+        ib_order_id = gateway.ib.client.getReqId()
+        await gateway.place(AAPL, resting, ib_order_id)
+        await eventually(lambda: any(t.order.orderRef == "resting" and t.orderStatus.status == "Submitted"
+                                     for t in gateway.ib.trades()))
+        [trade] = [t for t in gateway.ib.trades() if t.order.orderRef == "resting"]
+        await gateway.modify(AAPL, replace(resting, limit_price=Decimal("1.01")), ib_order_id)
+        await eventually(lambda: any(isinstance(r, IbOrderTerms) and r.terms.limit_price == Decimal("1.01")
+                                     for r in reports))
+
+        # IBKR refuses a next modification: its error arrives as it comes off the socket (the sim would also
+        # send the order's status again, which hides what ib_insync does with the error alone).
+        gateway.ib.wrapper.error(ib_order_id, 201, "Order rejected - reason: not now", "")
+        await eventually(lambda: any(isinstance(r, IbError) and r.code == 201 for r in reports))
+
+        assert trade.orderStatus.status == "Submitted"  # not ib_insync's "Cancelled": the order works on
+        assert not trade.isDone()
+        assert gateway.prune_done(older_than=0) == 0
+        sim.set_price(AAPL.con_id, 1.0)  # the limit becomes marketable: IBKR's fill still reaches the trade
+        await eventually(lambda: trade.orderStatus.status == "Filled")
+    finally:
+        await gateway.close()

@@ -435,9 +435,16 @@ class TwsConnection:
         wrapper.openOrder = open_order  # type: ignore[method-assign, assignment]
 
     def _on_order_status(self, trade: Trade) -> None:
+        report = _status_report(trade)
         if trade.orderStatus.status in _DONE and trade.order.orderRef in self._modified:
-            self._modified.discard(trade.order.orderRef)
-        self._reports.put_nowait(_status_report(trade))
+            if report.error_code is not None and len(trade.log) >= 2:
+                # ib_insync marks an order cancelled on any error about it. For an order modified here the
+                # error refuses the modification: the order works on, and ib_insync must keep following it
+                # (a trade it thinks done is forgotten, and IBKR's later statuses of the order with it).
+                trade.orderStatus.status = trade.log[-2].status
+            else:
+                self._modified.discard(trade.order.orderRef)
+        self._reports.put_nowait(report)
 
     def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
         self._reports.put_nowait(_execution_report(fill, trade.order.orderRef))
