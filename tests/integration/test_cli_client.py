@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import socket
 import sys
 import uuid
@@ -206,12 +207,12 @@ async def test_tail_names_an_unreachable_schema_registry_without_its_credentials
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    password = "reg-" + uuid.uuid4().hex[:10]
+    user, secret = f"u{secrets.token_hex(4)}", secrets.token_urlsafe(12)  # made up here, never real
     run = await cli("tail", "orders.status", "--max", "1", "--timeout", "20",
-                    SCHEMA_REGISTRY_URL=f"http://tail-user:{password}@127.0.0.1:{port}")
+                    SCHEMA_REGISTRY_URL=f"http://{user}:{secret}@127.0.0.1:{port}")
     assert run.code == 3, run.err
     assert f"schema registry at http://127.0.0.1:{port}" in run.err
-    assert password not in run.err + "\n".join(run.out) and "tail-user" not in run.err
+    assert secret not in run.err + "\n".join(run.out) and user not in run.err
 
 
 async def test_a_resting_order_submitted_by_the_harness_can_be_cancelled_by_id(harness: Harness,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -167,4 +168,4 @@ async def test_order_client_with_a_wrong_password_raises_naming_the_setting(kafk
 
 async def test_a_wrong_client_key_password_is_a_configuration_error_naming_it(kafka_tls: KafkaTls) -> None:
     with pytest.raises(SettingsError, match="KAFKA_SSL_KEY_PASSWORD"):
-        security(kafka_tls, kafka_ssl_key_password="not-the-password")
+        security(kafka_tls, kafka_ssl_key_password=secrets.token_hex(8))  # a wrong one
