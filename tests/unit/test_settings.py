@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from decimal import Decimal
@@ -152,7 +153,7 @@ def test_database_password_apart_from_the_url_reaches_libpq_unencoded_and_masked
         monkeypatch: pytest.MonkeyPatch) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
-    password = "p%zz@/:'\\" + "x1"  # every character a URL or a keyword string would trip over
+    password = "p%zz@/:'\\" + secrets.token_hex(3)  # every character a URL or a keyword string trips over
     monkeypatch.setenv("DATABASE_PASSWORD", password)
     for url in ("postgresql://app@db:5432/x?sslmode=require", "host=db dbname=x user=app"):
         monkeypatch.setenv("DATABASE_URL", url)
