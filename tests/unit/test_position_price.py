@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from workers.adapters.ibkr.tws_connection import contract_multiplier
+from workers.adapters.ibkr.reports import contract_multiplier
 from workers.domain.positions import average_price
 
 

@@ -25,7 +25,8 @@ from typing import Any
 from ib_insync import Contract, ContractDetails, Order, Trade
 
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
-from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
+from workers.adapters.ibkr.reports import to_decimal
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.logs import configure_logging
 from workers.service_layer.paper_check import (
     ACCOUNT_TAGS,

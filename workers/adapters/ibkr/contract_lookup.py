@@ -14,7 +14,8 @@ from typing import Any
 
 from ib_insync import Contract, ContractDetails
 
-from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
+from workers.adapters.ibkr.reports import to_decimal
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.domain.contracts import ContractDetail, ContractSpec, LookupRejected, LookupUnavailable
 from workers.ports.ibkr import IbError
 

@@ -28,7 +28,8 @@ from ib_insync import Contract, Ticker
 
 from workers.adapters.ibkr.builders import contract_for
 from workers.adapters.ibkr.pacing import Priority
-from workers.adapters.ibkr.tws_connection import TwsConnection, to_decimal
+from workers.adapters.ibkr.reports import to_decimal
+from workers.adapters.ibkr.tws_connection import TwsConnection
 from workers.domain.instruments import Instrument
 from workers.logs import get_logger
 from workers.ports.market_data import ReferencePrice

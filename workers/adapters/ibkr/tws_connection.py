@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ib_insync import IB, Contract, ContractDetails, Trade
@@ -24,7 +21,15 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from workers.adapters.ibkr import compact_repr, retention
 from workers.adapters.ibkr.builders import contract_for, order_for
 from workers.adapters.ibkr.pacing import PacingLimiter, Priority
-from workers.adapters.ibkr.status_mapping import status_change
+from workers.adapters.ibkr.reports import (
+    DONE,
+    contract_multiplier,
+    execution_report,
+    known_status,
+    status_report,
+    terms_of,
+    to_decimal,
+)
 from workers.domain.instruments import Instrument
 from workers.domain.orders import Order
 from workers.domain.trading_mode import ModeMismatch, check_accounts
@@ -39,31 +44,10 @@ from workers.ports.ibkr import (
     IbOrderTerms,
     IbPosition,
     IbReport,
-    IbTerms,
 )
 
 log = get_logger(__name__)
 
-def contract_multiplier(text: str | None) -> Decimal | None:
-    """IB's ``Contract.multiplier`` as a number: 1 when empty (a stock, a currency), None when not a number."""
-    if not text or not text.strip():
-        return Decimal(1)
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() and value > 0 else None
-
-
-def to_decimal(value: float) -> Decimal:
-    """A float from ib_insync as the shortest exact decimal that prints the same."""
-    return Decimal(repr(float(value)))
-
-
-# ib_insync's statuses of an order it sent that IBKR has not acknowledged yet.
-_LOCAL_ONLY = frozenset({"PendingSubmit", "ApiPending"})
-# IB's statuses of an order that is over.
-_DONE = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 # ib_insync's record of a done order is forgotten this long after it is settled (every execution and
 # commission in, the ledger has them): at 40 orders/s, a few hundred trades, a few MB. One still missing an
 # execution or a commission is kept up to UNSETTLED_RETENTION seconds untouched, for ib_insync to report it
@@ -71,77 +55,6 @@ _DONE = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 SETTLED_RETENTION = 5.0
 UNSETTLED_RETENTION = 600.0
 PRUNE_EVERY = 5.0
-
-
-def _execution_report(fill: Fill, order_ref: str) -> IbExecution:
-    execution = fill.execution
-    report: CommissionReport = fill.commissionReport
-    has_commission = bool(report.execId)
-    executed_at = execution.time if isinstance(execution.time, datetime) else datetime.now(UTC)
-    return IbExecution(
-        exec_id=execution.execId,
-        order_ref=order_ref or execution.orderRef,
-        ib_order_id=execution.orderId,
-        perm_id=execution.permId,
-        con_id=fill.contract.conId,
-        side="BUY" if execution.side == "BOT" else "SELL",
-        quantity=to_decimal(execution.shares),
-        price=to_decimal(execution.price),
-        cumulative_quantity=to_decimal(execution.cumQty),
-        avg_price=to_decimal(execution.avgPrice),
-        account=execution.acctNumber,
-        exchange=execution.exchange,
-        currency=fill.contract.currency,
-        executed_at=executed_at.astimezone(UTC),
-        commission=to_decimal(report.commission) if has_commission else None,
-        commission_currency=report.currency if has_commission else None,
-    )
-
-
-def _price(value: float) -> Decimal | None:
-    """An IB order price: None where IB sends none (0, or its "unset" maximum double)."""
-    if not value or math.isnan(value) or abs(value) >= 1e300:
-        return None
-    return to_decimal(value)
-
-
-def _terms_of(order: IbOrder) -> IbTerms:
-    return IbTerms(quantity=to_decimal(order.totalQuantity), limit_price=_price(order.lmtPrice),
-                   stop_price=_price(order.auxPrice), time_in_force=order.tif,
-                   trailing_percent=_price(order.trailingPercent), limit_offset=_price(order.lmtPriceOffset))
-
-
-def _status_report(trade: Trade, *, with_terms: bool = False) -> IbOrderStatus:
-    """IB's status of ``trade``; with its terms when asked (reconciliation compares them: a status as it
-    arrives does not need them)."""
-    status = trade.orderStatus
-    avg = status.avgFillPrice
-    last = trade.log[-1] if trade.log else None
-    inferred = last is not None and last.errorCode and last.status == status.status
-    report = IbOrderStatus(
-        order_ref=trade.order.orderRef,
-        ib_order_id=trade.order.orderId,
-        perm_id=trade.order.permId or status.permId,
-        ib_status=status.status,
-        filled=to_decimal(status.filled),
-        remaining=to_decimal(status.remaining),
-        avg_fill_price=to_decimal(avg) if avg else None,
-        error_code=last.errorCode if inferred and last is not None else None,
-        error_message=last.message if inferred and last is not None else None,
-        terms=_terms_of(trade.order) if with_terms else None,
-    )
-    return replace(report, change=status_change(report))
-
-
-def _known_status(trade: Trade) -> IbOrderStatus | None:
-    """The status of one of our orders IBKR knows (None: not ours, or not acknowledged by IBKR yet).
-
-    ib_insync keeps a trade for every placeOrder it sent; one IBKR never acknowledged (no permId, still
-    PendingSubmit) is not known at IBKR: it may have been dropped.
-    """
-    if trade.order.orderRef and (trade.order.permId or trade.orderStatus.status not in _LOCAL_ONLY):
-        return _status_report(trade, with_terms=True)
-    return None
 
 
 class TwsConnection:
@@ -182,7 +95,7 @@ class TwsConnection:
         self.errors_by_code: dict[int, int] = {}
         self._wire_events()
         retention.report_untracked(self.ib.wrapper, self._on_untracked_execution, self._queue_commission)
-        retention.keep_completed_orders_as(self.ib.wrapper, _known_status)
+        retention.keep_completed_orders_as(self.ib.wrapper, known_status)
         self._report_terms()
         compact_repr.install()
 
@@ -384,7 +297,7 @@ class TwsConnection:
         open_trades: list[Trade] = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
         result = {status.order_ref: status for status in completed}
         for trade in [*open_trades, *self.ib.openTrades()]:
-            status = _known_status(trade)
+            status = known_status(trade)
             if status is not None:
                 result[status.order_ref] = status
         return result
@@ -393,7 +306,7 @@ class TwsConnection:
         """Today's executions (IB replays them with the same execIds), with commissions where known."""
         await self.limiter.acquire(Priority.QUERY)
         fills: list[Fill] = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
-        return [_execution_report(fill, fill.execution.orderRef) for fill in fills]
+        return [execution_report(fill, fill.execution.orderRef) for fill in fills]
 
     async def positions(self) -> list[IbPosition]:
         await self.limiter.acquire(Priority.QUERY)
@@ -430,13 +343,13 @@ class TwsConnection:
                 trade.order.tif = order.tif
             if order.orderRef in self._modified:
                 self._reports.put_nowait(IbOrderTerms(order_ref=order.orderRef, ib_order_id=order.orderId,
-                                                      terms=_terms_of(order)))
+                                                      terms=terms_of(order)))
 
         wrapper.openOrder = open_order  # type: ignore[method-assign, assignment]
 
     def _on_order_status(self, trade: Trade) -> None:
-        report = _status_report(trade)
-        if trade.orderStatus.status in _DONE and trade.order.orderRef in self._modified:
+        report = status_report(trade)
+        if trade.orderStatus.status in DONE and trade.order.orderRef in self._modified:
             if report.error_code is not None and len(trade.log) >= 2:
                 # ib_insync marks an order cancelled on any error about it. For an order modified here the
                 # error refuses the modification: the order works on, and ib_insync must keep following it
@@ -447,13 +360,13 @@ class TwsConnection:
         self._reports.put_nowait(report)
 
     def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
-        self._reports.put_nowait(_execution_report(fill, trade.order.orderRef))
+        self._reports.put_nowait(execution_report(fill, trade.order.orderRef))
 
     def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
         self._queue_commission(report)
 
     def _on_untracked_execution(self, fill: Fill) -> None:
-        self._reports.put_nowait(_execution_report(fill, fill.execution.orderRef))
+        self._reports.put_nowait(execution_report(fill, fill.execution.orderRef))
 
     def _queue_commission(self, report: CommissionReport) -> None:
         self._reports.put_nowait(
