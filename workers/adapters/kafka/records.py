@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -31,6 +32,9 @@ from workers.domain.text import (
     escaped,
     first_problem,
 )
+
+# The fields of an OrderModifyRequested record are the domain request's, by the same names.
+MODIFY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(OrderModifyRequested))
 
 ORDER_REQUESTED = "prometheus.execution.OrderRequested"
 ORDER_CANCEL_REQUESTED = "prometheus.execution.OrderCancelRequested"
@@ -160,38 +164,17 @@ def modify_from_record(record: dict[str, Any]) -> OrderModifyRequested:
     _refuse(first_problem(("modify_id", record["modify_id"], ORDER_ID_MAX),
                           ("order_id", record["order_id"], ORDER_ID_MAX), ("account", record["account"], ACCOUNT_MAX),
                           ("source", record.get("source"), SOURCE_MAX)))
-    tif = record.get("time_in_force")
-    return OrderModifyRequested(
-        modify_id=record["modify_id"],
-        order_id=record["order_id"],
-        account=record["account"],
-        requested_at=record["requested_at"],
-        quantity=record.get("quantity"),
-        limit_price=record.get("limit_price"),
-        stop_price=record.get("stop_price"),
-        time_in_force=None if tif is None else TimeInForce(tif),
-        source=record.get("source"),
-        trailing_amount=record.get("trailing_amount"),
-        trailing_percent=record.get("trailing_percent"),
-        limit_offset=record.get("limit_offset"),
-    )
+    values: dict[str, Any] = {name: record.get(name) for name in MODIFY_FIELDS}
+    if values["time_in_force"] is not None:
+        values["time_in_force"] = TimeInForce(values["time_in_force"])
+    return OrderModifyRequested(**values)
 
 
 def modify_record(modify: OrderModifyRequested) -> dict[str, Any]:
-    return {
-        "modify_id": modify.modify_id,
-        "order_id": modify.order_id,
-        "account": modify.account,
-        "quantity": modify.quantity,
-        "limit_price": modify.limit_price,
-        "stop_price": modify.stop_price,
-        "time_in_force": None if modify.time_in_force is None else modify.time_in_force.value,
-        "requested_at": modify.requested_at,
-        "source": modify.source,
-        "trailing_amount": modify.trailing_amount,
-        "trailing_percent": modify.trailing_percent,
-        "limit_offset": modify.limit_offset,
-    }
+    record = {name: getattr(modify, name) for name in MODIFY_FIELDS}
+    if modify.time_in_force is not None:
+        record["time_in_force"] = modify.time_in_force.value
+    return record
 
 
 def modification_status_record(row: Order, modify_id: str, reason: str, event_time: datetime) -> dict[str, Any]:

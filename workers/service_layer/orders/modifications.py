@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from workers.domain.guards import GuardPolicy
 from workers.domain.modifications import (
@@ -68,6 +68,15 @@ def with_terms(order: Order, target: WorkingTerms) -> Order:
                    trailing_percent=target.trailing_percent, limit_offset=target.limit_offset)
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """A modification sent to IBKR, with what its answer is matched by."""
+
+    modification: Modification
+    order_type: OrderType
+    ib_order_id: int
+
+
 class Modifications:
     """Acts on modification requests and settles them from IBKR's reports."""
 
@@ -87,14 +96,13 @@ class Modifications:
         self.on_published = on_published
         self.readonly = readonly
         self.client_id = broker.client_id
-        # The modifications this worker sent that IBKR has not answered yet: by order_id, and the order_id
+        # The modifications this worker sent that IBKR has not answered yet, by order_id, and the order_id
         # of each by IBKR order id (IBKR's errors name the order by it).
-        self._sent: dict[str, Modification] = {}
-        self._sent_types: dict[str, OrderType] = {}
+        self._sent: dict[str, _Sent] = {}
+        self._sent_ib_ids: dict[int, str] = {}
         # Working orders IBKR did not know at the last reconnect (left for an operator): placing one of them
         # again as a modification would create a new order at IBKR, so their modifications are refused.
         self._unknown_at_ib: set[str] = set()
-        self._sent_ib_ids: dict[int, str] = {}
         # One lock per order with modifications being worked (and how many hold or wait for it).
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
@@ -192,8 +200,7 @@ class Modifications:
         if not await self.store.mark_sent(modification.modify_id, target, modification.attempts):
             return True  # settled, or sent by another worker, meanwhile
         sent = replace(modification, state=ModifyState.SENT, target=target, attempts=modification.attempts + 1)
-        self._sent[order.order_id] = sent
-        self._sent_types[order.order_id] = order.order_type
+        self._sent[order.order_id] = _Sent(sent, order.order_type, order.ib_order_id)
         self._sent_ib_ids[order.ib_order_id] = order.order_id
         parent = await self.ledger.get(order.parent_order_id) if order.parent_order_id is not None else None
         try:
@@ -219,10 +226,8 @@ class Modifications:
 
     def _forget(self, order_id: str) -> None:
         sent = self._sent.pop(order_id, None)
-        self._sent_types.pop(order_id, None)
         if sent is not None:
-            for ib_order_id in [i for i, o in self._sent_ib_ids.items() if o == order_id]:
-                del self._sent_ib_ids[ib_order_id]
+            self._sent_ib_ids.pop(sent.ib_order_id, None)
 
     async def _confirm(self, modification: Modification) -> None:
         """IBKR's order has the modification's terms: APPLIED, with the order's new terms (also when the
@@ -246,16 +251,16 @@ class Modifications:
         for report in reports:
             if isinstance(report, IbOrderTerms):
                 sent = self._sent.get(report.order_ref)
-                if (sent is not None and sent.target is not None
-                        and same_terms(report.terms, sent.target, self._sent_types[sent.order_id])):
-                    await self._confirm(sent)
-                    settled.append(sent.order_id)
+                target = sent.modification.target if sent is not None else None
+                if sent is not None and target is not None and same_terms(report.terms, target, sent.order_type):
+                    await self._confirm(sent.modification)
+                    settled.append(report.order_ref)
             elif isinstance(report, IbError) and not report.informational and report.req_id in self._sent_ib_ids:
                 sent = self._sent[self._sent_ib_ids[report.req_id]]
-                await self._refuse(sent, ModifyRefused(
+                await self._refuse(sent.modification, ModifyRefused(
                     ModifyRefusal.IBKR_REFUSED, f"{report.message} (IBKR error {report.code})", report.code).text,
                     report.code)
-                settled.append(sent.order_id)
+                settled.append(sent.modification.order_id)
         return settled
 
     async def settle(self, reports: Sequence[IbReport], settled: Sequence[str] = ()) -> None:
@@ -270,7 +275,7 @@ class Modifications:
             order = await self.ledger.get(order_id)
             sent = self._sent.get(order_id)
             if order is not None and order.is_final and sent is not None:
-                await self._refuse(sent, _done_first(order), None)
+                await self._refuse(sent.modification, _done_first(order), None)
                 done.append(order_id)
         for order_id in dict.fromkeys(done):
             await self.advance(order_id)
@@ -279,7 +284,6 @@ class Modifications:
         """After a (re)connect: settle every unsettled modification of this worker's orders against IBKR's
         orders, and work the ones waiting."""
         self._sent.clear()
-        self._sent_types.clear()
         self._sent_ib_ids.clear()
         working = (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED, OrderState.CANCEL_PENDING)
         self._unknown_at_ib = {o.order_id for o in await self.ledger.open_orders_owned_by(self.client_id)
